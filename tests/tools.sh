@@ -91,7 +91,7 @@ kube_wrapper() {
   have=""
   if [[ -f "$dir/go.mod" && -f "$dir/go.sum" ]]; then
     have=$(replaces "$dir/go.mod" | awk '$1 == $3 { print $1, $4 }' | sort -u)
-    if [[ "$have" == "$want" ]] && grep -q "^[[:space:]]*k8s.io/kubernetes $KUBE_VERSION\$\|^require k8s.io/kubernetes $KUBE_VERSION\$" "$dir/go.mod"; then
+    if [[ "$have" == "$want" ]] && grep -Eq "^(require)?[[:space:]]+k8s.io/kubernetes $KUBE_VERSION( //.*)?\$" "$dir/go.mod"; then
       return 0
     fi
   fi

@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod tools;
