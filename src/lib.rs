@@ -5,4 +5,6 @@
 //! controller and webhook) that fetch inputs, call the core and write results.
 
 pub mod api;
+pub mod catalog;
 pub mod cli;
+pub mod manifest;
