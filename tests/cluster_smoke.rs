@@ -346,6 +346,143 @@ async fn apiserver_calls_a_url_webhook_and_kubectl_shows_its_denial() {
     .await;
 }
 
+const CRD_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crds/apiguard.dev_apisecuritypolicies.yaml"
+);
+
+/// Whitespace-insensitive text, so descriptions compare however kubectl wraps them.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_the_crd_descriptions() {
+    let control_plane = control_plane();
+    control_plane.install_crds();
+    let crd: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(CRD_FILE).expect("the CRD file is readable"),
+    )
+    .expect("the CRD file is YAML");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let spec_description = spec["description"]
+        .as_str()
+        .expect("spec has a description");
+    let exposure_description = spec["properties"]["exposure"]["description"]
+        .as_str()
+        .expect("spec.exposure has a description");
+
+    // The OpenAPI document a new CRD contributes is published a moment after it is established.
+    let explained = eventually(
+        Duration::from_secs(60),
+        "kubectl explain apisecuritypolicy.spec",
+        || async {
+            let output = control_plane.kubectl(["explain", "apisecuritypolicy.spec"]);
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        },
+    )
+    .await;
+    let explained_words = words(&explained);
+    assert!(
+        explained.contains("KIND:") && explained.contains("ApiSecurityPolicy"),
+        "{explained}"
+    );
+    assert!(
+        explained_words.contains(&words(spec_description)),
+        "spec's description is missing:\n{explained}"
+    );
+    assert!(
+        explained_words.contains(&words(exposure_description)),
+        "spec.exposure's description is missing:\n{explained}"
+    );
+}
+
+fn policy_manifest(ns: &str, name: &str, origin: &str) -> String {
+    format!(
+        r#"apiVersion: apiguard.dev/v1alpha1
+kind: ApiSecurityPolicy
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  target: {{service: payments, port: 8080}}
+  exposure: Public
+  hosts: [payments.shop.example]
+  authentication:
+    jwt:
+      providers:
+      - name: corp
+        issuer: https://idp.shop.example/
+        audiences: [payments-api]
+        jwks: {{uri: https://idp.shop.example/.well-known/jwks.json}}
+  authorization:
+    rules:
+    - name: read-orders
+      match: {{methods: [GET], paths: ["/orders"]}}
+      allow: {{scopes: ["orders:read"]}}
+  cors:
+    allowOrigins: ["{origin}"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn apiserver_rejects_a_wildcard_cors_policy_with_the_cel_message() {
+    with_temp_ns(|_client, ns| async move {
+        let control_plane = control_plane();
+        control_plane.install_crds();
+        let output = control_plane
+            .kubectl_with_stdin(["apply", "-f", "-"], &policy_manifest(&ns, "wildcard", "*"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "a policy with allowOrigins [\"*\"] was accepted"
+        );
+        assert!(
+            stderr.contains("spec.cors")
+                && stderr.contains("APG001: spec.cors.allowOrigins must not contain"),
+            "the apiserver's rejection does not carry the CEL message: {stderr}"
+        );
+        let get = control_plane.kubectl(["get", "asp", "wildcard", "-n", &ns]);
+        assert!(!get.status.success(), "the rejected policy was stored");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn apiserver_stores_a_valid_policy_with_its_defaults() {
+    with_temp_ns(|_client, ns| async move {
+        let control_plane = control_plane();
+        control_plane.install_crds();
+        control_plane.kubectl_ok_with_stdin(
+            ["apply", "-f", "-"],
+            &policy_manifest(&ns, "payments", "https://shop.example"),
+        );
+        let stored: serde_json::Value = serde_json::from_str(
+            &control_plane.kubectl_ok(["get", "asp", "payments", "-n", &ns, "-o", "json"]),
+        )
+        .expect("kubectl prints JSON");
+        assert_eq!(
+            stored["spec"]["cors"]["allowOrigins"],
+            serde_json::json!(["https://shop.example"])
+        );
+        assert_eq!(stored["spec"]["target"]["port"], 8080);
+        // Structural-schema defaulting by the apiserver.
+        assert_eq!(
+            stored["spec"]["authorization"]["defaultAction"], "Deny",
+            "{stored:#}"
+        );
+        // The short name and printer columns work.
+        let table = control_plane.kubectl_ok(["get", "asp", "-n", &ns]);
+        assert!(
+            table.contains("EXPOSURE") && table.contains("payments") && table.contains("Public"),
+            "{table}"
+        );
+    })
+    .await;
+}
+
 fn config_map(name: &str, owner: Option<OwnerReference>) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {

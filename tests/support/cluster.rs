@@ -212,6 +212,20 @@ impl ControlPlane {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Applies `crds/` (once per test binary) and waits until every CRD in it is established,
+    /// so the tests can create ApiSecurityPolicies.
+    pub fn install_crds(&self) {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            let applied = self.kubectl_ok(["apply", "--server-side", "-f", "crds/", "-o", "name"]);
+            let crds: Vec<&str> = applied.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert!(!crds.is_empty(), "crds/ holds no CustomResourceDefinition");
+            let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+            args.extend(crds);
+            self.kubectl_ok(args);
+        });
+    }
+
     /// A client for this control plane, as `admin`. Create it inside the test's own runtime
     /// (each `#[tokio::test]` has one).
     pub async fn client(&self) -> Client {
