@@ -176,10 +176,13 @@ watched_alive() { [[ -z "${APIGUARD_CLUSTER_WATCH_PID-}" ]] || kill -0 "$APIGUAR
 stop_all() {
   local i pid deadline
   trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
-  deadline=$((SECONDS + 15))
-  for pid in "${PIDS[@]}"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  # In reverse order of start, each before the next: the apiserver shuts down quickly only while
+  # etcd still answers.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[$i]}
+    kill -TERM "$pid" 2>/dev/null || continue
+    deadline=$((SECONDS + 15))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true

@@ -159,6 +159,8 @@ impl ControlPlane {
     {
         let mut command = Command::new("kubectl");
         command
+            // Bounded: a hung apiserver fails the test instead of hanging it.
+            .arg("--request-timeout=60s")
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
