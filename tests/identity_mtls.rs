@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use apiguard::identity::ca::PemSource;
 use apiguard::identity::{
-    CertificateAuthority, IssuedLeaf, LeafRequest, RotationState, SpiffeId, TrustedRoot,
-    issue_leaf,
+    CertificateAuthority, IssuedLeaf, LeafRequest, RotationState, SpiffeId, TrustedRoot, issue_leaf,
 };
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::client::WebPkiServerVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
@@ -247,23 +246,31 @@ fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
 /// certificates at `now`. Ok only if both sides completed the handshake, saw the other's
 /// certificate and exchanged application data.
 async fn handshake(server: &Peer, client: &Peer, now: OffsetDateTime) -> Result<(), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let acceptor = TlsAcceptor::from(Arc::new(server.server_config(now)));
     let connector = TlsConnector::from(Arc::new(client.client_config(now)));
-    let server_name =
-        ServerName::try_from(server.dns_name.clone()).map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(server.dns_name.clone()).map_err(|e| e.to_string())?;
 
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut tls = acceptor.accept(tcp).await.map_err(|e| format!("server: {e}"))?;
+        let mut tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
         let peer_certs = tls.get_ref().1.peer_certificates().map(<[_]>::len);
         if peer_certs.unwrap_or(0) == 0 {
             return Err("server: no client certificate".to_string());
         }
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).await.map_err(|e| format!("server read: {e}"))?;
-        tls.write_all(b"pong").await.map_err(|e| format!("server write: {e}"))?;
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("server read: {e}"))?;
+        tls.write_all(b"pong")
+            .await
+            .map_err(|e| format!("server write: {e}"))?;
         tls.shutdown().await.ok();
         Ok::<_, String>(())
     });
@@ -273,9 +280,13 @@ async fn handshake(server: &Peer, client: &Peer, now: OffsetDateTime) -> Result<
             .connect(server_name, tcp)
             .await
             .map_err(|e| format!("client: {e}"))?;
-        tls.write_all(b"ping").await.map_err(|e| format!("client write: {e}"))?;
+        tls.write_all(b"ping")
+            .await
+            .map_err(|e| format!("client write: {e}"))?;
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).await.map_err(|e| format!("client read: {e}"))?;
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
         if &buf != b"pong" {
             return Err("client: wrong reply".to_string());
         }
@@ -336,12 +347,22 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     let (api, caller) = (id("shop", "payments"), id("shop", "frontend"));
     let server = Peer::new("payments", &leaf(&ca, &api, t), &ca.roots_pem(), &[&caller]);
     // Same identity, trusts the real CA, but its certificate comes from the rogue CA.
-    let intruder = Peer::new("rogue-frontend", &leaf(&rogue, &caller, t), &ca.roots_pem(), &[&api]);
+    let intruder = Peer::new(
+        "rogue-frontend",
+        &leaf(&rogue, &caller, t),
+        &ca.roots_pem(),
+        &[&api],
+    );
     let err = handshake(&server, &intruder, t).await.unwrap_err();
     assert!(err.contains("server Err"), "{err}");
     // And a client that trusts only its own CA refuses the real server.
     let wrong_trust = intruder.with_bundle(&rogue.roots_pem());
-    assert!(handshake(&server, &wrong_trust, t).await.unwrap_err().contains("client Err"));
+    assert!(
+        handshake(&server, &wrong_trust, t)
+            .await
+            .unwrap_err()
+            .contains("client Err")
+    );
 }
 
 #[tokio::test]
@@ -375,7 +396,12 @@ async fn a_san_the_verifier_does_not_expect_is_refused() {
     let err = handshake(&server, &stranger, t).await.unwrap_err();
     assert!(err.contains("server Err"), "{err}");
     // The client side checks the server's identity too.
-    let picky = Peer::new("frontend", &leaf(&ca, &caller, t), &ca.roots_pem(), &[&other]);
+    let picky = Peer::new(
+        "frontend",
+        &leaf(&ca, &caller, t),
+        &ca.roots_pem(),
+        &[&other],
+    );
     let err = handshake(&server, &picky, t).await.unwrap_err();
     assert!(err.contains("client Err"), "{err}");
 }
@@ -403,11 +429,85 @@ async fn a_user_supplied_intermediate_from_openssl_issues_working_leaves() {
          [v3_inter]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
     )
     .unwrap();
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "root.key"], d);
-    openssl(&["req", "-x509", "-new", "-key", "root.key", "-subj", "/O=Example Corp/CN=Corp Root", "-days", "30", "-config", "ext.cnf", "-extensions", "v3_ca", "-out", "root.crt"], d);
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "inter.key"], d);
-    openssl(&["req", "-new", "-key", "inter.key", "-subj", "/O=Example Corp/CN=Mesh Intermediate", "-out", "inter.csr"], d);
-    openssl(&["x509", "-req", "-in", "inter.csr", "-CA", "root.crt", "-CAkey", "root.key", "-CAcreateserial", "-days", "20", "-extfile", "ext.cnf", "-extensions", "v3_inter", "-out", "inter.crt"], d);
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "root.key",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            "/O=Example Corp/CN=Corp Root",
+            "-days",
+            "30",
+            "-config",
+            "ext.cnf",
+            "-extensions",
+            "v3_ca",
+            "-out",
+            "root.crt",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "inter.key",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            "inter.key",
+            "-subj",
+            "/O=Example Corp/CN=Mesh Intermediate",
+            "-out",
+            "inter.csr",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "root.crt",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "v3_inter",
+            "-out",
+            "inter.crt",
+        ],
+        d,
+    );
     let read = |n: &str| std::fs::read(d.join(n)).unwrap();
 
     let t = now();
@@ -439,7 +539,8 @@ async fn ca_rotation_never_rejects_a_valid_peer() {
     let t0 = now();
     let lifetime = Duration::hours(24);
     let propagation = Duration::hours(1);
-    let ca_a = CertificateAuthority::generate(t0 - Duration::days(1), Duration::days(3650)).unwrap();
+    let ca_a =
+        CertificateAuthority::generate(t0 - Duration::days(1), Duration::days(3650)).unwrap();
     let ca_b = CertificateAuthority::generate(t0, Duration::days(3650)).unwrap();
     let (x, y) = (id("shop", "payments"), id("shop", "frontend"));
 
@@ -502,9 +603,13 @@ async fn ca_rotation_never_rejects_a_valid_peer() {
     assert_eq!(s_edge.state.name(), "Draining");
     let x_b_renewed = leaf(&ca_b, &x, t_edge - Duration::hours(1));
     let xb2 = Peer::new("x(B')", &x_b_renewed, &s_edge.bundle_pem, &[&y]);
-    mutual(&xb2, &Peer::new("y(A')", &y_a_last, &s_edge.bundle_pem, &[&x]), t_edge)
-        .await
-        .unwrap();
+    mutual(
+        &xb2,
+        &Peer::new("y(A')", &y_a_last, &s_edge.bundle_pem, &[&x]),
+        t_edge,
+    )
+    .await
+    .unwrap();
 
     // Step 3: old root dropped; every A leaf has expired by now, B leaves work with both the
     // final and the lagging bundle.
@@ -515,7 +620,9 @@ async fn ca_rotation_never_rejects_a_valid_peer() {
     assert!(x_a.not_after <= t3 && y_a_last.not_after <= t3);
     let y_b = leaf(&ca_b, &y, t3 - Duration::hours(2));
     let yb = Peer::new("y(B)", &y_b, &s3.bundle_pem, &[&x]);
-    mutual(&xb2.with_bundle(&s3.bundle_pem), &yb, t3).await.unwrap();
+    mutual(&xb2.with_bundle(&s3.bundle_pem), &yb, t3)
+        .await
+        .unwrap();
     mutual(&xb2, &yb, t3).await.unwrap();
     mutual(&xb2.with_bundle(&s3.bundle_pem), &yb.with_bundle(&b2), t3)
         .await

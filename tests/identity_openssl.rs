@@ -63,7 +63,8 @@ fn openssl_verifies_the_issued_chain_and_shows_its_extensions() {
     let dir = tempfile::tempdir().unwrap();
     let now = OffsetDateTime::now_utc();
     let ca = CertificateAuthority::generate(now, Duration::days(3650)).unwrap();
-    let mut req = LeafRequest::new(SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/payments").unwrap());
+    let mut req =
+        LeafRequest::new(SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/payments").unwrap());
     req.dns_names = vec!["payments.shop.svc".into()];
     let leaf = issue_leaf(&ca, &req, now).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
@@ -71,12 +72,19 @@ fn openssl_verifies_the_issued_chain_and_shows_its_extensions() {
     let out = verify(dir.path());
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("tls.crt: OK"));
-    assert_leaf_text(dir.path(), "spiffe://cluster.local/ns/shop/sa/payments", &["payments.shop.svc"]);
+    assert_leaf_text(
+        dir.path(),
+        "spiffe://cluster.local/ns/shop/sa/payments",
+        &["payments.shop.svc"],
+    );
 
     // The root as openssl sees it.
     let out = openssl(&["x509", "-in", "ca.crt", "-text", "-noout"], dir.path());
     let t = text(&out);
-    assert!(t.contains("CA:TRUE") && t.contains("Certificate Sign, CRL Sign"), "{t}");
+    assert!(
+        t.contains("CA:TRUE") && t.contains("Certificate Sign, CRL Sign"),
+        "{t}"
+    );
     assert!(t.contains("CN = apiguard root CA "), "{t}");
 
     // Control: a leaf from another CA does not verify against this bundle.
@@ -105,34 +113,63 @@ fn cli_init_ca_and_issue_produce_a_chain_openssl_accepts() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("PRIVATE KEY"));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(ca_dir.join("ca.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(ca_dir.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     // A second init-ca refuses to clobber the CA, and leaves it untouched.
     let before = std::fs::read(ca_dir.join("ca.key")).unwrap();
     let out = apiguard(&["identity", "init-ca", "--out", ca_s]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("refusing to overwrite"), "{}", text(&out));
+    assert!(
+        text(&out).contains("refusing to overwrite"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(std::fs::read(ca_dir.join("ca.key")).unwrap(), before);
 
     let id = "spiffe://prod.example/ns/shop/sa/payments";
     let out = apiguard(&[
-        "identity", "issue", "--ca-dir", ca_s, "--spiffe-id", id, "--dns", "payments.shop.svc",
-        "--dns", "payments.shop.svc.cluster.local", "--lifetime", "90m", "--out", out_s,
+        "identity",
+        "issue",
+        "--ca-dir",
+        ca_s,
+        "--spiffe-id",
+        id,
+        "--dns",
+        "payments.shop.svc",
+        "--dns",
+        "payments.shop.svc.cluster.local",
+        "--lifetime",
+        "90m",
+        "--out",
+        out_s,
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let mode = std::fs::metadata(out_dir.join("tls.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out_dir.join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let out = verify(&out_dir);
     assert!(out.status.success(), "{}", text(&out));
-    assert_leaf_text(&out_dir, id, &["payments.shop.svc", "payments.shop.svc.cluster.local"]);
+    assert_leaf_text(
+        &out_dir,
+        id,
+        &["payments.shop.svc", "payments.shop.svc.cluster.local"],
+    );
     // ca.crt of the leaf is the root written by init-ca.
     assert_eq!(
         std::fs::read(out_dir.join("ca.crt")).unwrap(),
         std::fs::read(ca_dir.join("ca.crt")).unwrap()
     );
     // 90m lifetime (+5m backdating) as openssl reports it.
-    let dates = text(&openssl(&["x509", "-in", "tls.crt", "-noout", "-dates"], &out_dir));
+    let dates = text(&openssl(
+        &["x509", "-in", "tls.crt", "-noout", "-dates"],
+        &out_dir,
+    ));
     let t = |k: &str| {
         let line = dates.lines().find(|l| l.starts_with(k)).unwrap();
         let v = line.split_once('=').unwrap().1;
@@ -149,14 +186,31 @@ fn cli_init_ca_and_issue_produce_a_chain_openssl_accepts() {
     // Bad input: a clear error naming the problem, exit code non-zero, no files.
     let bad = tmp.path().join("bad");
     let out = apiguard(&[
-        "identity", "issue", "--ca-dir", ca_s, "--spiffe-id", "spiffe://cluster.local/shop/payments",
-        "--out", bad.to_str().unwrap(),
+        "identity",
+        "issue",
+        "--ca-dir",
+        ca_s,
+        "--spiffe-id",
+        "spiffe://cluster.local/shop/payments",
+        "--out",
+        bad.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("path must be /ns/<namespace>/sa/<serviceAccount>"), "{}", text(&out));
+    assert!(
+        text(&out).contains("path must be /ns/<namespace>/sa/<serviceAccount>"),
+        "{}",
+        text(&out)
+    );
     assert!(!bad.exists());
     let out = apiguard(&[
-        "identity", "issue", "--ca-dir", out_s, "--spiffe-id", id, "--out", bad.to_str().unwrap(),
+        "identity",
+        "issue",
+        "--ca-dir",
+        out_s,
+        "--spiffe-id",
+        id,
+        "--out",
+        bad.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("ca.key"), "{}", text(&out));

@@ -23,10 +23,12 @@ struct World {
 }
 
 fn world() -> World {
-    let ca = CertificateAuthority::generate(ISSUED - Duration::days(1), Duration::days(3650)).unwrap();
+    let ca =
+        CertificateAuthority::generate(ISSUED - Duration::days(1), Duration::days(3650)).unwrap();
     let old_ca =
         CertificateAuthority::generate(ISSUED - Duration::days(400), Duration::days(3650)).unwrap();
-    let rogue = CertificateAuthority::generate(ISSUED - Duration::days(1), Duration::days(3650)).unwrap();
+    let rogue =
+        CertificateAuthority::generate(ISSUED - Duration::days(1), Duration::days(3650)).unwrap();
     let spiffe_id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/payments").unwrap();
     let dns_names = vec![
         "payments.shop.svc".to_string(),
@@ -61,7 +63,13 @@ struct Data {
     ca: Option<String>,
 }
 
-fn leaf_with(w: &World, ca: &CertificateAuthority, id: &str, dns: &[&str], at: OffsetDateTime) -> IssuedLeaf {
+fn leaf_with(
+    w: &World,
+    ca: &CertificateAuthority,
+    id: &str,
+    dns: &[&str],
+    at: OffsetDateTime,
+) -> IssuedLeaf {
     issue_leaf(
         ca,
         &LeafRequest {
@@ -93,26 +101,79 @@ fn tamper(w: &World, case: &str) -> Data {
     let dns = ["payments.shop.svc", "payments.shop.svc.cluster.local"];
     match case {
         "good" => good,
-        "deleted" => Data { crt: None, key: None, ca: None },
+        "deleted" => Data {
+            crt: None,
+            key: None,
+            ca: None,
+        },
         "no-key" => Data { key: None, ..good },
-        "empty-cert" => Data { crt: Some("\n".into()), ..good },
+        "empty-cert" => Data {
+            crt: Some("\n".into()),
+            ..good
+        },
         "no-ca" => Data { ca: None, ..good },
-        "garbage-cert" => Data { crt: Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()), ..good },
-        "not-pem" => Data { crt: Some("hello".into()), ..good },
-        "garbage-key" => Data { key: Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into()), ..good },
+        "garbage-cert" => Data {
+            crt: Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()),
+            ..good
+        },
+        "not-pem" => Data {
+            crt: Some("hello".into()),
+            ..good
+        },
+        "garbage-key" => Data {
+            key: Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into()),
+            ..good
+        },
         "key-of-other-leaf" => {
             let other = leaf_with(w, &w.ca, sid, &dns, ISSUED);
-            Data { key: Some(other.key_pem), ..good }
+            Data {
+                key: Some(other.key_pem),
+                ..good
+            }
         }
-        "other-workload" => from_leaf(&leaf_with(w, &w.ca, "spiffe://cluster.local/ns/shop/sa/frontend", &dns, ISSUED)),
-        "other-trust-domain" => from_leaf(&leaf_with(w, &w.ca, "spiffe://evil.example/ns/shop/sa/payments", &dns, ISSUED)),
+        "other-workload" => from_leaf(&leaf_with(
+            w,
+            &w.ca,
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+            &dns,
+            ISSUED,
+        )),
+        "other-trust-domain" => from_leaf(&leaf_with(
+            w,
+            &w.ca,
+            "spiffe://evil.example/ns/shop/sa/payments",
+            &dns,
+            ISSUED,
+        )),
         "missing-dns" => from_leaf(&leaf_with(w, &w.ca, sid, &dns[..1], ISSUED)),
-        "extra-dns" => from_leaf(&leaf_with(w, &w.ca, sid, &["payments.shop.svc", "payments.shop.svc.cluster.local", "evil.example"], ISSUED)),
-        "dns-reordered" => from_leaf(&leaf_with(w, &w.ca, sid, &["payments.shop.svc.cluster.local", "payments.shop.svc"], ISSUED)),
+        "extra-dns" => from_leaf(&leaf_with(
+            w,
+            &w.ca,
+            sid,
+            &[
+                "payments.shop.svc",
+                "payments.shop.svc.cluster.local",
+                "evil.example",
+            ],
+            ISSUED,
+        )),
+        "dns-reordered" => from_leaf(&leaf_with(
+            w,
+            &w.ca,
+            sid,
+            &["payments.shop.svc.cluster.local", "payments.shop.svc"],
+            ISSUED,
+        )),
         "rogue-issuer" => from_leaf(&leaf_with(w, &w.rogue, sid, &dns, ISSUED)),
         "retired-issuer" => from_leaf(&leaf_with(w, &w.old_ca, sid, &dns, ISSUED)),
-        "stale-bundle" => Data { ca: Some(w.old_ca.roots_pem()), ..good },
-        "bundle-with-extra-root" => Data { ca: Some(format!("{}{}", w.ca.roots_pem(), w.rogue.roots_pem())), ..good },
+        "stale-bundle" => Data {
+            ca: Some(w.old_ca.roots_pem()),
+            ..good
+        },
+        "bundle-with-extra-root" => Data {
+            ca: Some(format!("{}{}", w.ca.roots_pem(), w.rogue.roots_pem())),
+            ..good
+        },
         other => panic!("unknown case {other}"),
     }
 }
@@ -183,7 +244,11 @@ fn a_reissued_secret_is_kept_again() {
     let w = world();
     let now = ISSUED + Duration::hours(20);
     let bundle = w.ca.roots_pem();
-    let issuers = CurrentIssuers { active: w.ca.cert_der(), retired: &[], bundle_pem: &bundle };
+    let issuers = CurrentIssuers {
+        active: w.ca.cert_der(),
+        retired: &[],
+        bundle_pem: &bundle,
+    };
     let stale = from_leaf(&w.leaf);
     let stored = |d: &Data| {
         decide(
@@ -200,12 +265,27 @@ fn a_reissued_secret_is_kept_again() {
     assert_eq!(stored(&stale), Decision::Reissue { reason: RenewalDue });
     let renewed = issue_leaf(
         &w.ca,
-        &LeafRequest { spiffe_id: w.expected.spiffe_id.clone(), dns_names: w.expected.dns_names.clone(), lifetime: Duration::hours(24) },
+        &LeafRequest {
+            spiffe_id: w.expected.spiffe_id.clone(),
+            dns_names: w.expected.dns_names.clone(),
+            lifetime: Duration::hours(24),
+        },
         now,
     )
     .unwrap();
     assert!(matches!(stored(&from_leaf(&renewed)), Decision::Keep { renew_at } if renew_at > now));
     // Without the old CA in `retired`, its leaves are simply foreign.
-    let retired_leaf = from_leaf(&leaf_with(&w, &w.old_ca, "spiffe://cluster.local/ns/shop/sa/payments", &["payments.shop.svc", "payments.shop.svc.cluster.local"], now));
-    assert_eq!(stored(&retired_leaf), Decision::Reissue { reason: WrongIssuer });
+    let retired_leaf = from_leaf(&leaf_with(
+        &w,
+        &w.old_ca,
+        "spiffe://cluster.local/ns/shop/sa/payments",
+        &["payments.shop.svc", "payments.shop.svc.cluster.local"],
+        now,
+    ));
+    assert_eq!(
+        stored(&retired_leaf),
+        Decision::Reissue {
+            reason: WrongIssuer
+        }
+    );
 }

@@ -56,10 +56,12 @@ impl TrustedRoot {
                 message,
             }
         })?;
-        let first = roots.first().ok_or_else(|| ca::CaError::InvalidCertificate {
-            source_name: "trust bundle".into(),
-            message: "no CERTIFICATE block found".into(),
-        })?;
+        let first = roots
+            .first()
+            .ok_or_else(|| ca::CaError::InvalidCertificate {
+                source_name: "trust bundle".into(),
+                message: "no CERTIFICATE block found".into(),
+            })?;
         let parsed = ca::parse(first, "trust bundle")?;
         let (_, issuer_not_after) = ca::validity(&parsed);
         Ok(Self {
@@ -215,8 +217,8 @@ impl RotationState {
                     new,
                     old_removed_at,
                 } => {
-                    let removed_at = old_leaves_not_after
-                        .map_or(*old_removed_at, |t| t.max(*old_removed_at));
+                    let removed_at =
+                        old_leaves_not_after.map_or(*old_removed_at, |t| t.max(*old_removed_at));
                     if now >= removed_at {
                         Self::Stable { root: new.clone() }
                     } else if removed_at != *old_removed_at {
@@ -359,7 +361,12 @@ mod tests {
     fn a_late_controller_jumps_through_every_due_step() {
         let (a, b) = roots();
         let s = RotationState::stable(TrustedRoot::of(&a))
-            .begin_rotation(TrustedRoot::of(&b), T0, Duration::hours(1), Duration::hours(24))
+            .begin_rotation(
+                TrustedRoot::of(&b),
+                T0,
+                Duration::hours(1),
+                Duration::hours(24),
+            )
             .unwrap();
         // AddingRoot is due at T0+1h; at T0+3d the old leaves (<= switch + 24h) are gone too,
         // but the drain is measured from when the new CA actually took over (now).

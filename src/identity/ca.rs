@@ -19,20 +19,32 @@ use super::pem;
 pub enum CaError {
     /// The certificate PEM is missing, empty or not X.509.
     #[error("{source_name}: {message}")]
-    InvalidCertificate { source_name: String, message: String },
+    InvalidCertificate {
+        source_name: String,
+        message: String,
+    },
     /// The private key PEM cannot be used.
     #[error(
         "{source_name}: not a usable private key ({message}); apiguard needs an unencrypted PKCS#8 key (`-----BEGIN PRIVATE KEY-----`), convert with `openssl pkcs8 -topk8 -nocrypt -in KEY`"
     )]
-    InvalidKey { source_name: String, message: String },
+    InvalidKey {
+        source_name: String,
+        message: String,
+    },
     /// The key does not belong to the certificate.
     #[error("{key_name} does not match the public key of the certificate in {cert_name}")]
     KeyMismatch { cert_name: String, key_name: String },
     /// The certificate cannot sign certificates.
     #[error("{source_name}: certificate '{subject}' is not a CA ({message})")]
-    NotACa { source_name: String, subject: String, message: String },
+    NotACa {
+        source_name: String,
+        subject: String,
+        message: String,
+    },
     /// The CA is outside its validity period.
-    #[error("{source_name}: CA certificate '{subject}' is not valid at {now} (valid {not_before} .. {not_after})")]
+    #[error(
+        "{source_name}: CA certificate '{subject}' is not valid at {now} (valid {not_before} .. {not_after})"
+    )]
     NotValid {
         source_name: String,
         subject: String,
@@ -44,7 +56,10 @@ pub enum CaError {
     #[error(
         "{source_name}: certificate '{subject}' is an intermediate CA but no self-signed root was supplied; add the root to ca.crt (or the chain)"
     )]
-    MissingRoot { source_name: String, subject: String },
+    MissingRoot {
+        source_name: String,
+        subject: String,
+    },
     /// Key generation or signing failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
@@ -370,7 +385,8 @@ impl CertificateAuthority {
     pub fn signed(&self, leaf: &X509Certificate<'_>) -> bool {
         match X509Certificate::from_der(&self.cert_der) {
             Ok((_, me)) => {
-                leaf.issuer() == me.subject() && leaf.verify_signature(Some(me.public_key())).is_ok()
+                leaf.issuer() == me.subject()
+                    && leaf.verify_signature(Some(me.public_key())).is_ok()
             }
             Err(_) => false,
         }
@@ -414,7 +430,10 @@ pub(crate) fn validity(cert: &X509Certificate<'_>) -> (OffsetDateTime, OffsetDat
             time::macros::datetime!(9999-12-31 23:59:59 UTC)
         })
     };
-    (conv(v.not_before.timestamp()), conv(v.not_after.timestamp()))
+    (
+        conv(v.not_before.timestamp()),
+        conv(v.not_after.timestamp()),
+    )
 }
 
 pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
@@ -437,7 +456,11 @@ mod tests {
     #[test]
     fn generated_root_is_a_ca_named_after_its_key() {
         let ca = CertificateAuthority::generate(NOW, Duration::days(3650)).unwrap();
-        assert!(ca.subject().contains("apiguard root CA "), "{}", ca.subject());
+        assert!(
+            ca.subject().contains("apiguard root CA "),
+            "{}",
+            ca.subject()
+        );
         assert_eq!(ca.not_after(), NOW + Duration::days(3650));
         assert_eq!(ca.roots().len(), 1);
         let parsed = parse(ca.cert_der(), "t").unwrap();
@@ -527,15 +550,12 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_the_source_name() {
-        let err = CertificateAuthority::from_pem(
-            b"hello",
-            b"",
-            None,
-            PemSource("Secret a/b"),
-            NOW,
-        )
-        .unwrap_err();
-        assert!(err.to_string().starts_with("Secret a/b key tls.crt"), "{err}");
+        let err = CertificateAuthority::from_pem(b"hello", b"", None, PemSource("Secret a/b"), NOW)
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("Secret a/b key tls.crt"),
+            "{err}"
+        );
     }
 
     #[test]

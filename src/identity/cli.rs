@@ -114,7 +114,7 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<()> {
                 "wrote {0}/ca.crt and {0}/ca.key: {1}, valid until {2}, sha256 {3}",
                 out.display(),
                 ca.subject(),
-                ca.not_after(),
+                rfc3339(ca.not_after()),
                 ca.fingerprint()
             );
         }
@@ -128,10 +128,10 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<()> {
         } => {
             let crt_path = ca_dir.join("ca.crt");
             let key_path = ca_dir.join("ca.key");
-            let cert = fs::read(&crt_path)
-                .with_context(|| format!("reading {}", crt_path.display()))?;
-            let key = fs::read(&key_path)
-                .with_context(|| format!("reading {}", key_path.display()))?;
+            let cert =
+                fs::read(&crt_path).with_context(|| format!("reading {}", crt_path.display()))?;
+            let key =
+                fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             let source = ca_dir.display().to_string();
             let ca = CertificateAuthority::from_pem(&cert, &key, None, PemSource(&source), now)?;
             let request = LeafRequest {
@@ -153,12 +153,17 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<()> {
                 "wrote {0}/tls.crt, {0}/tls.key and {0}/ca.crt: {1}, valid {2} .. {3}",
                 out.display(),
                 leaf.spiffe_id,
-                leaf.not_before,
-                leaf.not_after
+                rfc3339(leaf.not_before),
+                rfc3339(leaf.not_after)
             );
         }
     }
     Ok(())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Writes every file or none: existing files are refused up front unless `force`.

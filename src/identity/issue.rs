@@ -4,8 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -20,15 +20,17 @@ pub enum SpiffeIdError {
     )]
     Malformed { input: String, reason: String },
     /// The trust domain has characters SPIFFE does not allow.
-    #[error(
-        "trust domain '{0}' is invalid: use 1-255 lowercase letters, digits, '.', '-' or '_'"
-    )]
+    #[error("trust domain '{0}' is invalid: use 1-255 lowercase letters, digits, '.', '-' or '_'")]
     TrustDomain(String),
     /// The namespace is not a DNS-1123 label.
-    #[error("namespace '{0}' is invalid: must be a DNS-1123 label (lowercase alphanumerics and '-', at most 63)")]
+    #[error(
+        "namespace '{0}' is invalid: must be a DNS-1123 label (lowercase alphanumerics and '-', at most 63)"
+    )]
     Namespace(String),
     /// The service account is not a DNS-1123 subdomain.
-    #[error("service account '{0}' is invalid: must be a DNS-1123 subdomain (lowercase alphanumerics, '-' and '.', at most 253)")]
+    #[error(
+        "service account '{0}' is invalid: must be a DNS-1123 subdomain (lowercase alphanumerics, '-' and '.', at most 253)"
+    )]
     ServiceAccount(String),
 }
 
@@ -79,12 +81,16 @@ impl SpiffeId {
             .split_once('/')
             .ok_or_else(|| malformed("path is missing"))?;
         if trust_domain.contains([':', '@']) {
-            return Err(malformed("the trust domain may not carry a port or user info"));
+            return Err(malformed(
+                "the trust domain may not carry a port or user info",
+            ));
         }
         let segments: Vec<&str> = path.split('/').collect();
         match segments.as_slice() {
             ["ns", ns, "sa", sa] => Self::new(trust_domain, ns, sa),
-            _ => Err(malformed("path must be /ns/<namespace>/sa/<serviceAccount>")),
+            _ => Err(malformed(
+                "path must be /ns/<namespace>/sa/<serviceAccount>",
+            )),
         }
     }
 
@@ -129,9 +135,9 @@ impl FromStr for SpiffeId {
 fn valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 fn valid_dns_label(label: &str) -> bool {
@@ -155,13 +161,17 @@ pub(crate) fn valid_dns_name(name: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     /// A DNS name is not a valid DNS-1123 subdomain.
-    #[error("DNS name '{0}' is invalid: must be a lowercase DNS-1123 subdomain, optionally starting with '*.'")]
+    #[error(
+        "DNS name '{0}' is invalid: must be a lowercase DNS-1123 subdomain, optionally starting with '*.'"
+    )]
     InvalidDnsName(String),
     /// The lifetime is zero or negative.
     #[error("leaf lifetime must be positive, got {0}")]
     InvalidLifetime(Duration),
     /// The issuer is not valid now, so nothing it signs would be either.
-    #[error("issuer '{subject}' is not valid at {now} (valid {not_before} .. {not_after}); rotate the CA")]
+    #[error(
+        "issuer '{subject}' is not valid at {now} (valid {not_before} .. {not_after}); rotate the CA"
+    )]
     IssuerNotValid {
         subject: String,
         now: OffsetDateTime,
@@ -287,8 +297,14 @@ pub fn issue_leaf_with_key(
     params.not_before = (now - super::CLOCK_SKEW_ALLOWANCE).max(ca.not_before());
     params.not_after = (now + request.lifetime).min(ca.not_after());
     // Certificates carry whole seconds; truncate so the returned times equal the encoded ones.
-    params.not_before = params.not_before.replace_nanosecond(0).unwrap_or(params.not_before);
-    params.not_after = params.not_after.replace_nanosecond(0).unwrap_or(params.not_after);
+    params.not_before = params
+        .not_before
+        .replace_nanosecond(0)
+        .unwrap_or(params.not_before);
+    params.not_after = params
+        .not_after
+        .replace_nanosecond(0)
+        .unwrap_or(params.not_after);
     let cert = params.signed_by(&key, ca.issuer())?;
     let mut cert_pem = cert.pem();
     cert_pem.push_str(&ca.leaf_chain_pem());

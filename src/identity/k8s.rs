@@ -157,7 +157,7 @@ pub enum IdentityK8sError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -198,7 +198,7 @@ pub async fn load_ca(
         action,
         namespace: namespace.to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     match api.get_opt(name).await.map_err(|e| api_err("reading", e))? {
         Some(secret) => ca_from_secret(&secret, now),
@@ -224,7 +224,7 @@ pub async fn ensure_ca(
         action,
         namespace: namespace.to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     if let Some(existing) = api.get_opt(name).await.map_err(|e| api_err("reading", e))? {
         return ca_from_secret(&existing, now);
@@ -282,7 +282,10 @@ mod tests {
         let labels = s.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[MANAGED_BY_LABEL], "apiguard");
         let ann = s.metadata.annotations.as_ref().unwrap();
-        assert_eq!(ann[SPIFFE_ID_ANNOTATION], "spiffe://cluster.local/ns/shop/sa/api");
+        assert_eq!(
+            ann[SPIFFE_ID_ANNOTATION],
+            "spiffe://cluster.local/ns/shop/sa/api"
+        );
         assert_eq!(ann[NOT_AFTER_ANNOTATION], "2026-02-02T00:00:00Z");
         let data = stored(&s);
         assert_eq!(data.tls_crt, Some(leaf.cert_pem.as_bytes()));

@@ -177,7 +177,7 @@ fn check(
         })
     };
     let by_active = signed_by(issuers.active);
-    if !by_active && !issuers.retired.iter().any(|r| signed_by(r)) {
+    if !by_active && !issuers.retired.iter().any(signed_by) {
         return Err(WrongIssuer);
     }
     let (not_before, not_after) = ca::validity(&leaf);
