@@ -312,4 +312,161 @@ mod tests {
         assert_eq!(cm.metadata.name.as_deref(), Some("apiguard-trust-bundle"));
         assert_eq!(cm.data.unwrap()["ca.crt"], "PEM");
     }
+
+    mod apiserver {
+        //! `ensure_ca` against a scripted apiserver (tower-test): the call sequence for the
+        //! absent, present and lost-the-race cases.
+        use super::*;
+        use axum::http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use tower_test::mock::{self, Handle};
+
+        type H = Handle<Request<Body>, Response<Body>>;
+
+        fn status_body(code: u16, reason: &str) -> Body {
+            Body::from(
+                serde_json::to_vec(&serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "message": reason, "reason": reason, "code": code
+                }))
+                .unwrap(),
+            )
+        }
+
+        fn json<T: serde::Serialize>(code: StatusCode, v: &T) -> Response<Body> {
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(v).unwrap()))
+                .unwrap()
+        }
+
+        async fn expect(
+            h: &mut H,
+            method: Method,
+            path: &str,
+        ) -> (Vec<u8>, mock::SendResponse<Response<Body>>) {
+            let (req, send) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), h.next_request())
+                    .await
+                    .expect("request in time")
+                    .expect("a request");
+            assert_eq!(req.method(), method);
+            assert_eq!(req.uri().path(), path);
+            let body = req.into_body().collect_bytes().await.unwrap().to_vec();
+            (body, send)
+        }
+
+        const GET: &str = "/api/v1/namespaces/apiguard-system/secrets/apiguard-ca";
+        const POST: &str = "/api/v1/namespaces/apiguard-system/secrets";
+
+        #[tokio::test]
+        async fn creates_the_ca_when_absent() {
+            let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let server = tokio::spawn(async move {
+                let (_, send) = expect(&mut h, Method::GET, GET).await;
+                send.send_response(
+                    Response::builder()
+                        .status(404)
+                        .body(status_body(404, "NotFound"))
+                        .unwrap(),
+                );
+                let (body, send) = expect(&mut h, Method::POST, POST).await;
+                let created: Secret = serde_json::from_slice(&body).unwrap();
+                assert_eq!(created.type_.as_deref(), Some("kubernetes.io/tls"));
+                send.send_response(json(StatusCode::CREATED, &created));
+                created
+            });
+            let ca = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+                .await
+                .unwrap();
+            let created = server.await.unwrap();
+            assert_eq!(
+                ca_from_secret(&created, NOW).unwrap().fingerprint(),
+                ca.fingerprint()
+            );
+        }
+
+        #[tokio::test]
+        async fn uses_an_existing_ca_without_writing() {
+            let existing = CertificateAuthority::generate(NOW, Duration::days(10)).unwrap();
+            let secret = ca_secret("apiguard-ca", "apiguard-system", &existing);
+            let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let server = tokio::spawn(async move {
+                let (_, send) = expect(&mut h, Method::GET, GET).await;
+                send.send_response(json(StatusCode::OK, &secret));
+                // No further request may arrive: the handle ends when the client is dropped.
+                assert!(
+                    h.next_request().await.is_none(),
+                    "ensure_ca wrote to an existing CA"
+                );
+            });
+            let ca = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+                .await
+                .unwrap();
+            server.await.unwrap();
+            assert_eq!(ca.fingerprint(), existing.fingerprint());
+        }
+
+        #[tokio::test]
+        async fn adopts_the_winner_after_losing_the_create_race() {
+            let winner = CertificateAuthority::generate(NOW, Duration::days(10)).unwrap();
+            let secret = ca_secret("apiguard-ca", "apiguard-system", &winner);
+            let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let server = tokio::spawn(async move {
+                let (_, send) = expect(&mut h, Method::GET, GET).await;
+                send.send_response(
+                    Response::builder()
+                        .status(404)
+                        .body(status_body(404, "NotFound"))
+                        .unwrap(),
+                );
+                let (_, send) = expect(&mut h, Method::POST, POST).await;
+                send.send_response(
+                    Response::builder()
+                        .status(409)
+                        .body(status_body(409, "AlreadyExists"))
+                        .unwrap(),
+                );
+                let (_, send) = expect(&mut h, Method::GET, GET).await;
+                send.send_response(json(StatusCode::OK, &secret));
+            });
+            let ca = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+                .await
+                .unwrap();
+            server.await.unwrap();
+            assert_eq!(ca.fingerprint(), winner.fingerprint());
+        }
+
+        #[tokio::test]
+        async fn a_broken_ca_secret_is_an_error_naming_it() {
+            let mut secret = ca_secret(
+                "apiguard-ca",
+                "apiguard-system",
+                &CertificateAuthority::generate(NOW, Duration::days(10)).unwrap(),
+            );
+            let other = CertificateAuthority::generate(NOW, Duration::days(10)).unwrap();
+            secret
+                .data
+                .as_mut()
+                .unwrap()
+                .insert(TLS_KEY.into(), bytes(&other.key_pem()));
+            let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let server = tokio::spawn(async move {
+                let (_, send) = expect(&mut h, Method::GET, GET).await;
+                send.send_response(json(StatusCode::OK, &secret));
+            });
+            let err = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+                .await
+                .unwrap_err();
+            server.await.unwrap();
+            assert_eq!(
+                err.to_string(),
+                "Secret apiguard-system/apiguard-ca key tls.key does not match the public key of the certificate in Secret apiguard-system/apiguard-ca key tls.crt"
+            );
+        }
+    }
 }
