@@ -48,7 +48,8 @@ impl TrustedRoot {
         }
     }
 
-    /// Roots from PEM (e.g. persisted state), keyed by the first certificate.
+    /// Roots from PEM (e.g. persisted state); the first certificate is taken as the issuer,
+    /// which holds for a generated root.
     pub fn from_pem(pem_text: &str) -> Result<Self, ca::CaError> {
         let roots = pem::certificates(pem_text.as_bytes()).map_err(|message| {
             ca::CaError::InvalidCertificate {

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use time::{Duration, OffsetDateTime};
 
 use super::ca::PemSource;
-use super::{CertificateAuthority, LeafRequest, SpiffeId, issue_leaf};
+use super::{CertificateAuthority, LeafRequest, SpiffeId, issue_leaf, rfc3339};
 
 /// Offline CA and certificate tools.
 #[derive(Debug, clap::Subcommand)]
@@ -159,11 +159,6 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Writes every file or none: existing files are refused up front unless `force`.

@@ -8,10 +8,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::ca::{CaError, PemSource};
-use super::{CA_CRT, CertificateAuthority, IssuedLeaf, StoredSecret, TLS_CRT, TLS_KEY};
+use super::{CA_CRT, CertificateAuthority, IssuedLeaf, StoredSecret, TLS_CRT, TLS_KEY, rfc3339};
 
 /// Name of the trust bundle ConfigMap in every namespace that has a policy.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "apiguard-trust-bundle";
@@ -33,10 +32,6 @@ fn labels(component: &str) -> BTreeMap<String, String> {
         (MANAGED_BY_LABEL.to_string(), "apiguard".to_string()),
         (COMPONENT_LABEL.to_string(), component.to_string()),
     ])
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn bytes(s: &str) -> ByteString {

@@ -41,3 +41,9 @@ pub const DEFAULT_LEAF_LIFETIME: time::Duration = time::Duration::hours(24);
 pub const DEFAULT_CA_LIFETIME: time::Duration = time::Duration::days(3650);
 /// How far `notBefore` is backdated so peers with a slightly slow clock accept a fresh leaf.
 pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
+
+/// `t` as RFC 3339 (`2026-01-01T00:00:00Z`), for messages, annotations and CLI output.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
