@@ -204,6 +204,17 @@ pub async fn load_ca(
     }
 }
 
+/// How [`ensure_ca`] obtained the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaOrigin {
+    /// The Secret already existed.
+    Existing,
+    /// This caller generated the CA and created the Secret.
+    Created,
+    /// Another replica created the Secret first (409); its CA was re-read and adopted.
+    AdoptedAfterConflict,
+}
+
 /// Returns the operator's CA from Secret `namespace/name`, generating a 10-year root and
 /// *creating* the Secret if it does not exist. Never overwrites: when another replica created
 /// it first (409 AlreadyExists), the winner's Secret is re-read and used, so all replicas end
@@ -213,7 +224,7 @@ pub async fn ensure_ca(
     namespace: &str,
     name: &str,
     now: OffsetDateTime,
-) -> Result<CertificateAuthority, IdentityK8sError> {
+) -> Result<(CertificateAuthority, CaOrigin), IdentityK8sError> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let api_err = |action, source| IdentityK8sError::Api {
         action,
@@ -222,7 +233,7 @@ pub async fn ensure_ca(
         source: Box::new(source),
     };
     if let Some(existing) = api.get_opt(name).await.map_err(|e| api_err("reading", e))? {
-        return ca_from_secret(&existing, now);
+        return Ok((ca_from_secret(&existing, now)?, CaOrigin::Existing));
     }
     let ca = CertificateAuthority::generate(now, super::DEFAULT_CA_LIFETIME)?;
     let secret = ca_secret(name, namespace, &ca);
@@ -235,11 +246,14 @@ pub async fn ensure_ca(
                 ca.fingerprint = %ca.fingerprint(),
                 "created operator CA"
             );
-            Ok(ca)
+            Ok((ca, CaOrigin::Created))
         }
         Err(kube::Error::Api(status)) if status.is_already_exists() => {
             let winner = api.get(name).await.map_err(|e| api_err("re-reading", e))?;
-            ca_from_secret(&winner, now)
+            Ok((
+                ca_from_secret(&winner, now)?,
+                CaOrigin::AdoptedAfterConflict,
+            ))
         }
         Err(e) => Err(api_err("creating", e)),
     }
@@ -372,9 +386,10 @@ mod tests {
                 send.send_response(json(StatusCode::CREATED, &created));
                 created
             });
-            let ca = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+            let (ca, origin) = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
                 .await
                 .unwrap();
+            assert_eq!(origin, CaOrigin::Created);
             let created = server.await.unwrap();
             assert_eq!(
                 ca_from_secret(&created, NOW).unwrap().fingerprint(),
@@ -397,9 +412,10 @@ mod tests {
                     "ensure_ca wrote to an existing CA"
                 );
             });
-            let ca = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+            let (ca, origin) = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
                 .await
                 .unwrap();
+            assert_eq!(origin, CaOrigin::Existing);
             server.await.unwrap();
             assert_eq!(ca.fingerprint(), existing.fingerprint());
         }
@@ -428,9 +444,10 @@ mod tests {
                 let (_, send) = expect(&mut h, Method::GET, GET).await;
                 send.send_response(json(StatusCode::OK, &secret));
             });
-            let ca = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
+            let (ca, origin) = ensure_ca(client, "apiguard-system", "apiguard-ca", NOW)
                 .await
                 .unwrap();
+            assert_eq!(origin, CaOrigin::AdoptedAfterConflict);
             server.await.unwrap();
             assert_eq!(ca.fingerprint(), winner.fingerprint());
         }
