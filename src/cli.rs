@@ -1,3 +1,47 @@
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `apiguard` command line: a thin edge over the library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Declarative API security for Kubernetes.
+#[derive(Parser, Debug)]
+#[command(name = "apiguard", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print every CRD apiguard owns as multi-document YAML.
+    Crd,
+    /// Offline CA and workload certificate tools (the controller's code paths).
+    Identity {
+        #[command(subcommand)]
+        cmd: crate::identity::cli::IdentityCommand,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crate::api::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identity { cmd } => {
+            crate::identity::cli::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -5,5 +5,7 @@
 //! controller and webhook) that fetch inputs, call the core and write results.
 
 pub mod api;
+pub mod catalog;
 pub mod cli;
 pub mod identity;
+pub mod manifest;

@@ -1,0 +1,4 @@
+//! Support code shared by the integration tests (each test file declares `mod support;`).
+#![allow(dead_code)]
+
+pub mod tools;
