@@ -1,6 +1,7 @@
 //! Leaf certificates issued per second on one thread (target: at least 5,000/s).
 //!
 //! `cargo bench --bench identity` prints the figures; `-- --quick` runs a short pass.
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs as a brief smoke test.
 
 use std::hint::black_box;
 use std::time::{Duration as StdDuration, Instant};
@@ -33,8 +34,19 @@ fn rate(label: &str, min_time: StdDuration, mut f: impl FnMut(u64)) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let min_time = StdDuration::from_secs(if quick { 1 } else { 5 });
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let quick = args.iter().any(|a| a == "--quick");
+    let min_time = if smoke {
+        StdDuration::from_millis(100)
+    } else if quick {
+        StdDuration::from_secs(1)
+    } else {
+        StdDuration::from_secs(5)
+    };
+    if smoke {
+        println!("(smoke run without --bench: figures are not meaningful)");
+    }
     let now = OffsetDateTime::now_utc();
     let ca = CertificateAuthority::generate(now, Duration::days(3650)).expect("CA");
     let request = |i: u64| {
