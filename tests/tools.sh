@@ -142,7 +142,7 @@ build_kubernetes() {
   log "kubernetes $KUBE_VERSION: building kube-apiserver, kube-controller-manager (many minutes when cold)"
   kube_wrapper
   mkdir -p "$KUBE_DIR"
-  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$KUBE_DIR/" \
+  (cd "$dir" && go build -buildvcs=false -trimpath -ldflags "$ldflags" -o "$KUBE_DIR/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
   stamp_of "$dir" "$ldflags" >"$KUBE_DIR/.stamp"
 }
@@ -159,7 +159,7 @@ build_etcd() {
     die "$dir/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION (edit it, then go mod tidy)"
   log "etcd $ETCD_VERSION: building"
   mkdir -p "$ETCD_DIR"
-  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$ETCD_DIR/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$dir" && go build -buildvcs=false -trimpath -ldflags "$ldflags" -o "$ETCD_DIR/etcd" go.etcd.io/etcd/server/v3)
   echo "$stamp" >"$ETCD_DIR/.stamp"
 }
 
@@ -188,7 +188,7 @@ build_helm() {
   fi
   log "helm $HELM_VERSION: building"
   mkdir -p "$HELM_DIR"
-  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$HELM_DIR/helm" helm.sh/helm/v3/cmd/helm)
+  (cd "$dir" && go build -buildvcs=false -trimpath -ldflags "$ldflags" -o "$HELM_DIR/helm" helm.sh/helm/v3/cmd/helm)
   echo "$stamp" >"$HELM_DIR/.stamp"
 }
 
