@@ -346,6 +346,70 @@ async fn apiserver_calls_a_url_webhook_and_kubectl_shows_its_denial() {
     .await;
 }
 
+/// Processes whose command line mentions `needle` (the components name their state dir).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(needle)
+                .then(|| format!("{}: {cmdline}", entry.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+#[test]
+fn control_plane_stops_and_removes_its_state_when_the_test_process_is_gone() {
+    // A stand-in for a test process that dies without running any destructor.
+    let mut test_process = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("run sleep");
+    let (control_plane, mut supervisor) =
+        support::cluster::start_control_plane(test_process.id()).expect("a control plane starts");
+    let dir = control_plane.dir.to_string_lossy().into_owned();
+    let running = processes_mentioning(&dir);
+    for component in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        assert!(
+            running
+                .iter()
+                .any(|p| p.contains(&format!("/{component} "))),
+            "{component} is not running: {running:#?}"
+        );
+    }
+
+    let keep = std::env::var_os("APIGUARD_KEEP_CLUSTER").is_some_and(|v| v == "1");
+    test_process.kill().expect("kill the stand-in");
+    test_process.wait().expect("reap the stand-in");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = processes_mentioning(&dir);
+        // APIGUARD_KEEP_CLUSTER=1 keeps the state dir on purpose.
+        let state_gone = keep || !control_plane.dir.exists();
+        if left.is_empty() && state_gone && supervisor.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "60s after the watched process died: left running {left:#?}, state dir exists: {}",
+            control_plane.dir.exists()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 const CRD_FILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/crds/apiguard.dev_apisecuritypolicies.yaml"

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +52,16 @@ static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 /// Panics (with the components' logs) when it cannot be started, and when the tools are
 /// missing, saying to run `tests/tools.sh`.
 pub fn control_plane() -> &'static ControlPlane {
+    match CONTROL_PLANE.get_or_init(|| start_control_plane(std::process::id()).map(|(cp, _)| cp)) {
+        Ok(control_plane) => control_plane,
+        Err(error) => panic!("the test control plane did not start: {error}"),
+    }
+}
+
+/// Starts a control plane of its own (most tests want the shared [`control_plane`]) that stops
+/// and removes its state once process `watch_pid` is gone. Returns it with the supervising
+/// `tests/cluster.sh run` process.
+pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), String> {
     let tools = [
         ("APIGUARD_ETCD", tool("etcd")),
         ("APIGUARD_KUBE_APISERVER", tool("kube-apiserver")),
@@ -60,13 +70,6 @@ pub fn control_plane() -> &'static ControlPlane {
             tool("kube-controller-manager"),
         ),
     ];
-    match CONTROL_PLANE.get_or_init(|| start(&tools)) {
-        Ok(control_plane) => control_plane,
-        Err(error) => panic!("the test control plane did not start: {error}"),
-    }
-}
-
-fn start(tools: &[(&str, PathBuf)]) -> Result<ControlPlane, String> {
     let dir = tempfile::Builder::new()
         .prefix("apiguard-cluster-")
         .tempdir()
@@ -85,7 +88,7 @@ fn start(tools: &[(&str, PathBuf)]) -> Result<ControlPlane, String> {
         .arg("run")
         .arg(&dir)
         .envs(tools.iter().map(|(var, path)| (*var, path.as_os_str())))
-        .env("APIGUARD_CLUSTER_WATCH_PID", std::process::id().to_string())
+        .env("APIGUARD_CLUSTER_WATCH_PID", watch_pid.to_string())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -136,7 +139,7 @@ fn start(tools: &[(&str, PathBuf)]) -> Result<ControlPlane, String> {
             control_plane.dir.display()
         );
     }
-    Ok(control_plane)
+    Ok((control_plane, child))
 }
 
 impl ControlPlane {
