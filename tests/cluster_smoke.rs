@@ -270,8 +270,7 @@ async fn deployment_and_replicaset_controllers_create_pods() {
     .await;
 }
 
-// Multi-threaded: kubectl blocks the test's thread while the webhook must answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn apiserver_calls_a_url_webhook_and_kubectl_shows_its_denial() {
     with_temp_ns(|client, ns| async move {
         let control_plane = control_plane();
@@ -325,7 +324,7 @@ async fn apiserver_calls_a_url_webhook_and_kubectl_shows_its_denial() {
         };
         // The apiserver picks the configuration up asynchronously: retry until it is in force.
         let stderr = eventually(Duration::from_secs(30), "the webhook to deny a ConfigMap", || async {
-            let output = control_plane.kubectl_with_stdin(["apply", "-f", "-"], &manifest("deny-me"));
+            let output = control_plane.kubectl_async(&["apply", "-f", "-"], &manifest("deny-me")).await;
             (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned())
         })
         .await;
@@ -337,7 +336,8 @@ async fn apiserver_calls_a_url_webhook_and_kubectl_shows_its_denial() {
         assert!(calls_before >= 1);
 
         // An allowed object goes through the same webhook and is stored.
-        control_plane.kubectl_ok_with_stdin(["apply", "-f", "-"], &manifest("allow-me"));
+        let allowed = control_plane.kubectl_async(&["apply", "-f", "-"], &manifest("allow-me")).await;
+        assert!(allowed.status.success(), "allow-me was refused: {}", String::from_utf8_lossy(&allowed.stderr));
         assert!(webhook.calls.load(Ordering::SeqCst) > calls_before, "the webhook was not asked about allow-me");
         let config_maps: Api<ConfigMap> = Api::namespaced(client, &ns);
         assert!(config_maps.get_opt("allow-me").await.expect("get").is_some());

@@ -145,7 +145,7 @@ pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), Stri
 impl ControlPlane {
     /// Runs kubectl against this control plane (`KUBECONFIG` set) and returns its output.
     /// It blocks the calling thread: a test that serves something kubectl's request reaches
-    /// (a webhook) needs `#[tokio::test(flavor = "multi_thread")]`.
+    /// (a webhook) uses [`Self::kubectl_async`].
     pub fn kubectl<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
@@ -198,6 +198,17 @@ impl ControlPlane {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// [`Self::kubectl_with_stdin`] on tokio's blocking pool, so the test's runtime keeps
+    /// serving (a webhook the apiserver calls while kubectl waits) even on a current-thread
+    /// runtime.
+    pub async fn kubectl_async(&'static self, args: &[&str], stdin: &str) -> Output {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let stdin = stdin.to_owned();
+        tokio::task::spawn_blocking(move || self.kubectl_with_stdin(&args, &stdin))
+            .await
+            .unwrap_or_else(|e| panic!("kubectl task failed: {e}"))
     }
 
     /// Runs kubectl with `stdin` and returns its stdout; panics with its stderr when it fails.
