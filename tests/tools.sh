@@ -96,7 +96,7 @@ kube_wrapper() {
     fi
   fi
   log "kubernetes: (re)generating $dir/go.mod from upstream's go.mod ($upstream); commit the result"
-  [[ -z "${CI:-}" ]] || log "warning: CI run regenerates the committed go.mod; its go.sum is then not verified"
+  [[ -z "${CI:-}" ]] || log "warning: the committed go.mod is out of date with upstream; commit the regenerated go.mod and go.sum"
   mkdir -p "$dir"
   local go_line godebug
   go_line=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$upstream")
