@@ -20,6 +20,8 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::identity::cli::IdentityCommand,
     },
+    /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
+    Lint(crate::lint::LintArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -43,5 +45,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::identity::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lint(args) => Ok(crate::lint::run(&args)?),
     }
 }
