@@ -20,6 +20,9 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::identity::cli::IdentityCommand,
     },
+    /// Compile policies into the Envoy gateway: print the objects the controller would apply,
+    /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
+    Render(crate::render::cli::RenderArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -41,6 +44,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Identity { cmd } => {
             crate::identity::cli::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render(args) => {
+            crate::render::cli::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

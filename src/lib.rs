@@ -9,3 +9,4 @@ pub mod catalog;
 pub mod cli;
 pub mod identity;
 pub mod manifest;
+pub mod render;
