@@ -164,8 +164,17 @@ pub fn apiguard_render(args: &[&str]) -> String {
 impl Gateway {
     /// Renders `manifests` (policy + Service + Secrets) into a fresh directory and starts Envoy.
     pub async fn start(manifests: &str, upstream: SocketAddr) -> Gateway {
+        Self::start_with_ca(manifests, upstream, None).await
+    }
+
+    /// Like [`Gateway::start`], issuing certificates from the CA in `ca_dir` (`ca.crt`, `ca.key`).
+    pub async fn start_with_ca(
+        manifests: &str,
+        upstream: SocketAddr,
+        ca_dir: Option<PathBuf>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca_dir = dir.path().join("ca");
+        let ca_dir = ca_dir.unwrap_or_else(|| dir.path().join("ca"));
         let port = free_port();
         let admin_port = free_port();
         let envoy_dir = dir.path().join("envoy");
@@ -305,11 +314,20 @@ impl Gateway {
 
     /// Sends `req` over TLS to the gateway.
     pub async fn send(&self, req: &Request) -> Response {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        let tls = TlsClient::new(&self.ca_pem(), None);
-        raw_request(addr, Some(&tls), req.source, req)
+        self.try_send(req, None)
             .await
             .unwrap_or_else(|e| panic!("request {} {} failed: {e}", req.method, req.path))
+    }
+
+    /// Sends `req` presenting `client` (cert PEM, key PEM) when given; Err on transport failure.
+    pub async fn try_send(
+        &self,
+        req: &Request,
+        client: Option<(&str, &str)>,
+    ) -> Result<Response, String> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let tls = TlsClient::new(&self.ca_pem(), client);
+        raw_request(addr, Some(&tls), req.source, req).await
     }
 
     /// The access log as JSON lines, waiting (bounded) until `pred` holds for some line.

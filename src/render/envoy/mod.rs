@@ -471,6 +471,8 @@ fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderError> {
         UnderscoreHeaders::Drop => "DROP_HEADER",
         UnderscoreHeaders::Allow => "ALLOW",
     };
+    let client_certs =
+        client_cert_mode(ctx) != ClientCertificate::None && !ctx.spec.tls().is_disabled();
     Ok(HttpConnectionManager {
         stat_prefix: "apiguard".into(),
         codec_type: "AUTO",
@@ -485,9 +487,9 @@ fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderError> {
         route_config: build_routes(ctx)?,
         http_filters: filters,
         access_log,
-        forward_client_cert_details: (client_cert_mode(ctx) != ClientCertificate::None
-            && !ctx.spec.tls().is_disabled())
-        .then_some("SANITIZE_SET"),
+        // The target learns the verified client identity; client-sent XFCC is replaced.
+        forward_client_cert_details: client_certs.then_some("SANITIZE_SET"),
+        set_current_client_cert_details: client_certs.then_some(ClientCertDetails { uri: true }),
         server_header_transformation: "PASS_THROUGH",
     })
 }

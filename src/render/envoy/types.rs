@@ -331,7 +331,14 @@ pub struct HttpConnectionManager {
     pub access_log: Vec<AccessLog>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_client_cert_details: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_current_client_cert_details: Option<ClientCertDetails>,
     pub server_header_transformation: &'static str,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ClientCertDetails {
+    pub uri: bool,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
