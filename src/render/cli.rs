@@ -115,10 +115,11 @@ impl Inputs {
                 continue;
             };
             let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
-            if !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-                if let Some(sa) = template.spec.and_then(|s| s.service_account_name) {
-                    return sa;
-                }
+            if !selector.is_empty()
+                && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                && let Some(sa) = template.spec.and_then(|s| s.service_account_name)
+            {
+                return sa;
             }
         }
         "default".to_string()

@@ -16,6 +16,9 @@ pub mod envoy;
 pub mod network;
 pub mod objects;
 
+#[cfg(test)]
+mod tests;
+
 use crate::api::ApiSecurityPolicy;
 use k8s_openapi::api::core::v1::Service;
 use sha2::{Digest, Sha256};

@@ -213,7 +213,7 @@ fn cidr_contains(outer: &str, inner: &str) -> bool {
         let ip: std::net::IpAddr = a.parse().ok()?;
         let len: u32 = l.parse().ok()?;
         Some(match ip {
-            std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, len + 96, false),
+            std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, len, false),
             std::net::IpAddr::V6(v6) => (u128::from(v6), len, true),
         })
     }
@@ -238,5 +238,88 @@ mod tests {
         assert!(!cidr_contains("10.20.0.0/16", "169.254.169.254/32"));
         assert!(cidr_contains("fd00::/8", "fd00:ec2::254/128"));
         assert!(!cidr_contains("10.0.0.0/8", "fd00:ec2::254/128"));
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use crate::render::tests::example;
+
+    #[test]
+    fn ingress_from_gateway_and_callers_egress_allowlist_with_dns() {
+        let f = example("internal-east-west.yaml");
+        let np = target_network_policy(&f.policy, &f.service)
+            .expect("render")
+            .expect("a policy");
+        let spec = np.spec.expect("spec");
+        assert_eq!(
+            spec.policy_types,
+            Some(vec!["Ingress".into(), "Egress".into()])
+        );
+        let ingress = &spec.ingress.expect("ingress")[0];
+        let from = ingress.from.as_ref().expect("from");
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(gateway_pod_labels(&f.policy)),
+            "gateway pods admitted"
+        );
+        assert_eq!(
+            from[1]
+                .namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .and_then(|l| l.get("kubernetes.io/metadata.name").cloned()),
+            Some("shop".to_string()),
+            "allowed caller namespace admitted"
+        );
+        assert_eq!(
+            ingress.ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::String("http".into())),
+            "only the target port"
+        );
+        let egress = spec.egress.expect("egress");
+        let allow = egress[0].to.as_ref().expect("to")[0]
+            .ip_block
+            .clone()
+            .expect("ip block");
+        assert_eq!(allow.cidr, "10.20.0.0/16");
+        assert_eq!(
+            allow.except, None,
+            "metadata address is outside the allowed range"
+        );
+        assert_eq!(
+            egress[1].ports.as_ref().expect("dns ports").len(),
+            2,
+            "DNS over UDP and TCP"
+        );
+        assert_eq!(
+            spec.pod_selector.and_then(|s| s.match_labels),
+            Some(BTreeMap::from([(
+                "app".to_string(),
+                "inventory".to_string()
+            )]))
+        );
+    }
+
+    #[test]
+    fn metadata_egress_denied_by_default() {
+        let f = example("public-consumer-api.yaml");
+        let np = target_network_policy(&f.policy, &f.service)
+            .expect("render")
+            .expect("a policy");
+        let egress = np.spec.expect("spec").egress.expect("egress");
+        let blocks: Vec<_> = egress[0]
+            .to
+            .as_ref()
+            .expect("to")
+            .iter()
+            .filter_map(|p| p.ip_block.clone())
+            .collect();
+        assert_eq!(blocks[0].except, Some(vec![METADATA_V4.to_string()]));
+        assert_eq!(blocks[1].except, Some(vec![METADATA_V6.to_string()]));
     }
 }

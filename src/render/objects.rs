@@ -275,3 +275,63 @@ pub fn gateway_objects(
         service,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::tests::example;
+
+    #[test]
+    fn gateway_objects_split_secrets_and_carry_labels_and_owner() {
+        let mut f = example("partner-api-mtls-apikeys.yaml");
+        f.policy.metadata.uid = Some("1234".into());
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        assert_eq!(
+            o.config_map.metadata.name.as_deref(),
+            Some("partner-settlements-apiguard")
+        );
+        assert_eq!(
+            o.secret.metadata.name.as_deref(),
+            Some("partner-settlements-apiguard-secrets")
+        );
+        let cm = o.config_map.data.expect("data");
+        assert!(cm.contains_key("bootstrap.yaml") && !cm.contains_key("server.key"));
+        let secret = o.secret.data.expect("data");
+        assert!(secret.contains_key("server.key") && secret.contains_key("apikeys.json"));
+        for meta in [
+            &o.config_map.metadata,
+            &o.secret.metadata,
+            &o.deployment.metadata,
+            &o.service.metadata,
+        ] {
+            let labels = meta.labels.clone().expect("labels");
+            assert_eq!(labels.get(MANAGED_BY).map(String::as_str), Some("apiguard"));
+            assert_eq!(
+                labels.get(POLICY_LABEL).map(String::as_str),
+                Some("partner-settlements")
+            );
+            let owner = &meta.owner_references.as_ref().expect("owner")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+                ("ApiSecurityPolicy", "1234", Some(true))
+            );
+        }
+        let pod = o.deployment.spec.expect("spec").template.spec.expect("pod");
+        let c = &pod.containers[0];
+        let sc = c.security_context.clone().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        assert_eq!(c.image.as_deref(), Some(f.options.envoy_image.as_str()));
+    }
+
+    #[test]
+    fn no_owner_without_uid() {
+        let f = example("bola-user-orders.yaml");
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        assert_eq!(o.config_map.metadata.owner_references, None);
+    }
+}

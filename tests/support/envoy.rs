@@ -261,10 +261,11 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("envoy exited with {status}:\n{}", self.envoy_log());
             }
-            if let Some((200, body)) = self.admin_get("/ready").await {
-                if body.trim() == "LIVE" && self.listener_up().await {
-                    return;
-                }
+            if let Some((200, body)) = self.admin_get("/ready").await
+                && body.trim() == "LIVE"
+                && self.listener_up().await
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -745,13 +745,13 @@ fn regex_escape(s: &str) -> String {
 
 /// Envoy route match of one policy path: exact, `/prefix/*` or a `{param}` template.
 fn path_match(path: &str) -> RouteMatch {
-    if let Some(prefix) = path.strip_suffix("/*") {
-        if !prefix.contains('{') {
-            return RouteMatch {
-                prefix: Some(format!("{prefix}/")),
-                ..Default::default()
-            };
-        }
+    if let Some(prefix) = path.strip_suffix("/*")
+        && !prefix.contains('{')
+    {
+        return RouteMatch {
+            prefix: Some(format!("{prefix}/")),
+            ..Default::default()
+        };
     }
     if !path.contains('{') && !path.contains('*') {
         return RouteMatch {
@@ -1721,14 +1721,13 @@ pub fn static_bootstrap(gateway: &RenderedGateway) -> Result<String, String> {
     fn inline_discovery(v: &mut Value, ext: &BTreeMap<String, Value>) {
         match v {
             Value::Object(o) => {
-                if o.contains_key("config_discovery") {
-                    if let Some(Value::String(name)) = o.get("name") {
-                        if let Some(config) = ext.get(name) {
-                            let config = config.clone();
-                            o.remove("config_discovery");
-                            o.insert("typed_config".into(), config);
-                        }
-                    }
+                if o.contains_key("config_discovery")
+                    && let Some(Value::String(name)) = o.get("name")
+                    && let Some(config) = ext.get(name)
+                {
+                    let config = config.clone();
+                    o.remove("config_discovery");
+                    o.insert("typed_config".into(), config);
                 }
                 for child in o.values_mut() {
                     inline_discovery(child, ext);
@@ -1752,4 +1751,46 @@ pub fn static_bootstrap(gateway: &RenderedGateway) -> Result<String, String> {
         json!({"listeners": listeners, "clusters": clusters}),
     );
     serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_patterns() {
+        assert_eq!(
+            path_regex("/users/{userId}/orders"),
+            "^/users/[^/]+/orders$"
+        );
+        assert_eq!(path_regex("/a.b/*"), "^/a\\.b/.*$");
+        assert_eq!(path_match("/orders").path.as_deref(), Some("/orders"));
+        assert_eq!(path_match("/orders/*").prefix.as_deref(), Some("/orders/"));
+        assert!(path_match("/u/{id}").safe_regex.is_some());
+        assert_eq!(param_segment("/users/{userId}/orders", "userId"), Some(2));
+        assert_eq!(param_segment("/users/{userId}/orders", "other"), None);
+    }
+
+    #[test]
+    fn rate_limit_paths_overlap() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(paths_may_overlap(&p(&["/login"]), "/login"));
+        assert!(!paths_may_overlap(&p(&["/login"]), "/cart"));
+        assert!(paths_may_overlap(&p(&["/cart/*"]), "/cart/1"));
+        assert!(paths_may_overlap(
+            &p(&["/users/1/checkout"]),
+            "/users/{id}/checkout"
+        ));
+        assert!(!paths_may_overlap(
+            &p(&["/users/1/checkout"]),
+            "/users/{id}/orders"
+        ));
+    }
+
+    #[test]
+    fn jwks_checked() {
+        assert!(check_jwks("{\"keys\":[{}]}").is_ok());
+        assert!(check_jwks("{\"keys\":[]}").is_err());
+        assert!(check_jwks("nope").is_err());
+    }
 }
