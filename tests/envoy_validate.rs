@@ -88,9 +88,11 @@ fn validation_really_checks_the_rendered_resources() {
     render_example(&example, &dir);
     let mut gateway = read_dir(&dir);
     let lds = gateway.files.get_mut(LDS_FILE).expect("lds");
-    lds.contents = lds
+    let broken = lds
         .contents
-        .replace("\"merge_slashes\": true", "\"merge_slashes_typo\": true");
+        .replace("\"merge_slashes\":true", "\"merge_slashes_typo\":true");
+    assert_ne!(broken, lds.contents, "the control edit applies");
+    lds.contents = broken;
     let path = tmp.path().join("static.json");
     std::fs::write(&path, static_bootstrap(&gateway).expect("static")).expect("write");
     let (ok, log) = validate(&path);

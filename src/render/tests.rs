@@ -124,7 +124,11 @@ fn private_keys_and_api_keys_only_in_secret_files() {
 fn listener_snapshot() {
     let f = example("bola-user-orders.yaml");
     let g = f.render().expect("render");
-    insta::assert_snapshot!("bola_lds", g.files[LDS_FILE].contents);
+    let lds: serde_json::Value = serde_json::from_str(&g.files[LDS_FILE].contents).expect("JSON");
+    insta::assert_snapshot!(
+        "bola_lds",
+        serde_json::to_string_pretty(&lds).expect("pretty")
+    );
     insta::assert_snapshot!("bola_bootstrap", g.files[envoy::BOOTSTRAP_FILE].contents);
 }
 

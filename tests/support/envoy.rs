@@ -467,6 +467,10 @@ impl TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         }
     }
+
+    pub fn connector(&self) -> &tokio_rustls::TlsConnector {
+        &self.connector
+    }
 }
 
 /// One HTTP/1.1 request with `Connection: close`, bounded by a 10 s timeout.

@@ -214,7 +214,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
 }
 
 fn to_json<T: serde::Serialize>(ctx: &Ctx<'_>, what: &str, v: &T) -> Result<String, RenderError> {
-    serde_json::to_string_pretty(v)
+    serde_json::to_string(v)
         .map(|mut s| {
             s.push('\n');
             s
@@ -771,17 +771,36 @@ fn path_match(path: &str) -> RouteMatch {
 /// are tested against the other side's pattern; two patterns are assumed to overlap.
 fn paths_may_overlap(paths: &[String], path: &str) -> bool {
     let is_exact = |p: &str| !p.contains('{') && !p.ends_with("/*");
-    let matches = |pattern: &str, exact: &str| {
-        regex::Regex::new(&path_regex(pattern))
-            .map(|r| r.is_match(exact))
-            .unwrap_or(true)
-    };
     paths.iter().any(|p| match (is_exact(p), is_exact(path)) {
         (true, true) => p == path,
-        (true, false) => matches(path, p),
-        (false, true) => matches(p, path),
+        (true, false) => pattern_matches(path, p),
+        (false, true) => pattern_matches(p, path),
         (false, false) => true,
     })
+}
+
+/// Whether the exact path `exact` matches `pattern` (`{param}` = one segment, trailing `/*` =
+/// anything below), without compiling a regex (this runs per route and rate limit).
+fn pattern_matches(pattern: &str, exact: &str) -> bool {
+    let (body, any_below) = match pattern.strip_suffix("/*") {
+        Some(b) => (b, true),
+        None => (pattern, false),
+    };
+    let mut want = body.split('/');
+    let mut have = exact.split('/');
+    loop {
+        match (want.next(), have.next()) {
+            (None, None) => return !any_below,
+            (None, Some(rest)) => return any_below && (!rest.is_empty() || have.next().is_some()),
+            (Some(_), None) => return false,
+            (Some(w), Some(h)) => {
+                let param = w.starts_with('{') && w.ends_with('}');
+                if (param && h.is_empty()) || (!param && w != h) {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Anchored regex of a path pattern (used for route matching, without the query string).
