@@ -600,6 +600,9 @@ fn build_jwt(ctx: &Ctx<'_>, jwt: &PolicyJwt) -> Result<JwtAuthentication, Render
                         claim_name: fc.claim.clone(),
                     })
                     .collect(),
+                jwt_cache_config: JwtCacheConfig {
+                    jwt_cache_size: 1000,
+                },
             },
         );
     }

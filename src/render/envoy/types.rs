@@ -559,6 +559,13 @@ pub struct JwtProvider {
     pub max_lifetime: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub claim_to_headers: Vec<JwtClaimToHeader>,
+    pub jwt_cache_config: JwtCacheConfig,
+}
+
+/// Verified tokens are cached (per worker), so a client reusing its token skips signature checks.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct JwtCacheConfig {
+    pub jwt_cache_size: u32,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
