@@ -515,7 +515,7 @@ async fn a_user_supplied_intermediate_from_openssl_issues_working_leaves() {
         &read("inter.crt"),
         &read("inter.key"),
         Some(&read("root.crt")),
-        PemSource("openssl dir"),
+        PemSource::files(&d.join("inter.crt"), &d.join("inter.key")),
         t,
     )
     .unwrap();

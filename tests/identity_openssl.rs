@@ -214,4 +214,31 @@ fn cli_init_ca_and_issue_produce_a_chain_openssl_accepts() {
     ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("ca.key"), "{}", text(&out));
+
+    // A CA directory whose key belongs to another CA: the message names both files.
+    let other = tmp.path().join("other");
+    let out = apiguard(&["identity", "init-ca", "--out", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(ca_dir.join("ca.crt"), other.join("ca.crt")).unwrap();
+    let out = apiguard(&[
+        "identity",
+        "issue",
+        "--ca-dir",
+        other.to_str().unwrap(),
+        "--spiffe-id",
+        id,
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains(&format!(
+            "{} does not match the public key of the certificate in {}",
+            other.join("ca.key").display(),
+            other.join("ca.crt").display()
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(!bad.exists());
 }

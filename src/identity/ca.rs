@@ -65,14 +65,51 @@ pub enum CaError {
     Generate(#[from] rcgen::Error),
 }
 
-/// Where the PEM inputs of [`CertificateAuthority::from_pem`] came from, for error messages
-/// (for example `Secret apiguard-system/apiguard-ca` or `/etc/ca`).
-#[derive(Debug, Clone, Copy)]
-pub struct PemSource<'a>(pub &'a str);
+/// Where the PEM inputs of [`CertificateAuthority::from_pem`] came from, so error messages
+/// name the Secret key or file that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemSource {
+    cert: String,
+    key: String,
+    ca: String,
+}
 
-impl PemSource<'_> {
+impl PemSource {
+    /// A Secret: `Secret <ns>/<name> key tls.crt|tls.key|ca.crt`.
+    pub fn secret(namespace: &str, name: &str) -> Self {
+        let at = |k: &str| format!("Secret {namespace}/{name} key {k}");
+        Self {
+            cert: at(super::TLS_CRT),
+            key: at(super::TLS_KEY),
+            ca: at(super::CA_CRT),
+        }
+    }
+
+    /// Files: the certificate (and chain) file and the key file.
+    pub fn files(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            ca: cert.display().to_string(),
+        }
+    }
+
+    /// Anything else, e.g. `generated root`: `<label> tls.crt` etc.
+    pub fn described(label: &str) -> Self {
+        let at = |k: &str| format!("{label} {k}");
+        Self {
+            cert: at(super::TLS_CRT),
+            key: at(super::TLS_KEY),
+            ca: at(super::CA_CRT),
+        }
+    }
+
     fn name(&self, key: &str) -> String {
-        format!("{} key {key}", self.0)
+        match key {
+            super::TLS_KEY => self.key.clone(),
+            super::CA_CRT => self.ca.clone(),
+            _ => self.cert.clone(),
+        }
     }
 }
 
@@ -147,7 +184,7 @@ impl CertificateAuthority {
             key,
             Vec::new(),
             vec![der],
-            PemSource("generated root"),
+            PemSource::described("generated root"),
             now,
         )
     }
@@ -160,7 +197,7 @@ impl CertificateAuthority {
         cert_pem: &[u8],
         key_pem: &[u8],
         ca_pem: Option<&[u8]>,
-        source: PemSource<'_>,
+        source: PemSource,
         now: OffsetDateTime,
     ) -> Result<Self, CaError> {
         let cert_name = source.name(super::TLS_CRT);
@@ -229,7 +266,7 @@ impl CertificateAuthority {
         key: KeyPair,
         chain: Vec<CertificateDer<'static>>,
         roots: Vec<CertificateDer<'static>>,
-        source: PemSource<'_>,
+        source: PemSource,
         now: OffsetDateTime,
     ) -> Result<Self, CaError> {
         let cert_name = source.name(super::TLS_CRT);
@@ -489,7 +526,7 @@ mod tests {
             ca.cert_pem().as_bytes(),
             ca.key_pem().as_bytes(),
             None,
-            PemSource("test"),
+            PemSource::described("test"),
             NOW,
         )
         .unwrap();
@@ -505,7 +542,7 @@ mod tests {
             a.cert_pem().as_bytes(),
             b.key_pem().as_bytes(),
             None,
-            PemSource("Secret ns/ca"),
+            PemSource::secret("ns", "ca"),
             NOW,
         )
         .unwrap_err();
@@ -523,7 +560,7 @@ mod tests {
             ca.cert_pem().as_bytes(),
             ca.key_pem().as_bytes(),
             None,
-            PemSource("dir"),
+            PemSource::described("dir"),
             NOW + Duration::days(2),
         )
         .unwrap_err();
@@ -541,7 +578,7 @@ mod tests {
             cert.pem().as_bytes(),
             key.serialize_pem().as_bytes(),
             None,
-            PemSource("dir"),
+            PemSource::described("dir"),
             NOW,
         )
         .unwrap_err();
@@ -550,8 +587,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_the_source_name() {
-        let err = CertificateAuthority::from_pem(b"hello", b"", None, PemSource("Secret a/b"), NOW)
-            .unwrap_err();
+        let err =
+            CertificateAuthority::from_pem(b"hello", b"", None, PemSource::secret("a", "b"), NOW)
+                .unwrap_err();
         assert!(
             err.to_string().starts_with("Secret a/b key tls.crt"),
             "{err}"
@@ -577,7 +615,7 @@ mod tests {
             inter.pem().as_bytes(),
             key.serialize_pem().as_bytes(),
             None,
-            PemSource("dir"),
+            PemSource::described("dir"),
             NOW,
         )
         .unwrap_err();
@@ -586,7 +624,7 @@ mod tests {
             inter.pem().as_bytes(),
             key.serialize_pem().as_bytes(),
             Some(root.cert_pem().as_bytes()),
-            PemSource("dir"),
+            PemSource::described("dir"),
             NOW,
         )
         .unwrap();

@@ -106,8 +106,8 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<()> {
                 fs::read(&crt_path).with_context(|| format!("reading {}", crt_path.display()))?;
             let key =
                 fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-            let source = ca_dir.display().to_string();
-            let ca = CertificateAuthority::from_pem(&cert, &key, None, PemSource(&source), now)?;
+            let source = PemSource::files(&crt_path, &key_path);
+            let ca = CertificateAuthority::from_pem(&cert, &key, None, source, now)?;
             let request = LeafRequest {
                 spiffe_id,
                 dns_names: dns,

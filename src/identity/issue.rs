@@ -353,6 +353,23 @@ mod tests {
         assert!(err.contains(expected), "{input}: {err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn valid_ids_round_trip(
+            td in "[a-z0-9][a-z0-9._-]{0,30}",
+            ns in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+            sa in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]{1,5}){0,2}",
+        ) {
+            let id = SpiffeId::new(&td, &ns, &sa).unwrap();
+            proptest::prop_assert_eq!(SpiffeId::parse(&id.uri()).unwrap(), id);
+        }
+
+        #[test]
+        fn parse_never_panics(input in "\\PC{0,80}") {
+            let _ = SpiffeId::parse(&input);
+        }
+    }
+
     fn ca() -> CertificateAuthority {
         CertificateAuthority::generate(NOW - Duration::days(1), Duration::days(30)).unwrap()
     }

@@ -171,12 +171,11 @@ pub fn ca_from_secret(
     };
     let cert = data.tls_crt.ok_or_else(|| missing(TLS_CRT))?;
     let key = data.tls_key.ok_or_else(|| missing(TLS_KEY))?;
-    let source = format!("Secret {namespace}/{name}");
     Ok(CertificateAuthority::from_pem(
         cert,
         key,
         data.ca_crt,
-        PemSource(&source),
+        PemSource::secret(&namespace, &name),
         now,
     )?)
 }

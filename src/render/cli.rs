@@ -139,12 +139,11 @@ fn certificate_authority(
     if crt.exists() || key.exists() {
         let c = std::fs::read(&crt).with_context(|| format!("reading {}", crt.display()))?;
         let k = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-        let name = dir.display().to_string();
         return Ok(CertificateAuthority::from_pem(
             &c,
             &k,
             None,
-            PemSource(&name),
+            PemSource::files(&crt, &key),
             now,
         )?);
     }
