@@ -177,20 +177,11 @@ impl Gateway {
         let ca_dir = ca_dir.unwrap_or_else(|| dir.path().join("ca"));
         let port = free_port();
         let admin_port = free_port();
-        let envoy_dir = dir.path().join("envoy");
-        let g = Gateway {
-            ca_dir,
-            port,
-            admin_port,
-            upstream,
-            child: Command::new("true").spawn().expect("placeholder"),
-            dir,
-        };
-        g.render(manifests);
-        let log = std::fs::File::create(g.dir.path().join("envoy.log")).expect("envoy log");
+        render_into(dir.path(), &ca_dir, port, admin_port, upstream, manifests);
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log");
         let child = Command::new(tool("envoy"))
             .arg("-c")
-            .arg(envoy_dir.join("bootstrap.yaml"))
+            .arg(dir.path().join("envoy").join("bootstrap.yaml"))
             .args([
                 "--disable-hot-restart",
                 "--concurrency",
@@ -203,9 +194,14 @@ impl Gateway {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start envoy");
-        let mut g = g;
-        let mut placeholder = std::mem::replace(&mut g.child, child);
-        let _ = placeholder.wait();
+        let mut g = Gateway {
+            dir,
+            ca_dir,
+            port,
+            admin_port,
+            upstream,
+            child,
+        };
         g.wait_ready().await;
         g
     }
@@ -220,28 +216,14 @@ impl Gateway {
 
     /// (Re-)renders `manifests` into the watched directory.
     pub fn render(&self, manifests: &str) {
-        let file = self.dir.path().join("policy.yaml");
-        std::fs::write(&file, manifests).expect("write manifests");
-        let listen = format!("127.0.0.1:{}", self.port);
-        let admin = format!("127.0.0.1:{}", self.admin_port);
-        let upstream = self.upstream.to_string();
-        let access = self.access_log_path();
-        apiguard_render(&[
-            "-f",
-            file.to_str().expect("utf-8 path"),
-            "--envoy-dir",
-            self.envoy_dir().to_str().expect("utf-8 path"),
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-            "--upstream",
-            &upstream,
-            "--ca-dir",
-            self.ca_dir.to_str().expect("utf-8 path"),
-            "--access-log",
-            access.to_str().expect("utf-8 path"),
-        ]);
+        render_into(
+            self.dir.path(),
+            &self.ca_dir,
+            self.port,
+            self.admin_port,
+            self.upstream,
+            manifests,
+        );
     }
 
     fn envoy_log(&self) -> String {
@@ -346,6 +328,41 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// `apiguard render --envoy-dir <home>/envoy` of `manifests` (written to `<home>/policy.yaml`),
+/// access log at `<home>/access.log`.
+fn render_into(
+    home: &Path,
+    ca_dir: &Path,
+    port: u16,
+    admin_port: u16,
+    upstream: SocketAddr,
+    manifests: &str,
+) {
+    let file = home.join("policy.yaml");
+    std::fs::write(&file, manifests).expect("write manifests");
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{admin_port}");
+    let upstream = upstream.to_string();
+    let access = home.join("access.log");
+    let envoy_dir = home.join("envoy");
+    apiguard_render(&[
+        "-f",
+        file.to_str().expect("utf-8 path"),
+        "--envoy-dir",
+        envoy_dir.to_str().expect("utf-8 path"),
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--upstream",
+        &upstream,
+        "--ca-dir",
+        ca_dir.to_str().expect("utf-8 path"),
+        "--access-log",
+        access.to_str().expect("utf-8 path"),
+    ]);
 }
 
 // ---------------------------------------------------------------- HTTP client
