@@ -22,6 +22,9 @@ pub enum Command {
     },
     /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
     Lint(crate::lint::LintArgs),
+    /// Compile policies into the Envoy gateway: print the objects the controller would apply,
+    /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
+    Render(crate::render::cli::RenderArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -46,5 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lint(args) => Ok(crate::lint::run(&args)?),
+        Command::Render(args) => {
+            crate::render::cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -10,4 +10,5 @@ pub mod cli;
 pub mod identity;
 pub mod lint;
 pub mod manifest;
+pub mod render;
 pub mod rules;

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod envoy;
 pub mod policy_fixtures;
 pub mod tools;
