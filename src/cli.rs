@@ -15,6 +15,8 @@ pub struct Cli {
 pub enum Command {
     /// Print every CRD apiguard owns as multi-document YAML.
     Crd,
+    /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
+    Run(crate::run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -34,5 +36,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::api::crds_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => crate::run::run(args),
     }
 }

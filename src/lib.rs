@@ -8,3 +8,6 @@ pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod manifest;
+pub mod admin;
+pub mod run;
+pub mod webhook;
