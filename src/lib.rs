@@ -8,6 +8,8 @@ pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod manifest;
+pub mod rules;
+
 pub mod admin;
 pub mod run;
 pub mod webhook;
