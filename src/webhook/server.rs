@@ -106,7 +106,7 @@ async fn serve_connection(
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
             }
         }
-        _ = stop.wait_for(|stopped| *stopped) => {
+        _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error while draining");
