@@ -15,6 +15,8 @@ pub struct Cli {
 pub enum Command {
     /// Print every CRD apiguard owns as multi-document YAML.
     Crd,
+    /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
+    Lint(crate::lint::LintArgs),
     /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
     Run(crate::run::RunArgs),
 }
@@ -36,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::api::crds_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lint(args) => Ok(crate::lint::run(&args)?),
         Command::Run(args) => crate::run::run(args),
     }
 }

@@ -10,11 +10,16 @@
 //! annotations), [`view`] (the in-memory [`ClusterView`]) and [`json`] (careful reading of
 //! kinds without a typed model: wrong types become APG014 findings, never a panic).
 
+pub mod authn;
 pub mod bypass;
+pub mod cors;
 pub mod exemptions;
+pub mod ingress_nginx;
 pub mod json;
 pub mod policy;
+pub mod tls;
 pub mod view;
+pub mod workloads;
 
 pub use crate::catalog::{RuleId, Severity};
 pub use view::InMemoryView;
@@ -231,10 +236,31 @@ pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> 
         ""
     };
     let mut findings = Vec::new();
-    let _public_route = exemptions::public_route(object, &obj, &mut findings);
+    let public_route = exemptions::public_route(object, &obj, &mut findings);
     match (group, obj.kind.as_str()) {
         ("apiguard.dev", "ApiSecurityPolicy") => policy::review(object, &obj, view, &mut findings),
+        ("networking.k8s.io" | "extensions", "Ingress") => {
+            ingress_nginx::review(object, &obj, view, public_route, &mut findings)
+        }
         ("", "Service") => bypass::review_service(object, &obj, view, &mut findings),
+        ("gateway.networking.k8s.io", "Gateway") => {
+            tls::review_gateway(object, &obj, &mut findings)
+        }
+        ("gateway.networking.k8s.io", "HTTPRoute") => {
+            authn::review_http_route(object, &obj, view, public_route, &mut findings)
+        }
+        ("gateway.envoyproxy.io", "SecurityPolicy") => {
+            cors::review_envoy_security_policy(object, &obj, &mut findings)
+        }
+        ("gateway.envoyproxy.io", "ClientTrafficPolicy") => {
+            tls::review_client_traffic_policy(object, &obj, &mut findings)
+        }
+        ("networking.istio.io", "VirtualService") => {
+            cors::review_istio_virtual_service(object, &obj, &mut findings)
+        }
+        ("" | "apps" | "batch", kind) if workloads::is_workload(group, kind) => {
+            workloads::review(object, &obj, &mut findings)
+        }
         _ => {}
     }
     exemptions::apply(object, &obj, &mut findings);

@@ -6,6 +6,7 @@
 
 use super::bypass;
 use super::{ClusterView, Finding, ObjectRef, RuleId, Severity};
+use crate::api::invariants::{self as inv, Invariant};
 use crate::api::validate::validate_spec;
 use crate::api::{ApiSecurityPolicy, ApiSecurityPolicySpec, Isolation, RouteMatch};
 use serde_json::Value;
@@ -45,11 +46,7 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
             .strip_prefix(v.invariant.rule.id())
             .and_then(|t| t.strip_prefix(": "))
             .unwrap_or(text);
-        let remediation = body
-            .split_once("; ")
-            .map(|(_, fix)| fix)
-            .unwrap_or(body)
-            .to_string();
+        let remediation = invariant_remediation(&v.invariant, body);
         out.push(Finding {
             rule: v.invariant.rule,
             severity: v.invariant.rule.severity(),
@@ -91,6 +88,27 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
         }
     }
     bypass::review_policy(&policy, obj, view, out);
+}
+
+/// The fix for an invariant: the part of its message after `; ` when that is an instruction,
+/// otherwise an explicit one.
+fn invariant_remediation(invariant: &Invariant, body: &str) -> String {
+    if *invariant == inv::JWT_ISSUER_HTTPS {
+        return "use the provider's https:// issuer URL".into();
+    }
+    if *invariant == inv::JWKS_URI_HTTPS {
+        return "serve the JWKS over https://, or use jwks.inline or jwks.secretRef".into();
+    }
+    if *invariant == inv::TLS_MIN_VERSION {
+        return "set spec.tls.minVersion to TLSv1_2 or TLSv1_3".into();
+    }
+    if *invariant == inv::RATE_LIMIT_POSITIVE {
+        return "set limit.requests to at least 1; to block a route, leave it out of spec.authorization.rules".into();
+    }
+    body.split_once("; ")
+        .map(|(_, fix)| fix)
+        .unwrap_or(body)
+        .to_string()
 }
 
 fn audiences(spec: &ApiSecurityPolicySpec, obj: &ObjectRef, out: &mut Vec<Finding>) {
@@ -205,6 +223,25 @@ fn sensitive_flows(spec: &ApiSecurityPolicySpec, obj: &ObjectRef, out: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_invariant_has_a_remediation_that_is_an_instruction() {
+        for i in inv::ALL {
+            let body = i
+                .message
+                .split_once(": ")
+                .map(|(_, b)| b)
+                .unwrap_or(i.message);
+            let fix = invariant_remediation(i, body);
+            let first = fix.split_whitespace().next().unwrap_or("");
+            assert!(
+                first.starts_with(char::is_lowercase)
+                    && !["keys", "tokens", "tls"].contains(&first),
+                "{}: {fix}",
+                i.message
+            );
+        }
+    }
 
     #[test]
     fn sensitive_paths() {
