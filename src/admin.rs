@@ -89,8 +89,8 @@ pub struct AdmissionMetrics {
 /// Upper bounds (seconds) of the admission duration histogram: the review itself is expected
 /// to take tens of microseconds, so the buckets are fine at the low end.
 pub const DURATION_BUCKETS: [f64; 14] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.5, 1.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.5, 1.0,
 ];
 
 impl AdmissionMetrics {
@@ -261,7 +261,10 @@ mod tests {
         caches.set_ready(true);
         let (status, body) = get_path(router(state.clone()), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("controller") && !body.contains("webhook"), "{body}");
+        assert!(
+            body.contains("controller") && !body.contains("webhook"),
+            "{body}"
+        );
         other.set_ready(true);
         assert_eq!(
             get_path(router(state.clone()), "/readyz").await.0,

@@ -96,7 +96,11 @@ impl RunArgs {
         self.operator_namespace
             .clone()
             .filter(|ns| !ns.is_empty())
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|ns| !ns.is_empty())
+            })
             .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_owned())
     }
 

@@ -9,8 +9,8 @@ use apiguard::rules::AdmissionMode;
 use apiguard::webhook::{Limits, router};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tower::ServiceExt;
@@ -28,8 +28,12 @@ async fn post(app: axum::Router, body: impl Into<Body>) -> (StatusCode, Value) {
         .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "answer is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
     (status, value)
 }
 
@@ -38,7 +42,10 @@ async fn post_review(mode: AdmissionMode, review: &Value) -> Value {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
     assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
-    assert_eq!(answer["response"]["uid"], review["request"]["uid"], "{answer}");
+    assert_eq!(
+        answer["response"]["uid"], review["request"]["uid"],
+        "{answer}"
+    );
     answer["response"].clone()
 }
 
@@ -72,9 +79,18 @@ async fn cors_ingress_without_origin_is_denied_naming_apg001() {
     assert_eq!(response["status"]["status"], "Failure", "{response}");
     let message = response["status"]["message"].as_str().unwrap();
     assert!(message.contains("APG001"), "{message}");
-    assert!(message.contains(CORS_ANNOTATION), "message names the field: {message}");
-    assert!(message.contains("Ingress shop/web"), "message names the object: {message}");
-    assert_eq!(response["auditAnnotations"]["findings"], "APG001", "{response}");
+    assert!(
+        message.contains(CORS_ANNOTATION),
+        "message names the field: {message}"
+    );
+    assert!(
+        message.contains("Ingress shop/web"),
+        "message names the object: {message}"
+    );
+    assert_eq!(
+        response["auditAnnotations"]["findings"], "APG001",
+        "{response}"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +128,10 @@ async fn warn_mode_admits_with_the_finding_as_warning_and_audit_mode_admits_sile
     assert_eq!(audited["allowed"], true, "{audited}");
     assert!(warnings(&audited).is_empty(), "{audited}");
     // The finding is still recorded in the apiserver's audit log.
-    assert_eq!(audited["auditAnnotations"]["findings"], "APG001", "{audited}");
+    assert_eq!(
+        audited["auditAnnotations"]["findings"], "APG001",
+        "{audited}"
+    );
 }
 
 #[tokio::test]
@@ -194,12 +213,21 @@ async fn malformed_bodies_get_400_with_a_clear_error() {
     v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let (status, answer) = post(app(AdmissionMode::Enforce), v1beta1.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(answer["error"].as_str().unwrap().contains("admissionReviewVersions"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("admissionReviewVersions"),
+        "{answer}"
+    );
     let mut no_object = review("CREATE", &clean_service(), "uid-no-object", false);
     no_object["request"]["object"] = Value::Null;
     let (status, answer) = post(app(AdmissionMode::Enforce), no_object.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(answer["error"].as_str().unwrap().contains("uid-no-object"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("uid-no-object"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +251,8 @@ async fn oversize_body_gets_413() {
             ..Limits::default()
         },
     );
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![b' '; 800]), Ok(vec![b' '; 800])];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![b' '; 800]), Ok(vec![b' '; 800])];
     let (status, _) = post(small, Body::from_stream(futures::stream::iter(chunks))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
@@ -239,9 +268,12 @@ async fn a_request_whose_body_never_completes_hits_the_deadline() {
     );
     let stalled = futures::stream::once(async { Ok::<_, std::io::Error>(b"{".to_vec()) })
         .chain(futures::stream::pending());
-    let answer = tokio::time::timeout(Duration::from_secs(5), post(app, Body::from_stream(stalled)))
-        .await
-        .expect("the webhook answers before the test gives up");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(app, Body::from_stream(stalled)),
+    )
+    .await
+    .expect("the webhook answers before the test gives up");
     assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.1);
     assert!(answer.1["error"].as_str().unwrap().contains("deadline"));
 }

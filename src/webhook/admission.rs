@@ -25,7 +25,10 @@ pub enum ReviewError {
     #[error("AdmissionReview has no `request` to answer")]
     MissingRequest,
     #[error("AdmissionReview request {uid}: {operation} without `request.object`")]
-    MissingObject { uid: String, operation: &'static str },
+    MissingObject {
+        uid: String,
+        operation: &'static str,
+    },
 }
 
 /// The kinds DESIGN.md section 4 checks; any other kind is labelled `other` in metrics.
@@ -90,7 +93,11 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(view: Arc<dyn ClusterView>, config: EngineConfig, metrics: AdmissionMetrics) -> Self {
+    pub fn new(
+        view: Arc<dyn ClusterView>,
+        config: EngineConfig,
+        metrics: AdmissionMetrics,
+    ) -> Self {
         Self {
             view,
             config,
@@ -106,7 +113,9 @@ impl Admission {
     /// and logging the decision. Errors mean the body is not an answerable review.
     pub fn handle(&self, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
         let started = Instant::now();
-        let result = self.parse(body).and_then(|req| self.decide(&req).map(|v| (req, v)));
+        let result = self
+            .parse(body)
+            .and_then(|req| self.decide(&req).map(|v| (req, v)));
         let outcome = match result {
             Ok((req, verdict)) => {
                 self.record(&req, &verdict);

@@ -40,10 +40,7 @@ pub enum ViewError {
 impl ReflectorView {
     /// Start the reflectors (their tasks run until `shutdown` completes). The view answers
     /// from the caches as they fill; await [`ReflectorView::synced`] before serving.
-    pub async fn start(
-        client: Client,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<Self, ViewError> {
+    pub async fn start(client: Client, shutdown: watch::Receiver<bool>) -> Result<Self, ViewError> {
         let policies = spawn_reflector(
             Api::<ApiSecurityPolicy>::all(client.clone()),
             reflector::store(),
@@ -62,10 +59,16 @@ impl ReflectorView {
             .run()
             .await
             .map_err(|source| ViewError::Discovery { group, source })?;
-        let security_policies = match discovery.resolve_gvk(&GroupVersionKind::gvk(group, version, kind))
+        let security_policies = match discovery
+            .resolve_gvk(&GroupVersionKind::gvk(group, version, kind))
         {
             Some((resource, _caps)) => {
-                tracing::info!(group, version, kind, "watching Envoy Gateway SecurityPolicies");
+                tracing::info!(
+                    group,
+                    version,
+                    kind,
+                    "watching Envoy Gateway SecurityPolicies"
+                );
                 let writer = reflector::store::Writer::new(resource.clone());
                 let store = writer.as_reader();
                 Some(spawn_reflector(
@@ -138,8 +141,7 @@ impl ClusterView for ReflectorView {
     }
 
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
-        self.services
-            .get(&ObjectRef::new(name).within(namespace))
+        self.services.get(&ObjectRef::new(name).within(namespace))
     }
 
     fn security_policies_in(&self, namespace: &str) -> Vec<Arc<Value>> {

@@ -6,9 +6,9 @@
 use apiguard::admin::AdmissionMetrics;
 use apiguard::rules::{AdmissionMode, EngineConfig, InMemoryView};
 use apiguard::webhook::{Admission, Limits, router};
-use hyper::body::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -245,10 +245,11 @@ impl TestPki {
     /// A serving certificate (PEM cert, PEM key) with the given serial number.
     pub fn leaf(&self, serial: u64) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("leaf key");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("leaf params");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("leaf params");
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
         params.serial_number = Some(rcgen::SerialNumber::from(serial));
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).expect("leaf cert");
@@ -258,7 +259,9 @@ impl TestPki {
     /// A rustls client configuration that trusts only this CA.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).expect("CA into root store");
+        roots
+            .add(self.ca.der().clone())
+            .expect("CA into root store");
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -312,7 +315,9 @@ pub struct TlsClient {
 
 impl TlsClient {
     pub async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Self {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("TCP connect");
         tcp.set_nodelay(true).expect("nodelay");
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
