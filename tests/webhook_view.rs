@@ -1,5 +1,5 @@
-//! The reflector-backed cluster view against a mocked apiserver (a `tower::service_fn`
-//! answering discovery, list and watch requests): caches fill and report synced only after
+//! The reflector-backed cluster view against a mocked apiserver (an axum router as the kube
+//! client's service, answering discovery, list and watch requests): caches fill and report synced only after
 //! the initial lists, Envoy Gateway SecurityPolicies are watched only when discovery shows the
 //! CRD, and the admission rules see the cached objects.
 
@@ -10,137 +10,15 @@ use apiguard::admin::AdmissionMetrics;
 use apiguard::rules::{ClusterView, EngineConfig};
 use apiguard::webhook::Admission;
 use apiguard::webhook::cluster::ReflectorView;
-use axum::http;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Bytes, Frame};
 use serde_json::{Value, json};
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use webhook_support::*;
 
-type MockBody = BoxBody<Bytes, Infallible>;
-
-fn json_response(status: u16, body: &Value) -> http::Response<MockBody> {
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).boxed())
-        .unwrap()
-}
-
-fn list(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": "100"}, "items": items})
-}
-
-struct MockApiserver {
-    /// Paths requested that the mock does not know (the test fails if any).
-    unknown: Arc<Mutex<Vec<String>>>,
-    /// Released when the Service list may be answered.
-    services_gate: Arc<Notify>,
-}
-
-fn security_policy() -> Value {
-    json!({
-        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
-        "kind": "SecurityPolicy",
-        "metadata": {"name": "jwt", "namespace": "shop", "resourceVersion": "5"},
-        "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "status"}],
-                 "jwt": {"providers": [{"name": "corp", "remoteJWKS": {"uri": "https://idp.example.com/jwks"}}]}}
-    })
-}
-
 fn mock_client(with_envoy_gateway: bool) -> (kube::Client, MockApiserver) {
-    let unknown = Arc::new(Mutex::new(Vec::new()));
-    let services_gate = Arc::new(Notify::new());
-    let (unknown2, gate2) = (unknown.clone(), services_gate.clone());
-    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-        let unknown = unknown2.clone();
-        let gate = gate2.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            let watch = req.uri().query().unwrap_or("").contains("watch=true");
-            if watch {
-                // An open watch with no events: the body never ends.
-                let body =
-                    StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>());
-                return Ok::<_, Infallible>(
-                    http::Response::builder()
-                        .status(200)
-                        .body(body.boxed())
-                        .unwrap(),
-                );
-            }
-            let mut policy = policy();
-            policy["metadata"]["resourceVersion"] = json!("7");
-            let resp = match path.as_str() {
-                "/apis" => {
-                    let groups = if with_envoy_gateway {
-                        vec![json!({"name": "gateway.envoyproxy.io",
-                                    "versions": [{"groupVersion": "gateway.envoyproxy.io/v1alpha1", "version": "v1alpha1"}],
-                                    "preferredVersion": {"groupVersion": "gateway.envoyproxy.io/v1alpha1", "version": "v1alpha1"}})]
-                    } else {
-                        vec![]
-                    };
-                    json_response(
-                        200,
-                        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
-                    )
-                }
-                "/apis/gateway.envoyproxy.io/v1alpha1" if with_envoy_gateway => json_response(
-                    200,
-                    &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "gateway.envoyproxy.io/v1alpha1",
-                            "resources": [{"name": "securitypolicies", "singularName": "securitypolicy", "namespaced": true,
-                                           "kind": "SecurityPolicy", "verbs": ["get", "list", "watch"]}]}),
-                ),
-                "/apis/gateway.envoyproxy.io/v1alpha1/securitypolicies" if with_envoy_gateway => {
-                    json_response(
-                        200,
-                        &list(
-                            "gateway.envoyproxy.io/v1alpha1",
-                            "SecurityPolicy",
-                            vec![security_policy()],
-                        ),
-                    )
-                }
-                "/apis/apiguard.dev/v1alpha1/apisecuritypolicies" => json_response(
-                    200,
-                    &list("apiguard.dev/v1alpha1", "ApiSecurityPolicy", vec![policy]),
-                ),
-                "/api/v1/services" => {
-                    gate.notified().await;
-                    json_response(
-                        200,
-                        &list(
-                            "v1",
-                            "Service",
-                            vec![json!({"apiVersion": "v1", "kind": "Service",
-                                        "metadata": {"name": "payments", "namespace": "shop", "resourceVersion": "9"},
-                                        "spec": {"selector": {"app": "payments"}, "ports": [{"port": 8080}]}})],
-                        ),
-                    )
-                }
-                other => {
-                    unknown.lock().unwrap().push(other.to_owned());
-                    json_response(
-                        404,
-                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                                "message": format!("mock apiserver: no {other}")}),
-                    )
-                }
-            };
-            Ok(resp)
-        }
-    });
-    (
-        kube::Client::new(service, "default"),
-        MockApiserver {
-            unknown,
-            services_gate,
-        },
-    )
+    let mock = MockApiserver::new(with_envoy_gateway);
+    (kube::Client::new(mock.router(), "default"), mock)
 }
 
 #[tokio::test]

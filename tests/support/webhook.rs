@@ -370,3 +370,135 @@ pub fn serial_of(der: &[u8]) -> Vec<u8> {
     let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
     raw[start..].to_vec()
 }
+
+/// A mocked apiserver for the webhook's reflectors: discovery (`/apis`), list and watch of
+/// ApiSecurityPolicies (one policy, `shop/payments`), Services (`shop/payments`) and, when
+/// `with_envoy_gateway`, Envoy Gateway SecurityPolicies (`shop/jwt`). Watches stay open with
+/// no events. The Service list is answered only once `services_gate` is notified.
+#[derive(Clone)]
+pub struct MockApiserver {
+    pub with_envoy_gateway: bool,
+    /// Paths requested that the mock does not know (tests assert it stays empty).
+    pub unknown: Arc<std::sync::Mutex<Vec<String>>>,
+    pub services_gate: Arc<tokio::sync::Notify>,
+}
+
+pub fn mock_security_policy() -> Value {
+    json!({
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+        "kind": "SecurityPolicy",
+        "metadata": {"name": "jwt", "namespace": "shop", "resourceVersion": "5"},
+        "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "status"}],
+                 "jwt": {"providers": [{"name": "corp", "remoteJWKS": {"uri": "https://idp.example.com/jwks"}}]}}
+    })
+}
+
+fn mock_list(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": "100"}, "items": items})
+}
+
+fn mock_json(status: u16, body: &Value) -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("response")
+}
+
+impl MockApiserver {
+    pub fn new(with_envoy_gateway: bool) -> Self {
+        Self {
+            with_envoy_gateway,
+            unknown: Arc::default(),
+            services_gate: Arc::default(),
+        }
+    }
+
+    /// Let the Service list through (for tests that do not test sync gating).
+    pub fn open(self) -> Self {
+        self.services_gate.notify_one();
+        self
+    }
+
+    pub fn router(&self) -> axum::Router {
+        let mock = self.clone();
+        axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let mock = mock.clone();
+            async move { mock.answer(req).await }
+        })
+    }
+
+    async fn answer(&self, req: axum::extract::Request) -> axum::response::Response {
+        let path = req.uri().path().to_owned();
+        if req.uri().query().unwrap_or("").contains("watch=true") {
+            // An open watch with no events: the body never ends.
+            let pending = futures::stream::pending::<Result<Bytes, Infallible>>();
+            return axum::response::Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from_stream(pending))
+                .expect("response");
+        }
+        let eg = self.with_envoy_gateway;
+        match path.as_str() {
+            "/apis" => {
+                let groups = if eg {
+                    vec![json!({"name": "gateway.envoyproxy.io",
+                                "versions": [{"groupVersion": "gateway.envoyproxy.io/v1alpha1", "version": "v1alpha1"}],
+                                "preferredVersion": {"groupVersion": "gateway.envoyproxy.io/v1alpha1", "version": "v1alpha1"}})]
+                } else {
+                    vec![]
+                };
+                mock_json(
+                    200,
+                    &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+                )
+            }
+            "/apis/gateway.envoyproxy.io/v1alpha1" if eg => mock_json(
+                200,
+                &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "gateway.envoyproxy.io/v1alpha1",
+                        "resources": [{"name": "securitypolicies", "singularName": "securitypolicy", "namespaced": true,
+                                       "kind": "SecurityPolicy", "verbs": ["get", "list", "watch"]}]}),
+            ),
+            "/apis/gateway.envoyproxy.io/v1alpha1/securitypolicies" if eg => mock_json(
+                200,
+                &mock_list(
+                    "gateway.envoyproxy.io/v1alpha1",
+                    "SecurityPolicy",
+                    vec![mock_security_policy()],
+                ),
+            ),
+            "/apis/apiguard.dev/v1alpha1/apisecuritypolicies" => {
+                let mut policy = policy();
+                policy["metadata"]["resourceVersion"] = json!("7");
+                mock_json(
+                    200,
+                    &mock_list("apiguard.dev/v1alpha1", "ApiSecurityPolicy", vec![policy]),
+                )
+            }
+            "/api/v1/services" => {
+                self.services_gate.notified().await;
+                // Let later lists (re-lists after a watch ends) through too.
+                self.services_gate.notify_one();
+                mock_json(
+                    200,
+                    &mock_list(
+                        "v1",
+                        "Service",
+                        vec![json!({"apiVersion": "v1", "kind": "Service",
+                                    "metadata": {"name": "payments", "namespace": "shop", "resourceVersion": "9"},
+                                    "spec": {"selector": {"app": "payments"}, "ports": [{"port": 8080}]}})],
+                    ),
+                )
+            }
+            other => {
+                self.unknown.lock().expect("lock").push(other.to_owned());
+                mock_json(
+                    404,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": format!("mock apiserver: no {other}")}),
+                )
+            }
+        }
+    }
+}
