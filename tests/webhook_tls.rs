@@ -272,3 +272,58 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         .expect("server finishes draining")
         .unwrap();
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_with_concurrent_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf(3);
+    write_secret_volume(dir.path(), 1, &cert, &key);
+    let server = start(dir.path(), Duration::from_secs(5)).await;
+
+    let mut config = (*pki.client_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut pending = Vec::new();
+    for i in 0..8 {
+        let mut sender = sender.clone();
+        let body = full(ingress_review(&format!("h2-{i}")));
+        pending.push(tokio::spawn(async move {
+            let req = hyper::Request::post("https://localhost/validate")
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let answer: serde_json::Value =
+                serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
+            assert_eq!(answer["response"]["uid"], format!("h2-{i}"));
+            assert_eq!(answer["response"]["allowed"], false);
+        }));
+    }
+    for p in pending {
+        tokio::time::timeout(Duration::from_secs(5), p)
+            .await
+            .expect("answered")
+            .unwrap();
+    }
+    let _ = server.stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), server.done)
+        .await
+        .expect("server stops with an idle HTTP/2 connection open")
+        .unwrap();
+}

@@ -13,7 +13,7 @@ use std::time::Instant;
 /// The only AdmissionReview version apiguard answers (v1beta1 left Kubernetes in 1.22).
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
-/// A request body that is not an AdmissionReview apiguard can answer (HTTP 400).
+/// Why a request body got no AdmissionReview answer (HTTP 400, or 500 for [`ReviewError::Encode`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error("request body is not a valid admission.k8s.io/v1 AdmissionReview: {0}")]
@@ -29,6 +29,15 @@ pub enum ReviewError {
         uid: String,
         operation: &'static str,
     },
+    #[error("encoding the AdmissionReview answer failed: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl ReviewError {
+    /// Whether the request (not the webhook) is at fault.
+    pub fn is_bad_request(&self) -> bool {
+        !matches!(self, ReviewError::Encode(_))
+    }
 }
 
 /// The kinds DESIGN.md section 4 checks; any other kind is labelled `other` in metrics.
@@ -119,9 +128,7 @@ impl Admission {
         let outcome = match result {
             Ok((req, verdict)) => {
                 self.record(&req, &verdict);
-                let review = verdict.response.into_review();
-                // Serialising kube's own types into a Vec cannot fail.
-                Ok(serde_json::to_vec(&review).unwrap_or_default())
+                serde_json::to_vec(&verdict.response.into_review()).map_err(ReviewError::Encode)
             }
             Err(e) => {
                 self.metrics

@@ -91,6 +91,7 @@ async fn validate(
     };
     match admission.handle(&body) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => error_response(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) if e.is_bad_request() => error_response(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
