@@ -91,6 +91,18 @@ async fn cors_ingress_without_origin_is_denied_naming_apg001() {
         response["auditAnnotations"]["findings"], "APG001",
         "{response}"
     );
+    // Every blocking finding is listed with its field and its fix.
+    let findings = apiguard::rules::review(
+        &cors_ingress(None),
+        &apiguard::rules::InMemoryView::new(),
+        &apiguard::rules::EngineConfig::default(),
+    );
+    assert!(!findings.is_empty());
+    for f in findings.iter().filter(|f| f.is_blocking()) {
+        assert!(message.contains(f.rule.id()), "{message}");
+        assert!(message.contains(&f.field), "{message}");
+        assert!(message.contains(&f.remediation), "{message}");
+    }
 }
 
 #[tokio::test]
