@@ -1,5 +1,5 @@
 //! `apiguard run` as a process: usage errors exit 2 with the fix; with `--no-controller`
-//! against a mocked apiserver (KUBECONFIG) it becomes ready after the caches sync, denies an
+//! (flags and `APIGUARD_*` environment) against a mocked apiserver (KUBECONFIG) it becomes ready after the caches sync, denies an
 //! insecure Ingress over TLS, exposes the decision in /metrics and its JSON log, and exits 0
 //! on SIGTERM.
 
@@ -118,10 +118,13 @@ async fn run_serves_the_webhook_until_sigterm() {
     write_kubeconfig(&kubeconfig, apiserver_addr);
     let (webhook_addr, admin_addr) = (free_port(), free_port());
     let log_path = dir.path().join("apiguard.log");
+    // Some settings by flag, some by environment (as the Helm chart sets them).
     let mut child = apiguard()
-        .args(["run", "--no-controller", "--log-format", "json"])
-        .args(["--webhook-addr", &webhook_addr.to_string()])
-        .args(["--admin-addr", &admin_addr.to_string()])
+        .args(["run", "--webhook-addr", &webhook_addr.to_string()])
+        .env("APIGUARD_NO_CONTROLLER", "true")
+        .env("APIGUARD_LOG_FORMAT", "json")
+        .env("APIGUARD_ADMIN_ADDR", admin_addr.to_string())
+        .env("POD_NAMESPACE", "guard-system")
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")
@@ -169,9 +172,9 @@ async fn run_serves_the_webhook_until_sigterm() {
             .contains("APG001"),
         "{answer}"
     );
-    // Objects in the operator namespace (default apiguard-system) are exempt.
+    // Objects in the operator namespace ($POD_NAMESPACE here) are exempt.
     let mut own = cors_ingress(None);
-    own["metadata"]["namespace"] = "apiguard-system".into();
+    own["metadata"]["namespace"] = "guard-system".into();
     let (_, answer) = client
         .validate(full(review("CREATE", &own, "run-2", false).to_string()))
         .await;
