@@ -95,8 +95,72 @@ pub struct Inputs {
     pub texts: BTreeMap<String, String>,
 }
 
+/// Why `lint` could not read its input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LintError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A YAML syntax error, with the document it is in.
+    #[error("{path}: document {document}: not valid YAML: {message}")]
+    Yaml {
+        path: String,
+        document: usize,
+        message: String,
+    },
+}
+
+/// The 1-based index (among non-empty documents, as the loader counts) of the first YAML
+/// document of `text` that does not parse on its own.
+pub fn failing_document(text: &str) -> Option<usize> {
+    let mut chunks: Vec<String> = vec![String::new()];
+    for line in text.lines() {
+        if is_doc_marker(line) {
+            chunks.push(String::new());
+        }
+        if let Some(last) = chunks.last_mut() {
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    let mut document = 0;
+    for chunk in &chunks {
+        let has_content = chunk.lines().enumerate().any(|(i, l)| {
+            if i == 0 && is_doc_marker(l) {
+                is_content(l.get(3..).unwrap_or(""))
+            } else {
+                is_content(l)
+            }
+        });
+        if has_content {
+            document += 1;
+        }
+        if serde_saphyr::from_multiple::<Value>(chunk).is_err() {
+            return Some(document.max(1));
+        }
+    }
+    None
+}
+
+/// Parses one input, naming the failing document of a YAML syntax error.
+fn parse_input(name: &str, text: &str) -> Result<Vec<Manifest>, LintError> {
+    match manifest::parse_str(name, text) {
+        Ok(m) => Ok(m),
+        Err(LoadError::Parse { path, message }) if !text.trim_start().starts_with(['{', '[']) => {
+            match failing_document(text) {
+                Some(document) => Err(LintError::Yaml {
+                    path,
+                    document,
+                    message,
+                }),
+                None => Err(LoadError::Parse { path, message }.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Loads `paths` like [`manifest::load_paths`], keeping the texts for line numbers.
-pub fn load(paths: &[PathBuf]) -> Result<Inputs, LoadError> {
+pub fn load(paths: &[PathBuf]) -> Result<Inputs, LintError> {
     let mut manifests = Vec::new();
     let mut texts = BTreeMap::new();
     for p in manifest::expand_paths(paths)? {
@@ -117,7 +181,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Inputs, LoadError> {
             })?;
             (name, text)
         };
-        manifests.extend(manifest::parse_str(&name, &text)?);
+        manifests.extend(parse_input(&name, &text)?);
         texts.insert(name, text);
     }
     Ok(Inputs { manifests, texts })
@@ -302,7 +366,7 @@ pub fn render_sarif(findings: &[LintFinding], texts: &BTreeMap<String, String>) 
 
 /// Runs `apiguard lint`: prints the report to stdout and returns the exit code. Load and
 /// parse errors are returned (the caller prints them and exits 2).
-pub fn run(args: &LintArgs) -> Result<ExitCode, LoadError> {
+pub fn run(args: &LintArgs) -> Result<ExitCode, LintError> {
     let inputs = load(&args.paths)?;
     let config = args.config();
     let findings = lint_manifests(&inputs.manifests, &config);
@@ -331,5 +395,15 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(document_lines("--- {a: 1}\n--- {b: 2}\n"), vec![1, 2]);
         assert_eq!(document_lines("{\"kind\": \"A\"}"), vec![1]);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_document() {
+        let text = "a: 1\n---\n---\nb: 2\n---\nc: [unclosed\n";
+        assert_eq!(failing_document(text), Some(3));
+        let e = parse_input("f.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("f.yaml: document 3: not valid YAML:"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        assert_eq!(failing_document("a: 1\n"), None);
     }
 }
