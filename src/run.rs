@@ -256,7 +256,14 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
-    let view = ReflectorView::start(client, stop_rx.clone()).await?;
+    // Discovery can hang on an unreachable apiserver: a signal must still stop the process.
+    let view = tokio::select! {
+        view = ReflectorView::start(client, stop_rx.clone()) => view?,
+        _ = stopped(&stop_rx) => {
+            tracing::info!("stopped before the webhook started");
+            return Ok(());
+        }
+    };
     {
         let view = view.clone();
         let caches_ready = caches_ready.clone();
