@@ -242,6 +242,8 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin listener on {}", args.admin_addr))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let webhook_addr = listener.local_addr()?;
     let admin_state = AdminState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -251,11 +253,12 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
             .with_graceful_shutdown(stopped(&stop_rx))
             .into_future(),
     );
-    tracing::info!(addr = %args.admin_addr, "admin server listening (/healthz, /readyz, /metrics)");
+    tracing::info!(addr = %admin_addr, "admin server listening (/healthz, /readyz, /metrics)");
 
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
+    // kube's error text already carries its causes; `context` would repeat them.
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("connecting to Kubernetes (in-cluster service account, or KUBECONFIG): {e}")
+    })?;
     // Discovery can hang on an unreachable apiserver: a signal must still stop the process.
     let view = tokio::select! {
         view = ReflectorView::start(client, stop_rx.clone()) => view?,
@@ -282,7 +285,7 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
     tracing::info!(
         mode = %config.mode,
         exempt_namespaces = ?config.exempt_namespaces,
-        addr = %args.webhook_addr,
+        addr = %webhook_addr,
         "admission webhook listening (POST /validate)"
     );
     let admission = Arc::new(Admission::new(Arc::new(view), config, admission_metrics));
