@@ -15,6 +15,11 @@ pub struct Cli {
 pub enum Command {
     /// Print every CRD apiguard owns as multi-document YAML.
     Crd,
+    /// Offline CA and workload certificate tools (the controller's code paths).
+    Identity {
+        #[command(subcommand)]
+        cmd: crate::identity::cli::IdentityCommand,
+    },
     /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
     Lint(crate::lint::LintArgs),
     /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
@@ -36,6 +41,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd => {
             print!("{}", crate::api::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identity { cmd } => {
+            crate::identity::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Lint(args) => Ok(crate::lint::run(&args)?),

@@ -75,7 +75,7 @@ pub struct ApiSecurityPolicySpec {
     pub cors: Option<Cors>,
     /// Request rate limits, each counted per client (claim, IP, API key or header value).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16))]
     pub rate_limits: Vec<RateLimit>,
     /// Limits on what a request may carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,7 +263,7 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct JwtAuthentication {
     /// Token issuers the gateway trusts.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 8))]
     pub providers: Vec<JwtProvider>,
 }
 
@@ -296,7 +296,7 @@ pub struct JwtProvider {
     /// Claims copied into request headers for the upstream. Copies of these headers sent by
     /// the client are removed first, so the upstream can trust them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 8))]
     pub forward_claims: Vec<ForwardClaim>,
 }
 
@@ -331,7 +331,7 @@ pub struct ForwardClaim {
     #[schemars(length(min = 1, max = 128))]
     pub claim: String,
     /// The request header that carries it to the upstream; not a reserved header (APG014).
-    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9-]+$"))]
+    #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z0-9-]+$"))]
     pub header: String,
 }
 
@@ -373,7 +373,7 @@ pub struct Authorization {
     pub default_action: DefaultAction,
     /// Ordered rules; the first rule whose match fits the request decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = 64))]
     pub rules: Vec<AuthorizationRule>,
 }
 
@@ -413,7 +413,7 @@ pub struct AuthorizationRule {
     /// JWT providers accepted on this route (names from `authentication.jwt.providers`).
     /// Absent: any configured provider.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(max = 63)))]
+    #[schemars(length(max = 4), inner(length(max = 63)))]
     pub providers: Vec<String>,
     /// The route is deliberately reachable without authentication. Always explicit.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -431,12 +431,12 @@ fn is_false(b: &bool) -> bool {
 pub struct RouteMatch {
     /// HTTP methods (upper case); empty matches every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(pattern(r"^[A-Z]+$")))]
+    #[schemars(length(max = 9), inner(length(max = 16), pattern(r"^[A-Z]+$")))]
     pub methods: Vec<String>,
     /// Paths: exact (`/orders`), prefix (`/orders/*`) or templates with one-segment
     /// parameters (`/users/{userId}/orders`). Empty matches every path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 1024)))]
+    #[schemars(length(max = 16), inner(length(max = 256)))]
     pub paths: Vec<String>,
 }
 
@@ -479,7 +479,7 @@ pub struct ClaimMatch {
 pub struct Ownership {
     /// The path parameter naming the object's owner, e.g. `userId` for `/users/{userId}/orders`.
     /// It must appear as `{userId}` in every path of the rule.
-    #[schemars(length(min = 1, max = 63), pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[schemars(length(min = 1, max = 32), pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub path_param: String,
     /// The token claim that must equal the path parameter, e.g. `sub`.
     #[schemars(length(min = 1, max = 128))]
@@ -497,7 +497,7 @@ pub struct Cors {
     /// Origins allowed to call the API from a browser: exact (`https://shop.example`) or a
     /// subdomain pattern (`https://*.shop.example`). A bare `*` is rejected (APG001).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 512)))]
+    #[schemars(length(max = 32), inner(length(max = 256)))]
     pub allow_origins: Vec<String>,
     /// Methods allowed in cross-origin requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

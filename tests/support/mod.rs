@@ -1,4 +1,6 @@
 //! Support code shared by the integration tests (each test file declares `mod support;`).
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod policy_fixtures;
 pub mod tools;
