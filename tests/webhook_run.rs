@@ -66,31 +66,6 @@ fn webhook_needs_its_certificate_files() {
     assert!(stderr.contains("Enforce"), "{stderr}");
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", "localhost")
-        .body(full(""))
-        .unwrap();
-    let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 fn write_kubeconfig(path: &Path, server: SocketAddr) {
     std::fs::write(
         path,
