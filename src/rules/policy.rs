@@ -9,6 +9,7 @@ use super::{ClusterView, Finding, ObjectRef, RuleId, Severity};
 use crate::api::invariants::{self as inv, Invariant};
 use crate::api::validate::validate_spec;
 use crate::api::{ApiSecurityPolicy, ApiSecurityPolicySpec, Isolation, RouteMatch};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Largest request body limit APG013 accepts without a warning.
@@ -26,7 +27,7 @@ pub fn gateway_service_name(policy_name: &str) -> String {
 }
 
 pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut Vec<Finding>) {
-    let policy: ApiSecurityPolicy = match serde_json::from_value(object.clone()) {
+    let policy: ApiSecurityPolicy = match ApiSecurityPolicy::deserialize(object) {
         Ok(p) => p,
         Err(e) => {
             out.push(Finding::new(

@@ -4,6 +4,7 @@
 use super::ClusterView;
 use crate::api::ApiSecurityPolicy;
 use k8s_openapi::api::core::v1::Service;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,13 +52,13 @@ impl InMemoryView {
         let ns = namespace_of(object);
         match (api_version.split('/').next().unwrap_or(""), kind) {
             ("apiguard.dev", "ApiSecurityPolicy") => {
-                if let Ok(mut p) = serde_json::from_value::<ApiSecurityPolicy>(object.clone()) {
+                if let Ok(mut p) = ApiSecurityPolicy::deserialize(object) {
                     p.metadata.namespace = Some(ns.clone());
                     self.policies.entry(ns).or_default().push(Arc::new(p));
                 }
             }
             ("v1", "Service") => {
-                if let Ok(mut s) = serde_json::from_value::<Service>(object.clone()) {
+                if let Ok(mut s) = Service::deserialize(object) {
                     let name = s.metadata.name.clone().unwrap_or_default();
                     s.metadata.namespace = Some(ns.clone());
                     self.services.insert((ns, name), Arc::new(s));
