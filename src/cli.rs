@@ -25,6 +25,8 @@ pub enum Command {
     /// Compile policies into the Envoy gateway: print the objects the controller would apply,
     /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
     Render(crate::render::cli::RenderArgs),
+    /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
+    Run(crate::run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -53,5 +55,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::render::cli::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => crate::run::run(args),
     }
 }

@@ -12,3 +12,7 @@ pub mod lint;
 pub mod manifest;
 pub mod render;
 pub mod rules;
+
+pub mod admin;
+pub mod run;
+pub mod webhook;
