@@ -5,8 +5,16 @@
 #
 # Usage:
 #   tests/cluster.sh up     build what is missing, start in the background (state: target/cluster)
+#   tests/cluster.sh up --with-apiguard   the same, then `apiguard-install` into it (a playground)
 #   tests/cluster.sh env    print `export KUBECONFIG=...`:  eval "$(tests/cluster.sh env)"
-#   tests/cluster.sh down   stop it and remove its state
+#   tests/cluster.sh down   stop it (and a playground's apiguard) and remove its state
+#   tests/cluster.sh apiguard-install DIR   into the running control plane of state dir DIR:
+#                           kubectl apply -f crds/, helm install the chart with webhook.url to a
+#                           local `apiguard run` (serving cert from `apiguard identity`, the chart's
+#                           ServiceAccount token, the chart Deployment's environment), started
+#                           and ready; state in DIR/apiguard/ (env file: DIR/apiguard/apiguard.env)
+#   tests/cluster.sh apiguard-start DIR / apiguard-stop DIR   (re)start or stop that process with
+#                           the release's current values (after `helm upgrade`)
 #   tests/cluster.sh run DIR  run in the foreground with state in DIR (empty or absent); writes
 #                           DIR/cluster.env when ready; stops (and removes DIR unless
 #                           APIGUARD_KEEP_CLUSTER=1) on SIGTERM/SIGINT, when a component exits, or
@@ -271,6 +279,168 @@ run() {
   watched_alive || log "process ${APIGUARD_CLUSTER_WATCH_PID} is gone; stopping"
 }
 
+# --- apiguard in the control plane (the playground and tests/e2e_journey.rs) ----------------
+
+RELEASE=apiguard
+RELEASE_NS=apiguard-system
+APIGUARD_READY_TIMEOUT=${APIGUARD_READY_TIMEOUT:-60}
+# The chart's controller.enabled for the local operator. false (the webhook alone) until the
+# controller is part of `apiguard run` on main; then true.
+APIGUARD_CONTROLLER=${APIGUARD_CONTROLLER:-false}
+
+apiguard_bin() {
+  local bin=${APIGUARD_BIN:-$ROOT/target/debug/apiguard}
+  if [[ -z "${APIGUARD_BIN-}" && ! -x "$bin" ]]; then
+    (cd "$ROOT" && cargo build --bin apiguard) >&2 || die "cargo build --bin apiguard failed"
+  fi
+  [[ -x "$bin" ]] || die "$bin is not an executable (APIGUARD_BIN)"
+  printf '%s\n' "$bin"
+}
+
+helm_bin() {
+  local helm=${APIGUARD_HELM-}
+  if [[ -z "$helm" && -f "$ROOT/target/tools/env.sh" ]]; then
+    # shellcheck source=/dev/null
+    helm=$(source "$ROOT/target/tools/env.sh" && echo "${APIGUARD_HELM-}")
+  fi
+  [[ -n "$helm" && -x "$helm" ]] || die "helm (${helm:-unset}) is not an executable: run tests/tools.sh"
+  printf '%s\n' "$helm"
+}
+
+# The environment the chart gives its Deployment, for the release's current values, one
+# NAME=VALUE a line (fieldRef metadata.namespace becomes the release namespace).
+chart_env() { # KUBECONFIG
+  local helm values
+  helm=$(helm_bin)
+  values=$(mktemp)
+  "$helm" --kubeconfig "$1" get values "$RELEASE" -n "$RELEASE_NS" -o yaml >"$values"
+  # The URL only moves the webhook out of the cluster; render the in-cluster Deployment.
+  "$helm" template "$RELEASE" "$ROOT/charts/apiguard" -n "$RELEASE_NS" -f "$values" \
+    --set webhook.url= --set webhook.caBundle= --show-only templates/deployment.yaml |
+    kubectl --kubeconfig "$1" create --dry-run=client -f - -o \
+      jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}{"|"}{.valueFrom.fieldRef.fieldPath}{"|"}{.value}{"\n"}{end}' |
+    while IFS='|' read -r name field value; do
+      case "$field" in
+        "") printf '%s=%s\n' "$name" "$value" ;;
+        metadata.namespace) printf '%s=%s\n' "$name" "$RELEASE_NS" ;;
+        metadata.name) printf '%s=%s\n' "$name" "apiguard-local" ;;
+        *) die "the chart's $name comes from $field, which a local process has no value for" ;;
+      esac
+    done
+  rm -f "$values"
+}
+
+apiguard_start() { # DIR
+  local dir=${1:?apiguard-start needs the control plane state directory} kubeconfig bin state pid deadline
+  dir=$(cd "$dir" && pwd)
+  state="$dir/apiguard"
+  kubeconfig="$dir/kubeconfig"
+  [[ -f "$state/apiguard.env" ]] || die "$state/apiguard.env is missing: run apiguard-install first"
+  # shellcheck source=/dev/null
+  source "$state/apiguard.env"
+  if [[ -f "$state/pid" ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
+    die "apiguard is already running (pid $(cat "$state/pid"))"
+  fi
+  bin=$(apiguard_bin)
+  local -a env=()
+  # What differs from a pod: loopback listeners and files instead of the mounted Secret.
+  mapfile -t env < <(chart_env "$kubeconfig" |
+    grep -Ev '^(APIGUARD_WEBHOOK_ADDR|APIGUARD_ADMIN_ADDR|APIGUARD_TLS_CERT|APIGUARD_TLS_KEY)=')
+  ((${#env[@]} > 0)) || die "the chart's Deployment has no environment"
+  env+=(
+    "APIGUARD_WEBHOOK_ADDR=127.0.0.1:$WEBHOOK_PORT"
+    "APIGUARD_ADMIN_ADDR=127.0.0.1:$ADMIN_PORT"
+    "APIGUARD_TLS_CERT=$state/tls/tls.crt"
+    "APIGUARD_TLS_KEY=$state/tls/tls.key"
+    "KUBECONFIG=$state/operator.kubeconfig"
+    "RUST_LOG=${RUST_LOG:-info}"
+  )
+  printf '%s\n' "${env[@]}" >"$state/process.env"
+  (
+    # Like a pod: only the environment the chart gives it.
+    env -i PATH="$PATH" "${env[@]}" "$bin" run >>"$state/apiguard.log" 2>&1 </dev/null &
+    op=$!
+    echo "$op" >"$state/pid"
+    # Never outlive the process that asked for it (a test), if one was named.
+    while kill -0 "$op" 2>/dev/null; do
+      if [[ -n "${APIGUARD_CLUSTER_WATCH_PID-}" ]] && ! kill -0 "$APIGUARD_CLUSTER_WATCH_PID" 2>/dev/null; then
+        kill -TERM "$op" 2>/dev/null || true
+      fi
+      sleep 1
+    done
+  ) </dev/null >/dev/null 2>&1 &
+  deadline=$((SECONDS + APIGUARD_READY_TIMEOUT))
+  until [[ -s "$state/pid" ]] && curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; do
+    if [[ -s "$state/pid" ]] && ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
+      tail -n 30 "$state/apiguard.log" >&2 || true
+      die "apiguard run exited (log: $state/apiguard.log)"
+    fi
+    ((SECONDS < deadline)) || die "apiguard run not ready within ${APIGUARD_READY_TIMEOUT}s (log: $state/apiguard.log)"
+    sleep 0.2
+  done
+  pid=$(cat "$state/pid")
+  log "apiguard run ready (pid $pid): webhook https://localhost:$WEBHOOK_PORT/validate, admin http://127.0.0.1:$ADMIN_PORT, log $state/apiguard.log"
+}
+
+apiguard_stop() { # DIR
+  local dir=${1:?apiguard-stop needs the control plane state directory} pid deadline
+  [[ -f "$dir/apiguard/pid" ]] || return 0
+  pid=$(cat "$dir/apiguard/pid")
+  rm -f "$dir/apiguard/pid"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  log "apiguard run stopped"
+}
+
+apiguard_install() { # DIR [extra helm install args...]
+  local dir=${1:?apiguard-install needs the control plane state directory} kubeconfig state bin helm
+  shift
+  dir=$(cd "$dir" && pwd)
+  kubeconfig="$dir/kubeconfig"
+  [[ -f "$kubeconfig" ]] || die "$kubeconfig is missing: is the control plane of $dir running?"
+  state="$dir/apiguard"
+  mkdir -p "$state"
+  bin=$(apiguard_bin)
+  helm=$(helm_bin)
+  local webhook_port admin_port
+  free_port webhook_port
+  free_port admin_port
+  # The webhook's serving certificate, from apiguard's own CA tooling; the apiserver reaches it
+  # as https://localhost:PORT (a DNS SAN).
+  rm -rf "$state/ca" "$state/tls"
+  "$bin" identity init-ca --out "$state/ca" >/dev/null
+  "$bin" identity issue --ca-dir "$state/ca" --out "$state/tls" --dns localhost --lifetime 720h \
+    --spiffe-id "spiffe://cluster.local/ns/$RELEASE_NS/sa/$RELEASE" >/dev/null
+  {
+    echo "WEBHOOK_PORT=$webhook_port"
+    echo "ADMIN_PORT=$admin_port"
+    echo "WEBHOOK_URL=https://localhost:$webhook_port/validate"
+    echo "CA_BUNDLE=$state/ca/ca.crt"
+  } >"$state/apiguard.env"
+
+  # What a user does (README, "Install"), plus the out-of-cluster webhook URL.
+  kubectl --kubeconfig "$kubeconfig" apply -f "$ROOT/crds/" >&2
+  kubectl --kubeconfig "$kubeconfig" wait --for=condition=Established --timeout=60s \
+    -f "$ROOT/crds/" >&2
+  "$helm" --kubeconfig "$kubeconfig" install "$RELEASE" "$ROOT/charts/apiguard" \
+    -n "$RELEASE_NS" --create-namespace \
+    --set "webhook.url=https://localhost:$webhook_port/validate" \
+    --set-file "webhook.caBundle=$state/ca/ca.crt" \
+    --set "controller.enabled=$APIGUARD_CONTROLLER" "$@" >&2
+
+  # The operator's credentials: a token of the chart's ServiceAccount, so it runs with exactly
+  # the chart's RBAC.
+  local token server ca
+  token=$(kubectl --kubeconfig "$kubeconfig" -n "$RELEASE_NS" create token "$RELEASE" --duration=24h)
+  server=$(kubectl --kubeconfig "$kubeconfig" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+  ca=$(kubectl --kubeconfig "$kubeconfig" config view --minify -o jsonpath='{.clusters[0].cluster.certificate-authority}')
+  write_kubeconfig "$state/operator.kubeconfig" "$server" "$ca" "$token" "system:serviceaccount:$RELEASE_NS:$RELEASE"
+  chmod 600 "$state/operator.kubeconfig"
+  apiguard_start "$dir"
+}
+
 # --- the commands for people ------------------------------------------------------------------
 
 running_pid() {
@@ -284,6 +454,9 @@ up() {
   local pid deadline
   if pid=$(running_pid); then
     log "already running (supervisor pid $pid)"
+    if [[ "${1-}" == --with-apiguard && ! -f "$STATE/apiguard/apiguard.env" ]]; then
+      apiguard_install "$STATE"
+    fi
     echo "export KUBECONFIG=$STATE/kubeconfig"
     return 0
   fi
@@ -303,6 +476,9 @@ up() {
     ((SECONDS < deadline)) || die "the control plane was not ready in time (see $STATE/supervisor.log)"
     sleep 0.5
   done
+  if [[ "${1-}" == --with-apiguard ]]; then
+    apiguard_install "$STATE"
+  fi
   log "running; logs in $STATE/logs/. Use it with:"
   log "  eval \"\$(tests/cluster.sh env)\" && kubectl get ns"
   echo "export KUBECONFIG=$STATE/kubeconfig"
@@ -320,6 +496,7 @@ down() {
     log "not running"
     return 0
   fi
+  apiguard_stop "$STATE"
   kill -TERM "$pid"
   deadline=$((SECONDS + 30))
   while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
@@ -330,12 +507,20 @@ down() {
 }
 
 case "${1-}" in
-  up) up ;;
+  up)
+    case "${2-}" in
+      "" | --with-apiguard) up "${2-}" ;;
+      *) die "unknown option ${2}: up takes --with-apiguard" ;;
+    esac
+    ;;
+  apiguard-install) apiguard_install "${@:2}" ;;
+  apiguard-start) apiguard_start "${2-}" ;;
+  apiguard-stop) apiguard_stop "${2-}" ;;
   down) down ;;
   env) env_cmd ;;
   run) run "${2-}" ;;
   *)
-    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
     ;;
 esac
