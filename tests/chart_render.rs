@@ -1,0 +1,515 @@
+//! The Helm chart without a cluster: `helm lint --strict` is clean for every supported shape of
+//! values, its CRDs are byte-identical to `crds/`, `values.schema.json` describes every value
+//! (and only values that exist), the schema refuses bad values, RBAC has no wildcard, and the
+//! environment the Deployment gives the operator names only `apiguard run` settings.
+
+mod support;
+
+use apiguard::manifest::{Manifest, parse_str};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::tools::tool;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/apiguard")
+}
+
+/// Value sets the chart supports: defaults, out-of-cluster webhook URL, cert-manager, webhook
+/// alone, controller alone, optional objects on.
+const VALUE_SETS: &[&[&str]] = &[
+    &[],
+    &[
+        "webhook.url=https://localhost:8443/validate",
+        "webhook.caBundle=-----BEGIN CERTIFICATE-----",
+    ],
+    &["certManager.enabled=true"],
+    &[
+        "certManager.enabled=true",
+        "certManager.issuerRef.name=corp-ca",
+        "certManager.issuerRef.kind=ClusterIssuer",
+    ],
+    &["controller.enabled=false"],
+    &["webhook.enabled=false"],
+    &[
+        "metrics.serviceMonitor.enabled=true",
+        "networkPolicy.enabled=false",
+        "podDisruptionBudget.enabled=false",
+        "admission.mode=Audit",
+        "webhook.failurePolicy=Ignore",
+    ],
+];
+
+fn helm(args: &[&str]) -> Output {
+    Command::new(tool("helm"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
+}
+
+fn set_args(values: &[&str]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| ["--set".to_owned(), (*v).to_owned()])
+        .collect()
+}
+
+/// `helm template` of the chart with `values`; panics with helm's stderr if it fails.
+pub fn template(values: &[&str]) -> Vec<Manifest> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "apiguard",
+        chart.to_str().unwrap(),
+        "-n",
+        "apiguard-system",
+    ];
+    let sets = set_args(values);
+    args.extend(sets.iter().map(String::as_str));
+    let out = helm(&args);
+    assert!(
+        out.status.success(),
+        "helm template {values:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_str(
+        "helm template",
+        &String::from_utf8(out.stdout).expect("helm prints UTF-8"),
+    )
+    .unwrap_or_else(|e| panic!("helm template {values:?} printed unparsable YAML: {e}"))
+}
+
+#[test]
+fn helm_lint_strict_is_clean_for_every_value_set() {
+    let chart = chart();
+    for values in VALUE_SETS {
+        let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
+        let sets = set_args(values);
+        args.extend(sets.iter().map(String::as_str));
+        let out = helm(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "helm lint {values:?}:\n{text}");
+        assert!(
+            !text.contains("[WARNING]") && !text.contains("[ERROR]"),
+            "helm lint {values:?}:\n{text}"
+        );
+        assert!(
+            text.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn chart_crds_are_byte_identical_to_the_top_level_crds() {
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let top = root().join("crds");
+    let chart_crds = chart().join("crds");
+    let files = names(&top);
+    assert!(!files.is_empty(), "crds/ is empty");
+    assert_eq!(
+        names(&chart_crds),
+        files,
+        "charts/apiguard/crds/ must hold exactly the files of crds/"
+    );
+    for file in &files {
+        let a = std::fs::read(top.join(file)).unwrap();
+        let b = std::fs::read(chart_crds.join(file)).unwrap();
+        assert!(
+            a == b,
+            "charts/apiguard/crds/{file} differs from crds/{file}: copy crds/ into the chart"
+        );
+    }
+}
+
+/// Every key path of `values` (`a.b.c`), with the value found there.
+fn key_paths(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+    if let Value::Object(map) = value {
+        for (key, child) in map {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            out.push((path.clone(), child.clone()));
+            key_paths(&path, child, out);
+        }
+    }
+}
+
+fn schema_at<'a>(schema: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(schema, |node, key| node.get("properties")?.get(key))
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[test]
+fn values_schema_describes_every_value_and_only_those() {
+    let values_path = chart().join("values.yaml");
+    let values: Value = serde_saphyr::from_str(&std::fs::read_to_string(&values_path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", values_path.display()));
+    let schema_path = chart().join("values.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", schema_path.display()));
+
+    let mut paths = Vec::new();
+    key_paths("", &values, &mut paths);
+    assert!(
+        paths.len() > 30,
+        "values.yaml has only {} keys",
+        paths.len()
+    );
+    for (path, value) in &paths {
+        let node = schema_at(&schema, path)
+            .unwrap_or_else(|| panic!("values.schema.json has no entry for value {path}"));
+        let ty = node
+            .get("type")
+            .unwrap_or_else(|| panic!("values.schema.json: {path} has no type"));
+        let allowed: Vec<&str> = match ty {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            other => panic!("values.schema.json: {path} has type {other}"),
+        };
+        let actual = json_type(value);
+        assert!(
+            allowed.contains(&actual) || (actual == "integer" && allowed.contains(&"number")),
+            "values.yaml {path} is {actual} but values.schema.json allows {allowed:?}"
+        );
+        // A non-empty object in values.yaml is a group of settings: the schema must close it,
+        // so a typo in a key is an error instead of a silently ignored value.
+        // (Resource requests/limits take any quantity name, like a pod's.)
+        if matches!(value, Value::Object(m) if !m.is_empty())
+            && !matches!(path.as_str(), "resources.requests" | "resources.limits")
+        {
+            assert_eq!(
+                node.get("additionalProperties"),
+                Some(&Value::Bool(false)),
+                "values.schema.json: {path} must set additionalProperties: false"
+            );
+        }
+    }
+
+    // And the reverse: the schema documents no value that values.yaml lacks.
+    let mut schema_paths = Vec::new();
+    fn walk(prefix: &str, node: &Value, out: &mut Vec<String>) {
+        if let Some(Value::Object(props)) = node.get("properties") {
+            for (key, child) in props {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.push(path.clone());
+                walk(&path, child, out);
+            }
+        }
+    }
+    walk("", &schema, &mut schema_paths);
+    let value_paths: Vec<&str> = paths.iter().map(|(p, _)| p.as_str()).collect();
+    for path in &schema_paths {
+        // Optional sub-keys of free-form maps (issuerRef.name, ...) need no default.
+        let parent_is_empty_map = path.rsplit_once('.').is_some_and(|(parent, _)| {
+            paths
+                .iter()
+                .any(|(p, v)| p == parent && matches!(v, Value::Object(m) if m.is_empty()))
+        });
+        assert!(
+            value_paths.contains(&path.as_str()) || parent_is_empty_map,
+            "values.schema.json describes {path}, which values.yaml does not have"
+        );
+    }
+}
+
+#[test]
+fn the_schema_refuses_bad_values_naming_them() {
+    let chart = chart();
+    for (set, needle) in [
+        ("admission.mode=Block", "/admission/mode"),
+        ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
+        ("replicaCount=0", "/replicaCount"),
+        ("webhook.url=http://plain.example/validate", "/webhook/url"),
+        ("resources.limits.cpu=true", "/resources/limits/cpu"),
+        ("webhok.enabled=true", "webhok"),
+    ] {
+        let out = helm(&[
+            "template",
+            "apiguard",
+            chart.to_str().unwrap(),
+            "--set",
+            set,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            stderr.contains(needle),
+            "--set {set}: error does not name {needle}: {stderr}"
+        );
+    }
+    // A URL without the CA that signs its certificate cannot be called: say so.
+    let out = helm(&[
+        "template",
+        "apiguard",
+        chart.to_str().unwrap(),
+        "--set",
+        "webhook.url=https://localhost:8443/validate",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("webhook.caBundle"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rbac_grants_no_wildcards() {
+    for values in VALUE_SETS {
+        let roles: Vec<Manifest> = template(values)
+            .into_iter()
+            .filter(|m| matches!(m.kind(), "ClusterRole" | "Role"))
+            .collect();
+        assert_eq!(roles.len(), 2, "{values:?}: a ClusterRole and a Role");
+        for role in &roles {
+            let rules = role.object["rules"].as_array().expect("rules");
+            assert!(!rules.is_empty());
+            for rule in rules {
+                for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                    for item in rule[field].as_array().into_iter().flatten() {
+                        assert_ne!(
+                            item.as_str(),
+                            Some("*"),
+                            "{} {} grants {field} \"*\": {rule}",
+                            role.kind(),
+                            role.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `APIGUARD_*` variables `apiguard run --help` documents.
+fn run_env_names() -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+        .args(["run", "--help"])
+        .output()
+        .expect("apiguard run --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|s| s.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_deployment_sets_only_settings_apiguard_run_has() {
+    let known = run_env_names();
+    assert!(
+        known.iter().any(|n| n == "APIGUARD_TLS_CERT"),
+        "apiguard run --help lists no APIGUARD_TLS_CERT: {known:?}"
+    );
+    // The webhook alone: what `apiguard run --no-controller` reads.
+    let manifests = template(&["controller.enabled=false"]);
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .expect("a Deployment");
+    let container = &deployment.object["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"], serde_json::json!(["run"]));
+    let env = container["env"].as_array().expect("env");
+    let mut seen = Vec::new();
+    for var in env {
+        let name = var["name"].as_str().unwrap();
+        seen.push(name);
+        if name.starts_with("APIGUARD_") {
+            assert!(
+                known.iter().any(|k| k == name),
+                "the chart sets {name}, which `apiguard run` does not read (it reads {known:?})"
+            );
+        }
+    }
+    for needed in [
+        "APIGUARD_NO_CONTROLLER",
+        "APIGUARD_TLS_CERT",
+        "APIGUARD_TLS_KEY",
+        "APIGUARD_MODE",
+        "APIGUARD_EXEMPT_NAMESPACES",
+        "APIGUARD_OPERATOR_NAMESPACE",
+    ] {
+        assert!(
+            seen.contains(&needed),
+            "the Deployment does not set {needed}"
+        );
+    }
+    // The certificate files are where the serving Secret is mounted.
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let cert = env
+        .iter()
+        .find(|v| v["name"] == "APIGUARD_TLS_CERT")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert!(cert.starts_with(mount), "{cert} is not under {mount}");
+    // The exempt namespaces always include the release's own.
+    let exempt = env
+        .iter()
+        .find(|v| v["name"] == "APIGUARD_EXEMPT_NAMESPACES")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert!(
+        exempt.split(',').any(|ns| ns == "apiguard-system"),
+        "{exempt}"
+    );
+}
+
+#[test]
+fn the_pod_is_hardened() {
+    let manifests = template(&[]);
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment.object["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    assert_eq!(deployment.object["spec"]["replicas"], 2);
+}
+
+#[test]
+fn the_webhook_registration_matches_the_design() {
+    let manifests = template(&[]);
+    let vwc = manifests
+        .iter()
+        .find(|m| m.kind() == "ValidatingWebhookConfiguration")
+        .expect("a ValidatingWebhookConfiguration");
+    let hook = &vwc.object["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
+    let excluded = &hook["namespaceSelector"]["matchExpressions"][0]["values"];
+    for ns in [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "apiguard-system",
+    ] {
+        assert!(
+            excluded.as_array().unwrap().iter().any(|v| v == ns),
+            "{ns} is not excluded: {excluded}"
+        );
+    }
+    // Chart-generated serving certificate: the Secret the pods mount holds it, and its CA is
+    // the caBundle.
+    let secret = manifests
+        .iter()
+        .find(|m| m.kind() == "Secret" && m.name() == "apiguard-webhook-tls")
+        .expect("the serving certificate Secret");
+    assert_eq!(
+        secret.object["data"]["ca.crt"],
+        hook["clientConfig"]["caBundle"]
+    );
+    for key in ["tls.crt", "tls.key"] {
+        assert!(
+            secret.object["data"][key]
+                .as_str()
+                .is_some_and(|v| v.len() > 100),
+            "{key}"
+        );
+    }
+    assert_eq!(hook["clientConfig"]["service"]["name"], "apiguard");
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/validate");
+
+    // Every kind of DESIGN.md section 4 is sent to the webhook.
+    let rules = hook["rules"].as_array().unwrap();
+    for (group, resource) in [
+        ("apiguard.dev", "apisecuritypolicies"),
+        ("networking.k8s.io", "ingresses"),
+        ("", "services"),
+        ("gateway.networking.k8s.io", "gateways"),
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("gateway.envoyproxy.io", "securitypolicies"),
+        ("gateway.envoyproxy.io", "clienttrafficpolicies"),
+        ("networking.istio.io", "virtualservices"),
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+        ("", "pods"),
+    ] {
+        assert!(
+            rules.iter().any(|r| {
+                r["apiGroups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == group)
+                    && r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == resource)
+            }),
+            "{group}/{resource} is not sent to the webhook"
+        );
+    }
+
+    // With a URL: no in-cluster workload, the URL and its CA in the registration.
+    let manifests = template(&[
+        "webhook.url=https://localhost:8443/validate",
+        "webhook.caBundle=PEM",
+    ]);
+    let kinds: Vec<&str> = manifests.iter().map(Manifest::kind).collect();
+    for absent in ["Deployment", "Service", "PodDisruptionBudget", "Secret"] {
+        assert!(!kinds.contains(&absent), "{absent} rendered in URL mode");
+    }
+    let vwc = manifests
+        .iter()
+        .find(|m| m.kind() == "ValidatingWebhookConfiguration")
+        .unwrap();
+    let client = &vwc.object["webhooks"][0]["clientConfig"];
+    assert_eq!(client["url"], "https://localhost:8443/validate");
+    assert_eq!(client["caBundle"], "UEVN"); // base64 of "PEM"
+}
