@@ -1,0 +1,191 @@
+//! The chart's rendered objects are accepted by a real kube-apiserver
+//! (`kubectl apply --dry-run=server`) for every supported shape of values, and a real
+//! `helm install` / `helm upgrade` keeps the chart-generated webhook CA (no new CA on upgrade),
+//! while `helm uninstall` leaves no webhook registration behind.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use support::cluster::control_plane;
+use support::tools::tool;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm(args: &[&str]) -> Output {
+    Command::new(tool("helm"))
+        .arg("--kubeconfig")
+        .arg(&control_plane().kubeconfig)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The CRDs the chart's optional objects (cert-manager Certificate/Issuer, ServiceMonitor) and
+/// the chart itself need, applied for real once.
+fn prepare() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(prepare_once);
+}
+
+fn prepare_once() {
+    let cp = control_plane();
+    cp.kubectl_ok([
+        "apply",
+        "-f",
+        "crds/",
+        "-f",
+        "tests/fixtures/crds/cert-manager.io.yaml",
+        "-f",
+        "tests/fixtures/crds/monitoring.coreos.com.yaml",
+    ]);
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "-f",
+        "crds/",
+        "-f",
+        "tests/fixtures/crds/cert-manager.io.yaml",
+        "-f",
+        "tests/fixtures/crds/monitoring.coreos.com.yaml",
+    ]);
+}
+
+#[test]
+fn the_apiserver_accepts_the_rendered_chart_for_every_value_set() {
+    prepare();
+    let cp = control_plane();
+    let namespace = "chart-dry-run";
+    cp.kubectl_ok(["create", "namespace", namespace]);
+    let value_sets: &[&[&str]] = &[
+        &[],
+        &[
+            "webhook.url=https://localhost:8443/validate",
+            "webhook.caBundle=-----BEGIN CERTIFICATE-----",
+        ],
+        &["certManager.enabled=true"],
+        &[
+            "certManager.enabled=true",
+            "certManager.issuerRef.name=corp-ca",
+            "certManager.issuerRef.kind=ClusterIssuer",
+        ],
+        &["controller.enabled=false"],
+        &["webhook.enabled=false"],
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "admission.mode=Warn",
+            "webhook.failurePolicy=Ignore",
+            "replicaCount=3",
+        ],
+    ];
+    for values in value_sets {
+        let mut args = vec!["template", "apiguard", "charts/apiguard", "-n", namespace];
+        for v in *values {
+            args.extend(["--set", v]);
+        }
+        let rendered = helm_ok(&args);
+        assert!(rendered.contains("kind: ClusterRole"), "{rendered}");
+        let out = cp.kubectl_with_stdin(
+            ["apply", "--dry-run=server", "-n", namespace, "-f", "-"],
+            &rendered,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "the apiserver refused the chart rendered with {values:?}: {stderr}\n{rendered}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let objects =
+            rendered.matches("\nkind: ").count() + rendered.starts_with("kind: ") as usize;
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.contains("(server dry run)"))
+                .count(),
+            objects,
+            "{values:?}: every object dry-run applied: {stdout}"
+        );
+    }
+}
+
+fn ca_bundle(cp: &support::cluster::ControlPlane) -> String {
+    cp.kubectl_ok([
+        "get",
+        "validatingwebhookconfiguration",
+        "apiguard-upgrade",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    ])
+}
+
+#[test]
+fn helm_upgrade_keeps_the_webhook_ca_and_uninstall_removes_the_registration() {
+    prepare();
+    let cp = control_plane();
+    helm_ok(&[
+        "install",
+        "apiguard-upgrade",
+        "charts/apiguard",
+        "-n",
+        "chart-upgrade",
+        "--create-namespace",
+        // Fail-closed with no pod to answer would refuse this test's own objects elsewhere.
+        "--set",
+        "webhook.failurePolicy=Ignore",
+    ]);
+    let first = ca_bundle(cp);
+    assert!(first.len() > 100, "no caBundle: {first:?}");
+    let secret_ca = cp.kubectl_ok([
+        "-n",
+        "chart-upgrade",
+        "get",
+        "secret",
+        "apiguard-upgrade-webhook-tls",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert_eq!(secret_ca, first, "the registration trusts the Secret's CA");
+
+    helm_ok(&[
+        "upgrade",
+        "apiguard-upgrade",
+        "charts/apiguard",
+        "-n",
+        "chart-upgrade",
+        "--reuse-values",
+        "--set",
+        "admission.mode=Warn",
+    ]);
+    assert_eq!(ca_bundle(cp), first, "helm upgrade generated a new CA");
+    let mode = cp.kubectl_ok([
+        "-n",
+        "chart-upgrade",
+        "get",
+        "deploy",
+        "apiguard-upgrade",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"APIGUARD_MODE\")].value}",
+    ]);
+    assert_eq!(mode, "Warn");
+
+    helm_ok(&["uninstall", "apiguard-upgrade", "-n", "chart-upgrade"]);
+    let left = cp.kubectl_ok(["get", "validatingwebhookconfigurations", "-o", "name"]);
+    assert!(
+        !left.contains("apiguard-upgrade"),
+        "helm uninstall left a webhook registration: {left}"
+    );
+}
