@@ -513,3 +513,33 @@ fn the_webhook_registration_matches_the_design() {
     assert_eq!(client["url"], "https://localhost:8443/validate");
     assert_eq!(client["caBundle"], "UEVN"); // base64 of "PEM"
 }
+
+#[test]
+fn chart_app_version_and_dockerfile_match_the_crate() {
+    let chart_yaml: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
+            .unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart_yaml["appVersion"], version, "Chart.yaml appVersion");
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let repository = values["image"]["repository"].as_str().unwrap();
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("docker build -t {repository}:{version} .")),
+        "the Dockerfile's build command does not name {repository}:{version}"
+    );
+    // The image's user is the one the pod's securityContext runs as.
+    let manifests = template(&[]);
+    let pod = &manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .unwrap()
+        .object["spec"]["template"]["spec"];
+    let uid = pod["securityContext"]["runAsUser"].as_i64().unwrap();
+    assert!(
+        dockerfile.contains(&format!("\nUSER {uid}:{uid}\n")),
+        "the Dockerfile does not run as {uid}"
+    );
+}
