@@ -341,6 +341,7 @@ apiguard_start() { # DIR
   if [[ -f "$state/pid" ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
     die "apiguard is already running (pid $(cat "$state/pid"))"
   fi
+  command -v curl >/dev/null || die "curl is needed to check apiguard's readiness"
   bin=$(apiguard_bin)
   local -a env=()
   # What differs from a pod: loopback listeners and files instead of the mounted Secret.
