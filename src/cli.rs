@@ -15,6 +15,11 @@ pub struct Cli {
 pub enum Command {
     /// Print every CRD apiguard owns as multi-document YAML.
     Crd,
+    /// Offline CA and workload certificate tools (the controller's code paths).
+    Identity {
+        #[command(subcommand)]
+        cmd: crate::identity::cli::IdentityCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -32,6 +37,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd => {
             print!("{}", crate::api::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identity { cmd } => {
+            crate::identity::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
     }

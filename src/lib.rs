@@ -7,4 +7,5 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod identity;
 pub mod manifest;
