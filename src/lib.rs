@@ -7,5 +7,6 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod controller;
 pub mod identity;
 pub mod manifest;
