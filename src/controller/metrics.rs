@@ -262,7 +262,12 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ),
         };
-        m.observe_policy("shop/a", &[ready.clone()], vec![("gateway", 1_000)], 400);
+        m.observe_policy(
+            "shop/a",
+            std::slice::from_ref(&ready),
+            vec![("gateway", 1_000)],
+            400,
+        );
         m.observe_policy(
             "shop/b",
             &[ready],

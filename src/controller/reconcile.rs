@@ -838,7 +838,6 @@ async fn program(
     let existing_gw = read_secret(ctx, &ns, &gateway_secret).await?;
     let gateway_leaf = certs::plan_leaf(existing_gw.as_ref(), &expected_gateway, ca, lifetime, now);
     let mut leaves = Vec::new();
-    let certificates_verdict;
     let gateway_leaf = match gateway_leaf {
         Ok(l) => l,
         Err(e) => {
@@ -996,7 +995,7 @@ async fn program(
             config_hash,
         });
     }
-    certificates_verdict = cert_t.verdict(
+    let certificates_verdict = cert_t.verdict(
         "Issued",
         format!(
             "{} certificate(s) valid; next renewal at {}",
