@@ -1,4 +1,5 @@
 //! Support code shared by the integration tests (each test file declares `mod support;`).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod tools;

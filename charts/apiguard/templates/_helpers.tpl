@@ -1,0 +1,19 @@
+{{- define "apiguard.name" -}}apiguard{{- end -}}
+{{- define "apiguard.fullname" -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- define "apiguard.labels" -}}
+app.kubernetes.io/name: apiguard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+{{- define "apiguard.selectorLabels" -}}
+app.kubernetes.io/name: apiguard
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- define "apiguard.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+{{- define "apiguard.exemptNamespaces" -}}
+{{- $ns := concat .Values.admission.exemptNamespaces (list .Release.Namespace) | uniq -}}
+{{- join "," $ns -}}
+{{- end -}}
+{{- define "apiguard.servingSecret" -}}{{ include "apiguard.fullname" . }}-webhook-tls{{- end -}}
