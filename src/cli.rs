@@ -20,6 +20,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::identity::cli::IdentityCommand,
     },
+    /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
+    Lint(crate::lint::LintArgs),
+    /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
+    Run(crate::run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -43,5 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::identity::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lint(args) => Ok(crate::lint::run(&args)?),
+        Command::Run(args) => crate::run::run(args),
     }
 }

@@ -9,4 +9,10 @@ pub mod catalog;
 pub mod cli;
 pub mod controller;
 pub mod identity;
+pub mod lint;
 pub mod manifest;
+pub mod rules;
+
+pub mod admin;
+pub mod run;
+pub mod webhook;

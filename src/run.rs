@@ -1,0 +1,350 @@
+//! `apiguard run`: the long-running process (controller + webhook + admin server).
+//!
+//! Flags are also read from `APIGUARD_*` environment variables (the Helm chart sets those).
+//! The Kubernetes connection is the usual one: in-cluster, or `KUBECONFIG`.
+
+use crate::admin::{self, AdminState, AdmissionMetrics, Metrics, Readiness, ReadyHandle};
+use crate::api::duration::parse_duration;
+use crate::rules::{AdmissionMode, DEFAULT_EXEMPT_NAMESPACES, EngineConfig};
+use crate::webhook::cluster::ReflectorView;
+use crate::webhook::tls::{ReloadingCert, server_config};
+use crate::webhook::{self, Admission, Limits};
+use anyhow::Context;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Flags of `apiguard run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Do not run the controller (reconciling ApiSecurityPolicies).
+    #[arg(long, env = "APIGUARD_NO_CONTROLLER")]
+    pub no_controller: bool,
+    /// Do not run the admission webhook.
+    #[arg(long, env = "APIGUARD_NO_WEBHOOK")]
+    pub no_webhook: bool,
+    /// Address of the webhook's HTTPS listener (`POST /validate`).
+    #[arg(long, env = "APIGUARD_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// PEM certificate chain the webhook serves (re-read when the file changes).
+    #[arg(long, env = "APIGUARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the webhook certificate (re-read when the file changes).
+    #[arg(long, env = "APIGUARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Address of the plaintext admin listener: /healthz, /readyz, /metrics.
+    #[arg(long, env = "APIGUARD_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// The operator's own namespace [default: $POD_NAMESPACE, else apiguard-system].
+    #[arg(long, env = "APIGUARD_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// SPIFFE trust domain of the certificates apiguard issues.
+    #[arg(long, env = "APIGUARD_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Admission mode: Enforce denies deny-level findings, Warn admits with warnings, Audit
+    /// admits silently and only records.
+    #[arg(long, env = "APIGUARD_MODE", value_enum, default_value_t = AdmissionMode::Enforce)]
+    pub mode: AdmissionMode,
+    /// Namespaces whose objects are not checked (comma-separated; the operator namespace is
+    /// always added).
+    #[arg(
+        long,
+        env = "APIGUARD_EXEMPT_NAMESPACES",
+        value_delimiter = ',',
+        default_values = DEFAULT_EXEMPT_NAMESPACES
+    )]
+    pub exempt_namespaces: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "APIGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Largest admission request body in bytes; larger ones get HTTP 413.
+    #[arg(long, env = "APIGUARD_WEBHOOK_MAX_BODY_BYTES", default_value_t = webhook::DEFAULT_MAX_BODY_BYTES)]
+    pub webhook_max_body_bytes: usize,
+    /// Deadline of one admission request (e.g. 5s, 500ms).
+    #[arg(long, env = "APIGUARD_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// How often the certificate files are checked for a new certificate.
+    #[arg(long, env = "APIGUARD_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub cert_reload_interval: Duration,
+    /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
+    #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+}
+
+/// Default operator namespace when neither the flag nor `POD_NAMESPACE` says otherwise.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "apiguard-system";
+
+impl RunArgs {
+    /// The operator namespace: the flag, else `$POD_NAMESPACE`, else `apiguard-system`.
+    pub fn operator_namespace(&self) -> String {
+        self.operator_namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|ns| !ns.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_owned())
+    }
+
+    /// The rule engine settings these flags select.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut exempt: std::collections::BTreeSet<String> = self
+            .exempt_namespaces
+            .iter()
+            .map(|ns| ns.trim())
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_owned)
+            .collect();
+        exempt.insert(self.operator_namespace());
+        EngineConfig {
+            mode: self.mode,
+            exempt_namespaces: exempt,
+        }
+    }
+}
+
+/// Install the global tracing subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber already installed (tests) is fine: keep it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Run `apiguard run` to completion; the exit code for the CLI.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.no_controller {
+        eprintln!(
+            "error: the controller is not part of this build of apiguard; \
+             run the admission webhook alone with `apiguard run --no-controller` \
+             (or APIGUARD_NO_CONTROLLER=true)"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if args.no_webhook {
+        eprintln!(
+            "error: nothing to run: --no-webhook and --no-controller together leave only the admin server"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {
+        eprintln!(
+            "error: the webhook needs its serving certificate: pass --tls-cert FILE and --tls-key FILE \
+             (or APIGUARD_TLS_CERT / APIGUARD_TLS_KEY)"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, cert, key))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops apiguard");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Answer 503 until the cluster caches have synced: an answer from an empty cache would be
+/// wrong (for example, every backend would look unprotected).
+async fn require_synced(ready: ReadyHandle, request: Request, next: Next) -> Response {
+    if ready.is_ready() {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "error": "apiguard webhook is starting: cluster caches have not synced yet"
+            })),
+        )
+            .into_response()
+    }
+}
+
+async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        termination_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::new());
+    let admission_metrics = AdmissionMetrics::register(&metrics);
+    let caches_ready = readiness.component("webhook-caches");
+
+    let reloading = Arc::new(
+        ReloadingCert::load(&cert, &key).context("loading the webhook serving certificate")?,
+    );
+    let tls = Arc::new(server_config(reloading.clone())?);
+    tokio::spawn(
+        reloading
+            .clone()
+            .watch(args.cert_reload_interval, stopped(&stop_rx)),
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook listener on {}", args.webhook_addr))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", args.admin_addr))?;
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+    };
+    let admin_task = tokio::spawn(
+        axum::serve(admin_listener, admin::router(admin_state))
+            .with_graceful_shutdown(stopped(&stop_rx))
+            .into_future(),
+    );
+    tracing::info!(addr = %args.admin_addr, "admin server listening (/healthz, /readyz, /metrics)");
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
+    let view = ReflectorView::start(client, stop_rx.clone()).await?;
+    {
+        let view = view.clone();
+        let caches_ready = caches_ready.clone();
+        tokio::spawn(async move {
+            match view.synced().await {
+                Ok(()) => {
+                    caches_ready.set_ready(true);
+                    tracing::info!("webhook caches synced; ready");
+                }
+                Err(e) => tracing::error!(error = %e, "webhook caches stopped before syncing"),
+            }
+        });
+    }
+
+    let config = args.engine_config();
+    tracing::info!(
+        mode = %config.mode,
+        exempt_namespaces = ?config.exempt_namespaces,
+        addr = %args.webhook_addr,
+        "admission webhook listening (POST /validate)"
+    );
+    let admission = Arc::new(Admission::new(Arc::new(view), config, admission_metrics));
+    let limits = Limits {
+        max_body_bytes: args.webhook_max_body_bytes,
+        request_timeout: args.webhook_timeout,
+    };
+    let app = webhook::router(admission, limits).layer(middleware::from_fn(move |req, next| {
+        require_synced(caches_ready.clone(), req, next)
+    }));
+    webhook::server::serve_tls(listener, tls, app, stopped(&stop_rx), args.shutdown_drain).await;
+    match admin_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("apiguard stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let args = Cli::try_parse_from(["apiguard"]).unwrap().run;
+        assert_eq!(args.webhook_addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.admin_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.trust_domain, "cluster.local");
+        assert_eq!(args.mode, AdmissionMode::Enforce);
+        assert_eq!(
+            args.exempt_namespaces,
+            ["kube-system", "kube-public", "kube-node-lease"]
+        );
+    }
+
+    #[test]
+    fn exempt_namespaces_always_include_the_operator_namespace() {
+        let args = Cli::try_parse_from([
+            "apiguard",
+            "--exempt-namespaces",
+            "kube-system, tools",
+            "--operator-namespace",
+            "guard",
+            "--mode",
+            "Warn",
+        ])
+        .unwrap()
+        .run;
+        let config = args.engine_config();
+        assert_eq!(config.mode, AdmissionMode::Warn);
+        assert_eq!(
+            config.exempt_namespaces.into_iter().collect::<Vec<_>>(),
+            ["guard", "kube-system", "tools"]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        assert!(Cli::try_parse_from(["apiguard", "--mode", "Block"]).is_err());
+        assert!(Cli::try_parse_from(["apiguard", "--webhook-timeout", "5 seconds"]).is_err());
+        assert!(Cli::try_parse_from(["apiguard", "--webhook-addr", "localhost"]).is_err());
+    }
+}
