@@ -24,6 +24,9 @@ pub enum Command {
     Lint(crate::lint::LintArgs),
     /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
     Run(crate::run::RunArgs),
+    /// Compile policies into the Envoy gateway: print the objects the controller would apply,
+    /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
+    Render(crate::render::cli::RenderArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -49,5 +52,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lint(args) => Ok(crate::lint::run(&args)?),
         Command::Run(args) => crate::run::run(args),
+        Command::Render(args) => {
+            crate::render::cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -16,3 +16,4 @@ pub mod rules;
 pub mod admin;
 pub mod run;
 pub mod webhook;
+pub mod render;

@@ -1,0 +1,404 @@
+//! `apiguard render`: the renderer offline. Without `--envoy-dir` it prints every object the
+//! controller would apply; with it, it writes a directory `envoy -c DIR/bootstrap.yaml` serves.
+
+use super::envoy::{self as envoy_render, BOOTSTRAP_FILE};
+use super::{
+    GatewayIdentity, RenderInput, RenderOptions, RenderedGateway, UpstreamIdentity, network,
+    objects, render_gateway,
+};
+use crate::api::validate::validate_spec;
+use crate::api::{ApiSecurityPolicy, EastWestMtls};
+use crate::identity::ca::PemSource;
+use crate::identity::{
+    CertificateAuthority, DEFAULT_CA_LIFETIME, DEFAULT_TRUST_DOMAIN, LeafRequest, SpiffeId,
+    issue_leaf,
+};
+use crate::manifest::{Manifest, load_paths};
+use anyhow::{Context, anyhow, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RenderArgs {
+    /// Policy files (and the Services, Secrets and Deployments they reference): files,
+    /// directories or `-` for stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write a directory `envoy -c DIR/bootstrap.yaml` serves as-is (one policy only).
+    /// Re-rendering into the same directory updates files atomically; Envoy reloads them.
+    #[arg(long)]
+    pub envoy_dir: Option<PathBuf>,
+    /// Gateway listener address (`host:port`).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: String,
+    /// Envoy admin address (`host:port`; keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: String,
+    /// Send traffic to this `host:port` instead of the target Service's cluster DNS name.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// CA directory (`ca.crt`, `ca.key`) to issue certificates from; created with a new CA if
+    /// empty. Absent: an ephemeral CA.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// Access log destination.
+    #[arg(long, default_value = "/dev/stdout")]
+    pub access_log: String,
+    /// Envoy image of the gateway Deployment.
+    #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
+    pub envoy_image: String,
+    /// Trust domain of SPIFFE IDs.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+}
+
+fn split_addr(s: &str, flag: &str) -> anyhow::Result<(String, u16)> {
+    let (h, p) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{flag} {s:?}: expected host:port"))?;
+    let port = p
+        .parse()
+        .map_err(|_| anyhow!("{flag} {s:?}: {p:?} is not a port"))?;
+    Ok((
+        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port,
+    ))
+}
+
+/// Objects loaded next to the policies.
+struct Inputs {
+    manifests: Vec<Manifest>,
+}
+
+impl Inputs {
+    fn find(&self, kind: &str, ns: &str, name: &str) -> Option<&Manifest> {
+        self.manifests.iter().find(|m| {
+            m.kind() == kind && m.name() == name && m.namespace().unwrap_or("default") == ns
+        })
+    }
+
+    fn secret_data(&self, ns: &str, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let m = self
+            .find("Secret", ns, name)
+            .ok_or_else(|| anyhow!("Secret {ns}/{name} is referenced but was not given (-f)"))?;
+        let secret: Secret = serde_json::from_value(m.object.clone())
+            .with_context(|| format!("{}: Secret {ns}/{name}", m.source))?;
+        let mut out = BTreeMap::new();
+        for (k, v) in secret.data.unwrap_or_default() {
+            let s = String::from_utf8(v.0)
+                .map_err(|_| anyhow!("{}: Secret {ns}/{name} key {k:?} is not UTF-8", m.source))?;
+            out.insert(k, s);
+        }
+        out.extend(secret.string_data.unwrap_or_default());
+        Ok(out)
+    }
+
+    /// The service account of the pods behind `service` (from a given Deployment whose pod
+    /// labels match the Service selector), else `default`.
+    fn service_account(&self, ns: &str, service: &Service) -> String {
+        let selector = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        for m in &self.manifests {
+            if m.kind() != "Deployment" || m.namespace().unwrap_or("default") != ns {
+                continue;
+            }
+            let Ok(d) = serde_json::from_value::<Deployment>(m.object.clone()) else {
+                continue;
+            };
+            let Some(template) = d.spec.map(|s| s.template) else {
+                continue;
+            };
+            let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+            if !selector.is_empty()
+                && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                && let Some(sa) = template.spec.and_then(|s| s.service_account_name)
+            {
+                return sa;
+            }
+        }
+        "default".to_string()
+    }
+}
+
+/// Loads or creates the CA of `--ca-dir`, or makes an ephemeral one.
+fn certificate_authority(
+    ca_dir: Option<&Path>,
+    now: OffsetDateTime,
+) -> anyhow::Result<CertificateAuthority> {
+    let Some(dir) = ca_dir else {
+        return Ok(CertificateAuthority::generate(now, DEFAULT_CA_LIFETIME)?);
+    };
+    let crt = dir.join("ca.crt");
+    let key = dir.join("ca.key");
+    if crt.exists() || key.exists() {
+        let c = std::fs::read(&crt).with_context(|| format!("reading {}", crt.display()))?;
+        let k = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+        let name = dir.display().to_string();
+        return Ok(CertificateAuthority::from_pem(
+            &c,
+            &k,
+            None,
+            PemSource(&name),
+            now,
+        )?);
+    }
+    let ca = CertificateAuthority::generate(now, DEFAULT_CA_LIFETIME)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic(&crt, ca.cert_pem().as_bytes(), 0o644)?;
+    write_atomic(&key, ca.key_pem().as_bytes(), 0o600)?;
+    Ok(ca)
+}
+
+/// Writes `path` via a temporary file and a rename, so a watcher never sees a partial file.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// One policy with everything it needs, rendered.
+pub struct RenderedPolicy {
+    pub policy: ApiSecurityPolicy,
+    pub service: Service,
+    pub options: RenderOptions,
+    pub gateway: RenderedGateway,
+}
+
+fn render_one(
+    args: &RenderArgs,
+    inputs: &Inputs,
+    manifest: &Manifest,
+    ca: &CertificateAuthority,
+    now: OffsetDateTime,
+) -> anyhow::Result<RenderedPolicy> {
+    let policy: ApiSecurityPolicy = serde_json::from_value(manifest.object.clone())
+        .with_context(|| format!("{}: not a valid ApiSecurityPolicy", manifest.source))?;
+    let ns = policy
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let violations = validate_spec(&policy.spec);
+    if !violations.is_empty() {
+        let list = violations
+            .iter()
+            .map(|v| format!("  {}: {}", v.field, v.message()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "{}: policy {ns}/{name} is invalid:\n{list}",
+            manifest.source
+        );
+    }
+    let spec = &policy.spec;
+    let svc_manifest = inputs
+        .find("Service", &ns, &spec.target.service)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: policy {ns}/{name} targets Service {ns}/{} which was not given (-f)",
+                manifest.source,
+                spec.target.service
+            )
+        })?;
+    let service: Service =
+        serde_json::from_value(svc_manifest.object.clone()).with_context(|| {
+            format!(
+                "{}: Service {ns}/{}",
+                svc_manifest.source, spec.target.service
+            )
+        })?;
+
+    let mut api_keys = BTreeMap::new();
+    if let Some(k) = spec
+        .authentication
+        .as_ref()
+        .and_then(|a| a.api_keys.as_ref())
+    {
+        api_keys = inputs.secret_data(&ns, &k.secret_ref.name)?;
+    }
+    let mut jwks = BTreeMap::new();
+    if let Some(jwt) = spec.authentication.as_ref().and_then(|a| a.jwt.as_ref()) {
+        for p in &jwt.providers {
+            if let Some(r) = &p.jwks.secret_ref {
+                let data = inputs.secret_data(&ns, &r.name)?;
+                let doc = data.get(&r.key).ok_or_else(|| {
+                    anyhow!(
+                        "Secret {ns}/{} has no key {:?} (provider {})",
+                        r.name,
+                        r.key,
+                        p.name
+                    )
+                })?;
+                jwks.insert(p.name.clone(), doc.clone());
+            }
+        }
+    }
+
+    let (listen_address, listen_port) = split_addr(&args.listen, "--listen")?;
+    let (admin_address, admin_port) = split_addr(&args.admin, "--admin")?;
+    let mut options = RenderOptions {
+        listen_address,
+        listen_port,
+        admin_address,
+        admin_port,
+        upstream_override: args.upstream.clone(),
+        access_log_path: args.access_log.clone(),
+        envoy_image: args.envoy_image.clone(),
+        ..RenderOptions::default()
+    };
+    if let Some(dir) = &args.envoy_dir {
+        let abs = std::path::absolute(dir)
+            .with_context(|| format!("resolving {}", dir.display()))?
+            .display()
+            .to_string();
+        options.config_dir = abs.clone();
+        options.secret_dir = abs;
+    }
+
+    let gateway = objects::gateway_name(&policy);
+    let gateway_id = SpiffeId::new(&args.trust_domain, &ns, &gateway)
+        .map_err(|e| anyhow!("gateway SPIFFE ID: {e}"))?;
+    let mut server = LeafRequest::new(gateway_id.clone());
+    server.dns_names = spec.hosts.clone();
+    server.dns_names.push(format!("{gateway}.{ns}.svc"));
+    server
+        .dns_names
+        .push(format!("{gateway}.{ns}.svc.cluster.local"));
+    server.dns_names.push("localhost".into());
+    let leaf = issue_leaf(ca, &server, now)?;
+    let upstream = if spec.east_west().mtls == EastWestMtls::Disabled {
+        None
+    } else {
+        let sa = inputs.service_account(&ns, &service);
+        let target = SpiffeId::new(&args.trust_domain, &ns, &sa)
+            .map_err(|e| anyhow!("target SPIFFE ID: {e}"))?;
+        Some(UpstreamIdentity {
+            cert_pem: leaf.cert_pem.clone(),
+            key_pem: leaf.key_pem.clone(),
+            trust_bundle_pem: ca.roots_pem(),
+            target_spiffe_id: target.uri(),
+        })
+    };
+    let identity = GatewayIdentity {
+        server_cert_pem: leaf.cert_pem.clone(),
+        server_key_pem: leaf.key_pem.clone(),
+        client_ca_pem: Some(ca.roots_pem()),
+        upstream,
+    };
+    let input = RenderInput {
+        policy: &policy,
+        target_service: &service,
+        identity: &identity,
+        api_keys: &api_keys,
+        jwks_from_secret: &jwks,
+        options: &options,
+    };
+    let rendered = render_gateway(&input).with_context(|| format!("{}", manifest.source))?;
+    Ok(RenderedPolicy {
+        policy,
+        service,
+        options,
+        gateway: rendered,
+    })
+}
+
+/// Writes a rendered gateway into `dir`: certificates and keys first, then clusters, then the
+/// listener, then the bootstrap, each atomically.
+pub fn write_envoy_dir(dir: &Path, gateway: &RenderedGateway, ca_pem: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let rank = |name: &str| match name {
+        envoy_render::LDS_FILE => 3,
+        envoy_render::CDS_FILE | envoy_render::API_KEYS_FILE => 2,
+        BOOTSTRAP_FILE => 4,
+        _ => 1,
+    };
+    let mut files: Vec<_> = gateway.files.iter().collect();
+    files.sort_by_key(|(n, _)| (rank(n), n.to_string()));
+    write_atomic(&dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
+    for (name, f) in files {
+        let mode = if f.secret { 0o600 } else { 0o644 };
+        write_atomic(&dir.join(name), f.contents.as_bytes(), mode)?;
+    }
+    Ok(())
+}
+
+pub fn run(args: RenderArgs) -> anyhow::Result<()> {
+    let manifests = load_paths(&args.files)?;
+    let inputs = Inputs { manifests };
+    let policies: Vec<&Manifest> = inputs
+        .manifests
+        .iter()
+        .filter(|m| m.kind() == "ApiSecurityPolicy")
+        .collect();
+    if policies.is_empty() {
+        bail!("no ApiSecurityPolicy in the given files");
+    }
+    let now = OffsetDateTime::now_utc();
+    let ca = certificate_authority(args.ca_dir.as_deref(), now)?;
+    if let Some(dir) = &args.envoy_dir {
+        if policies.len() != 1 {
+            bail!(
+                "--envoy-dir serves one policy; the files hold {} ({})",
+                policies.len(),
+                policies
+                    .iter()
+                    .map(|m| m.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let r = render_one(&args, &inputs, policies[0], &ca, now)?;
+        write_envoy_dir(dir, &r.gateway, &ca.roots_pem())?;
+        eprintln!(
+            "wrote {}: envoy -c {}/{BOOTSTRAP_FILE} (config {})",
+            dir.display(),
+            dir.display(),
+            r.gateway.config_hash
+        );
+        return Ok(());
+    }
+    let mut out = String::new();
+    for m in policies {
+        let r = render_one(&args, &inputs, m, &ca, now)?;
+        let objs = objects::gateway_objects(&r.policy, &r.gateway, &r.options)?;
+        let mut docs: Vec<serde_json::Value> = vec![
+            serde_json::to_value(&objs.config_map)?,
+            serde_json::to_value(&objs.secret)?,
+            serde_json::to_value(&objs.deployment)?,
+            serde_json::to_value(&objs.service)?,
+        ];
+        if let Some(np) = network::target_network_policy(&r.policy, &r.service)? {
+            docs.push(serde_json::to_value(&np)?);
+        }
+        for d in docs {
+            out.push_str("---\n");
+            out.push_str(&serde_saphyr::to_string(&d)?);
+        }
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Rendering: an `ApiSecurityPolicy` (plus the target Service and identity material the caller
+//! fetched) becomes the Envoy gateway configuration, the NetworkPolicies and the Kubernetes
+//! objects the controller applies.
+//!
+//! Everything here is a pure function of its inputs: no client, no clock, no randomness. The
+//! same input always renders byte-identical files (maps are `BTreeMap`s, lists keep the
+//! policy's order), so [`RenderedGateway::config_hash`] changes only when the configuration does.
+//!
+//! - [`envoy`]: bootstrap + file-based dynamic resources (LDS/CDS with `watched_directory`).
+//! - [`network`]: NetworkPolicies around the target's pods.
+//! - [`objects`]: ConfigMap, Secret, Deployment and Service of the gateway.
+//! - [`cli`]: `apiguard render`.
+
+pub mod cli;
+pub mod envoy;
+pub mod network;
+pub mod objects;
+
+#[cfg(test)]
+mod tests;
+
+use crate::api::ApiSecurityPolicy;
+use k8s_openapi::api::core::v1::Service;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The header that carries the authenticated API-key client id to the upstream (and into RBAC
+/// and the access log). Client-sent copies are removed before authentication.
+pub const CLIENT_ID_HEADER: &str = "x-apiguard-client-id";
+
+/// Certificates and keys the gateway uses, as PEM strings fetched by the caller.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct GatewayIdentity {
+    /// Serving certificate chain (leaf first) for downstream TLS.
+    pub server_cert_pem: String,
+    /// Its private key.
+    pub server_key_pem: String,
+    /// Roots that sign accepted client certificates (`tls.clientCertificate` Optional/Required).
+    pub client_ca_pem: Option<String>,
+    /// The gateway's own identity towards the target (east-west mTLS).
+    pub upstream: Option<UpstreamIdentity>,
+}
+
+impl std::fmt::Debug for GatewayIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayIdentity")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway's client certificate for the target and how it checks the target.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamIdentity {
+    /// The gateway's SPIFFE certificate chain.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// Roots the target's certificate must chain to.
+    pub trust_bundle_pem: String,
+    /// The SPIFFE ID (URI SAN) the target's certificate must carry.
+    pub target_spiffe_id: String,
+}
+
+impl std::fmt::Debug for UpstreamIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamIdentity")
+            .field("target_spiffe_id", &self.target_spiffe_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where and how the gateway runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Address the gateway listener binds.
+    pub listen_address: String,
+    /// Port the gateway listener binds.
+    pub listen_port: u16,
+    /// Address of Envoy's admin interface (keep it on loopback).
+    pub admin_address: String,
+    /// Port of Envoy's admin interface.
+    pub admin_port: u16,
+    /// Send traffic here (`host:port`) instead of the target Service's cluster DNS name.
+    pub upstream_override: Option<String>,
+    /// Directory (inside the gateway container) holding the non-secret files.
+    pub config_dir: String,
+    /// Directory (inside the gateway container) holding the secret files.
+    pub secret_dir: String,
+    /// Access log destination.
+    pub access_log_path: String,
+    /// CA bundle used to verify remote JWKS endpoints.
+    pub system_ca_file: String,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Distinct per-client rate-limit buckets kept per route (least recently used evicted).
+    pub max_dynamic_descriptors: u32,
+    /// Envoy image of the gateway Deployment.
+    pub envoy_image: String,
+    /// Replicas of the gateway Deployment.
+    pub replicas: i32,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            listen_address: "0.0.0.0".into(),
+            listen_port: 8443,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            upstream_override: None,
+            config_dir: "/etc/apiguard/config".into(),
+            secret_dir: "/etc/apiguard/secrets".into(),
+            access_log_path: "/dev/stdout".into(),
+            system_ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+            cluster_domain: "cluster.local".into(),
+            max_dynamic_descriptors: 10_000,
+            envoy_image: "envoyproxy/envoy:v1.40.0".into(),
+            replicas: 2,
+        }
+    }
+}
+
+/// Everything the renderer needs, fetched by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderInput<'a> {
+    pub policy: &'a ApiSecurityPolicy,
+    pub target_service: &'a Service,
+    pub identity: &'a GatewayIdentity,
+    /// API-key client id -> key, from the Secret `authentication.apiKeys.secretRef`.
+    pub api_keys: &'a BTreeMap<String, String>,
+    /// Provider name -> JWKS document, for providers with `jwks.secretRef`.
+    pub jwks_from_secret: &'a BTreeMap<String, String>,
+    pub options: &'a RenderOptions,
+}
+
+/// One rendered file of the gateway.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    pub contents: String,
+    /// Secret files (private keys, API keys) go into the Secret, never the ConfigMap.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for RenderedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.secret {
+            write!(f, "RenderedFile(secret, {} bytes)", self.contents.len())
+        } else {
+            write!(f, "RenderedFile({:?})", self.contents)
+        }
+    }
+}
+
+/// The gateway's files, by file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedGateway {
+    pub files: BTreeMap<String, RenderedFile>,
+    /// `sha256:` of every file name and contents in name order.
+    pub config_hash: String,
+}
+
+impl RenderedGateway {
+    pub fn new(files: BTreeMap<String, RenderedFile>) -> Self {
+        let config_hash = hash_files(files.iter().map(|(n, f)| (n.as_str(), f.contents.as_str())));
+        Self { files, config_hash }
+    }
+    /// Files for the ConfigMap.
+    pub fn config_files(&self) -> BTreeMap<String, String> {
+        self.files
+            .iter()
+            .filter(|(_, f)| !f.secret)
+            .map(|(n, f)| (n.clone(), f.contents.clone()))
+            .collect()
+    }
+    /// Files for the Secret.
+    pub fn secret_files(&self) -> BTreeMap<String, String> {
+        self.files
+            .iter()
+            .filter(|(_, f)| f.secret)
+            .map(|(n, f)| (n.clone(), f.contents.clone()))
+            .collect()
+    }
+}
+
+/// The canonical hash of a set of files: length-prefixed names and contents, in the given order.
+pub fn hash_files<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut h = Sha256::new();
+    for (name, contents) in files {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((contents.len() as u64).to_be_bytes());
+        h.update(contents.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Why a policy cannot be rendered. Every variant names the policy and the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("policy {policy}: {field}: {message}")]
+    Invalid {
+        policy: String,
+        field: String,
+        message: String,
+    },
+    #[error("policy {policy}: cannot serialize {what}: {message}")]
+    Serialize {
+        policy: String,
+        what: String,
+        message: String,
+    },
+}
+
+/// Renders the gateway files for one policy.
+pub fn render_gateway(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
+    envoy::render(input)
+}
+
+/// `<namespace>/<name>` of a policy, for messages.
+pub(crate) fn policy_ref(policy: &ApiSecurityPolicy) -> String {
+    format!(
+        "{}/{}",
+        policy.metadata.namespace.as_deref().unwrap_or("default"),
+        policy.metadata.name.as_deref().unwrap_or("")
+    )
+}

@@ -1,0 +1,337 @@
+//! The gateway's Kubernetes objects: ConfigMap `<policy>-apiguard` (plain files), Secret
+//! `<policy>-apiguard-secrets` (private keys, API keys), Deployment and Service
+//! `<policy>-apiguard`. Labelled `app.kubernetes.io/managed-by: apiguard` and
+//! `apiguard.dev/policy: <name>`, owned by the policy; the controller server-side applies them.
+
+use super::{RenderError, RenderOptions, RenderedGateway, envoy, policy_ref};
+use crate::api::ApiSecurityPolicy;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use std::collections::BTreeMap;
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const POLICY_LABEL: &str = "apiguard.dev/policy";
+pub const COMPONENT_LABEL: &str = "apiguard.dev/component";
+/// Annotation with the hash of the bootstrap (the only file whose change needs a restart).
+pub const BOOTSTRAP_HASH_ANNOTATION: &str = "apiguard.dev/bootstrap-hash";
+
+/// `<policy>-apiguard`: the gateway's ConfigMap, Deployment and Service.
+pub fn gateway_name(policy: &ApiSecurityPolicy) -> String {
+    format!("{}-apiguard", policy.metadata.name.as_deref().unwrap_or(""))
+}
+
+/// `<policy>-apiguard-secrets`.
+pub fn secret_name(policy: &ApiSecurityPolicy) -> String {
+    format!(
+        "{}-apiguard-secrets",
+        policy.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Labels of every object generated for the policy.
+pub fn labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_string(), "apiguard".to_string()),
+        (
+            POLICY_LABEL.to_string(),
+            policy.metadata.name.clone().unwrap_or_default(),
+        ),
+    ])
+}
+
+/// Labels that select the gateway's pods (the Deployment's selector and NetworkPolicy peers).
+pub fn gateway_pod_labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
+    let mut l = labels(policy);
+    l.insert(COMPONENT_LABEL.to_string(), "gateway".to_string());
+    l
+}
+
+/// The policy as owner (controller) of generated objects; None for a policy not read from a
+/// cluster (no uid), e.g. in `apiguard render`.
+pub fn owner_reference(policy: &ApiSecurityPolicy) -> Option<OwnerReference> {
+    policy.controller_owner_ref(&())
+}
+
+pub(crate) fn meta(policy: &ApiSecurityPolicy, name: String, component: &str) -> ObjectMeta {
+    let mut labels = labels(policy);
+    labels.insert(COMPONENT_LABEL.to_string(), component.to_string());
+    ObjectMeta {
+        name: Some(name),
+        namespace: policy.metadata.namespace.clone(),
+        labels: Some(labels),
+        owner_references: owner_reference(policy).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// All gateway objects of a rendered policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayObjects {
+    pub config_map: ConfigMap,
+    pub secret: Secret,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+pub fn gateway_objects(
+    policy: &ApiSecurityPolicy,
+    rendered: &RenderedGateway,
+    options: &RenderOptions,
+) -> Result<GatewayObjects, RenderError> {
+    if options.config_dir == options.secret_dir {
+        return Err(RenderError::Invalid {
+            policy: policy_ref(policy),
+            field: "options".into(),
+            message: "config and secret directories must differ in a Deployment".into(),
+        });
+    }
+    let name = gateway_name(policy);
+    let mut cm_meta = meta(policy, name.clone(), "gateway");
+    cm_meta.annotations = Some(BTreeMap::from([(
+        "apiguard.dev/config-hash".to_string(),
+        rendered.config_hash.clone(),
+    )]));
+    let config_map = ConfigMap {
+        metadata: cm_meta,
+        data: Some(rendered.config_files()),
+        ..Default::default()
+    };
+    let secret = Secret {
+        metadata: meta(policy, secret_name(policy), "gateway"),
+        type_: Some("Opaque".into()),
+        data: Some(
+            rendered
+                .secret_files()
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let bootstrap_hash = super::hash_files(
+        rendered
+            .files
+            .get(envoy::BOOTSTRAP_FILE)
+            .map(|f| (envoy::BOOTSTRAP_FILE, f.contents.as_str()))
+            .into_iter(),
+    );
+    let pod_labels = gateway_pod_labels(policy);
+    let port = i32::from(options.listen_port);
+    let probe = |initial: i32| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("https".into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "envoy".into(),
+        image: Some(options.envoy_image.clone()),
+        args: Some(vec![
+            "-c".into(),
+            format!("{}/{}", options.config_dir, envoy::BOOTSTRAP_FILE),
+            "--disable-hot-restart".into(),
+            "--log-level".into(),
+            "info".into(),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("https".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe(1)),
+        liveness_probe: Some(probe(10)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(101),
+            run_as_group: Some(101),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            privileged: Some(false),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: options.config_dir.clone(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "secrets".into(),
+                mount_path: options.secret_dir.clone(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: meta(policy, name.clone(), "gateway"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(options.replicas),
+            selector: LabelSelector {
+                match_labels: Some(pod_labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        BOOTSTRAP_HASH_ANNOTATION.to_string(),
+                        bootstrap_hash,
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "secrets".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(secret_name(policy)),
+                                default_mode: Some(0o440),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tls = !policy.spec.tls().is_disabled();
+    let service = Service {
+        metadata: meta(policy, name, "gateway"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(pod_labels),
+            ports: Some(vec![ServicePort {
+                name: Some(if tls { "https" } else { "http" }.into()),
+                port: if tls { 443 } else { 80 },
+                target_port: Some(IntOrString::String("https".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(GatewayObjects {
+        config_map,
+        secret,
+        deployment,
+        service,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::tests::example;
+
+    #[test]
+    fn gateway_objects_split_secrets_and_carry_labels_and_owner() {
+        let mut f = example("partner-api-mtls-apikeys.yaml");
+        f.policy.metadata.uid = Some("1234".into());
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        assert_eq!(
+            o.config_map.metadata.name.as_deref(),
+            Some("partner-settlements-apiguard")
+        );
+        assert_eq!(
+            o.secret.metadata.name.as_deref(),
+            Some("partner-settlements-apiguard-secrets")
+        );
+        let cm = o.config_map.data.expect("data");
+        assert!(cm.contains_key("bootstrap.yaml") && !cm.contains_key("server.key"));
+        let secret = o.secret.data.expect("data");
+        assert!(secret.contains_key("server.key") && secret.contains_key("apikeys.json"));
+        for meta in [
+            &o.config_map.metadata,
+            &o.secret.metadata,
+            &o.deployment.metadata,
+            &o.service.metadata,
+        ] {
+            let labels = meta.labels.clone().expect("labels");
+            assert_eq!(labels.get(MANAGED_BY).map(String::as_str), Some("apiguard"));
+            assert_eq!(
+                labels.get(POLICY_LABEL).map(String::as_str),
+                Some("partner-settlements")
+            );
+            let owner = &meta.owner_references.as_ref().expect("owner")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+                ("ApiSecurityPolicy", "1234", Some(true))
+            );
+        }
+        let pod = o.deployment.spec.expect("spec").template.spec.expect("pod");
+        let c = &pod.containers[0];
+        let sc = c.security_context.clone().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        assert_eq!(c.image.as_deref(), Some(f.options.envoy_image.as_str()));
+    }
+
+    #[test]
+    fn no_owner_without_uid() {
+        let f = example("bola-user-orders.yaml");
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        assert_eq!(o.config_map.metadata.owner_references, None);
+    }
+}
