@@ -14,6 +14,6 @@ pub mod manifest;
 pub mod rules;
 
 pub mod admin;
+pub mod render;
 pub mod run;
 pub mod webhook;
-pub mod render;

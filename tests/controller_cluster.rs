@@ -137,7 +137,10 @@ async fn a_policy_gets_its_children_follows_edits_restores_drift_and_is_cleaned_
             &services.get("payments-apiguard").await.unwrap(),
             &p
         ));
-        assert!(owned_by(&nps.get("payments-apiguard").await.unwrap(), &p));
+        assert!(owned_by(
+            &nps.get("payments-apiguard-target").await.unwrap(),
+            &p
+        ));
         for s in [
             "payments-apiguard-gateway-identity",
             "payments-apiguard-target-identity",
@@ -174,6 +177,7 @@ async fn a_policy_gets_its_children_follows_edits_restores_drift_and_is_cleaned_
         assert_eq!(api.get("payments").await.unwrap().resource_version(), rv);
 
         // Edit: the ConfigMap and the config hash follow.
+        let old_files = cms.get("payments-apiguard").await.unwrap().data;
         let old_hash = gateway.config_hash.clone();
         let edited = policy_json(&ns, "payments", "api", "/orders");
         api.patch(
@@ -195,28 +199,43 @@ async fn a_policy_gets_its_children_follows_edits_restores_drift_and_is_cleaned_
             .config_hash;
         assert_ne!(new_hash, &old_hash);
         let cm = cms.get("payments-apiguard").await.unwrap();
-        assert!(cm.data.unwrap()["policy.json"].contains("/orders"));
+        let files = cm.data.clone().unwrap();
+        assert_ne!(
+            Some(&files),
+            old_files.as_ref(),
+            "the gateway files did not change"
+        );
+        assert!(files.values().any(|f| f.contains("/orders")), "{files:?}");
+        assert!(
+            !files.values().any(|f| f.contains("\"/items\"")),
+            "{files:?}"
+        );
 
         // Drift: a deleted NetworkPolicy comes back; an edited ConfigMap is restored.
-        let np_uid = nps.get("payments-apiguard").await.unwrap().uid();
-        nps.delete("payments-apiguard", &DeleteParams::default())
+        let np_uid = nps.get("payments-apiguard-target").await.unwrap().uid();
+        nps.delete("payments-apiguard-target", &DeleteParams::default())
             .await
             .unwrap();
         eventually(WAIT, "NetworkPolicy restored", || async {
-            let np = nps.get_opt("payments-apiguard").await.ok()??;
+            let np = nps.get_opt("payments-apiguard-target").await.ok()??;
             (np.uid() != np_uid).then_some(())
         })
         .await;
+        let files = cms.get("payments-apiguard").await.unwrap().data.unwrap();
+        let tampered: std::collections::BTreeMap<_, _> = files
+            .keys()
+            .map(|k| (k.clone(), "tampered".to_string()))
+            .collect();
         cms.patch(
             "payments-apiguard",
             &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"policy.json": "tampered"}})),
+            &Patch::Merge(json!({ "data": tampered })),
         )
         .await
         .unwrap();
         eventually(WAIT, "ConfigMap restored", || async {
             let cm = cms.get("payments-apiguard").await.ok()?;
-            cm.data?["policy.json"].contains("/orders").then_some(())
+            (cm.data? == files).then_some(())
         })
         .await;
 
@@ -235,7 +254,11 @@ async fn a_policy_gets_its_children_follows_edits_restores_drift_and_is_cleaned_
                         .ok()?
                         .is_some()
                     || services.get_opt("payments-apiguard").await.ok()?.is_some()
-                    || nps.get_opt("payments-apiguard").await.ok()?.is_some()
+                    || nps
+                        .get_opt("payments-apiguard-target")
+                        .await
+                        .ok()?
+                        .is_some()
                     || secrets
                         .get_opt("payments-apiguard-gateway-identity")
                         .await

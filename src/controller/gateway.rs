@@ -1,6 +1,8 @@
 //! The seam between the controller and the pure gateway renderer: what reconcile hands the
 //! renderer, and the typed objects it gets back.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -21,6 +23,30 @@ pub struct GatewayInput<'a> {
     pub target_identity: &'a SpiffeId,
     /// PEM of the roots every workload trusts.
     pub trust_bundle_pem: &'a str,
+    /// The gateway's serving certificate for clients (from `tls.certificateSecretRef`, else
+    /// the gateway leaf, which then also carries `hosts`).
+    pub serving: &'a ServingCertificate,
+    /// Roots accepted for client certificates (`tls.clientCertificate` Optional/Required).
+    pub client_ca_pem: Option<&'a str>,
+    /// Whether the gateway talks mTLS to the target (`eastWest.mtls` not Disabled).
+    pub upstream_mtls: bool,
+    /// API-key client id -> key, from `authentication.apiKeys.secretRef`.
+    pub api_keys: &'a BTreeMap<String, String>,
+    /// Provider name -> JWKS document, for providers with `jwks.secretRef`.
+    pub jwks_from_secret: &'a BTreeMap<String, String>,
+}
+
+/// A serving certificate chain and its key (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServingCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServingCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCertificate").finish_non_exhaustive()
+    }
 }
 
 /// The gateway and network objects of one policy. Metadata (labels, ownerRef) is completed
@@ -47,4 +73,51 @@ pub struct RenderError(pub String);
 /// `crate::render`; a trait so the controller's call sequence can be tested on its own.
 pub trait GatewayRenderer: Send + Sync + 'static {
     fn render(&self, input: &GatewayInput<'_>) -> Result<GatewayObjects, RenderError>;
+}
+
+/// The Envoy renderer (`crate::render`) behind the controller's seam.
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyRenderer {
+    pub options: crate::render::RenderOptions,
+}
+
+impl GatewayRenderer for EnvoyRenderer {
+    fn render(&self, input: &GatewayInput<'_>) -> Result<GatewayObjects, RenderError> {
+        use crate::render;
+        let err = |e: render::RenderError| RenderError(e.to_string());
+        let identity = render::GatewayIdentity {
+            server_cert_pem: input.serving.cert_pem.clone(),
+            server_key_pem: input.serving.key_pem.clone(),
+            client_ca_pem: input.client_ca_pem.map(str::to_string),
+            upstream: input.upstream_mtls.then(|| render::UpstreamIdentity {
+                cert_pem: input.gateway_leaf.cert_pem.clone(),
+                key_pem: input.gateway_leaf.key_pem.clone(),
+                trust_bundle_pem: input.trust_bundle_pem.to_string(),
+                target_spiffe_id: input.target_identity.uri(),
+            }),
+        };
+        let rendered = render::render_gateway(&render::RenderInput {
+            policy: input.policy,
+            target_service: input.target,
+            identity: &identity,
+            api_keys: input.api_keys,
+            jwks_from_secret: input.jwks_from_secret,
+            options: &self.options,
+        })
+        .map_err(err)?;
+        let objects = render::objects::gateway_objects(input.policy, &rendered, &self.options)
+            .map_err(err)?;
+        let network =
+            render::network::target_network_policy(input.policy, input.target).map_err(err)?;
+        let gateway_service = objects.service.metadata.name.clone().unwrap_or_default();
+        Ok(GatewayObjects {
+            config_maps: vec![objects.config_map],
+            secrets: vec![objects.secret],
+            deployments: vec![objects.deployment],
+            services: vec![objects.service],
+            network_policies: network.into_iter().collect(),
+            config_hash: rendered.config_hash,
+            gateway_service,
+        })
+    }
 }

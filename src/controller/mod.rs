@@ -30,7 +30,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-pub use gateway::{GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
+pub use gateway::{EnvoyRenderer, GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
 pub use metrics::{ControllerMetrics, Health};
 pub use reconcile::{ChildStores, Config, Context, FIELD_MANAGER};
 
@@ -95,6 +95,38 @@ fn policies_targeting(
         .collect()
 }
 
+/// Policies in `namespace` that name Secret `name` in their spec.
+fn policies_referencing_secret(
+    store: &Store<ApiSecurityPolicy>,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<ApiSecurityPolicy>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .filter(|p| {
+            let auth = p.spec.authentication();
+            let api_keys = auth
+                .api_keys
+                .as_ref()
+                .is_some_and(|k| k.secret_ref.name == name);
+            let jwks = auth.jwt.as_ref().is_some_and(|j| {
+                j.providers
+                    .iter()
+                    .any(|pr| pr.jwks.secret_ref.as_ref().is_some_and(|r| r.name == name))
+            });
+            let serving = p
+                .spec
+                .tls()
+                .certificate_secret_ref
+                .is_some_and(|r| r.name == name);
+            api_keys || jwks || serving
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// Runs the reconcile loop until `stop` resolves (graceful: running reconciles finish).
 /// Marks `health` ready once every cache has synced.
 pub async fn run_controller(
@@ -128,6 +160,7 @@ pub async fn run_controller(
     let policies = controller.store();
     let by_service = policies.clone();
     let by_policy = policies.clone();
+    let by_secret = policies.clone();
     let controller = controller
         .owns_stream(cm_stream)
         .owns_stream(secret_stream)
@@ -148,6 +181,16 @@ pub async fn run_controller(
                 .filter(|r| r.name != p.name_any())
                 .collect::<Vec<_>>()
         })
+        // Secrets a policy names (API keys, JWKS, serving certificate): metadata only.
+        .watches_stream(
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |s| policies_referencing_secret(&by_secret, s.namespace(), &s.name_any()),
+        )
         .reconcile_all_on(ca_stream)
         .graceful_shutdown_on(stop);
 

@@ -26,15 +26,15 @@ use time::OffsetDateTime;
 
 use super::certs::{self, Leaf};
 use super::conditions::{self, Outcome, Verdict};
-use super::gateway::{GatewayInput, GatewayObjects, GatewayRenderer};
+use super::gateway::{GatewayInput, GatewayObjects, GatewayRenderer, ServingCertificate};
 use super::metrics::{ControllerMetrics, Health};
 use super::ownership::{
     self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Ownership, POLICY_LABEL, conflicting_winner,
 };
 use crate::api::validate::validate_spec;
 use crate::api::{
-    ApiSecurityPolicy, ApiSecurityPolicyStatus, CertificateStatus, EastWestMtls, GatewayStatus,
-    Isolation,
+    ApiSecurityPolicy, ApiSecurityPolicyStatus, CertificateStatus, ClientCertificate, EastWestMtls,
+    GatewayStatus, Isolation,
 };
 use crate::identity::k8s::{ca_from_secret, leaf_secret, trust_bundle_configmap};
 use crate::identity::{CertificateAuthority, ExpectedIdentity, IssuedLeaf, SpiffeId};
@@ -784,6 +784,99 @@ async fn read_secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Secre
         .map_err(|e| read_err("Secret", ns, name, e))
 }
 
+/// Secrets the policy refers to, read for the renderer.
+struct References {
+    api_keys: BTreeMap<String, String>,
+    jwks: BTreeMap<String, String>,
+    serving: Option<ServingCertificate>,
+}
+
+/// Reads the Secrets named in the spec. `Ok(Err(verdict))`: one is missing or incomplete
+/// (a condition, not a retry: the Secret watch brings the policy back when it appears).
+async fn fetch_references(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+) -> Result<Result<References, Verdict>, Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let spec = &policy.spec;
+    let missing = |what: String| Verdict::fail("ReferenceNotFound", what);
+    let mut refs = References {
+        api_keys: BTreeMap::new(),
+        jwks: BTreeMap::new(),
+        serving: None,
+    };
+    let text = |secret: &Secret, key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    let auth = spec.authentication();
+    if let Some(keys) = &auth.api_keys {
+        let name = &keys.secret_ref.name;
+        let Some(secret) = read_secret(ctx, &ns, name).await? else {
+            return Ok(Err(missing(format!(
+                "Secret {ns}/{name} (spec.authentication.apiKeys.secretRef) does not exist"
+            ))));
+        };
+        for (client, key) in secret.data.unwrap_or_default() {
+            match String::from_utf8(key.0) {
+                Ok(k) => {
+                    refs.api_keys.insert(client, k.trim().to_string());
+                }
+                Err(_) => {
+                    return Ok(Err(missing(format!(
+                        "Secret {ns}/{name} key {client} (spec.authentication.apiKeys.secretRef) is not UTF-8 text"
+                    ))));
+                }
+            }
+        }
+    }
+    if let Some(jwt) = &auth.jwt {
+        for (i, provider) in jwt.providers.iter().enumerate() {
+            let Some(r) = &provider.jwks.secret_ref else {
+                continue;
+            };
+            let field = format!("spec.authentication.jwt.providers[{i}].jwks.secretRef");
+            let doc = match read_secret(ctx, &ns, &r.name).await? {
+                Some(secret) => text(&secret, &r.key),
+                None => None,
+            };
+            match doc {
+                Some(doc) => {
+                    refs.jwks.insert(provider.name.clone(), doc);
+                }
+                None => {
+                    return Ok(Err(missing(format!(
+                        "Secret {ns}/{} has no key {} ({field})",
+                        r.name, r.key
+                    ))));
+                }
+            }
+        }
+    }
+    if let Some(r) = &spec.tls().certificate_secret_ref {
+        let field = "spec.tls.certificateSecretRef";
+        let secret = read_secret(ctx, &ns, &r.name).await?;
+        let pair = secret
+            .as_ref()
+            .and_then(|s| Some((text(s, "tls.crt")?, text(s, "tls.key")?)));
+        match pair {
+            Some((cert_pem, key_pem)) => {
+                refs.serving = Some(ServingCertificate { cert_pem, key_pem })
+            }
+            None => {
+                return Ok(Err(missing(format!(
+                    "Secret {ns}/{} ({field}) does not exist or lacks tls.crt/tls.key",
+                    r.name
+                ))));
+            }
+        }
+    }
+    Ok(Ok(refs))
+}
+
 async fn program(
     input: ProgramInput<'_>,
     ctx: &Context,
@@ -826,9 +919,26 @@ async fn program(
     };
     let gateway_secret = gateway_identity_secret(&name);
     let target_secret = target_identity_secret(&name);
+    let refs = match fetch_references(ctx, policy).await? {
+        Ok(r) => r,
+        Err(v) => {
+            return Ok(Outcome {
+                accepted,
+                programmed: v.clone(),
+                certificates: Verdict::unknown(v.reason, v.message.clone()),
+                network: Verdict::unknown(v.reason, v.message),
+                isolation_disabled,
+            });
+        }
+    };
+    // Without a user-supplied serving certificate the gateway leaf also serves `hosts`.
+    let mut gateway_dns = certs::service_dns_names(&gw, &ns);
+    if refs.serving.is_none() {
+        gateway_dns.extend(policy.spec.hosts.iter().cloned());
+    }
     let expected_gateway = ExpectedIdentity {
         spiffe_id: gateway_id,
-        dns_names: certs::service_dns_names(&gw, &ns),
+        dns_names: gateway_dns,
     };
     let expected_target = ExpectedIdentity {
         spiffe_id: target_id.clone(),
@@ -872,12 +982,22 @@ async fn program(
 
     // Gateway and network objects from the pure renderer.
     let bundle = ca.roots_pem();
+    let serving = refs.serving.clone().unwrap_or_else(|| ServingCertificate {
+        cert_pem: gateway_leaf.cert_pem.clone(),
+        key_pem: gateway_leaf.key_pem.clone(),
+    });
+    let client_certs = policy.spec.tls().client_certificate != ClientCertificate::None;
     let rendered = ctx.renderer.render(&GatewayInput {
         policy,
         target,
         gateway_leaf: &gateway_leaf,
         target_identity: &target_id,
         trust_bundle_pem: &bundle,
+        serving: &serving,
+        client_ca_pem: client_certs.then_some(bundle.as_str()),
+        upstream_mtls: want_target_leaf,
+        api_keys: &refs.api_keys,
+        jwks_from_secret: &refs.jwks,
     });
     let GatewayObjects {
         config_maps,

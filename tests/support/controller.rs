@@ -1,133 +1,20 @@
-//! Running the controller in-process against the test control plane, for the controller's
-//! integration tests and benchmark.
-//!
-//! [`StandInRenderer`] stands in for the Envoy renderer at the controller's seam
-//! ([`GatewayRenderer`]): it produces the same kinds and names (ConfigMap, Deployment,
-//! Service `<policy>-apiguard`, a NetworkPolicy selecting the target's pods) with a config
-//! derived from the spec, so these tests check the controller — apply, ownership, prune,
-//! status, drift, leader election — independently of the Envoy configuration itself.
+//! Running the controller in-process (with the real Envoy renderer) against the test control
+//! plane, for the controller's integration tests and benchmark.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use apiguard::controller::gateway::{GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
 use apiguard::controller::leader::LeaderConfig;
-use apiguard::controller::{self, Config, ControllerMetrics, Health, Options};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::ResourceExt;
+use apiguard::controller::{self, Config, ControllerMetrics, EnvoyRenderer, Health, Options};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use sha2::{Digest, Sha256};
 
 use super::cluster::control_plane;
 
 /// The operator namespace of the in-process operators.
 pub const OPERATOR_NS: &str = "apiguard-system";
-
-pub struct StandInRenderer;
-
-impl GatewayRenderer for StandInRenderer {
-    fn render(&self, input: &GatewayInput<'_>) -> Result<GatewayObjects, RenderError> {
-        let policy = input.policy;
-        let gw = format!("{}-apiguard", policy.name_any());
-        let spec =
-            serde_json::to_string(&policy.spec).map_err(|e| RenderError(format!("spec: {e}")))?;
-        let hash = hex::encode(Sha256::digest(spec.as_bytes()));
-        let gw_labels = BTreeMap::from([("app.kubernetes.io/instance".to_string(), gw.clone())]);
-        let meta = |name: &str| ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        };
-        let target_selector = input
-            .target
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.clone())
-            .unwrap_or_default();
-        Ok(GatewayObjects {
-            config_maps: vec![ConfigMap {
-                metadata: meta(&gw),
-                data: Some(BTreeMap::from([
-                    ("policy.json".to_string(), spec),
-                    ("ca.crt".to_string(), input.trust_bundle_pem.to_string()),
-                    ("upstream-identity".to_string(), input.target_identity.uri()),
-                ])),
-                ..Default::default()
-            }],
-            deployments: vec![Deployment {
-                metadata: meta(&gw),
-                spec: Some(DeploymentSpec {
-                    replicas: Some(1),
-                    selector: LabelSelector {
-                        match_labels: Some(gw_labels.clone()),
-                        ..Default::default()
-                    },
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(gw_labels.clone()),
-                            ..Default::default()
-                        }),
-                        spec: Some(PodSpec {
-                            containers: vec![Container {
-                                name: "envoy".into(),
-                                image: Some("envoyproxy/envoy:v1.40.0".into()),
-                                ..Default::default()
-                            }],
-                            ..Default::default()
-                        }),
-                    },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            services: vec![Service {
-                metadata: meta(&gw),
-                spec: Some(ServiceSpec {
-                    selector: Some(gw_labels.clone()),
-                    ports: Some(vec![ServicePort {
-                        name: Some("https".into()),
-                        port: 443,
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            network_policies: vec![NetworkPolicy {
-                metadata: meta(&gw),
-                spec: Some(NetworkPolicySpec {
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(target_selector),
-                        ..Default::default()
-                    }),
-                    ingress: Some(vec![NetworkPolicyIngressRule {
-                        from: Some(vec![NetworkPolicyPeer {
-                            pod_selector: Some(LabelSelector {
-                                match_labels: Some(gw_labels),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }]),
-                    policy_types: Some(vec!["Ingress".into()]),
-                    ..Default::default()
-                }),
-            }],
-            config_hash: hash,
-            gateway_service: gw,
-            ..Default::default()
-        })
-    }
-}
 
 /// Installs the ApiSecurityPolicy CRD from `crds/`. If the apiserver refuses it (the CEL
 /// cost budget on main's CRD, see the report of the API issue), installs the same CRD with
@@ -203,7 +90,7 @@ impl Operator {
                 leaf_lifetime: time::Duration::hours(24),
             },
             leader,
-            renderer: Arc::new(StandInRenderer),
+            renderer: Arc::new(EnvoyRenderer::default()),
             metrics: metrics.clone(),
             health: health.clone(),
         };
