@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use super::conditions;
 
@@ -62,26 +62,43 @@ impl Default for ControllerMetrics {
     }
 }
 
+/// Where metrics are registered: a bare registry, or the admin server's [`crate::admin::Metrics`].
+pub trait MetricSink {
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric);
+}
+
+impl MetricSink for &mut Registry {
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.register(name, help, metric);
+    }
+}
+
+impl MetricSink for &crate::admin::Metrics {
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.register(name, help, metric);
+    }
+}
+
 impl ControllerMetrics {
     /// Creates the metrics and registers them in `registry`.
-    pub fn register(registry: &mut Registry) -> std::sync::Arc<Self> {
+    pub fn register(mut registry: impl MetricSink) -> std::sync::Arc<Self> {
         let m = std::sync::Arc::new(Self::default());
-        registry.register(
+        registry.add(
             "apiguard_reconcile",
             "Policy reconciliations by result",
             m.reconcile_total.clone(),
         );
-        registry.register(
+        registry.add(
             "apiguard_reconcile_duration_seconds",
             "Time taken by one policy reconciliation",
             m.reconcile_duration.clone(),
         );
-        registry.register(
+        registry.add(
             "apiguard_policies",
             "Policies whose condition is True, by condition type",
             m.policies.clone(),
         );
-        registry.register(
+        registry.add(
             "apiguard_certificates_expiry_seconds",
             "Seconds until the earliest issued certificate expires (Unix time of notAfter minus now), by identity kind",
             m.certificates_expiry.clone(),
