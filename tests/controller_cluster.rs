@@ -170,6 +170,21 @@ async fn a_policy_gets_its_children_follows_edits_restores_drift_and_is_cleaned_
         assert_eq!(gateway.service, "payments-apiguard");
         assert_eq!(status.certificates.len(), 2);
 
+        // Transitions were published as Events on the policy.
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+        eventually(WAIT, "Programmed Event", || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("Programmed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("payments")
+                        && e.type_.as_deref() == Some("Normal")
+                })
+                .then_some(())
+        })
+        .await;
+
         // A steady state is not rewritten.
         let rv = p.resource_version();
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -296,6 +311,17 @@ async fn the_newer_of_two_policies_on_one_service_gets_conflict_until_the_older_
         assert!(message.contains(&format!("{ns}/first")), "{message}");
         let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
         assert!(cms.get_opt("second-apiguard").await.unwrap().is_none());
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+        eventually(WAIT, "Conflict warning Event", || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("Conflict") && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        })
+        .await;
         // The first one is unaffected.
         let api = Api::<ApiSecurityPolicy>::namespaced(client.clone(), &ns);
         let first = api.get("first").await.unwrap();
@@ -358,4 +384,50 @@ async fn an_object_someone_else_made_is_not_taken_over() {
         assert!(cm.metadata.owner_references.is_none());
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_policy_becomes_ready() {
+    let _op = operator();
+    let cp = support::cluster::control_plane();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no examples in {}", dir.display());
+    let namespace_field = regex::Regex::new(r"namespace: [a-z0-9-]+").unwrap();
+    for file in files {
+        let namespace_field = &namespace_field;
+        with_temp_ns(|client, ns| async move {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let policies: Vec<String> = text
+                .split("\n---")
+                .filter(|doc| doc.contains("kind: ApiSecurityPolicy"))
+                .filter_map(|doc| {
+                    let line = doc.lines().find(|l| l.starts_with("metadata:"))?;
+                    let name = line.split("name: ").nth(1)?;
+                    Some(name.split([',', '}']).next()?.trim().to_string())
+                })
+                .collect();
+            assert!(!policies.is_empty(), "{}: no policy", file.display());
+            // Put every object into the test namespace.
+            let text = namespace_field.replace_all(&text, format!("namespace: {ns}").as_str());
+            cp.kubectl_ok_with_stdin(["apply", "-f", "-"], &text);
+            for name in policies {
+                let p = wait_condition(&client, &ns, &name, "Ready", "True", None).await;
+                let status = p.status.unwrap();
+                assert!(
+                    status
+                        .gateway
+                        .is_some_and(|g| g.config_hash.starts_with("sha256:")),
+                    "{}: {name}",
+                    file.display()
+                );
+            }
+        })
+        .await;
+    }
 }

@@ -84,6 +84,8 @@ pub struct Context {
     /// (content hash, resourceVersion) of each child as last applied: an unchanged child
     /// whose resourceVersion is still ours is not sent again.
     applied: Mutex<HashMap<String, (u64, String)>>,
+    /// Consecutive failures per policy, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
     ca: Mutex<Option<(String, Arc<CertificateAuthority>)>>,
 }
 
@@ -111,6 +113,7 @@ impl Context {
             metrics,
             health,
             applied: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             ca: Mutex::new(None),
         }
     }
@@ -501,22 +504,47 @@ pub async fn reconcile(policy: Arc<ApiSecurityPolicy>, ctx: Arc<Context>) -> Res
     let result = reconcile_inner(&policy, &ctx, OffsetDateTime::now_utc()).await;
     ctx.health.finished(&key);
     let label = match &result {
-        Ok(_) => "success",
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            "success"
+        }
         Err(e) => e.metric_label(),
     };
     ctx.metrics.reconciled(label, start.elapsed());
     result
 }
 
-/// Backs off per object after an error.
-pub fn error_policy(policy: Arc<ApiSecurityPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// Delay before retry `attempt` (1-based): 1 s doubling up to 5 minutes.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+/// Backs off per object after an error (exponentially, reset by a success).
+pub fn error_policy(policy: Arc<ApiSecurityPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        policy.namespace().unwrap_or_default(),
+        policy.name_any()
+    );
+    let attempt = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(attempt);
     tracing::warn!(
         policy.namespace = policy.namespace().unwrap_or_default(),
         policy.name = policy.name_any(),
         error = %error,
+        attempt,
+        retry_in_s = delay.as_secs(),
         "reconcile failed"
     );
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
 }
 
 async fn reconcile_inner(
@@ -1169,4 +1197,28 @@ async fn program(
         network,
         isolation_disabled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes() {
+        let secs: Vec<u64> = (1..=11).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn error_metric_labels_are_fixed() {
+        let e = Error::ChildrenFailed(2);
+        assert_eq!(e.metric_label(), "apply_failed");
+        let e = Error::Ca {
+            namespace: "a".into(),
+            name: "b".into(),
+            message: "c".into(),
+        };
+        assert_eq!(e.metric_label(), "ca_unavailable");
+    }
 }
