@@ -26,7 +26,7 @@ pub struct GatewayInput<'a> {
     /// The gateway's serving certificate for clients (from `tls.certificateSecretRef`, else
     /// the gateway leaf, which then also carries `hosts`).
     pub serving: &'a ServingCertificate,
-    /// Roots accepted for client certificates (`tls.clientCertificate` Optional/Required).
+    /// Roots accepted for client certificates (used when the policy asks for them).
     pub client_ca_pem: Option<&'a str>,
     /// Whether the gateway talks mTLS to the target (`eastWest.mtls` not Disabled).
     pub upstream_mtls: bool,

@@ -33,8 +33,8 @@ use super::ownership::{
 };
 use crate::api::validate::validate_spec;
 use crate::api::{
-    ApiSecurityPolicy, ApiSecurityPolicyStatus, CertificateStatus, ClientCertificate, EastWestMtls,
-    GatewayStatus, Isolation,
+    ApiSecurityPolicy, ApiSecurityPolicyStatus, CertificateStatus, EastWestMtls, GatewayStatus,
+    Isolation,
 };
 use crate::identity::k8s::{ca_from_secret, leaf_secret, trust_bundle_configmap};
 use crate::identity::{CertificateAuthority, ExpectedIdentity, IssuedLeaf, SpiffeId};
@@ -1014,7 +1014,6 @@ async fn program(
         cert_pem: gateway_leaf.cert_pem.clone(),
         key_pem: gateway_leaf.key_pem.clone(),
     });
-    let client_certs = policy.spec.tls().client_certificate != ClientCertificate::None;
     let rendered = ctx.renderer.render(&GatewayInput {
         policy,
         target,
@@ -1022,7 +1021,9 @@ async fn program(
         target_identity: &target_id,
         trust_bundle_pem: &bundle,
         serving: &serving,
-        client_ca_pem: client_certs.then_some(bundle.as_str()),
+        // The operator's roots verify client certificates whenever the renderer asks for them
+        // (`tls.clientCertificate`, or implied by `authentication.mtls.allowedClients`).
+        client_ca_pem: Some(bundle.as_str()),
         upstream_mtls: want_target_leaf,
         api_keys: &refs.api_keys,
         jwks_from_secret: &refs.jwks,
