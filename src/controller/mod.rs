@@ -167,10 +167,15 @@ pub async fn run_controller(
         .owns_stream(deploy_stream)
         .owns_stream(svc_stream)
         .owns_stream(np_stream)
-        // A policy waiting for its Service reconciles when the Service appears or changes.
-        .watches(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
+        // A policy waiting for its Service reconciles when the Service appears or changes
+        // (metadata only: the mapping needs names).
+        .watches_stream(
+            watcher(
+                Api::<PartialObjectMeta<Service>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
             move |svc| policies_targeting(&by_service, svc.namespace(), &svc.name_any()),
         )
         // When a policy goes away or changes target, the others on its Service re-decide
