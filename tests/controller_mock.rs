@@ -614,3 +614,44 @@ async fn an_invalid_policy_is_refused_with_its_rule_id() {
         "{accepted}"
     );
 }
+
+#[tokio::test]
+async fn healthz_fails_while_a_reconcile_is_wedged() {
+    use apiguard::admin::{AdminState, Metrics, Readiness, router};
+    use tower::ServiceExt;
+    let health = Arc::new(Health::new(Duration::from_secs(60)));
+    let readiness = Arc::new(Readiness::new());
+    {
+        let health = health.clone();
+        readiness.liveness_check(Arc::new(move || health.live(std::time::Instant::now())));
+    }
+    let state = AdminState {
+        metrics: Arc::new(Metrics::new()),
+        readiness,
+    };
+    let get = |state: AdminState| async move {
+        let resp = router(state)
+            .oneshot(
+                axum::http::Request::get("/healthz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let code = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (code, String::from_utf8(body.to_vec()).unwrap())
+    };
+    assert_eq!(get(state.clone()).await.0, 200);
+    health.started(
+        "shop/stuck",
+        std::time::Instant::now() - Duration::from_secs(61),
+    );
+    let (code, body) = get(state.clone()).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("shop/stuck"), "{body}");
+    health.finished("shop/stuck");
+    assert_eq!(get(state).await.0, 200);
+}
