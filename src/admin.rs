@@ -129,7 +129,12 @@ impl AdmissionMetrics {
 #[derive(Default)]
 pub struct Readiness {
     components: Mutex<Vec<(&'static str, Arc<AtomicBool>)>>,
+    /// Liveness checks behind `/healthz` (the controller's wedge detection).
+    liveness: Mutex<Vec<LivenessCheck>>,
 }
+
+/// A liveness check: `Err(problem)` makes `/healthz` answer 503.
+pub type LivenessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Handle a component uses to declare itself ready (or not ready again).
 #[derive(Clone)]
@@ -160,6 +165,24 @@ impl Readiness {
         ReadyHandle(flag)
     }
 
+    /// Add a liveness check for `/healthz`.
+    pub fn liveness_check(&self, check: LivenessCheck) {
+        self.liveness
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(check);
+    }
+
+    /// The problems the liveness checks report (empty: alive).
+    pub fn liveness_problems(&self) -> Vec<String> {
+        let checks = self
+            .liveness
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        checks.iter().filter_map(|c| c().err()).collect()
+    }
+
     /// Names of the components that are not ready yet (empty: the process is ready).
     pub fn not_ready(&self) -> Vec<&'static str> {
         self.components
@@ -188,8 +211,17 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(state): State<AdminState>) -> Response {
+    let problems = state.readiness.liveness_problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod controller;
 pub mod identity;
 pub mod lint;
 pub mod manifest;

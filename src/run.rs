@@ -82,6 +82,19 @@ pub struct RunArgs {
     /// How often the certificate files are checked for a new certificate.
     #[arg(long, env = "APIGUARD_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub cert_reload_interval: Duration,
+    /// Envoy image of the generated gateway Deployments.
+    #[arg(
+        long,
+        env = "APIGUARD_ENVOY_IMAGE",
+        default_value = "envoyproxy/envoy:v1.40.0"
+    )]
+    pub envoy_image: String,
+    /// Replicas of each generated gateway Deployment.
+    #[arg(long, env = "APIGUARD_GATEWAY_REPLICAS", default_value_t = 2)]
+    pub gateway_replicas: i32,
+    /// Name of the operator CA Secret in the operator namespace (created when absent).
+    #[arg(long, env = "APIGUARD_CA_SECRET", default_value = "apiguard-ca")]
+    pub ca_secret: String,
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
@@ -139,34 +152,92 @@ pub fn init_logging(format: LogFormat) {
 
 /// Run `apiguard run` to completion; the exit code for the CLI.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !args.no_controller {
-        eprintln!(
-            "error: the controller is not part of this build of apiguard; \
-             run the admission webhook alone with `apiguard run --no-controller` \
-             (or APIGUARD_NO_CONTROLLER=true)"
-        );
-        return Ok(ExitCode::from(2));
-    }
-    if args.no_webhook {
+    if args.no_webhook && args.no_controller {
         eprintln!(
             "error: nothing to run: --no-webhook and --no-controller together leave only the admin server"
         );
         return Ok(ExitCode::from(2));
     }
-    let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {
-        eprintln!(
-            "error: the webhook needs its serving certificate: pass --tls-cert FILE and --tls-key FILE \
-             (or APIGUARD_TLS_CERT / APIGUARD_TLS_KEY)"
-        );
-        return Ok(ExitCode::from(2));
+    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
+        _ if args.no_webhook => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => {
+            eprintln!(
+                "error: the webhook needs its serving certificate: pass --tls-cert FILE and --tls-key FILE \
+                 (or APIGUARD_TLS_CERT / APIGUARD_TLS_KEY), or run without it (--no-webhook)"
+            );
+            return Ok(ExitCode::from(2));
+        }
     };
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, cert, key))?;
+    runtime.block_on(serve(args, tls))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the controller (leader-elected) in the background; its metrics, readiness and
+/// liveness go to the admin server.
+fn start_controller(
+    args: &RunArgs,
+    client: kube::Client,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    stop_rx: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    use crate::controller;
+    let controller_metrics = controller::ControllerMetrics::register(metrics);
+    let health = Arc::new(controller::Health::default());
+    let ready = readiness.component("controller");
+    {
+        let health = health.clone();
+        readiness.liveness_check(Arc::new(move || health.live(std::time::Instant::now())));
+    }
+    {
+        let health = health.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                ready.set_ready(health.ready());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        });
+    }
+    let namespace = args.operator_namespace();
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| format!("apiguard-{}", std::process::id()));
+    let options = crate::render::RenderOptions {
+        envoy_image: args.envoy_image.clone(),
+        replicas: args.gateway_replicas,
+        ..Default::default()
+    };
+    let opts = controller::Options {
+        config: controller::Config {
+            operator_namespace: namespace.clone(),
+            trust_domain: args.trust_domain.clone(),
+            ca_secret: args.ca_secret.clone(),
+            leaf_lifetime: crate::identity::DEFAULT_LEAF_LIFETIME,
+        },
+        leader: controller::leader::LeaderConfig::new(&namespace, &identity),
+        renderer: Arc::new(controller::EnvoyRenderer { options }),
+        metrics: controller_metrics,
+        health: health.clone(),
+    };
+    let shutdown = controller::shutdown_on(stopped(stop_rx));
+    tokio::spawn(async move {
+        if let Err(e) = controller::run(client, opts, shutdown).await {
+            tracing::error!(error = %e, "controller stopped");
+            health.set_stopped();
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -216,7 +287,7 @@ async fn require_synced(ready: ReadyHandle, request: Request, next: Next) -> Res
     }
 }
 
-async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         termination_signal().await;
@@ -225,27 +296,11 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
 
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new());
-    let admission_metrics = AdmissionMetrics::register(&metrics);
-    let caches_ready = readiness.component("webhook-caches");
 
-    let reloading = Arc::new(
-        ReloadingCert::load(&cert, &key).context("loading the webhook serving certificate")?,
-    );
-    let tls = Arc::new(server_config(reloading.clone())?);
-    tokio::spawn(
-        reloading
-            .clone()
-            .watch(args.cert_reload_interval, stopped(&stop_rx)),
-    );
-
-    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
-        .await
-        .with_context(|| format!("binding the webhook listener on {}", args.webhook_addr))?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin listener on {}", args.admin_addr))?;
     let admin_addr = admin_listener.local_addr()?;
-    let webhook_addr = listener.local_addr()?;
     let admin_state = AdminState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -261,10 +316,62 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("connecting to Kubernetes (in-cluster service account, or KUBECONFIG): {e}")
     })?;
+    let controller_task = (!args.no_controller)
+        .then(|| start_controller(&args, client.clone(), &metrics, &readiness, &stop_rx));
+    match tls {
+        Some((cert, key)) => {
+            serve_webhook(&args, cert, key, client, &metrics, &readiness, &stop_rx).await?
+        }
+        None => stopped(&stop_rx).await,
+    }
+    if let Some(task) = controller_task {
+        // Graceful: running reconciles finish and the Lease is released.
+        if tokio::time::timeout(args.shutdown_drain, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("controller did not stop within the drain time");
+        }
+    }
+    match admin_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("apiguard stopped");
+    Ok(())
+}
+
+async fn serve_webhook(
+    args: &RunArgs,
+    cert: PathBuf,
+    key: PathBuf,
+    client: kube::Client,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let admission_metrics = AdmissionMetrics::register(metrics);
+    let caches_ready = readiness.component("webhook-caches");
+
+    let reloading = Arc::new(
+        ReloadingCert::load(&cert, &key).context("loading the webhook serving certificate")?,
+    );
+    let tls = Arc::new(server_config(reloading.clone())?);
+    tokio::spawn(
+        reloading
+            .clone()
+            .watch(args.cert_reload_interval, stopped(stop_rx)),
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook listener on {}", args.webhook_addr))?;
+    let webhook_addr = listener.local_addr()?;
     // Discovery can hang on an unreachable apiserver: a signal must still stop the process.
     let view = tokio::select! {
         view = ReflectorView::start(client, stop_rx.clone()) => view?,
-        _ = stopped(&stop_rx) => {
+        _ = stopped(stop_rx) => {
             tracing::info!("stopped before the webhook started");
             return Ok(());
         }
@@ -298,13 +405,7 @@ async fn serve(args: RunArgs, cert: PathBuf, key: PathBuf) -> anyhow::Result<()>
     let app = webhook::router(admission, limits).layer(middleware::from_fn(move |req, next| {
         require_synced(caches_ready.clone(), req, next)
     }));
-    webhook::server::serve_tls(listener, tls, app, stopped(&stop_rx), args.shutdown_drain).await;
-    match admin_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "admin server stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
-    }
-    tracing::info!("apiguard stopped");
+    webhook::server::serve_tls(listener, tls, app, stopped(stop_rx), args.shutdown_drain).await;
     Ok(())
 }
 

@@ -337,8 +337,13 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
         known.iter().any(|n| n == "APIGUARD_TLS_CERT"),
         "apiguard run --help lists no APIGUARD_TLS_CERT: {known:?}"
     );
-    // The webhook alone: what `apiguard run --no-controller` reads.
-    let manifests = template(&["controller.enabled=false"]);
+    // Both the default (controller + webhook) and the webhook alone.
+    for values in [&[][..], &["controller.enabled=false"][..]] {
+        check_deployment_env(&template(values), &known, values);
+    }
+}
+
+fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str]) {
     let deployment = manifests
         .iter()
         .find(|m| m.kind() == "Deployment")
@@ -357,8 +362,13 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
             );
         }
     }
+    let webhook_only = values.contains(&"controller.enabled=false");
+    assert_eq!(
+        seen.contains(&"APIGUARD_NO_CONTROLLER"),
+        webhook_only,
+        "APIGUARD_NO_CONTROLLER must be set exactly when controller.enabled=false ({values:?})"
+    );
     for needed in [
-        "APIGUARD_NO_CONTROLLER",
         "APIGUARD_TLS_CERT",
         "APIGUARD_TLS_KEY",
         "APIGUARD_MODE",
@@ -369,6 +379,19 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
             seen.contains(&needed),
             "the Deployment does not set {needed}"
         );
+    }
+    if values.is_empty() {
+        // The default runs the controller too: its settings must reach it.
+        for needed in [
+            "APIGUARD_ENVOY_IMAGE",
+            "APIGUARD_GATEWAY_REPLICAS",
+            "APIGUARD_CA_SECRET",
+        ] {
+            assert!(
+                seen.contains(&needed),
+                "the default Deployment does not set {needed}"
+            );
+        }
     }
     // The certificate files are where the serving Secret is mounted.
     let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();

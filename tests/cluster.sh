@@ -284,9 +284,9 @@ run() {
 RELEASE=apiguard
 RELEASE_NS=apiguard-system
 APIGUARD_READY_TIMEOUT=${APIGUARD_READY_TIMEOUT:-60}
-# The chart's controller.enabled for the local operator. false (the webhook alone) until the
-# controller is part of `apiguard run` on main; then true.
-APIGUARD_CONTROLLER=${APIGUARD_CONTROLLER:-false}
+# The chart's controller.enabled for the local operator (true: controller + webhook, as the
+# chart deploys it by default).
+APIGUARD_CONTROLLER=${APIGUARD_CONTROLLER:-true}
 
 apiguard_bin() {
   local bin=${APIGUARD_BIN:-$ROOT/target/debug/apiguard}

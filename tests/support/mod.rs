@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod controller;
 pub mod envoy;
 pub mod policy_fixtures;
 pub mod tools;

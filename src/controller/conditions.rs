@@ -1,0 +1,329 @@
+//! Status of a policy as pure functions: the five conditions from what reconcile found, and
+//! the comparison that keeps an unchanged status from being rewritten.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{ApiSecurityPolicyStatus, CertificateStatus, GatewayStatus};
+
+pub const ACCEPTED: &str = "Accepted";
+pub const PROGRAMMED: &str = "Programmed";
+pub const CERTIFICATES_READY: &str = "CertificatesReady";
+pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+pub const READY: &str = "Ready";
+
+/// Every condition type, in the order they are written.
+pub const ALL: [&str; 5] = [
+    ACCEPTED,
+    PROGRAMMED,
+    CERTIFICATES_READY,
+    NETWORK_ISOLATED,
+    READY,
+];
+
+/// `True`, `False` or `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    True,
+    False,
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::True => "True",
+            State::False => "False",
+            State::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One condition as reconcile decided it, before timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub state: State,
+    /// CamelCase reason (bounded set; also used as a metric/Event reason).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            state: State::True,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn fail(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            state: State::False,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            state: State::Unknown,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What reconcile found for each aspect of the policy. `Ready` is derived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub accepted: Verdict,
+    pub programmed: Verdict,
+    pub certificates: Verdict,
+    pub network: Verdict,
+    /// `network.isolation: None`: NetworkIsolated=False is expected and does not block Ready.
+    pub isolation_disabled: bool,
+}
+
+impl Outcome {
+    /// Ready is True when the policy is accepted, its gateway programmed, its certificates in
+    /// place and (unless isolation is turned off) its NetworkPolicies applied.
+    pub fn ready(&self) -> Verdict {
+        let blocking = [
+            (ACCEPTED, &self.accepted),
+            (PROGRAMMED, &self.programmed),
+            (CERTIFICATES_READY, &self.certificates),
+        ]
+        .into_iter()
+        .chain((!self.isolation_disabled).then_some((NETWORK_ISOLATED, &self.network)))
+        .find(|(_, v)| v.state != State::True);
+        match blocking {
+            None => Verdict::ok(
+                READY,
+                "gateway, certificates and network rules are in place",
+            ),
+            Some((kind, v)) => Verdict {
+                state: if v.state == State::Unknown {
+                    State::Unknown
+                } else {
+                    State::False
+                },
+                reason: v.reason,
+                message: format!("{kind}: {}", v.message),
+            },
+        }
+    }
+
+    /// The verdicts in [`ALL`] order.
+    pub fn verdicts(&self) -> [(&'static str, Verdict); 5] {
+        [
+            (ACCEPTED, self.accepted.clone()),
+            (PROGRAMMED, self.programmed.clone()),
+            (CERTIFICATES_READY, self.certificates.clone()),
+            (NETWORK_ISOLATED, self.network.clone()),
+            (READY, self.ready()),
+        ]
+    }
+}
+
+/// Builds the conditions for `generation`, keeping `lastTransitionTime` of every condition
+/// whose status did not change (a new reason or message is not a transition).
+pub fn conditions(
+    outcome: &Outcome,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    outcome
+        .verdicts()
+        .into_iter()
+        .map(|(type_, v)| {
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == v.state.as_str())
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: type_.to_string(),
+                status: v.state.as_str().to_string(),
+                reason: v.reason.to_string(),
+                message: v.message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// The full status to write.
+pub fn status(
+    outcome: &Outcome,
+    previous: Option<&ApiSecurityPolicyStatus>,
+    generation: Option<i64>,
+    gateway: Option<GatewayStatus>,
+    certificates: Vec<CertificateStatus>,
+    now: &Time,
+) -> ApiSecurityPolicyStatus {
+    let prev_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    ApiSecurityPolicyStatus {
+        observed_generation: generation,
+        conditions: conditions(outcome, prev_conditions, generation, now),
+        gateway,
+        certificates,
+    }
+}
+
+fn same_condition(a: &Condition, b: &Condition) -> bool {
+    a.type_ == b.type_
+        && a.status == b.status
+        && a.reason == b.reason
+        && a.message == b.message
+        && a.observed_generation == b.observed_generation
+}
+
+/// Whether two statuses say the same thing, ignoring `lastTransitionTime`.
+pub fn equivalent(a: &ApiSecurityPolicyStatus, b: &ApiSecurityPolicyStatus) -> bool {
+    a.observed_generation == b.observed_generation
+        && a.gateway == b.gateway
+        && a.certificates == b.certificates
+        && a.conditions.len() == b.conditions.len()
+        && a.conditions.iter().all(|c| {
+            b.conditions
+                .iter()
+                .any(|d| d.type_ == c.type_ && same_condition(c, d))
+        })
+}
+
+/// A condition whose status changed (or appeared) between two condition lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub type_: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The status transitions from `before` to `after`, for Events.
+pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
+    after
+        .iter()
+        .filter_map(|c| {
+            let old = before.iter().find(|b| b.type_ == c.type_);
+            (old.map(|o| &o.status) != Some(&c.status)).then(|| Transition {
+                type_: c.type_.clone(),
+                from: old.map(|o| o.status.clone()),
+                to: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Whether condition `type_` is True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn all_ok() -> Outcome {
+        Outcome {
+            accepted: Verdict::ok("Accepted", "valid"),
+            programmed: Verdict::ok("Programmed", "applied"),
+            certificates: Verdict::ok("Issued", "2 certificates"),
+            network: Verdict::ok("Applied", "1 NetworkPolicy"),
+            isolation_disabled: false,
+        }
+    }
+
+    #[test]
+    fn ready_needs_every_aspect_and_names_the_first_blocker() {
+        assert_eq!(all_ok().ready().state, State::True);
+        let mut o = all_ok();
+        o.programmed = Verdict::fail("TargetNotFound", "Service shop/payments not found");
+        o.network = Verdict::unknown("TargetNotFound", "waiting");
+        let r = o.ready();
+        assert_eq!(r.state, State::False);
+        assert_eq!(r.reason, "TargetNotFound");
+        assert_eq!(r.message, "Programmed: Service shop/payments not found");
+    }
+
+    #[test]
+    fn disabled_isolation_does_not_block_ready() {
+        let mut o = all_ok();
+        o.network = Verdict::fail("IsolationDisabled", "network.isolation is None");
+        assert_eq!(o.ready().state, State::False);
+        o.isolation_disabled = true;
+        assert_eq!(o.ready().state, State::True);
+    }
+
+    #[test]
+    fn last_transition_time_is_kept_while_the_status_holds() {
+        let first = conditions(&all_ok(), &[], Some(1), &t(100));
+        assert!(first.iter().all(|c| c.last_transition_time == t(100)));
+        // Same statuses, new message and generation: times stay.
+        let mut o = all_ok();
+        o.programmed = Verdict::ok("Programmed", "applied again");
+        let second = conditions(&o, &first, Some(2), &t(200));
+        assert!(second.iter().all(|c| c.last_transition_time == t(100)));
+        assert!(second.iter().all(|c| c.observed_generation == Some(2)));
+        // A status change moves only that condition's time (and Ready's).
+        o.certificates = Verdict::fail("IssueFailed", "CA expired");
+        let third = conditions(&o, &second, Some(2), &t(300));
+        let time_of = |ty: &str| {
+            third
+                .iter()
+                .find(|c| c.type_ == ty)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time_of(CERTIFICATES_READY), t(300));
+        assert_eq!(time_of(READY), t(300));
+        assert_eq!(time_of(ACCEPTED), t(100));
+    }
+
+    #[test]
+    fn equivalence_ignores_only_transition_times() {
+        let a = status(&all_ok(), None, Some(1), None, vec![], &t(100));
+        let mut b = a.clone();
+        for c in &mut b.conditions {
+            c.last_transition_time = t(999);
+        }
+        assert!(equivalent(&a, &b));
+        b.conditions[0].message = "changed".into();
+        assert!(!equivalent(&a, &b));
+        let mut c = a.clone();
+        c.observed_generation = Some(2);
+        assert!(!equivalent(&a, &c));
+        let mut d = a.clone();
+        d.gateway = Some(GatewayStatus {
+            service: "x".into(),
+            config_hash: "h".into(),
+        });
+        assert!(!equivalent(&a, &d));
+    }
+
+    #[test]
+    fn transitions_list_status_changes_only() {
+        let before = conditions(&all_ok(), &[], Some(1), &t(1));
+        assert_eq!(transitions(&[], &before).len(), 5);
+        assert!(transitions(&before, &before).is_empty());
+        let mut o = all_ok();
+        o.accepted = Verdict::fail("Conflict", "older policy shop/a targets Service shop/api");
+        let after = conditions(&o, &before, Some(1), &t(2));
+        let tr = transitions(&before, &after);
+        let types: Vec<_> = tr.iter().map(|t| t.type_.as_str()).collect();
+        assert_eq!(types, [ACCEPTED, READY]);
+        assert_eq!(tr[0].from.as_deref(), Some("True"));
+        assert_eq!(tr[0].reason, "Conflict");
+    }
+}
