@@ -312,15 +312,22 @@ async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result
     );
     tracing::info!(addr = %admin_addr, "admin server listening (/healthz, /readyz, /metrics)");
 
+    // A bad certificate is a usage error: report it before touching the cluster.
+    let serving_cert = match tls {
+        Some((cert, key)) => Some(Arc::new(
+            ReloadingCert::load(&cert, &key).context("loading the webhook serving certificate")?,
+        )),
+        None => None,
+    };
     // kube's error text already carries its causes; `context` would repeat them.
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("connecting to Kubernetes (in-cluster service account, or KUBECONFIG): {e}")
     })?;
     let controller_task = (!args.no_controller)
         .then(|| start_controller(&args, client.clone(), &metrics, &readiness, &stop_rx));
-    match tls {
-        Some((cert, key)) => {
-            serve_webhook(&args, cert, key, client, &metrics, &readiness, &stop_rx).await?
+    match serving_cert {
+        Some(reloading) => {
+            serve_webhook(&args, reloading, client, &metrics, &readiness, &stop_rx).await?
         }
         None => stopped(&stop_rx).await,
     }
@@ -344,8 +351,7 @@ async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result
 
 async fn serve_webhook(
     args: &RunArgs,
-    cert: PathBuf,
-    key: PathBuf,
+    reloading: Arc<ReloadingCert>,
     client: kube::Client,
     metrics: &Metrics,
     readiness: &Readiness,
@@ -354,9 +360,6 @@ async fn serve_webhook(
     let admission_metrics = AdmissionMetrics::register(metrics);
     let caches_ready = readiness.component("webhook-caches");
 
-    let reloading = Arc::new(
-        ReloadingCert::load(&cert, &key).context("loading the webhook serving certificate")?,
-    );
     let tls = Arc::new(server_config(reloading.clone())?);
     tokio::spawn(
         reloading

@@ -32,14 +32,15 @@ fn run_to_end(cmd: &mut Command) -> (i32, String) {
 }
 
 #[test]
-fn run_without_the_controller_flag_says_how_to_run_the_webhook() {
+fn run_without_certificates_says_how_to_get_them() {
     let (code, stderr) = run_to_end(apiguard().arg("run"));
     assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains("controller is not part of this build"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("--no-controller"), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+    assert!(stderr.contains("--no-webhook"), "{stderr}");
+
+    let (code, stderr) = run_to_end(apiguard().args(["run", "--no-webhook", "--no-controller"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("nothing to run"), "{stderr}");
 }
 
 #[test]
