@@ -100,8 +100,8 @@ where
         .collect()
 }
 
-fn set(names: &[String]) -> BTreeSet<String> {
-    names.iter().cloned().collect()
+fn set<const N: usize>(names: [String; N]) -> BTreeSet<String> {
+    names.into_iter().collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,21 +222,21 @@ async fn a_sigkilled_operator_is_replaced_after_its_lease_expires_and_converges_
         for p in policies.list(&ListParams::default()).await.unwrap().items {
             let name = p.name_any();
             let gw = format!("{name}-apiguard");
-            assert_eq!(children(&cms, &p).await, set(&[gw.clone()]), "{name}");
+            assert_eq!(children(&cms, &p).await, set([gw.clone()]), "{name}");
             assert_eq!(
                 children(&deployments, &p).await,
-                set(&[gw.clone()]),
+                set([gw.clone()]),
                 "{name}"
             );
-            assert_eq!(children(&services, &p).await, set(&[gw.clone()]), "{name}");
+            assert_eq!(children(&services, &p).await, set([gw.clone()]), "{name}");
             assert_eq!(
                 children(&nps, &p).await,
-                set(&[format!("{gw}-target")]),
+                set([format!("{gw}-target")]),
                 "{name}"
             );
             assert_eq!(
                 children(&secrets, &p).await,
-                set(&[
+                set([
                     format!("{gw}-secrets"),
                     format!("{gw}-gateway-identity"),
                     format!("{gw}-target-identity"),
