@@ -12,7 +12,11 @@
 //! - with the operator stopped, fail-closed: still refused, naming the webhook; exempt
 //!   namespaces still work;
 //! - `helm upgrade --set admission.mode=Warn` (and the operator restarted with the new values,
-//!   as a rollout would) turns refusals into warnings; `helm uninstall` leaves no webhook.
+//!   as a rollout would) turns refusals into warnings;
+//! - the controller: `examples/public-consumer-api.yaml` becomes Ready and gets its gateway
+//!   ConfigMap, Secret, Deployment and Service, its NetworkPolicy and identity Secrets, all
+//!   controlled by the policy;
+//! - `helm uninstall` leaves no webhook.
 
 mod support;
 
@@ -405,6 +409,79 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
         false,
     );
     assert_admitted_with_warning(&warned, "APG011", "APG011 in Warn mode");
+
+    // The controller (APIGUARD_CONTROLLER defaults to true in tests/cluster.sh): the public
+    // consumer example (policy + ServiceAccount + Service + Deployment) becomes Ready and gets
+    // its gateway objects, controlled by the policy.
+    let file = root().join("examples/public-consumer-api.yaml");
+    let applied = apply_file(cp, &file, false);
+    assert!(applied.ok, "{}:\n{}", file.display(), applied.text);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let policy = loop {
+        let out = cp.kubectl_ok([
+            "get",
+            "apisecuritypolicy",
+            "storefront",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+        ]);
+        let policy: Value = serde_json::from_str(&out).unwrap();
+        let status = &policy["status"];
+        let ready = status["observedGeneration"] == policy["metadata"]["generation"]
+            && status["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        if ready {
+            break policy;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shop/storefront not Ready within 60s: {status}\noperator log:\n{}",
+            operator_log(cp)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        policy["status"]["gateway"]["service"],
+        "storefront-apiguard"
+    );
+    let uid = policy["metadata"]["uid"].as_str().unwrap().to_owned();
+    for (kind, name) in [
+        ("configmap", "storefront-apiguard"),
+        ("secret", "storefront-apiguard-secrets"),
+        ("deployment", "storefront-apiguard"),
+        ("service", "storefront-apiguard"),
+        ("networkpolicy", "storefront-apiguard-target"),
+        ("secret", "storefront-apiguard-gateway-identity"),
+        ("secret", "storefront-apiguard-target-identity"),
+    ] {
+        let out = cp.kubectl_ok(["get", kind, name, "-n", "shop", "-o", "json"]);
+        let object: Value = serde_json::from_str(&out).unwrap();
+        let owners = object["metadata"]["ownerReferences"].as_array();
+        assert!(
+            owners.is_some_and(|o| o
+                .iter()
+                .any(|r| r["uid"] == uid.as_str() && r["controller"] == true)),
+            "{kind} shop/{name} is not controlled by the policy: {}",
+            object["metadata"]
+        );
+    }
+    let bundle = cp.kubectl_ok([
+        "get",
+        "configmap",
+        "apiguard-trust-bundle",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(
+        bundle.contains("BEGIN CERTIFICATE"),
+        "trust bundle: {bundle}"
+    );
 
     // helm uninstall leaves no webhook registration (a leftover fail-closed one would lock
     // users out).
