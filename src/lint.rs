@@ -10,7 +10,6 @@ use crate::manifest::{self, LoadError, Manifest, Source};
 use crate::rules::{self, AdmissionMode, EngineConfig, Finding, InMemoryView};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -164,23 +163,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Inputs, LintError> {
     let mut manifests = Vec::new();
     let mut texts = BTreeMap::new();
     for p in manifest::expand_paths(paths)? {
-        let (name, text) = if p.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|source| LoadError::Read {
-                    path: "<stdin>".into(),
-                    source,
-                })?;
-            ("<stdin>".to_string(), text)
-        } else {
-            let name = p.display().to_string();
-            let text = std::fs::read_to_string(&p).map_err(|source| LoadError::Read {
-                path: name.clone(),
-                source,
-            })?;
-            (name, text)
-        };
+        let (name, text) = manifest::read_input(&p)?;
         manifests.extend(parse_input(&name, &text)?);
         texts.insert(name, text);
     }

@@ -232,27 +232,31 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Reads one input (`-` is stdin): its display name and its text.
+pub fn read_input(path: &Path) -> Result<(String, String), LoadError> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| LoadError::Read {
+                path: "<stdin>".into(),
+                source,
+            })?;
+        return Ok(("<stdin>".to_string(), text));
+    }
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: name.clone(),
+        source,
+    })?;
+    Ok((name, text))
+}
+
 /// Loads every manifest under `paths` (see [`expand_paths`]).
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Manifest>, LoadError> {
     let mut out = Vec::new();
     for p in expand_paths(paths)? {
-        let (name, text) = if p.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|source| LoadError::Read {
-                    path: "<stdin>".into(),
-                    source,
-                })?;
-            ("<stdin>".to_string(), text)
-        } else {
-            let name = p.display().to_string();
-            let text = std::fs::read_to_string(&p).map_err(|source| LoadError::Read {
-                path: name.clone(),
-                source,
-            })?;
-            (name, text)
-        };
+        let (name, text) = read_input(&p)?;
         out.extend(parse_str(&name, &text)?);
     }
     Ok(out)
