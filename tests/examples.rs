@@ -13,7 +13,8 @@ fn examples_dir() -> PathBuf {
 }
 
 fn typed<T: DeserializeOwned>(m: &Manifest) {
-    // Unknown fields are typos: deny them by round-tripping and comparing.
+    // Wrong types and misspelled enum values fail here; unknown keys of ApiSecurityPolicy
+    // are caught by `assert_no_unknown_fields` below.
     let parsed: T = serde_json::from_value(m.object.clone()).unwrap_or_else(|e| {
         panic!(
             "{}: {} {} does not parse: {e}",
