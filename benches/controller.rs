@@ -151,7 +151,10 @@ async fn main() {
             ])
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("POD_NAME", "bench")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("APIGUARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

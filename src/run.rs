@@ -95,6 +95,12 @@ pub struct RunArgs {
     /// Name of the operator CA Secret in the operator namespace (created when absent).
     #[arg(long, env = "APIGUARD_CA_SECRET", default_value = "apiguard-ca")]
     pub ca_secret: String,
+    /// Policies reconciled at once (0: unbounded).
+    #[arg(long, env = "APIGUARD_CONTROLLER_CONCURRENCY", default_value_t = crate::controller::Config::DEFAULT_CONCURRENCY)]
+    pub controller_concurrency: u16,
+    /// How long the controller gathers events about one policy before reconciling it.
+    #[arg(long, env = "APIGUARD_CONTROLLER_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
+    pub controller_debounce: Duration,
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
@@ -225,6 +231,8 @@ fn start_controller(
             trust_domain: args.trust_domain.clone(),
             ca_secret: args.ca_secret.clone(),
             leaf_lifetime: crate::identity::DEFAULT_LEAF_LIFETIME,
+            concurrency: args.controller_concurrency,
+            debounce: args.controller_debounce,
         },
         leader: controller::leader::LeaderConfig::new(&namespace, &identity),
         renderer: Arc::new(controller::EnvoyRenderer { options }),

@@ -170,16 +170,25 @@ async fn a_policy_gets_its_children_follows_edits_restores_drift_and_is_cleaned_
         assert_eq!(gateway.service, "payments-apiguard");
         assert_eq!(status.certificates.len(), 2);
 
-        // Transitions were published as Events on the policy.
+        // The transitions were published as one Event on the policy, naming each.
         let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
-        eventually(WAIT, "Programmed Event", || async {
+        eventually(WAIT, "Ready Event", || async {
             let list = events.list(&Default::default()).await.ok()?;
             list.items
                 .iter()
                 .any(|e| {
-                    e.reason.as_deref() == Some("Programmed")
+                    let note = e.note.as_deref().unwrap_or_default();
+                    e.reason.as_deref() == Some("Ready")
                         && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("payments")
                         && e.type_.as_deref() == Some("Normal")
+                        && [
+                            "Accepted",
+                            "Programmed",
+                            "CertificatesReady",
+                            "NetworkIsolated",
+                        ]
+                        .iter()
+                        .all(|c| note.contains(&format!("{c} is True")))
                 })
                 .then_some(())
         })

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use apiguard::api::{ApiSecurityPolicy, ApiSecurityPolicySpec};
 use apiguard::controller::gateway::{GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
-use apiguard::controller::reconcile::{self, ChildStores, Config, Context};
+use apiguard::controller::reconcile::{self, ChildStores, Config, Context, InputStores};
 use apiguard::controller::{ControllerMetrics, Health};
 use apiguard::identity::CertificateAuthority;
 use apiguard::identity::k8s::ca_secret;
 use axum::http::{Method, Request, Response};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -122,12 +122,6 @@ fn status(code: u16, reason: &str) -> Value {
 impl FakeApi {
     fn respond(&mut self, call: &Call) -> (u16, Value) {
         let path = call.path.clone();
-        if path.ends_with("/pods") && call.method == Method::GET {
-            return (
-                200,
-                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}),
-            );
-        }
         match call.method {
             Method::GET => match self.objects.get(&path) {
                 Some(o) => (200, o.clone()),
@@ -164,9 +158,22 @@ struct Harness {
     config_maps: Writer<PartialObjectMeta<ConfigMap>>,
     network_policies: Writer<PartialObjectMeta<NetworkPolicy>>,
     metrics: Arc<ControllerMetrics>,
+    _inputs: (Writer<Service>, Writer<Pod>),
 }
 
 fn harness(objects: Vec<(String, Value)>) -> Harness {
+    // The controller reads Services and Pods from its caches: those given here are listed.
+    let (services_in, mut services_writer) = reflector::store::<Service>();
+    let (pods_in, mut pods_writer) = reflector::store::<Pod>();
+    services_writer.apply_watcher_event(&watcher::Event::Init);
+    for (_, v) in objects.iter().filter(|(_, v)| v["kind"] == "Service") {
+        services_writer.apply_watcher_event(&watcher::Event::InitApply(
+            serde_json::from_value(v.clone()).unwrap(),
+        ));
+    }
+    services_writer.apply_watcher_event(&watcher::Event::InitDone);
+    pods_writer.apply_watcher_event(&watcher::Event::Init);
+    pods_writer.apply_watcher_event(&watcher::Event::InitDone);
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
     let api = Arc::new(Mutex::new(FakeApi {
@@ -222,6 +229,8 @@ fn harness(objects: Vec<(String, Value)>) -> Harness {
             trust_domain: "cluster.local".into(),
             ca_secret: "apiguard-ca".into(),
             leaf_lifetime: time::Duration::hours(24),
+            concurrency: apiguard::controller::Config::DEFAULT_CONCURRENCY,
+            debounce: apiguard::controller::Config::DEFAULT_DEBOUNCE,
         },
         Arc::new(TestRenderer),
         policies,
@@ -231,6 +240,10 @@ fn harness(objects: Vec<(String, Value)>) -> Harness {
             deployments,
             services,
             network_policies,
+        },
+        InputStores {
+            services: services_in,
+            pods: pods_in,
         },
         ca_reader,
         None,
@@ -245,6 +258,7 @@ fn harness(objects: Vec<(String, Value)>) -> Harness {
         config_maps: cm_writer,
         network_policies: np_writer,
         metrics,
+        _inputs: (services_writer, pods_writer),
     }
 }
 
@@ -323,8 +337,6 @@ async fn create_applies_every_child_with_owner_and_writes_ready_status() {
     assert_eq!(
         lines(&calls),
         vec![
-            format!("GET {SVC}"),
-            "GET /api/v1/namespaces/shop/pods".to_string(),
             format!("GET {secrets}/payments-apiguard-gateway-identity"),
             format!("GET {secrets}/payments-apiguard-target-identity"),
             format!("GET {secrets}/payments-apiguard-gateway-identity"),
@@ -539,16 +551,36 @@ async fn a_missing_target_is_reported_and_nothing_is_created() {
     h.add_policy(&p);
     h.reconcile(&p).await.unwrap();
     let calls = h.finish().await;
-    assert_eq!(
-        lines(&calls),
-        vec![format!("GET {SVC}"), format!("PATCH {POLICY}/status")]
-    );
-    let status = &calls[1].body;
+    assert_eq!(lines(&calls), vec![format!("PATCH {POLICY}/status")]);
+    let status = &calls[0].body;
     let programmed = condition(status, "Programmed");
     assert_eq!(programmed["status"], "False");
     assert_eq!(programmed["reason"], "TargetNotFound");
     assert_eq!(condition(status, "Accepted")["status"], "True");
     assert_eq!(condition(status, "Ready")["reason"], "TargetNotFound");
+}
+
+#[tokio::test]
+async fn the_trust_bundle_is_owned_by_the_namespaces_oldest_policy_only() {
+    // Two policies on different Services: the bundle's one owner is the older policy, whoever
+    // reconciles, so a new policy does not rewrite it (nor re-trigger every policy).
+    let older = policy("orders", "o-uid", 50, "web");
+    let newer = policy("payments", "p-uid", 100, "api");
+    let mut h = harness(vec![(SVC.to_string(), service("api"))]);
+    h.add_policy(&newer);
+    h.add_policy(&older);
+    h.reconcile(&newer).await.unwrap();
+    let calls = h.finish().await;
+    let bundle = calls
+        .iter()
+        .find(|c| c.method == Method::PATCH && c.path.ends_with("apiguard-trust-bundle"))
+        .expect("the bundle is applied");
+    let owners = bundle.body["metadata"]["ownerReferences"]
+        .as_array()
+        .unwrap();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0]["uid"], "o-uid");
+    assert_eq!(owners[0]["controller"], false);
 }
 
 #[tokio::test]

@@ -218,6 +218,44 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition>
         .collect()
 }
 
+/// The one Event that reports the transitions of one reconcile (a new policy turns five
+/// conditions True at once: one Event, not five).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    pub warning: bool,
+    /// The first unexpected failure's reason; else the Ready condition's; else the first's.
+    pub reason: String,
+    /// Every transition, `Type is Status (Reason): message`, at most 1,000 characters.
+    pub note: String,
+}
+
+/// Summarizes `transitions` for an Event; `None` when nothing changed. NetworkIsolated turning
+/// False is expected (not a warning) when isolation is disabled on purpose.
+pub fn event_summary(transitions: &[Transition], isolation_disabled: bool) -> Option<EventSummary> {
+    let unexpected =
+        |t: &&Transition| t.to == "False" && !(t.type_ == NETWORK_ISOLATED && isolation_disabled);
+    let first = transitions.first()?;
+    let failing = transitions.iter().find(unexpected);
+    let reason = failing
+        .or_else(|| transitions.iter().find(|t| t.type_ == READY))
+        .unwrap_or(first)
+        .reason
+        .clone();
+    let note = transitions
+        .iter()
+        .map(|t| format!("{} is {} ({}): {}", t.type_, t.to, t.reason, t.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+        .chars()
+        .take(1000)
+        .collect();
+    Some(EventSummary {
+        warning: failing.is_some(),
+        reason,
+        note,
+    })
+}
+
 /// Whether condition `type_` is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
@@ -232,6 +270,58 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn tr(type_: &str, to: &str, reason: &str) -> Transition {
+        Transition {
+            type_: type_.into(),
+            from: None,
+            to: to.into(),
+            reason: reason.into(),
+            message: format!("{type_} message"),
+        }
+    }
+
+    #[test]
+    fn one_event_sums_up_a_reconcile() {
+        assert_eq!(event_summary(&[], false), None);
+        let all_true = [
+            tr(ACCEPTED, "True", "Accepted"),
+            tr(PROGRAMMED, "True", "Programmed"),
+            tr(READY, "True", "Ready"),
+        ];
+        let e = event_summary(&all_true, false).unwrap();
+        assert!(!e.warning);
+        assert_eq!(e.reason, "Ready");
+        assert_eq!(
+            e.note,
+            "Accepted is True (Accepted): Accepted message; Programmed is True (Programmed): \
+             Programmed message; Ready is True (Ready): Ready message"
+        );
+        let conflict = [
+            tr(ACCEPTED, "False", "Conflict"),
+            tr(READY, "False", "NotAccepted"),
+        ];
+        let e = event_summary(&conflict, false).unwrap();
+        assert!(e.warning);
+        assert_eq!(e.reason, "Conflict");
+        // Isolation disabled on purpose: its False is no warning.
+        let open = [
+            tr(NETWORK_ISOLATED, "False", "IsolationDisabled"),
+            tr(READY, "True", "Ready"),
+        ];
+        assert!(!event_summary(&open, true).unwrap().warning);
+        assert!(event_summary(&open, false).unwrap().warning);
+        let e = event_summary(&[tr(PROGRAMMED, "True", "Programmed")], false).unwrap();
+        assert_eq!(e.reason, "Programmed");
+        let long = [Transition {
+            message: "x".repeat(5000),
+            ..tr(READY, "True", "Ready")
+        }];
+        assert_eq!(
+            event_summary(&long, false).unwrap().note.chars().count(),
+            1000
+        );
     }
 
     fn all_ok() -> Outcome {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::Controller;
@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 
 pub use gateway::{EnvoyRenderer, GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
 pub use metrics::{ControllerMetrics, Health};
-pub use reconcile::{ChildStores, Config, Context, FIELD_MANAGER};
+pub use reconcile::{ChildStores, Config, Context, FIELD_MANAGER, InputStores};
 
 use crate::api::ApiSecurityPolicy;
 use ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -58,6 +58,20 @@ fn managed_selector() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
 }
 
+/// Whether two versions of a child differ only in what its own controller writes (status, for
+/// objects with a generation): same generation, labels, annotations and owners.
+fn same_desired_state(
+    old: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    new: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    new.generation.is_some()
+        && old.generation == new.generation
+        && old.labels == new.labels
+        && old.annotations == new.annotations
+        && old.owner_references == new.owner_references
+        && old.deletion_timestamp == new.deletion_timestamp
+}
+
 /// A metadata-only reflector of apiguard-managed objects of kind `K`: its store, and the
 /// stream that keeps it filled (also the controller's owned-object trigger).
 fn child_reflector<K>(
@@ -71,11 +85,26 @@ where
     K: 'static,
 {
     let (reader, writer) = reflector::store::<PartialObjectMeta<K>>();
+    let previous = reader.clone();
     let stream = watcher(
         Api::<PartialObjectMeta<K>>::all(client.clone()),
         managed_selector(),
     )
     .default_backoff()
+    // Only names, labels, owners and resourceVersions are read: managedFields would be most of
+    // the memory of a metadata cache.
+    .modify(|o: &mut PartialObjectMeta<K>| o.metadata.managed_fields = None)
+    // A Deployment's status churn (its controller's writes) is not a change of ours: only
+    // updates that change what we wrote re-trigger the policy. Deletions always do.
+    .filter(move |event| {
+        let keep = match event {
+            Ok(watcher::Event::Apply(o)) => previous
+                .get(&ObjectRef::from_obj(o))
+                .is_none_or(|old| !same_desired_state(&old.metadata, &o.metadata)),
+            _ => true,
+        };
+        futures::future::ready(keep)
+    })
     .reflect(writer)
     .touched_objects();
     (reader, stream)
@@ -91,6 +120,164 @@ fn policies_targeting(
         .state()
         .iter()
         .filter(|p| p.namespace() == namespace && p.spec.target.service == service)
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The policies a change of one of apiguard's ConfigMaps concerns: its controlling policy, and
+/// for the shared trust bundle the namespace's current anchor (its owner may be gone).
+fn config_map_owners(
+    store: &Store<ApiSecurityPolicy>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<ApiSecurityPolicy>> {
+    let ns = cm.namespace();
+    let mut refs: Vec<_> = cm
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == ApiSecurityPolicy::kind(&()))
+        .map(|o| ObjectRef::new(&o.name).within(ns.as_deref().unwrap_or_default()))
+        .collect();
+    if cm.name_any() == crate::identity::k8s::TRUST_BUNDLE_CONFIGMAP
+        && let Some(ns) = &ns
+    {
+        let all = store.state();
+        refs.extend(
+            ownership::bundle_anchor(ns, all.iter().map(|p| p.as_ref())).map(ObjectRef::from_obj),
+        );
+    }
+    refs
+}
+
+/// What a policy event means for the other policies: those on the same Service re-decide the
+/// conflict; when it is deleted (marked by a deletionTimestamp, see `policy_events`), the
+/// namespace's new bundle anchor takes over the trust bundle.
+fn policies_affected_by(
+    store: &Store<ApiSecurityPolicy>,
+    p: &ApiSecurityPolicy,
+) -> Vec<ObjectRef<ApiSecurityPolicy>> {
+    let mut refs: Vec<_> = policies_targeting(store, p.namespace(), &p.spec.target.service)
+        .into_iter()
+        .filter(|r| r.name != p.name_any())
+        .collect();
+    if p.metadata.deletion_timestamp.is_some()
+        && let Some(ns) = p.namespace()
+    {
+        let all = store.state();
+        let others = all
+            .iter()
+            .map(|o| o.as_ref())
+            .filter(|o| o.uid() != p.uid());
+        refs.extend(ownership::bundle_anchor(&ns, others).map(ObjectRef::from_obj));
+    }
+    refs
+}
+
+/// Every policy change, with deleted policies marked by a deletionTimestamp (a deletion
+/// without finalizers arrives without one).
+fn policy_events(
+    api: Api<ApiSecurityPolicy>,
+) -> impl futures::Stream<Item = Result<ApiSecurityPolicy, watcher::Error>> + Send + 'static {
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Ok(p)),
+                Ok(watcher::Event::Delete(mut p)) => {
+                    p.metadata.deletion_timestamp.get_or_insert_with(|| {
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            k8s_openapi::jiff::Timestamp::now(),
+                        )
+                    });
+                    Some(Ok(p))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            })
+        })
+}
+
+/// Keeps of a Pod only what the target's identity needs: name, namespace, labels, creation
+/// time and service account.
+fn slim_pod(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = kube::api::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: meta.labels,
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..Default::default()
+    };
+    let sa = pod.spec.take().and_then(|s| s.service_account_name);
+    pod.spec = Some(PodSpec {
+        service_account_name: sa,
+        containers: Vec::new(),
+        ..Default::default()
+    });
+    pod.status = None;
+}
+
+/// Keeps of a Service what rendering reads (selector, ports, type): not its status or
+/// managedFields.
+fn slim_service(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    svc.status = None;
+}
+
+/// Pod events that can change a target's service account: a pod appears, goes, or changes its
+/// labels or service account (not the status churn of a running pod).
+fn pod_identity_changes(
+    pods: Api<Pod>,
+    reader: Store<Pod>,
+    writer: reflector::store::Writer<Pod>,
+) -> impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+    watcher(pods, watcher::Config::default())
+        .default_backoff()
+        .modify(slim_pod)
+        .filter(move |event| {
+            let keep = match event {
+                Ok(watcher::Event::Apply(p)) => {
+                    reader.get(&ObjectRef::from_obj(p)).is_none_or(|old| {
+                        old.metadata.labels != p.metadata.labels
+                            || old.spec.as_ref().map(|s| &s.service_account_name)
+                                != p.spec.as_ref().map(|s| &s.service_account_name)
+                            || old.metadata.deletion_timestamp.is_some()
+                                != p.metadata.deletion_timestamp.is_some()
+                    })
+                }
+                _ => true,
+            };
+            futures::future::ready(keep)
+        })
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// Policies whose target Service selects `pod`.
+fn policies_selecting(
+    policies: &Store<ApiSecurityPolicy>,
+    services: &Store<Service>,
+    pod: &Pod,
+) -> Vec<ObjectRef<ApiSecurityPolicy>> {
+    let ns = pod.namespace();
+    let labels = pod.labels();
+    policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns)
+        .filter(|p| {
+            services
+                .get(
+                    &ObjectRef::new(&p.spec.target.service)
+                        .within(ns.as_deref().unwrap_or_default()),
+                )
+                .and_then(|s| s.spec.as_ref()?.selector.clone())
+                .is_some_and(|sel| {
+                    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+        })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -156,35 +343,53 @@ pub async fn run_controller(
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
 
-    let controller = Controller::new(policies_api.clone(), watcher::Config::default());
+    // Every Service (the targets), and every Pod reduced to labels + service account.
+    let (target_reader, target_writer) = reflector::store::<Service>();
+    let target_services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(slim_service)
+    .reflect(target_writer)
+    .touched_objects();
+    let (pod_reader, pod_writer) = reflector::store::<Pod>();
+    let pod_stream = pod_identity_changes(
+        Api::<Pod>::all(client.clone()),
+        pod_reader.clone(),
+        pod_writer,
+    );
+
+    let controller = Controller::new(policies_api.clone(), watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(config.concurrency)
+            .debounce(config.debounce),
+    );
     let policies = controller.store();
     let by_service = policies.clone();
     let by_policy = policies.clone();
     let by_secret = policies.clone();
+    let by_config_map = policies.clone();
+    let by_pod = policies.clone();
+    let services_for_pods = target_reader.clone();
     let controller = controller
-        .owns_stream(cm_stream)
+        .watches_stream(cm_stream, move |cm| config_map_owners(&by_config_map, &cm))
         .owns_stream(secret_stream)
         .owns_stream(deploy_stream)
         .owns_stream(svc_stream)
         .owns_stream(np_stream)
-        // A policy waiting for its Service reconciles when the Service appears or changes
-        // (metadata only: the mapping needs names).
-        .watches_stream(
-            watcher(
-                Api::<PartialObjectMeta<Service>>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .touched_objects(),
-            move |svc| policies_targeting(&by_service, svc.namespace(), &svc.name_any()),
-        )
+        // A policy waiting for its Service reconciles when the Service appears or changes.
+        .watches_stream(target_services, move |svc| {
+            policies_targeting(&by_service, svc.namespace(), &svc.name_any())
+        })
+        // A new pod behind the target, or a new service account: a new target certificate.
+        .watches_stream(pod_stream, move |pod| {
+            policies_selecting(&by_pod, &services_for_pods, &pod)
+        })
         // When a policy goes away or changes target, the others on its Service re-decide
-        // the conflict.
-        .watches(policies_api, watcher::Config::default(), move |p| {
-            policies_targeting(&by_policy, p.namespace(), &p.spec.target.service)
-                .into_iter()
-                .filter(|r| r.name != p.name_any())
-                .collect::<Vec<_>>()
+        // the conflict, and a deleted bundle anchor hands the trust bundle on.
+        .watches_stream(policy_events(policies_api), move |p| {
+            policies_affected_by(&by_policy, &p)
         })
         // Secrets a policy names (API keys, JWKS, serving certificate): metadata only.
         .watches_stream(
@@ -212,6 +417,10 @@ pub async fn run_controller(
         renderer,
         policies.clone(),
         children.clone(),
+        InputStores {
+            services: target_reader.clone(),
+            pods: pod_reader.clone(),
+        },
         ca_reader.clone(),
         Some(Recorder::new(client, reporter)),
         metrics,
@@ -229,6 +438,8 @@ pub async fn run_controller(
                 children.services.wait_until_ready().boxed(),
                 children.network_policies.wait_until_ready().boxed(),
                 ca_reader.wait_until_ready().boxed(),
+                target_reader.wait_until_ready().boxed(),
+                pod_reader.wait_until_ready().boxed(),
             ];
             if futures::future::join_all(waits)
                 .await

@@ -54,6 +54,25 @@ pub fn conflicting_winner<'a>(
         .min_by_key(|o| age_key(o))
 }
 
+/// The policy that owns a namespace's shared trust bundle: the oldest live policy there
+/// (creationTimestamp, then name). Every policy computes the same answer, so the bundle has one
+/// owner reference that changes only when that policy goes, instead of a list of every policy
+/// (which changed, and re-triggered every owner, with each new policy).
+pub fn bundle_anchor<'a>(
+    namespace: &str,
+    policies: impl IntoIterator<Item = &'a ApiSecurityPolicy>,
+) -> Option<&'a ApiSecurityPolicy> {
+    policies
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.uid().is_some())
+        .min_by(|a, b| {
+            // Not yet persisted (no timestamp) sorts last.
+            let (ka, kb) = (age_key(a), age_key(b));
+            (ka.0.is_none(), ka.0, ka.1).cmp(&(kb.0.is_none(), kb.0, kb.1))
+        })
+}
+
 /// Whether `owner` is this policy's controller reference.
 pub fn is_controller_ref_of(owner: &OwnerReference, policy_uid: &str) -> bool {
     owner.controller == Some(true) && owner.uid == policy_uid && owner.kind == "ApiSecurityPolicy"
@@ -173,6 +192,36 @@ mod tests {
         let mut elsewhere = policy("x", "3", Some(1), "api");
         elsewhere.metadata.namespace = Some("other".into());
         assert!(conflicting_winner(&a, &[old, elsewhere]).is_none());
+    }
+
+    #[test]
+    fn the_oldest_live_policy_of_the_namespace_anchors_the_trust_bundle() {
+        let a = policy("a", "1", Some(100), "api");
+        let b = policy("b", "2", Some(50), "web");
+        let c = policy("c", "3", Some(50), "db");
+        let unsaved = policy("0", "4", None, "x");
+        let mut gone = policy("g", "5", Some(1), "y");
+        gone.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(200).unwrap()));
+        let mut elsewhere = policy("e", "6", Some(1), "z");
+        elsewhere.metadata.namespace = Some("other".into());
+        let all = [
+            a.clone(),
+            c.clone(),
+            b.clone(),
+            unsaved.clone(),
+            gone,
+            elsewhere,
+        ];
+        assert_eq!(bundle_anchor("shop", &all).unwrap().name_any(), "b");
+        assert_eq!(bundle_anchor("other", &all).unwrap().name_any(), "e");
+        assert!(bundle_anchor("none", &all).is_none());
+        // Order of the input does not matter; unsaved policies come last.
+        let rev: Vec<_> = all.iter().rev().cloned().collect();
+        assert_eq!(bundle_anchor("shop", &rev).unwrap().name_any(), "b");
+        assert_eq!(
+            bundle_anchor("shop", [&unsaved, &a]).unwrap().name_any(),
+            "a"
+        );
     }
 
     fn owner(uid: &str, controller: bool) -> OwnerReference {

@@ -13,9 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::api::{
-    Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions,
-};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -57,6 +55,19 @@ pub struct Config {
     pub ca_secret: String,
     /// Lifetime of issued leaf certificates.
     pub leaf_lifetime: time::Duration,
+    /// Reconciles running at once (0: unbounded). Bounded so a burst of new policies does not
+    /// become a burst of thousands of concurrent API calls.
+    pub concurrency: u16,
+    /// How long a reconcile request waits for more events about the same policy (its children's
+    /// watch echoes arrive together), so one reconcile answers them all.
+    pub debounce: Duration,
+}
+
+impl Config {
+    /// Default reconcile concurrency.
+    pub const DEFAULT_CONCURRENCY: u16 = 16;
+    /// Default debounce.
+    pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 }
 
 /// Metadata-only caches of the children apiguard manages (`app.kubernetes.io/managed-by=apiguard`).
@@ -69,6 +80,14 @@ pub struct ChildStores {
     pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
 }
 
+/// Caches of what a policy reads: every Service (full, for the target's selector and ports)
+/// and every Pod reduced to its labels and service account (the target's identity).
+#[derive(Clone)]
+pub struct InputStores {
+    pub services: Store<Service>,
+    pub pods: Store<Pod>,
+}
+
 /// What reconcile shares between calls.
 pub struct Context {
     pub client: kube::Client,
@@ -76,13 +95,14 @@ pub struct Context {
     pub renderer: Arc<dyn GatewayRenderer>,
     pub policies: Store<ApiSecurityPolicy>,
     pub children: ChildStores,
+    pub inputs: InputStores,
     /// Cache of the CA Secret in the operator namespace.
     pub ca_secret: Store<Secret>,
     pub recorder: Option<Recorder>,
     pub metrics: Arc<ControllerMetrics>,
     pub health: Arc<Health>,
-    /// (content hash, resourceVersion) of each child as last applied: an unchanged child
-    /// whose resourceVersion is still ours is not sent again.
+    /// (content hash, [`fingerprint`]) of each child as last applied: an unchanged child whose
+    /// fingerprint is still the one our write produced is not sent again.
     applied: Mutex<HashMap<String, (u64, String)>>,
     /// Consecutive failures per policy, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -97,6 +117,7 @@ impl Context {
         renderer: Arc<dyn GatewayRenderer>,
         policies: Store<ApiSecurityPolicy>,
         children: ChildStores,
+        inputs: InputStores,
         ca_secret: Store<Secret>,
         recorder: Option<Recorder>,
         metrics: Arc<ControllerMetrics>,
@@ -108,6 +129,7 @@ impl Context {
             renderer,
             policies,
             children,
+            inputs,
             ca_secret,
             recorder,
             metrics,
@@ -161,6 +183,8 @@ pub enum Error {
     },
     #[error("ApiSecurityPolicy {namespace}/{name} has no uid (not read from the apiserver?)")]
     Incomplete { namespace: String, name: String },
+    #[error("the controller's caches were dropped before they synced (shutting down)")]
+    CachesClosed,
     #[error("{0} child object(s) could not be applied; see the policy's conditions")]
     ChildrenFailed(usize),
 }
@@ -175,6 +199,7 @@ impl Error {
             Error::Status { .. } => "status_failed",
             Error::Ca { .. } => "ca_unavailable",
             Error::Incomplete { .. } => "invalid_object",
+            Error::CachesClosed => "caches_closed",
         }
     }
 }
@@ -221,6 +246,38 @@ fn content_hash<T: Serialize>(obj: &T) -> u64 {
     let mut h = DefaultHasher::new();
     serde_json::to_vec(obj).unwrap_or_default().hash(&mut h);
     h.finish()
+}
+
+/// What must stay the same for a child to still be as we wrote it. Objects with a
+/// `metadata.generation` (Deployments, NetworkPolicies) bump it on every spec change but not on
+/// status updates or the annotations their controllers add (a Deployment's revision): their
+/// fingerprint is the generation plus the live values of the labels and annotations *we* set
+/// (`ours`) and the owners. Others (ConfigMaps, Secrets, Services): the resourceVersion.
+pub fn fingerprint(live: &ObjectMeta, ours: &ObjectMeta) -> Option<String> {
+    match live.generation {
+        Some(generation) => {
+            let pick = |live: &Option<BTreeMap<String, String>>,
+                        ours: &Option<BTreeMap<String, String>>| {
+                ours.iter()
+                    .flat_map(|m| m.keys())
+                    .map(|k| (k.clone(), live.as_ref().and_then(|l| l.get(k)).cloned()))
+                    .collect::<Vec<_>>()
+            };
+            let mut h = DefaultHasher::new();
+            serde_json::to_vec(&(
+                pick(&live.labels, &ours.labels),
+                pick(&live.annotations, &ours.annotations),
+                &live.owner_references,
+            ))
+            .unwrap_or_default()
+            .hash(&mut h);
+            Some(format!(
+                "generation {generation}, metadata {:x}",
+                h.finish()
+            ))
+        }
+        None => live.resource_version.clone(),
+    }
 }
 
 /// Adds the common labels and the policy's controller ownerRef.
@@ -302,20 +359,28 @@ impl Context {
             ));
         }
         let hash = content_hash(obj);
-        if let Some(rv) = meta.as_ref().and_then(|m| m.resource_version.clone()) {
+        if let Some(seen) = meta.as_ref().and_then(|m| fingerprint(m, obj.meta())) {
             let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-            if applied.get(&key) == Some(&(hash, rv)) {
+            if applied.get(&key) == Some(&(hash, seen)) {
                 return Applied::Unchanged;
             }
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(&name, &params, &Patch::Apply(obj)).await {
             Ok(written) => {
-                let rv = written.resource_version().unwrap_or_default();
-                self.applied
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, (hash, rv));
+                tracing::debug!(
+                    kind,
+                    namespace = ns,
+                    name,
+                    resource_version = written.resource_version(),
+                    "applied"
+                );
+                if let Some(seen) = fingerprint(written.meta(), obj.meta()) {
+                    self.applied
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, (hash, seen));
+                }
                 Applied::Written
             }
             Err(e) => Applied::Failed(Error::Apply {
@@ -440,40 +505,37 @@ impl Tally {
     }
 }
 
-/// The target service account: the one used by the pods the Service selects ("default" when
-/// it selects no pod yet).
-async fn target_service_account(client: &kube::Client, svc: &Service) -> Result<String, Error> {
-    let ns = svc.namespace().unwrap_or_default();
+/// The target service account: the one used by the newest pod the Service selects ("default"
+/// when it selects no pod yet). During a rollout to a new service account the new pods are the
+/// newest, so the certificate follows the rollout.
+pub fn target_service_account<'a>(
+    svc: &Service,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> String {
+    let ns = svc.namespace();
     let selector = svc
         .spec
         .as_ref()
-        .and_then(|s| s.selector.clone())
-        .unwrap_or_default();
-    if selector.is_empty() {
-        return Ok("default".into());
-    }
-    let labels = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let list = pods
-        .list_metadata(&ListParams::default().labels(&labels).limit(1))
-        .await
-        .map_err(|e| read_err("Pods selected by Service", &ns, &svc.name_any(), e))?;
-    let Some(pod) = list.items.first() else {
-        return Ok("default".into());
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty());
+    let Some(selector) = selector else {
+        return "default".into();
     };
-    // Metadata lists carry no spec: read the one pod.
-    let pod = pods
-        .get_opt(&pod.name_any())
-        .await
-        .map_err(|e| read_err("Pod", &ns, &pod.name_any(), e))?;
-    Ok(pod
-        .and_then(|p| p.spec)
-        .and_then(|s| s.service_account_name)
-        .unwrap_or_else(|| "default".into()))
+    pods.into_iter()
+        .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let labels = p.labels();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .max_by_key(|p| {
+            (
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                p.name_any(),
+            )
+        })
+        .and_then(|p| p.spec.as_ref()?.service_account_name.clone())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or_else(|| "default".into())
 }
 
 fn not_after_rfc3339(t: OffsetDateTime) -> String {
@@ -560,6 +622,13 @@ async fn reconcile_inner(
         ctx.metrics.forget_policy(&key, now.unix_timestamp());
         return Ok(Action::await_change());
     }
+    // Answers from caches that have not listed yet would be wrong (TargetNotFound, the
+    // "default" service account): wait for them (immediate once synced).
+    if ctx.inputs.services.wait_until_ready().await.is_err()
+        || ctx.inputs.pods.wait_until_ready().await.is_err()
+    {
+        return Err(Error::CachesClosed);
+    }
     let uid = policy.uid().unwrap_or_default();
     let Some(owner) = policy.controller_owner_ref(&()) else {
         return Err(Error::Incomplete {
@@ -615,12 +684,12 @@ async fn reconcile_inner(
             isolation_disabled,
         }
     } else {
-        // 2. Inputs: target Service, CA.
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-        let target = services
-            .get_opt(&spec.target.service)
-            .await
-            .map_err(|e| read_err("Service", &ns, &spec.target.service, e))?;
+        // 2. Inputs: target Service (cached), CA.
+        let target = ctx
+            .inputs
+            .services
+            .get(&ObjectRef::new(&spec.target.service).within(&ns))
+            .map(|s| s.as_ref().clone());
         match target {
             None => {
                 let why = format!(
@@ -637,7 +706,8 @@ async fn reconcile_inner(
             }
             Some(target) => {
                 let ca = ctx.ca(now)?;
-                let target_sa = target_service_account(&ctx.client, &target).await?;
+                let pods = ctx.inputs.pods.state();
+                let target_sa = target_service_account(&target, pods.iter().map(|p| p.as_ref()));
                 program(
                     ProgramInput {
                         policy,
@@ -681,25 +751,19 @@ async fn reconcile_inner(
     let before = previous.map(|s| s.conditions.clone()).unwrap_or_default();
     if previous.is_none_or(|p| !conditions::equivalent(p, &status)) {
         write_status(ctx, policy, &status).await?;
-        for t in conditions::transitions(&before, &status.conditions) {
-            let expected_false = t.type_ == conditions::NETWORK_ISOLATED && isolation_disabled;
-            let warning = t.to == "False" && !expected_false;
+        let transitions = conditions::transitions(&before, &status.conditions);
+        if let Some(summary) = conditions::event_summary(&transitions, isolation_disabled) {
             ctx.publish(
                 policy,
                 KubeEvent {
-                    type_: if warning {
+                    type_: if summary.warning {
                         EventType::Warning
                     } else {
                         EventType::Normal
                     },
-                    reason: t.reason.clone(),
-                    note: Some(
-                        format!("{} is {}: {}", t.type_, t.to, t.message)
-                            .chars()
-                            .take(1000)
-                            .collect(),
-                    ),
-                    action: t.type_.clone(),
+                    reason: summary.reason,
+                    note: Some(summary.note),
+                    action: "Reconcile".into(),
                     secondary: None,
                 },
             )
@@ -1085,27 +1149,19 @@ async fn program(
             _ => gw_t.add(a, out.failures),
         }
     }
-    // The namespace's trust bundle, shared by every policy in it (owned by all of them, so
-    // it lives as long as one does).
+    // The namespace's trust bundle, shared by every policy in it. Its one owner reference is
+    // the namespace's oldest policy (`bundle_anchor`): the ConfigMap lives as long as that
+    // policy, and when it goes, the next oldest takes the bundle over (the policy watch maps a
+    // deletion to the new anchor).
     let mut bundle_cm = trust_bundle_configmap(&ns, &bundle, None);
-    let mut owners: Vec<OwnerReference> = ctx
-        .policies
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .filter_map(|p| p.controller_owner_ref(&()))
-        .map(|mut o| {
-            o.controller = Some(false);
-            o
-        })
-        .chain(std::iter::once(OwnerReference {
-            controller: Some(false),
-            ..owner.clone()
-        }))
-        .collect();
-    owners.sort_by(|a, b| a.uid.cmp(&b.uid));
-    owners.dedup_by(|a, b| a.uid == b.uid);
-    bundle_cm.metadata.owner_references = Some(owners);
+    let all = ctx.policies.state();
+    let anchor = ownership::bundle_anchor(&ns, all.iter().map(|p| p.as_ref()))
+        .and_then(|p| p.controller_owner_ref(&()))
+        .unwrap_or_else(|| owner.clone());
+    bundle_cm.metadata.owner_references = Some(vec![OwnerReference {
+        controller: Some(false),
+        ..anchor
+    }]);
     cert_t.add(
         ctx.ensure(&c.config_maps, &bundle_cm, uid, true).await,
         out.failures,
@@ -1209,6 +1265,92 @@ mod tests {
         let secs: Vec<u64> = (1..=11).map(|a| backoff(a).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(backoff(u32::MAX).as_secs(), 300);
+    }
+
+    fn pod(name: &str, labels: &[(&str, &str)], sa: Option<&str>, created: i64) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop",
+                "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                "creationTimestamp": k8s_openapi::jiff::Timestamp::from_second(created).unwrap().to_string()},
+            "spec": {"containers": [], "serviceAccountName": sa},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_target_identity_is_the_newest_selected_pods_service_account() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"selector": {"app": "api"}},
+        }))
+        .unwrap();
+        let old = pod("api-1", &[("app", "api"), ("v", "1")], Some("api-v1"), 100);
+        let new = pod("api-2", &[("app", "api"), ("v", "2")], Some("api-v2"), 200);
+        let other = pod("web", &[("app", "web")], Some("web"), 300);
+        let mut elsewhere = pod("api-x", &[("app", "api")], Some("x"), 400);
+        elsewhere.metadata.namespace = Some("other".into());
+        let pods = [old.clone(), other.clone(), new.clone(), elsewhere];
+        assert_eq!(target_service_account(&svc, &pods), "api-v2");
+        // While the newest goes away, the one left counts.
+        let mut leaving = new.clone();
+        leaving.metadata.deletion_timestamp = old.metadata.creation_timestamp.clone();
+        assert_eq!(target_service_account(&svc, [&old, &leaving]), "api-v1");
+        // No pod, no service account, or no selector: "default".
+        assert_eq!(target_service_account(&svc, [&other]), "default");
+        let no_sa = pod("api-3", &[("app", "api")], None, 500);
+        assert_eq!(target_service_account(&svc, [&no_sa]), "default");
+        let mut headless = svc.clone();
+        headless.spec.as_mut().unwrap().selector = None;
+        assert_eq!(target_service_account(&headless, &pods), "default");
+    }
+
+    #[test]
+    fn status_and_foreign_annotations_keep_the_fingerprint_edits_of_ours_change_it() {
+        let ours = ObjectMeta {
+            labels: Some(BTreeMap::from([("a".into(), "b".into())])),
+            annotations: Some(BTreeMap::from([("ours".into(), "1".into())])),
+            ..Default::default()
+        };
+        let base = ObjectMeta {
+            generation: Some(1),
+            resource_version: Some("10".into()),
+            ..ours.clone()
+        };
+        let fp = |live: &ObjectMeta| fingerprint(live, &ours);
+        // The Deployment controller writes status and its revision annotation.
+        let mut by_controller = ObjectMeta {
+            resource_version: Some("11".into()),
+            ..base.clone()
+        };
+        by_controller
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("deployment.kubernetes.io/revision".into(), "1".into());
+        assert_eq!(fp(&base), fp(&by_controller));
+        let spec_edit = ObjectMeta {
+            generation: Some(2),
+            ..base.clone()
+        };
+        assert_ne!(fp(&base), fp(&spec_edit));
+        let label_edit = ObjectMeta {
+            labels: None,
+            ..base.clone()
+        };
+        assert_ne!(fp(&base), fp(&label_edit));
+        let mut annotation_edit = base.clone();
+        annotation_edit
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("ours".into(), "2".into());
+        assert_ne!(fp(&base), fp(&annotation_edit));
+        // Without a generation every write counts.
+        let cm = ObjectMeta {
+            resource_version: Some("7".into()),
+            ..Default::default()
+        };
+        assert_eq!(fingerprint(&cm, &ours).as_deref(), Some("7"));
     }
 
     #[test]

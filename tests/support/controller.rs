@@ -50,6 +50,8 @@ impl Operator {
                 trust_domain: "cluster.local".into(),
                 ca_secret: "apiguard-ca".into(),
                 leaf_lifetime: time::Duration::hours(24),
+                concurrency: apiguard::controller::Config::DEFAULT_CONCURRENCY,
+                debounce: apiguard::controller::Config::DEFAULT_DEBOUNCE,
             },
             leader,
             renderer: Arc::new(EnvoyRenderer::default()),
