@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod controller;
 pub mod identity;
+pub mod kube_client;
 pub mod lint;
 pub mod manifest;
 pub mod render;
