@@ -455,7 +455,10 @@ fn grants(role: &Manifest, group: &str, resource: &str) -> Vec<(Vec<String>, Vec
 /// apply (patch) — exactly that, by name where Kubernetes allows it, and only in managed mode.
 #[test]
 fn rbac_grants_the_managed_serving_certificate_exactly_what_it_uses() {
-    for values in [&[][..], &["webhook.url=https://127.0.0.1:8443/validate"][..]] {
+    for values in [
+        &[][..],
+        &["webhook.url=https://127.0.0.1:8443/validate"][..],
+    ] {
         let manifests = template(values);
         let role = manifests.iter().find(|m| m.kind() == "Role").unwrap();
         let cluster_role = manifests
