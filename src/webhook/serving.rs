@@ -112,7 +112,7 @@ pub enum ServingError {
         namespace: String,
         name: String,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
 }
 
@@ -256,9 +256,9 @@ fn material_of(
         .ok_or_else(|| ServingError::Unusable {
             namespace: config.namespace.clone(),
             name: config.secret.clone(),
-            source: TlsError::NoCertificate {
+            source: Box::new(TlsError::NoCertificate {
                 path: "tls.crt".into(),
-            },
+            }),
         })?;
     Ok(ServingMaterial {
         key_pem: data.tls_key.unwrap_or_default().to_vec(),
@@ -477,7 +477,7 @@ pub async fn reconcile_once(
         .map_err(|source| ServingError::Unusable {
             namespace: config.namespace.clone(),
             name: config.secret.clone(),
-            source,
+            source: Box::new(source),
         })?;
     if installed {
         tracing::info!(
