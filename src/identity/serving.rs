@@ -497,6 +497,35 @@ mod tests {
     }
 
     #[test]
+    fn during_a_ca_rotation_the_bundle_carries_every_trusted_root() {
+        // The CA Secret of a rotation: the new issuer, and the old root still in ca.crt.
+        let old = ca();
+        let new = CertificateAuthority::generate(NOW, Duration::days(3650)).unwrap();
+        let mut secret = crate::identity::k8s::ca_secret("apiguard-ca", "apiguard-system", &new);
+        secret.data.as_mut().unwrap().insert(
+            CA_CRT.into(),
+            ByteString(format!("{}{}", new.roots_pem(), old.roots_pem()).into_bytes()),
+        );
+        let rotating = crate::identity::k8s::ca_from_secret(&secret, NOW).unwrap();
+        let issued = issue_serving(&rotating, &names(), Duration::days(90), NOW).unwrap();
+        let bundle = pem::certificates(issued.ca_bundle_pem.as_bytes()).unwrap();
+        assert_eq!(bundle.len(), 2, "{}", issued.ca_bundle_pem);
+        assert!(bundle.contains(old.cert_der()) && bundle.contains(new.cert_der()));
+        assert!(matches!(
+            decide_secret(Some(&secret_of(&issued)), &names(), &rotating, NOW),
+            Decision::Keep { .. }
+        ));
+        // A certificate from before the rotation carries only the old root: reissued.
+        let before = issue_serving(&new, &names(), Duration::days(90), NOW).unwrap();
+        assert_eq!(
+            decide_secret(Some(&secret_of(&before)), &names(), &rotating, NOW),
+            Decision::Reissue {
+                reason: ReissueReason::TrustBundleChanged
+            }
+        );
+    }
+
+    #[test]
     fn refuses_no_names_bad_names_and_bad_lifetimes() {
         let ca = ca();
         let err = issue_serving(&ca, &ServingNames::default(), Duration::days(1), NOW).unwrap_err();
