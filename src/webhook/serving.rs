@@ -169,15 +169,16 @@ pub async fn ensure_serving_secret(
             .get_opt(&config.secret)
             .await
             .map_err(|e| secret_err("reading", e))?;
-        let reason = match decide_secret(existing.as_ref(), &config.names, &ca, now) {
-            Decision::Keep { renew_at } => {
-                let secret = existing.as_ref().expect("Keep implies a stored Secret");
+        let decision = decide_secret(existing.as_ref(), &config.names, &ca, now);
+        let reason = match (decision, existing.as_ref()) {
+            (Decision::Keep { renew_at }, Some(secret)) => {
                 return Ok((
                     material_of(secret, &ca, renew_at, config)?,
                     SecretOutcome::Kept,
                 ));
             }
-            Decision::Reissue { reason } => reason,
+            (Decision::Reissue { reason }, _) => reason,
+            (Decision::Keep { .. }, None) => ReissueReason::Missing,
         };
         let issued = issue_serving(&ca, &config.names, config.lifetime, now).map_err(|source| {
             ServingError::Issue {
