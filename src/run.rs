@@ -7,6 +7,7 @@ use crate::admin::{self, AdminState, AdmissionMetrics, Metrics, Readiness, Ready
 use crate::api::duration::parse_duration;
 use crate::rules::{AdmissionMode, DEFAULT_EXEMPT_NAMESPACES, EngineConfig};
 use crate::webhook::cluster::ReflectorView;
+use crate::webhook::serving::{self, ManagedCert, ServingConfig, ServingMetrics};
 use crate::webhook::tls::{ReloadingCert, server_config};
 use crate::webhook::{self, Admission, Limits};
 use anyhow::Context;
@@ -48,6 +49,34 @@ pub struct RunArgs {
     /// PEM private key of the webhook certificate (re-read when the file changes).
     #[arg(long, env = "APIGUARD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Without --tls-cert/--tls-key, the operator manages the webhook serving certificate:
+    /// issued from its CA into this Secret of the operator namespace (tls.crt, tls.key,
+    /// ca.crt), shared by every replica and renewed at two thirds of its lifetime.
+    #[arg(long, env = "APIGUARD_WEBHOOK_SECRET", default_value = serving::DEFAULT_SERVING_SECRET)]
+    pub webhook_secret: String,
+    /// DNS name of the webhook endpoint, a SAN of the managed serving certificate (repeatable;
+    /// comma-separated in the environment), e.g. apiguard.apiguard-system.svc.
+    #[arg(
+        long = "webhook-dns-name",
+        env = "APIGUARD_WEBHOOK_DNS_NAMES",
+        value_delimiter = ','
+    )]
+    pub webhook_dns_names: Vec<String>,
+    /// IP address of the webhook endpoint, a SAN of the managed serving certificate
+    /// (repeatable; comma-separated in the environment), e.g. 127.0.0.1.
+    #[arg(
+        long = "webhook-ip-address",
+        env = "APIGUARD_WEBHOOK_IP_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub webhook_ip_addresses: Vec<std::net::IpAddr>,
+    /// ValidatingWebhookConfiguration whose webhooks' caBundle the operator keeps equal to its
+    /// CA (server-side apply, field manager apiguard-webhook-ca); managed certificate only.
+    #[arg(long, env = "APIGUARD_WEBHOOK_CONFIG")]
+    pub webhook_config: Option<String>,
+    /// Lifetime of a managed serving certificate (renewed at two thirds).
+    #[arg(long, env = "APIGUARD_WEBHOOK_CERT_LIFETIME", default_value = "2160h", value_parser = parse_duration)]
+    pub webhook_cert_lifetime: Duration,
     /// Address of the plaintext admin listener: /healthz, /readyz, /metrics.
     #[arg(long, env = "APIGUARD_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
@@ -106,6 +135,15 @@ pub struct RunArgs {
     pub shutdown_drain: Duration,
 }
 
+/// Where the webhook's serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum ServingSource {
+    /// PEM files (cert-manager or any other issuer mounts them), re-read on change.
+    Files(PathBuf, PathBuf),
+    /// Issued and kept current by apiguard itself, in a Secret.
+    Managed(ServingConfig),
+}
+
 /// Default operator namespace when neither the flag nor `POD_NAMESPACE` says otherwise.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "apiguard-system";
 
@@ -121,6 +159,70 @@ impl RunArgs {
                     .filter(|ns| !ns.is_empty())
             })
             .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_owned())
+    }
+
+    /// Where the webhook's serving certificate comes from (`None`: no webhook); a usage error
+    /// says what to pass.
+    pub fn serving_source(&self) -> Result<Option<ServingSource>, String> {
+        if self.no_webhook {
+            return Ok(None);
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                return Ok(Some(ServingSource::Files(cert.clone(), key.clone())));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "--tls-cert and --tls-key (APIGUARD_TLS_CERT / APIGUARD_TLS_KEY) go together: pass both, or neither to let apiguard manage the certificate".into(),
+                );
+            }
+            (None, None) => {}
+        }
+        let names = crate::identity::serving::ServingNames {
+            dns_names: self
+                .webhook_dns_names
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            ip_addresses: self.webhook_ip_addresses.clone(),
+        };
+        if names.is_empty() {
+            return Err(format!(
+                "the webhook needs its serving certificate: pass --tls-cert FILE and --tls-key FILE \
+                 (or APIGUARD_TLS_CERT / APIGUARD_TLS_KEY), or let apiguard issue and manage it in \
+                 Secret {}/{} by naming the webhook's endpoint with --webhook-dns-name NAME and/or \
+                 --webhook-ip-address IP (APIGUARD_WEBHOOK_DNS_NAMES / APIGUARD_WEBHOOK_IP_ADDRESSES), \
+                 or run without it (--no-webhook)",
+                self.operator_namespace(),
+                self.webhook_secret
+            ));
+        }
+        if let Some(bad) = names
+            .dns_names
+            .iter()
+            .find(|n| !crate::identity::issue::valid_dns_name(n))
+        {
+            return Err(format!(
+                "--webhook-dns-name '{bad}' (APIGUARD_WEBHOOK_DNS_NAMES) is not a lowercase DNS-1123 subdomain"
+            ));
+        }
+        let lifetime = time::Duration::try_from(self.webhook_cert_lifetime)
+            .ok()
+            .filter(|l| *l >= time::Duration::HOUR)
+            .ok_or_else(|| {
+                "--webhook-cert-lifetime (APIGUARD_WEBHOOK_CERT_LIFETIME) must be at least 1h"
+                    .to_owned()
+            })?;
+        Ok(Some(ServingSource::Managed(ServingConfig {
+            namespace: self.operator_namespace(),
+            secret: self.webhook_secret.clone(),
+            ca_secret: self.ca_secret.clone(),
+            names,
+            lifetime,
+            webhook_config: self.webhook_config.clone().filter(|n| !n.is_empty()),
+            resync: serving::DEFAULT_RESYNC,
+        })))
     }
 
     /// The rule engine settings these flags select.
@@ -164,14 +266,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
-        _ if args.no_webhook => None,
-        (Some(cert), Some(key)) => Some((cert, key)),
-        _ => {
-            eprintln!(
-                "error: the webhook needs its serving certificate: pass --tls-cert FILE and --tls-key FILE \
-                 (or APIGUARD_TLS_CERT / APIGUARD_TLS_KEY), or run without it (--no-webhook)"
-            );
+    let tls = match args.serving_source() {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("error: {message}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -295,7 +393,7 @@ async fn require_synced(ready: ReadyHandle, request: Request, next: Next) -> Res
     }
 }
 
-async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         termination_signal().await;
@@ -304,6 +402,9 @@ async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result
 
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new());
+    // Registered before the admin server answers, so /readyz never says ready too early.
+    let certificate_ready = matches!(tls, Some(ServingSource::Managed(_)))
+        .then(|| readiness.component("webhook-certificate"));
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -320,12 +421,12 @@ async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result
     );
     tracing::info!(addr = %admin_addr, "admin server listening (/healthz, /readyz, /metrics)");
 
-    // A bad certificate is a usage error: report it before touching the cluster.
-    let serving_cert = match tls {
-        Some((cert, key)) => Some(Arc::new(
-            ReloadingCert::load(&cert, &key).context("loading the webhook serving certificate")?,
+    // A bad certificate file is a usage error: report it before touching the cluster.
+    let files_cert = match &tls {
+        Some(ServingSource::Files(cert, key)) => Some(Arc::new(
+            ReloadingCert::load(cert, key).context("loading the webhook serving certificate")?,
         )),
-        None => None,
+        _ => None,
     };
     // kube's error text already carries its causes; `context` would repeat them.
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -333,9 +434,38 @@ async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result
     })?;
     let controller_task = (!args.no_controller)
         .then(|| start_controller(&args, client.clone(), &metrics, &readiness, &stop_rx));
-    match serving_cert {
-        Some(reloading) => {
-            serve_webhook(&args, reloading, client, &metrics, &readiness, &stop_rx).await?
+    let resolver: Option<Arc<dyn rustls::server::ResolvesServerCert>> = match tls {
+        Some(ServingSource::Files(..)) => files_cert.map(|reloading| {
+            tokio::spawn(
+                reloading
+                    .clone()
+                    .watch(args.cert_reload_interval, stopped(&stop_rx)),
+            );
+            reloading as Arc<dyn rustls::server::ResolvesServerCert>
+        }),
+        Some(ServingSource::Managed(config)) => {
+            let managed = Arc::new(ManagedCert::new());
+            tracing::info!(
+                secret = %format!("{}/{}", config.namespace, config.secret),
+                names = %config.names,
+                webhook_configuration = config.webhook_config.as_deref().unwrap_or("(not managed)"),
+                "managing the webhook serving certificate"
+            );
+            tokio::spawn(serving::run(
+                client.clone(),
+                config,
+                managed.clone(),
+                certificate_ready.expect("registered for the managed certificate"),
+                ServingMetrics::register(&metrics),
+                stopped(&stop_rx),
+            ));
+            Some(managed)
+        }
+        None => None,
+    };
+    match resolver {
+        Some(resolver) => {
+            serve_webhook(&args, resolver, client, &metrics, &readiness, &stop_rx).await?
         }
         None => stopped(&stop_rx).await,
     }
@@ -359,7 +489,7 @@ async fn serve(args: RunArgs, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result
 
 async fn serve_webhook(
     args: &RunArgs,
-    reloading: Arc<ReloadingCert>,
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
     client: kube::Client,
     metrics: &Metrics,
     readiness: &Readiness,
@@ -368,12 +498,7 @@ async fn serve_webhook(
     let admission_metrics = AdmissionMetrics::register(metrics);
     let caches_ready = readiness.component("webhook-caches");
 
-    let tls = Arc::new(server_config(reloading.clone())?);
-    tokio::spawn(
-        reloading
-            .clone()
-            .watch(args.cert_reload_interval, stopped(stop_rx)),
-    );
+    let tls = Arc::new(server_config(resolver)?);
 
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
@@ -463,6 +588,63 @@ mod tests {
             config.exempt_namespaces.into_iter().collect::<Vec<_>>(),
             ["guard", "kube-system", "tools"]
         );
+    }
+
+    #[test]
+    fn the_serving_certificate_is_managed_unless_files_are_given() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["apiguard", "--operator-namespace", "guard"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().run.serving_source()
+        };
+        let err = parse(&[]).unwrap_err();
+        for needle in [
+            "--tls-cert",
+            "--webhook-dns-name",
+            "--no-webhook",
+            "guard/apiguard-webhook-tls",
+        ] {
+            assert!(err.contains(needle), "{err}");
+        }
+        assert!(matches!(parse(&["--no-webhook"]), Ok(None)));
+        let err = parse(&["--tls-cert", "a.crt"]).unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+        assert!(matches!(
+            parse(&["--tls-cert", "a.crt", "--tls-key", "a.key"]),
+            Ok(Some(ServingSource::Files(..)))
+        ));
+        let Ok(Some(ServingSource::Managed(config))) = parse(&[
+            "--webhook-dns-name",
+            "apiguard.guard.svc",
+            "--webhook-dns-name",
+            "localhost",
+            "--webhook-ip-address",
+            "127.0.0.1",
+            "--webhook-config",
+            "apiguard",
+            "--webhook-secret",
+            "tls",
+        ]) else {
+            panic!("managed")
+        };
+        assert_eq!(config.namespace, "guard");
+        assert_eq!(config.secret, "tls");
+        assert_eq!(config.ca_secret, "apiguard-ca");
+        assert_eq!(config.names.dns_names, ["apiguard.guard.svc", "localhost"]);
+        assert_eq!(config.names.ip_addresses[0].to_string(), "127.0.0.1");
+        assert_eq!(config.webhook_config.as_deref(), Some("apiguard"));
+        assert_eq!(config.lifetime, time::Duration::days(90));
+        let err = parse(&["--webhook-dns-name", "Bad_Name"]).unwrap_err();
+        assert!(err.contains("'Bad_Name'"), "{err}");
+        let err = parse(&[
+            "--webhook-dns-name",
+            "a.b",
+            "--webhook-cert-lifetime",
+            "30m",
+        ])
+        .unwrap_err();
+        assert!(err.contains("at least 1h"), "{err}");
+        assert!(Cli::try_parse_from(["apiguard", "--webhook-ip-address", "localhost"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The chart's rendered objects are accepted by a real kube-apiserver
 //! (`kubectl apply --dry-run=server`) for every supported shape of values, and a real
-//! `helm install` / `helm upgrade` keeps the chart-generated webhook CA (no new CA on upgrade),
-//! while `helm uninstall` leaves no webhook registration behind.
+//! `helm install` / `helm upgrade` keeps the `caBundle` the operator server-side applied (the
+//! very apply body `apiguard run` sends, field manager `apiguard-webhook-ca`), while
+//! `helm uninstall` leaves no webhook registration behind.
 
 mod support;
 
@@ -77,6 +78,7 @@ fn the_apiserver_accepts_the_rendered_chart_for_every_value_set() {
             "webhook.url=https://localhost:8443/validate",
             "webhook.caBundle=-----BEGIN CERTIFICATE-----",
         ],
+        &["webhook.url=https://127.0.0.1:8443/validate"],
         &["certManager.enabled=true"],
         &[
             "certManager.enabled=true",
@@ -133,7 +135,9 @@ fn ca_bundle(cp: &support::cluster::ControlPlane) -> String {
 }
 
 #[test]
-fn helm_upgrade_keeps_the_webhook_ca_and_uninstall_removes_the_registration() {
+fn helm_upgrade_keeps_the_operators_ca_bundle_and_uninstall_removes_the_registration() {
+    use apiguard::webhook::serving::{CA_BUNDLE_FIELD_MANAGER, ca_bundle_apply};
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     prepare();
     let cp = control_plane();
     helm_ok(&[
@@ -147,18 +151,44 @@ fn helm_upgrade_keeps_the_webhook_ca_and_uninstall_removes_the_registration() {
         "--set",
         "webhook.failurePolicy=Ignore",
     ]);
-    let first = ca_bundle(cp);
-    assert!(first.len() > 100, "no caBundle: {first:?}");
-    let secret_ca = cp.kubectl_ok([
-        "-n",
-        "chart-upgrade",
+    // Helm renders no caBundle and no certificate: that is the operator's job.
+    assert_eq!(ca_bundle(cp), "", "helm rendered a caBundle");
+    let secrets = cp.kubectl_ok(["-n", "chart-upgrade", "get", "secrets", "-o", "name"]);
+    assert!(
+        !secrets.contains("webhook-tls"),
+        "helm rendered a certificate Secret: {secrets}"
+    );
+
+    // What every operator replica does: server-side apply the CA as each webhook's caBundle.
+    let bundle = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+    let live: ValidatingWebhookConfiguration = serde_json::from_str(&cp.kubectl_ok([
         "get",
-        "secret",
-        "apiguard-upgrade-webhook-tls",
+        "validatingwebhookconfiguration",
+        "apiguard-upgrade",
         "-o",
-        "jsonpath={.data.ca\\.crt}",
-    ]);
-    assert_eq!(secret_ca, first, "the registration trusts the Secret's CA");
+        "json",
+    ]))
+    .unwrap();
+    let body = ca_bundle_apply(&live, bundle);
+    let out = cp.kubectl_with_stdin(
+        [
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            CA_BUNDLE_FIELD_MANAGER,
+            "-f",
+            "-",
+        ],
+        &body.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "the apiserver refused the operator's caBundle apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = ca_bundle(cp);
+    assert!(!applied.is_empty());
 
     helm_ok(&[
         "upgrade",
@@ -169,8 +199,36 @@ fn helm_upgrade_keeps_the_webhook_ca_and_uninstall_removes_the_registration() {
         "--reuse-values",
         "--set",
         "admission.mode=Warn",
+        "--set",
+        "webhook.timeoutSeconds=7",
     ]);
-    assert_eq!(ca_bundle(cp), first, "helm upgrade generated a new CA");
+    assert_eq!(
+        ca_bundle(cp),
+        applied,
+        "helm upgrade dropped the operator's caBundle"
+    );
+    let vwc = cp.kubectl_ok([
+        "get",
+        "validatingwebhookconfiguration",
+        "apiguard-upgrade",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let vwc: serde_json::Value = serde_json::from_str(&vwc).unwrap();
+    assert_eq!(
+        vwc["webhooks"][0]["timeoutSeconds"], 7,
+        "the upgrade applied"
+    );
+    assert!(
+        vwc["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["manager"] == CA_BUNDLE_FIELD_MANAGER && f["operation"] == "Apply"),
+        "{}",
+        vwc["metadata"]["managedFields"]
+    );
     let mode = cp.kubectl_ok([
         "-n",
         "chart-upgrade",

@@ -27,6 +27,7 @@ const VALUE_SETS: &[&[&str]] = &[
         "webhook.url=https://localhost:8443/validate",
         "webhook.caBundle=-----BEGIN CERTIFICATE-----",
     ],
+    &["webhook.url=https://127.0.0.1:8443/validate"],
     &["certManager.enabled=true"],
     &[
         "certManager.enabled=true",
@@ -272,20 +273,6 @@ fn the_schema_refuses_bad_values_naming_them() {
             "--set {set}: error does not name {needle}: {stderr}"
         );
     }
-    // A URL without the CA that signs its certificate cannot be called: say so.
-    let out = helm(&[
-        "template",
-        "apiguard",
-        chart.to_str().unwrap(),
-        "--set",
-        "webhook.url=https://localhost:8443/validate",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("webhook.caBundle"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -334,13 +321,23 @@ fn run_env_names() -> Vec<String> {
 fn the_deployment_sets_only_settings_apiguard_run_has() {
     let known = run_env_names();
     assert!(
-        known.iter().any(|n| n == "APIGUARD_TLS_CERT"),
-        "apiguard run --help lists no APIGUARD_TLS_CERT: {known:?}"
+        known.iter().any(|n| n == "APIGUARD_WEBHOOK_DNS_NAMES"),
+        "apiguard run --help lists no APIGUARD_WEBHOOK_DNS_NAMES: {known:?}"
     );
-    // Both the default (controller + webhook) and the webhook alone.
-    for values in [&[][..], &["controller.enabled=false"][..]] {
+    // The default (controller + webhook), the webhook alone, and cert-manager.
+    for values in [
+        &[][..],
+        &["controller.enabled=false"][..],
+        &["certManager.enabled=true"][..],
+    ] {
         check_deployment_env(&template(values), &known, values);
     }
+}
+
+fn env_value<'a>(env: &'a [Value], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["value"].as_str())
 }
 
 fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str]) {
@@ -369,11 +366,10 @@ fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str
         "APIGUARD_NO_CONTROLLER must be set exactly when controller.enabled=false ({values:?})"
     );
     for needed in [
-        "APIGUARD_TLS_CERT",
-        "APIGUARD_TLS_KEY",
         "APIGUARD_MODE",
         "APIGUARD_EXEMPT_NAMESPACES",
         "APIGUARD_OPERATOR_NAMESPACE",
+        "APIGUARD_CA_SECRET",
     ] {
         assert!(
             seen.contains(&needed),
@@ -382,26 +378,44 @@ fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str
     }
     if values.is_empty() {
         // The default runs the controller too: its settings must reach it.
-        for needed in [
-            "APIGUARD_ENVOY_IMAGE",
-            "APIGUARD_GATEWAY_REPLICAS",
-            "APIGUARD_CA_SECRET",
-        ] {
+        for needed in ["APIGUARD_ENVOY_IMAGE", "APIGUARD_GATEWAY_REPLICAS"] {
             assert!(
                 seen.contains(&needed),
                 "the default Deployment does not set {needed}"
             );
         }
     }
-    // The certificate files are where the serving Secret is mounted.
-    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
-    let cert = env
-        .iter()
-        .find(|v| v["name"] == "APIGUARD_TLS_CERT")
-        .unwrap()["value"]
-        .as_str()
-        .unwrap();
-    assert!(cert.starts_with(mount), "{cert} is not under {mount}");
+    if values.contains(&"certManager.enabled=true") {
+        // cert-manager's Secret is mounted; the certificate files are in it.
+        let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+        let cert = env_value(env, "APIGUARD_TLS_CERT").expect("APIGUARD_TLS_CERT");
+        assert!(cert.starts_with(mount), "{cert} is not under {mount}");
+        assert!(env_value(env, "APIGUARD_TLS_KEY").is_some());
+        assert!(env_value(env, "APIGUARD_WEBHOOK_CONFIG").is_none());
+    } else {
+        // The operator manages the certificate: no files, no mount; the SANs are the
+        // Service's names, the Secret and the webhook configuration the chart's own.
+        assert!(env_value(env, "APIGUARD_TLS_CERT").is_none());
+        assert!(container["volumeMounts"].is_null(), "{container}");
+        let service = manifests
+            .iter()
+            .find(|m| m.kind() == "Service" && m.name() == "apiguard")
+            .expect("the webhook Service");
+        let ns = service.namespace().unwrap();
+        assert_eq!(
+            env_value(env, "APIGUARD_WEBHOOK_DNS_NAMES"),
+            Some(format!("apiguard.{ns}.svc,apiguard.{ns}.svc.cluster.local").as_str())
+        );
+        let vwc = manifests
+            .iter()
+            .find(|m| m.kind() == "ValidatingWebhookConfiguration")
+            .unwrap();
+        assert_eq!(env_value(env, "APIGUARD_WEBHOOK_CONFIG"), Some(vwc.name()));
+        assert_eq!(
+            env_value(env, "APIGUARD_WEBHOOK_SECRET"),
+            Some("apiguard-webhook-tls")
+        );
+    }
     // The exempt namespaces always include the release's own.
     let exempt = env
         .iter()
@@ -413,6 +427,75 @@ fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str
         exempt.split(',').any(|ns| ns == "apiguard-system"),
         "{exempt}"
     );
+}
+
+/// The rules of `role` for `group`/`resource`: (resourceNames, verbs) each.
+fn grants(role: &Manifest, group: &str, resource: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    role.object["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            strings(&r["apiGroups"]).iter().any(|g| g == group)
+                && strings(&r["resources"]).iter().any(|x| x == resource)
+        })
+        .map(|r| (strings(&r["resourceNames"]), strings(&r["verbs"])))
+        .collect()
+}
+
+/// What `src/webhook/serving.rs` does: Secrets get (CA and serving), create, replace (update),
+/// watch by name (list + watch); the webhook configuration get, watch by name and server-side
+/// apply (patch) — exactly that, by name where Kubernetes allows it, and only in managed mode.
+#[test]
+fn rbac_grants_the_managed_serving_certificate_exactly_what_it_uses() {
+    for values in [
+        &[][..],
+        &["webhook.url=https://127.0.0.1:8443/validate"][..],
+    ] {
+        let manifests = template(values);
+        let role = manifests.iter().find(|m| m.kind() == "Role").unwrap();
+        let cluster_role = manifests
+            .iter()
+            .find(|m| m.kind() == "ClusterRole")
+            .unwrap();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            grants(role, "", "secrets"),
+            vec![
+                (vec![], s(&["create"])),
+                (s(&["apiguard-ca"]), s(&["get"])),
+                (
+                    s(&["apiguard-webhook-tls"]),
+                    s(&["get", "list", "watch", "update"])
+                ),
+            ],
+            "{values:?}"
+        );
+        assert_eq!(
+            grants(
+                cluster_role,
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations"
+            ),
+            vec![(s(&["apiguard"]), s(&["get", "list", "watch", "patch"]))],
+            "{values:?}: no create, so an uninstalled registration is never re-created"
+        );
+    }
+    for values in [
+        &["certManager.enabled=true"][..],
+        &["webhook.enabled=false"][..],
+    ] {
+        let manifests = template(values);
+        let role = manifests.iter().find(|m| m.kind() == "Role").unwrap();
+        assert!(grants(role, "", "secrets").is_empty(), "{values:?}");
+    }
 }
 
 #[test]
@@ -463,24 +546,13 @@ fn the_webhook_registration_matches_the_design() {
             "{ns} is not excluded: {excluded}"
         );
     }
-    // Chart-generated serving certificate: the Secret the pods mount holds it, and its CA is
-    // the caBundle.
-    let secret = manifests
-        .iter()
-        .find(|m| m.kind() == "Secret" && m.name() == "apiguard-webhook-tls")
-        .expect("the serving certificate Secret");
-    assert_eq!(
-        secret.object["data"]["ca.crt"],
-        hook["clientConfig"]["caBundle"]
+    // The operator manages the serving certificate: helm renders neither a certificate
+    // Secret nor a caBundle (a rendered one would be reset on every upgrade).
+    assert!(
+        !manifests.iter().any(|m| m.kind() == "Secret"),
+        "helm renders a Secret"
     );
-    for key in ["tls.crt", "tls.key"] {
-        assert!(
-            secret.object["data"][key]
-                .as_str()
-                .is_some_and(|v| v.len() > 100),
-            "{key}"
-        );
-    }
+    assert!(hook["clientConfig"]["caBundle"].is_null(), "{hook}");
     assert_eq!(hook["clientConfig"]["service"]["name"], "apiguard");
     assert_eq!(hook["clientConfig"]["service"]["path"], "/validate");
 
@@ -519,7 +591,18 @@ fn the_webhook_registration_matches_the_design() {
         );
     }
 
-    // With a URL: no in-cluster workload, the URL and its CA in the registration.
+    // With a URL and no caBundle (the tests' path): the operator there manages it.
+    let manifests = template(&["webhook.url=https://127.0.0.1:8443/validate"]);
+    let vwc = manifests
+        .iter()
+        .find(|m| m.kind() == "ValidatingWebhookConfiguration")
+        .unwrap();
+    let client = &vwc.object["webhooks"][0]["clientConfig"];
+    assert_eq!(client["url"], "https://127.0.0.1:8443/validate");
+    assert!(client["caBundle"].is_null(), "{client}");
+
+    // With a URL and your own certificate's CA: no in-cluster workload, the URL and the CA in
+    // the registration.
     let manifests = template(&[
         "webhook.url=https://localhost:8443/validate",
         "webhook.caBundle=PEM",

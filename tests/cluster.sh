@@ -10,9 +10,10 @@
 #   tests/cluster.sh down   stop it (and a playground's apiguard) and remove its state
 #   tests/cluster.sh apiguard-install DIR   into the running control plane of state dir DIR:
 #                           kubectl apply -f crds/, helm install the chart with webhook.url to a
-#                           local `apiguard run` (serving cert from `apiguard identity`, the chart's
-#                           ServiceAccount token, the chart Deployment's environment), started
-#                           and ready; state in DIR/apiguard/ (env file: DIR/apiguard/apiguard.env)
+#                           local `apiguard run` (the chart's ServiceAccount token, the chart
+#                           Deployment's environment plus the loopback SANs; it issues its own
+#                           serving certificate and sets the webhook's caBundle), started and
+#                           ready; state in DIR/apiguard/ (env file: DIR/apiguard/apiguard.env)
 #   tests/cluster.sh apiguard-start DIR / apiguard-stop DIR   (re)start or stop that process with
 #                           the release's current values (after `helm upgrade`)
 #   tests/cluster.sh run DIR  run in the foreground with state in DIR (empty or absent); writes
@@ -344,15 +345,18 @@ apiguard_start() { # DIR
   command -v curl >/dev/null || die "curl is needed to check apiguard's readiness"
   bin=$(apiguard_bin)
   local -a env=()
-  # What differs from a pod: loopback listeners and files instead of the mounted Secret.
+  local dns_names
+  # What differs from a pod: loopback listeners, and the loopback names the apiserver calls
+  # (webhook.url) added to the serving certificate's SANs.
   mapfile -t env < <(chart_env "$kubeconfig" |
-    grep -Ev '^(APIGUARD_WEBHOOK_ADDR|APIGUARD_ADMIN_ADDR|APIGUARD_TLS_CERT|APIGUARD_TLS_KEY)=')
+    grep -Ev '^(APIGUARD_WEBHOOK_ADDR|APIGUARD_ADMIN_ADDR|APIGUARD_WEBHOOK_DNS_NAMES)=')
   ((${#env[@]} > 0)) || die "the chart's Deployment has no environment"
+  dns_names=$(chart_env "$kubeconfig" | sed -n 's/^APIGUARD_WEBHOOK_DNS_NAMES=//p')
   env+=(
     "APIGUARD_WEBHOOK_ADDR=127.0.0.1:$WEBHOOK_PORT"
     "APIGUARD_ADMIN_ADDR=127.0.0.1:$ADMIN_PORT"
-    "APIGUARD_TLS_CERT=$state/tls/tls.crt"
-    "APIGUARD_TLS_KEY=$state/tls/tls.key"
+    "APIGUARD_WEBHOOK_DNS_NAMES=${dns_names:+$dns_names,}localhost"
+    "APIGUARD_WEBHOOK_IP_ADDRESSES=127.0.0.1"
     "KUBECONFIG=$state/operator.kubeconfig"
     "RUST_LOG=${RUST_LOG:-info}"
   )
@@ -380,7 +384,7 @@ apiguard_start() { # DIR
     sleep 0.2
   done
   pid=$(cat "$state/pid")
-  log "apiguard run ready (pid $pid): webhook https://localhost:$WEBHOOK_PORT/validate, admin http://127.0.0.1:$ADMIN_PORT, log $state/apiguard.log"
+  log "apiguard run ready (pid $pid): webhook $WEBHOOK_URL, admin http://127.0.0.1:$ADMIN_PORT, log $state/apiguard.log"
 }
 
 apiguard_stop() { # DIR
@@ -408,17 +412,13 @@ apiguard_install() { # DIR [extra helm install args...]
   local webhook_port admin_port
   free_port webhook_port
   free_port admin_port
-  # The webhook's serving certificate, from apiguard's own CA tooling; the apiserver reaches it
-  # as https://localhost:PORT (a DNS SAN).
-  rm -rf "$state/ca" "$state/tls"
-  "$bin" identity init-ca --out "$state/ca" >/dev/null
-  "$bin" identity issue --ca-dir "$state/ca" --out "$state/tls" --dns localhost --lifetime 720h \
-    --spiffe-id "spiffe://cluster.local/ns/$RELEASE_NS/sa/$RELEASE" >/dev/null
+  # The apiserver calls the local operator at https://127.0.0.1:PORT; the operator issues its
+  # serving certificate (IP SAN 127.0.0.1) from its CA and sets the webhook's caBundle, as in a
+  # cluster.
   {
     echo "WEBHOOK_PORT=$webhook_port"
     echo "ADMIN_PORT=$admin_port"
-    echo "WEBHOOK_URL=https://localhost:$webhook_port/validate"
-    echo "CA_BUNDLE=$state/ca/ca.crt"
+    echo "WEBHOOK_URL=https://127.0.0.1:$webhook_port/validate"
   } >"$state/apiguard.env"
 
   # What a user does (README, "Install"), plus the out-of-cluster webhook URL.
@@ -427,8 +427,7 @@ apiguard_install() { # DIR [extra helm install args...]
     -f "$ROOT/crds/" >&2
   "$helm" --kubeconfig "$kubeconfig" install "$RELEASE" "$ROOT/charts/apiguard" \
     -n "$RELEASE_NS" --create-namespace \
-    --set "webhook.url=https://localhost:$webhook_port/validate" \
-    --set-file "webhook.caBundle=$state/ca/ca.crt" \
+    --set "webhook.url=https://127.0.0.1:$webhook_port/validate" \
     --set "controller.enabled=$APIGUARD_CONTROLLER" "$@" >&2
 
   # The operator's credentials: a token of the chart's ServiceAccount, so it runs with exactly

@@ -225,8 +225,25 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
     assert!(
         vwc["webhooks"][0]["clientConfig"]["url"]
             .as_str()
-            .is_some_and(|u| u.starts_with("https://localhost:")),
+            .is_some_and(|u| u.starts_with("https://127.0.0.1:")),
         "{vwc}"
+    );
+    // No caBundle was given to helm: the operator set its CA (tests/e2e_serving_cert.rs covers
+    // the certificate's life in detail).
+    let ca = cp.kubectl_ok([
+        "-n",
+        "apiguard-system",
+        "get",
+        "secret",
+        "apiguard-ca",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(!ca.is_empty(), "no operator CA");
+    assert_eq!(
+        vwc["webhooks"][0]["clientConfig"]["caBundle"].as_str(),
+        Some(ca.as_str()),
+        "the webhook does not trust the operator CA"
     );
 
     // Every insecure example: refused naming its rule (or admitted with the warning), and the

@@ -10,6 +10,7 @@
 //! - [`issue`]: [`SpiffeId`] and leaf issuance ([`issue_leaf`]).
 //! - [`rotation`]: should a stored leaf Secret be kept (until when) or reissued (why).
 //! - [`bundle`]: the trust bundle and the CA rotation state machine.
+//! - [`serving`]: the webhook's own serving certificate (DNS/IP SANs) and when to renew it.
 //! - [`k8s`]: Secret/ConfigMap builders and race-free CA bootstrap against the apiserver.
 //! - [`cli`]: `apiguard identity init-ca|issue`, the same code paths offline.
 
@@ -20,6 +21,7 @@ pub mod issue;
 pub mod k8s;
 mod pem;
 pub mod rotation;
+pub mod serving;
 
 pub use bundle::{RotationState, RotationStep, TrustedRoot};
 pub use ca::{CaError, CertificateAuthority};

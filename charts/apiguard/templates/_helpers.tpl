@@ -17,3 +17,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," $ns -}}
 {{- end -}}
 {{- define "apiguard.servingSecret" -}}{{ include "apiguard.fullname" . }}-webhook-tls{{- end -}}
+{{- /* true when the operator issues its own webhook serving certificate and manages the
+       caBundle (not cert-manager, not a caBundle given with webhook.url). */ -}}
+{{- define "apiguard.managedServingCert" -}}
+{{- if and .Values.webhook.enabled (not .Values.certManager.enabled) (not (and .Values.webhook.url .Values.webhook.caBundle)) -}}true{{- end -}}
+{{- end -}}
