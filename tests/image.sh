@@ -3,15 +3,19 @@
 # registry), unpacks it with umoci and runs it with runc the way the chart's Deployment runs it:
 # the image's own user (65532) and entrypoint, read-only root filesystem, no capabilities, no
 # new privileges, the webhook certificate and a service-account token mounted read-only,
-# in-cluster configuration from KUBERNETES_SERVICE_HOST/PORT. Then it checks, in that container:
+# in-cluster configuration from KUBERNETES_SERVICE_HOST/PORT, the Deployment's environment.
+# It checks:
+#   - the build context: .dockerignore sends exactly the files the build stage copies;
 #   - the image config: user 65532:65532, ENTRYPOINT + CMD = `/usr/local/bin/apiguard run`
-#     (the chart's `args: [run]` replaces CMD), exposed ports 8080 and 8443;
-#   - `apiguard --version`; `apiguard lint` of a mounted insecure example (exit 1, APG001) and
-#     of a secure one (exit 0); the root filesystem really is read-only for it;
-#   - `apiguard run --no-controller` against the control plane of KUBECONFIG: /healthz and
-#     /readyz answer, /metrics is served, the webhook (HTTPS, the mounted certificate) denies the
-#     insecure example with APG001, the process runs as uid/gid 65532 with no capabilities, and
-#     it exits 0 on SIGTERM.
+#     (the chart's `args: [run]` replaces CMD), exposed ports 8080 and 8443, HOME;
+#   - in the container: `apiguard --version`; `apiguard lint` of a mounted insecure example
+#     (exit 1, APG001) and of a secure one (exit 0); a write to the root is refused;
+#   - `apiguard run` (the image's CMD: controller and webhook, the chart's defaults) against the
+#     control plane of KUBECONFIG, in an operator namespace of its own: /readyz, /healthz and
+#     /metrics answer; it takes the controller Lease and creates the operator CA Secret; the
+#     webhook (HTTPS, the mounted certificate) denies the APG001 example; the process runs as
+#     uid/gid 65532 with no capabilities and no-new-privileges; as PID 1 it exits 0 on SIGTERM;
+#     it logs no error.
 #
 # What differs from `docker build` of the Dockerfile, because there is no registry here:
 #   - the build stage is not run: the binary is BINARY (cargo's glibc build on this Debian 12
@@ -21,11 +25,13 @@
 #     /tmp, CA certificates, and the shared libraries BINARY links (ldd: glibc, libgcc, libm);
 #   - the Dockerfile's final stage is built as written, its two external inputs rewritten:
 #     `FROM <base>` to the local base, `COPY --from=build /apiguard` to BINARY.
+# The network namespace is the host's (the control plane listens on its loopback), and the
+# service-account token is KUBECONFIG's (the chart's RBAC is tested by tests/e2e_journey.rs).
 #
 # Usage: tests/image.sh BINARY KUBECONFIG [WORKDIR]   (WORKDIR default: target/image)
-#   KUBECONFIG: a running control plane (tests/cluster.sh up; the Rust test tests/image.rs
-#   starts its own); the CRDs of crds/ are applied to it. Needs buildah, umoci, runc, jq, curl,
-#   kubectl (tests/tools.sh container installs the first three) and root (runc).
+#   KUBECONFIG: a running control plane whose user has a bearer token (tests/cluster.sh up;
+#   tests/image.rs starts its own); the CRDs of crds/ are applied to it. Needs root (runc),
+#   buildah, umoci, runc, jq (`tests/tools.sh container` installs them), curl and kubectl.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,10 +59,16 @@ done
 [[ $(id -u) -eq 0 ]] || die "runc needs root here (no rootless setup)"
 
 CONTAINER="apiguard-image-$$"
+# The operator's namespace (its Lease and CA Secret), removed at the end.
+OPERATOR_NS="apiguard-image-$$"
+ns_created=false
 cleanup() {
   if runc state "$CONTAINER" >/dev/null 2>&1; then
     runc kill "$CONTAINER" KILL >/dev/null 2>&1 || true
     runc delete --force "$CONTAINER" >/dev/null 2>&1 || true
+  fi
+  if $ns_created; then
+    kubectl --kubeconfig "$KUBECONFIG_FILE" delete namespace "$OPERATOR_NS" --wait=false >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -151,7 +163,7 @@ secrets="$WORK/secrets"
 mkdir -p "$secrets/tls" "$secrets/serviceaccount"
 "$BINARY" identity init-ca --out "$WORK/ca" >/dev/null
 "$BINARY" identity issue --ca-dir "$WORK/ca" --out "$secrets/tls" --dns localhost \
-  --spiffe-id "spiffe://cluster.local/ns/apiguard-system/sa/apiguard" >/dev/null
+  --spiffe-id "spiffe://cluster.local/ns/$OPERATOR_NS/sa/apiguard" >/dev/null
 kc() { kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 server=$(kc config view --minify -o jsonpath='{.clusters[0].cluster.server}')
 [[ "$server" =~ ^https://([^:/]+):([0-9]+)/?$ ]] || die "kubeconfig server '$server' is not https://HOST:PORT"
@@ -167,11 +179,13 @@ else
   kc config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
     base64 -d >"$secrets/serviceaccount/ca.crt"
 fi
-printf 'apiguard-system' >"$secrets/serviceaccount/namespace"
+printf '%s' "$OPERATOR_NS" >"$secrets/serviceaccount/namespace"
 # What fsGroup 65532 does for the pod's volumes.
 chown -R "$UID_GID:$UID_GID" "$secrets"
 kc apply -f "$ROOT/crds/" >/dev/null
 kc wait --for=condition=Established --timeout=60s -f "$ROOT/crds/" >/dev/null
+kc create namespace "$OPERATOR_NS" >/dev/null
+ns_created=true
 
 free_port() { # VAR
   local p i
@@ -198,15 +212,19 @@ mounts=$(jq -s '.' <(bind "$secrets/tls" /var/run/apiguard/tls) \
   <(bind "$secrets/serviceaccount" /var/run/secrets/kubernetes.io/serviceaccount) \
   <(bind "$ROOT/examples" /examples) <(bind /etc/hosts /etc/hosts) \
   <(bind /etc/resolv.conf /etc/resolv.conf))
-env_json=$(jq -n --arg host "$api_host" --arg port "$api_port" \
+# The chart Deployment's environment with its default values (listen addresses on loopback).
+env_json=$(jq -n --arg host "$api_host" --arg port "$api_port" --arg ns "$OPERATOR_NS" \
   --arg webhook "127.0.0.1:$webhook_port" --arg admin "127.0.0.1:$admin_port" '[
   "KUBERNETES_SERVICE_HOST=\($host)", "KUBERNETES_SERVICE_PORT=\($port)",
-  "POD_NAMESPACE=apiguard-system", "POD_NAME=apiguard-image-test",
-  "APIGUARD_OPERATOR_NAMESPACE=apiguard-system",
+  "POD_NAMESPACE=\($ns)", "POD_NAME=apiguard-image-test",
+  "APIGUARD_OPERATOR_NAMESPACE=\($ns)",
   "APIGUARD_WEBHOOK_ADDR=\($webhook)", "APIGUARD_ADMIN_ADDR=\($admin)",
   "APIGUARD_TLS_CERT=/var/run/apiguard/tls/tls.crt", "APIGUARD_TLS_KEY=/var/run/apiguard/tls/tls.key",
   "APIGUARD_TRUST_DOMAIN=cluster.local", "APIGUARD_MODE=Enforce",
-  "APIGUARD_LOG_FORMAT=json", "APIGUARD_NO_CONTROLLER=true"]')
+  "APIGUARD_EXEMPT_NAMESPACES=kube-system,kube-public,kube-node-lease,\($ns)",
+  "APIGUARD_LOG_FORMAT=json",
+  "APIGUARD_ENVOY_IMAGE=docker.io/envoyproxy/envoy:v1.40.0", "APIGUARD_GATEWAY_REPLICAS=2",
+  "APIGUARD_CA_SECRET=apiguard-ca"]')
 runtime_config() { # ARGS...: the container's args after the entrypoint
   local args
   args=$(printf '%s\n' "$@" | jq -R . | jq -s -c .) # (no argument has a newline)
@@ -243,7 +261,7 @@ expect_run 1 "deny APG001" lint /examples/insecure/APG001-cors-wildcard-origin.y
 expect_run 0 "0 finding(s)" lint /examples/public-consumer-api.yaml
 expect_run 2 "Read-only file system" identity init-ca --out /tmp/ca
 
-# --- the operator: `apiguard run` (the image's CMD), webhook only ------------------------------
+# --- the operator: `apiguard run` (the image's CMD), controller and webhook ---------------------
 runtime_config run
 runc run --bundle "$WORK/bundle" "$CONTAINER" >"$WORK/run.log" 2>&1 &
 runc_pid=$!
@@ -258,6 +276,19 @@ log "ok: /readyz answers (webhook cache synced from the control plane, in-cluste
 expect "/healthz" "$(curl -fsS -o /dev/null -w '%{http_code}' "$admin/healthz")" 200
 curl -fsS "$admin/metrics" | grep -q '^# TYPE ' || die "/metrics serves no Prometheus metrics"
 log "ok: /metrics serves Prometheus metrics"
+eventually() { # WHAT EXPECTED COMMAND...: COMMAND's output becomes EXPECTED within 60 s
+  local what=$1 want=$2 got deadline=$((SECONDS + 60))
+  shift 2
+  until got=$("$@" 2>/dev/null) && [[ "$got" == "$want" ]]; do
+    ((SECONDS < deadline)) || die "$what: '${got-}' after 60 s, expected '$want':"$'\n'"$(cat "$WORK/run.log")"
+    sleep 0.5
+  done
+  log "ok: $what = $got"
+}
+eventually "holder of Lease $OPERATOR_NS/apiguard-controller" apiguard-image-test \
+  kc -n "$OPERATOR_NS" get lease apiguard-controller -o jsonpath='{.spec.holderIdentity}'
+eventually "type of the operator CA Secret $OPERATOR_NS/apiguard-ca" kubernetes.io/tls \
+  kc -n "$OPERATOR_NS" get secret apiguard-ca -o jsonpath='{.type}'
 
 pid=$(runc state "$CONTAINER" | jq -r '.pid')
 status=$(cat "/proc/$pid/status")
