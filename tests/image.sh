@@ -2,7 +2,7 @@
 # Builds the operator image from the Dockerfile's final stage with buildah (no daemon, no
 # registry), unpacks it with umoci and runs it with runc the way the chart's Deployment runs it:
 # the image's own user (65532) and entrypoint, read-only root filesystem, no capabilities, no
-# new privileges, the webhook certificate and a service-account token mounted read-only,
+# new privileges, seccomp (the containers-common default profile), the webhook certificate and a service-account token mounted read-only,
 # in-cluster configuration from KUBERNETES_SERVICE_HOST/PORT, the Deployment's environment.
 # It checks:
 #   - the build context: .dockerignore sends exactly the files the build stage copies;
@@ -14,7 +14,7 @@
 #     control plane of KUBECONFIG, in an operator namespace of its own: /readyz, /healthz and
 #     /metrics answer; it takes the controller Lease and creates the operator CA Secret; the
 #     webhook (HTTPS, the mounted certificate) denies the APG001 example; the process runs as
-#     uid/gid 65532 with no capabilities and no-new-privileges; as PID 1 it exits 0 on SIGTERM;
+#     uid/gid 65532 with no capabilities, no-new-privileges and a seccomp filter; as PID 1 it exits 0 on SIGTERM;
 #     it logs no error.
 #
 # What differs from `docker build` of the Dockerfile, because there is no registry here:
@@ -203,8 +203,8 @@ free_port admin_port
 [[ $webhook_port != "$admin_port" ]] || free_port admin_port
 
 # --- the runtime config: the image's, hardened like the chart's securityContext -----------------
-# The image's user, HOME and PATH stay; root read-only, no capabilities, no new privileges, no
-# network namespace (the host's loopback, where the control plane listens).
+# The image's user, HOME and PATH stay; root read-only, no capabilities, no new privileges,
+# seccomp, no network namespace (the host's loopback, where the control plane listens).
 bind() { # SOURCE DESTINATION
   jq -n --arg s "$1" --arg d "$2" '{destination: $d, type: "bind", source: $s, options: ["rbind", "ro"]}'
 }
@@ -225,10 +225,24 @@ env_json=$(jq -n --arg host "$api_host" --arg port "$api_port" --arg ns "$OPERAT
   "APIGUARD_LOG_FORMAT=json",
   "APIGUARD_ENVOY_IMAGE=docker.io/envoyproxy/envoy:v1.40.0", "APIGUARD_GATEWAY_REPLICAS=2",
   "APIGUARD_CA_SECRET=apiguard-ca"]')
+# seccomp RuntimeDefault: the default profile of Podman and CRI-O (containers-common, a
+# dependency of buildah), in OCI form for amd64 and a process without capabilities.
+SECCOMP_PROFILE=/usr/share/containers/seccomp.json
+[[ -f $SECCOMP_PROFILE ]] || die "$SECCOMP_PROFILE (package golang-github-containers-common) is missing"
+seccomp=$(jq -c '
+  def applies: ((.includes.arches // []) as $a | $a == [] or ($a | index("amd64") != null))
+    and ((.includes.caps // []) == []);
+  {defaultAction, defaultErrnoRet,
+   architectures: [.archMap[] | select(.architecture == "SCMP_ARCH_X86_64") | .architecture, .subArchitectures[]],
+   syscalls: [.syscalls[] | select(applies)
+     | {names, action}
+       + (if (.args // []) != [] then {args} else {} end)
+       + (if .errnoRet != null then {errnoRet} else {} end)]}' "$SECCOMP_PROFILE")
 runtime_config() { # ARGS...: the container's args after the entrypoint
   local args
   args=$(printf '%s\n' "$@" | jq -R . | jq -s -c .) # (no argument has a newline)
-  jq --argjson args "$args" --argjson mounts "$mounts" --argjson env "$env_json" '
+  jq --argjson args "$args" --argjson mounts "$mounts" --argjson env "$env_json" \
+    --argjson seccomp "$seccomp" '
     .process.terminal = false
     | .process.args = [.process.args[0]] + $args
     | .process.env = [.process.env[] | select(startswith("TERM=") | not)] + $env
@@ -236,6 +250,7 @@ runtime_config() { # ARGS...: the container's args after the entrypoint
     | .process.capabilities = {bounding: [], effective: [], inheritable: [], permitted: [], ambient: []}
     | .root.readonly = true
     | .linux.namespaces = [.linux.namespaces[] | select(.type != "network")]
+    | .linux.seccomp = $seccomp
     | .mounts += $mounts
     | .hostname = "apiguard-image-test"' "$image_config" >"$WORK/bundle/config.json"
 }
@@ -296,6 +311,7 @@ expect "process uids" "$(awk '/^Uid:/{print $2, $3, $4, $5}' <<<"$status")" "$UI
 expect "process gids" "$(awk '/^Gid:/{print $2, $3, $4, $5}' <<<"$status")" "$UID_GID $UID_GID $UID_GID $UID_GID"
 expect "effective capabilities" "$(awk '/^CapEff:/{print $2}' <<<"$status")" 0000000000000000
 expect "no new privileges" "$(awk '/^NoNewPrivs:/{print $2}' <<<"$status")" 1
+expect "seccomp mode (2: filter)" "$(awk '/^Seccomp:/{print $2}' <<<"$status")" 2
 
 object=$(kc create --dry-run=client -o json -f "$ROOT/examples/insecure/APG001-cors-wildcard-origin.yaml")
 review=$(jq -n --argjson o "$object" '{
