@@ -5,7 +5,8 @@
 # whose binary and build stamp are present is not rebuilt, so a warm run takes seconds.
 # Writes target/tools/env.sh exporting the APIGUARD_* paths the tests read.
 #
-# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy]...   (no argument: all of them)
+# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container]...   (no argument: all of them)
+# (`container`: the Debian packages tests/image.sh runs, apt-get installed when missing.)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -211,6 +212,28 @@ build_envoy() {
   echo "$stamp" >"$ENVOY_DIR/.stamp"
 }
 
+# --- container tools for tests/image.sh ------------------------------------------------------
+# Debian packages, not built: buildah builds the Dockerfile's final stage, umoci unpacks the
+# image into a runtime bundle, runc runs it, jq edits its config. apt-get runs only when one of
+# them is missing (the lists are refreshed only when the install fails without it).
+CONTAINER_TOOLS=(buildah umoci runc jq)
+install_container_tools() {
+  local missing=() t
+  for t in "${CONTAINER_TOOLS[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "container tools: present (${CONTAINER_TOOLS[*]})"
+    return 0
+  fi
+  command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]] ||
+    die "tests/image.sh needs ${missing[*]}: install them (Debian 12: apt-get install ${CONTAINER_TOOLS[*]})"
+  log "container tools: apt-get install ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  for t in "${missing[@]}"; do command -v "$t" >/dev/null || die "apt-get installed no $t"; done
+}
+
 write_env() {
   mkdir -p "$TOOLS"
   cat >"$TOOLS/env.sh.tmp" <<EOF
@@ -226,18 +249,19 @@ EOF
 
 main() {
   local selected=("$@") t
-  [[ ${#selected[@]} -gt 0 ]] || selected=(envoy helm etcd kubernetes)
+  [[ ${#selected[@]} -gt 0 ]] || selected=(envoy helm etcd kubernetes container)
   for t in "${selected[@]}"; do
     case "$t" in
       kubernetes | kube-apiserver | kube-controller-manager) timed "kubernetes $KUBE_VERSION" build_kubernetes ;;
       etcd) timed "etcd $ETCD_VERSION" build_etcd ;;
       helm) timed "helm $HELM_VERSION" build_helm ;;
       envoy) timed "envoy $ENVOY_VERSION" build_envoy ;;
+      container) timed "container tools" install_container_tools ;;
       -h | --help)
         sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
-      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy)" ;;
+      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container)" ;;
     esac
   done
   write_env
