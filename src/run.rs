@@ -429,9 +429,14 @@ async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> 
         _ => None,
     };
     // kube's error text already carries its causes; `context` would repeat them.
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("connecting to Kubernetes (in-cluster service account, or KUBECONFIG): {e}")
-    })?;
+    let requests = crate::kube_client::register(&*metrics);
+    let client = crate::kube_client::counted_client(requests)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "connecting to Kubernetes (in-cluster service account, or KUBECONFIG): {e}"
+            )
+        })?;
     let controller_task = (!args.no_controller)
         .then(|| start_controller(&args, client.clone(), &metrics, &readiness, &stop_rx));
     let resolver: Option<Arc<dyn rustls::server::ResolvesServerCert>> = match tls {

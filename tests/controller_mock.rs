@@ -337,11 +337,10 @@ async fn create_applies_every_child_with_owner_and_writes_ready_status() {
     assert_eq!(
         lines(&calls),
         vec![
+            // Read once (to keep or renew the certificates), then written without a second look.
             format!("GET {secrets}/payments-apiguard-gateway-identity"),
             format!("GET {secrets}/payments-apiguard-target-identity"),
-            format!("GET {secrets}/payments-apiguard-gateway-identity"),
             format!("PATCH {secrets}/payments-apiguard-gateway-identity"),
-            format!("GET {secrets}/payments-apiguard-target-identity"),
             format!("PATCH {secrets}/payments-apiguard-target-identity"),
             format!("GET {cms}/apiguard-trust-bundle"),
             format!("PATCH {cms}/apiguard-trust-bundle"),

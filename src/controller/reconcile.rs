@@ -314,12 +314,16 @@ impl Context {
         Ok(ca)
     }
 
+    /// Applies `obj` unless it is unchanged since our last write; refuses objects someone else
+    /// owns. `just_read`: the object's metadata as this reconcile already read it (`Some(None)`:
+    /// it does not exist), so it is not asked for again.
     async fn ensure<K>(
         &self,
         store: &Store<PartialObjectMeta<K>>,
         obj: &K,
         policy_uid: &str,
         shared: bool,
+        just_read: Option<Option<&ObjectMeta>>,
     ) -> Applied
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -334,8 +338,14 @@ impl Context {
         let name = obj.name_any();
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let key = format!("{kind}/{ns}/{name}");
-        let meta = match store.get(&ObjectRef::new(&name).within(&ns)) {
-            Some(m) => Some(m.metadata.clone()),
+        let cached = match just_read {
+            Some(read) => Some(read.cloned()),
+            None => store
+                .get(&ObjectRef::new(&name).within(&ns))
+                .map(|m| Some(m.metadata.clone())),
+        };
+        let meta = match cached {
+            Some(m) => m,
             None => match api.get_metadata_opt(&name).await {
                 Ok(m) => m.map(|m| m.metadata),
                 Err(e) => {
@@ -1038,6 +1048,12 @@ async fn program(
     };
     let lifetime = ctx.config.leaf_lifetime;
     let existing_gw = read_secret(ctx, &ns, &gateway_secret).await?;
+    // What this reconcile read, so applying the Secrets does not read them again.
+    let mut just_read: HashMap<String, Option<ObjectMeta>> = HashMap::new();
+    just_read.insert(
+        gateway_secret.clone(),
+        existing_gw.as_ref().map(|s| s.metadata.clone()),
+    );
     let gateway_leaf = certs::plan_leaf(existing_gw.as_ref(), &expected_gateway, ca, lifetime, now);
     let mut leaves = Vec::new();
     let gateway_leaf = match gateway_leaf {
@@ -1057,6 +1073,10 @@ async fn program(
     let want_target_leaf = mtls != EastWestMtls::Disabled;
     if want_target_leaf {
         let existing = read_secret(ctx, &ns, &target_secret).await?;
+        just_read.insert(
+            target_secret.clone(),
+            existing.as_ref().map(|s| s.metadata.clone()),
+        );
         match certs::plan_leaf(existing.as_ref(), &expected_target, ca, lifetime, now) {
             Ok(l) => leaves.push(("workload", target_secret.clone(), l)),
             Err(e) => {
@@ -1143,7 +1163,15 @@ async fn program(
     let c = &ctx.children;
     let (mut gw_t, mut cert_t, mut net_t) = (Tally::default(), Tally::default(), Tally::default());
     for (group, s) in &desired.secrets {
-        let a = ctx.ensure(&c.secrets, s, uid, false).await;
+        let a = ctx
+            .ensure(
+                &c.secrets,
+                s,
+                uid,
+                false,
+                just_read.get(&s.name_any()).map(|m| m.as_ref()),
+            )
+            .await;
         match group {
             Group::Certificates => cert_t.add(a, out.failures),
             _ => gw_t.add(a, out.failures),
@@ -1163,27 +1191,31 @@ async fn program(
         ..anchor
     }]);
     cert_t.add(
-        ctx.ensure(&c.config_maps, &bundle_cm, uid, true).await,
+        ctx.ensure(&c.config_maps, &bundle_cm, uid, true, None)
+            .await,
         out.failures,
     );
     for (_, cm) in &desired.config_maps {
         gw_t.add(
-            ctx.ensure(&c.config_maps, cm, uid, false).await,
+            ctx.ensure(&c.config_maps, cm, uid, false, None).await,
             out.failures,
         );
     }
     for d in &desired.deployments {
         gw_t.add(
-            ctx.ensure(&c.deployments, d, uid, false).await,
+            ctx.ensure(&c.deployments, d, uid, false, None).await,
             out.failures,
         );
     }
     for s in &desired.services {
-        gw_t.add(ctx.ensure(&c.services, s, uid, false).await, out.failures);
+        gw_t.add(
+            ctx.ensure(&c.services, s, uid, false, None).await,
+            out.failures,
+        );
     }
     for np in &desired.network_policies {
         net_t.add(
-            ctx.ensure(&c.network_policies, np, uid, false).await,
+            ctx.ensure(&c.network_policies, np, uid, false, None).await,
             out.failures,
         );
     }
