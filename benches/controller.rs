@@ -271,6 +271,29 @@ async fn main() {
         .sum();
     let total: f64 = per_verb.iter().map(|(_, v)| v).sum();
 
+    // "Nothing changing": also wait for kube-controller-manager to have processed every gateway
+    // Deployment (its status writes are watch events the operator receives and drops).
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), NS);
+    let settle_deadline = Instant::now() + Duration::from_secs(180);
+    let settled_after = loop {
+        let settled = deployments
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items.len() == n
+                    && l.items.iter().all(|d| {
+                        d.status.as_ref().and_then(|s| s.observed_generation)
+                            == d.metadata.generation
+                    })
+            })
+            .unwrap_or(false);
+        if settled || Instant::now() > settle_deadline {
+            break settled.then(|| start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    peak = peak.max(rss(pid).1);
+
     let ticks_before = cpu_ticks(pid);
     let applies_steady_before = requests(&client, "APPLY").await;
     tokio::time::sleep(steady).await;
@@ -306,6 +329,13 @@ async fn main() {
         idle_rss / 1024,
         peak / 1024
     );
+    match settled_after {
+        Some(t) => println!(
+            "  gateway Deployments observed by kube-controller-manager after {:.1} s",
+            t.as_secs_f64()
+        ),
+        None => println!("  (kube-controller-manager had not observed every Deployment in 180 s)"),
+    }
     println!(
         "  steady state over {:>3} s: RSS {:>5} MiB, CPU {:>5.1} %, applies {steady_applies}",
         steady.as_secs(),

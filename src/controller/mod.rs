@@ -93,7 +93,7 @@ where
     .default_backoff()
     // Only names, labels, owners and resourceVersions are read: managedFields would be most of
     // the memory of a metadata cache.
-    .modify(|o: &mut PartialObjectMeta<K>| o.metadata.managed_fields = None)
+    .modify(|o: &mut PartialObjectMeta<K>| slim_meta(&mut o.metadata))
     // A Deployment's status churn (its controller's writes) is not a change of ours: only
     // updates that change what we wrote re-trigger the policy. Deletions always do.
     .filter(move |event| {
@@ -219,10 +219,21 @@ fn slim_pod(pod: &mut Pod) {
     pod.status = None;
 }
 
-/// Keeps of a Service what rendering reads (selector, ports, type): not its status or
-/// managedFields.
+/// `kubectl apply` keeps a copy of the whole object in this annotation: never read here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reconcile reads from a cached object's metadata (often most of its size).
+fn slim_meta(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// Keeps of a Service what rendering reads (selector, ports, type): not its status,
+/// managedFields or last-applied copy.
 fn slim_service(svc: &mut Service) {
-    svc.metadata.managed_fields = None;
+    slim_meta(&mut svc.metadata);
     svc.status = None;
 }
 
@@ -360,7 +371,14 @@ pub async fn run_controller(
         pod_writer,
     );
 
-    let controller = Controller::new(policies_api.clone(), watcher::Config::default()).with_config(
+    // The policies, cached without managedFields or kubectl's last-applied copy.
+    let (policy_reader, policy_writer) = reflector::store::<ApiSecurityPolicy>();
+    let policy_stream = watcher(policies_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(|p: &mut ApiSecurityPolicy| slim_meta(&mut p.metadata))
+        .reflect(policy_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(policy_stream, policy_reader).with_config(
         kube::runtime::controller::Config::default()
             .concurrency(config.concurrency)
             .debounce(config.debounce),
