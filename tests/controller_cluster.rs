@@ -363,6 +363,102 @@ async fn a_policy_before_its_service_waits_with_target_not_found_then_becomes_re
     .await;
 }
 
+/// The SPIFFE ID in the target identity Secret of policy `name`.
+async fn target_spiffe_id(client: &Client, ns: &str, name: &str) -> Option<String> {
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{name}-apiguard-target-identity"))
+        .await
+        .ok()??;
+    s.annotations().get("apiguard.dev/spiffe-id").cloned()
+}
+
+async fn create_pod(client: &Client, ns: &str, name: &str, app: &str, sa: &str) {
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns);
+    let account = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount {ns}/{sa}: {e}"),
+    }
+    // No kubelet here: the pod stays Pending, which is all the controller looks at.
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"serviceAccountName": sa, "automountServiceAccountToken": false,
+            "containers": [{"name": "api", "image": "example.invalid/api:1"}]},
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating Pod {ns}/{name}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_target_certificate_follows_the_pods_service_account() {
+    let _op = operator();
+    with_temp_ns(|client, ns| async move {
+        create_service(&client, &ns, "api").await;
+        create_pod(&client, &ns, "api-1", "api", "api-v1").await;
+        create_policy(&client, &ns, "orders", "api").await;
+        wait_condition(&client, &ns, "orders", "Ready", "True", None).await;
+        let v1 = format!("spiffe://cluster.local/ns/{ns}/sa/api-v1");
+        assert_eq!(target_spiffe_id(&client, &ns, "orders").await, Some(v1));
+        // A rollout to a new service account: the newer pod's identity wins, with no edit of
+        // the policy (the pod watch brings it back).
+        tokio::time::sleep(Duration::from_millis(1100)).await; // a newer creationTimestamp
+        create_pod(&client, &ns, "api-2", "api", "api-v2").await;
+        let v2 = format!("spiffe://cluster.local/ns/{ns}/sa/api-v2");
+        eventually(WAIT, "target certificate for api-v2", || async {
+            (target_spiffe_id(&client, &ns, "orders").await.as_deref() == Some(v2.as_str()))
+                .then_some(())
+        })
+        .await;
+        let p = wait_condition(&client, &ns, "orders", "Ready", "True", None).await;
+        let certs = &p.status.as_ref().unwrap().certificates;
+        assert!(certs.iter().any(|c| c.spiffe_id == v2), "{certs:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trust_bundle_passes_to_the_next_oldest_policy_when_its_owner_goes() {
+    let _op = operator();
+    with_temp_ns(|client, ns| async move {
+        create_service(&client, &ns, "a").await;
+        create_service(&client, &ns, "b").await;
+        let first = create_policy(&client, &ns, "first", "a").await;
+        wait_condition(&client, &ns, "first", "Ready", "True", None).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await; // a newer creationTimestamp
+        let second = create_policy(&client, &ns, "second", "b").await;
+        wait_condition(&client, &ns, "second", "Ready", "True", None).await;
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let owners = |cm: &ConfigMap| {
+            cm.owner_references()
+                .iter()
+                .map(|o| o.uid.clone())
+                .collect::<Vec<_>>()
+        };
+        let bundle = cms.get("apiguard-trust-bundle").await.unwrap();
+        assert_eq!(owners(&bundle), vec![first.uid().unwrap()]);
+        Api::<ApiSecurityPolicy>::namespaced(client.clone(), &ns)
+            .delete("first", &DeleteParams::default())
+            .await
+            .unwrap();
+        let want = vec![second.uid().unwrap()];
+        eventually(WAIT, "bundle owned by the second policy", || async {
+            let cm = cms.get_opt("apiguard-trust-bundle").await.ok()??;
+            (owners(&cm) == want).then_some(())
+        })
+        .await;
+        // And it stays (the garbage collector does not take it with the first policy).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cm = cms.get("apiguard-trust-bundle").await.unwrap();
+        assert_eq!(owners(&cm), want);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_someone_else_made_is_not_taken_over() {
     let _op = operator();
