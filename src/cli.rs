@@ -26,7 +26,7 @@ pub enum Command {
     /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
     Render(crate::render::cli::RenderArgs),
     /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
-    Run(crate::run::RunArgs),
+    Run(Box<crate::run::RunArgs>),
 }
 
 pub fn main() -> ExitCode {
@@ -55,6 +55,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::render::cli::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => crate::run::run(args),
+        Command::Run(args) => crate::run::run(*args),
     }
 }
