@@ -501,3 +501,63 @@ async fn rerender_changes_enforcement_without_restart() {
     let all = info["uptime_all_epochs"].as_str().unwrap_or("");
     assert_eq!(uptime, all, "same Envoy process epoch (no restart)");
 }
+
+/// The certificate Envoy presents on its listener, as PEM (openssl s_client).
+fn served_certificate(port: u16) -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-showcerts",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client (Debian package openssl)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate from 127.0.0.1:{port}: {text}"));
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    format!("{}-----END CERTIFICATE-----\n", &text[start..end])
+}
+
+fn first_pem(pem: &str) -> String {
+    let start = pem.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = pem[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    format!("{}-----END CERTIFICATE-----\n", &pem[start..end])
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_restart() {
+    // Certificates are renewed by rewriting the mounted files (the controller updates the
+    // ConfigMap and Secret; the kubelet swaps the files). The listener must pick the new one up:
+    // the same file names in an otherwise identical listener would not make Envoy reload it.
+    let issuer = Issuer::new("test-key");
+    let upstream = echo_upstream().await;
+    let m = manifests(&issuer.jwks(), "Enforce", 3);
+    let gateway = Gateway::start(&m, upstream.addr).await;
+    let cert_file = gateway.envoy_dir().join("server.crt");
+    let first = std::fs::read_to_string(&cert_file).unwrap();
+    assert_eq!(served_certificate(gateway.port), first_pem(&first));
+    let before = gateway.counter("listener_manager.lds.update_success").await;
+    // Same policy, a new certificate (the render issues a fresh leaf, as a renewal does).
+    gateway.render(&m);
+    let renewed = std::fs::read_to_string(&cert_file).unwrap();
+    assert_ne!(first, renewed, "the re-render issued a new certificate");
+    gateway.wait_listener_update(before).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let served = served_certificate(gateway.port);
+        if served == first_pem(&renewed) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Envoy still serves the old certificate 20 s after the renewal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = gateway.send(&Request::get("/healthz")).await;
+    assert_ne!(r.status, 0);
+}

@@ -99,6 +99,67 @@ fn rendering_is_deterministic_and_the_hash_follows_the_config() {
     }
 }
 
+/// The `apiguard.dev` metadata of the listener and of the target cluster.
+fn certificate_metadata(g: &RenderedGateway) -> (serde_json::Value, serde_json::Value) {
+    let lds: serde_json::Value = serde_json::from_str(&g.files[LDS_FILE].contents).unwrap();
+    let cds: serde_json::Value = serde_json::from_str(&g.files[CDS_FILE].contents).unwrap();
+    let target = cds["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "target")
+        .cloned()
+        .unwrap_or_default();
+    (
+        lds["resources"][0]["metadata"]["filter_metadata"]["apiguard.dev"].clone(),
+        target["metadata"]["filter_metadata"]["apiguard.dev"].clone(),
+    )
+}
+
+#[test]
+fn a_renewed_certificate_changes_the_listener_or_cluster_that_reads_it() {
+    // Envoy reads certificate files when it builds a listener/cluster; only a changed resource
+    // is rebuilt, so a renewal must change the resource (tests/envoy_gateway.rs shows it live).
+    let f = example("internal-east-west.yaml");
+    let (listener, cluster) = certificate_metadata(&f.render().unwrap());
+    assert!(
+        listener["certificates"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        cluster["certificates"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    let mut served = example("internal-east-west.yaml");
+    served.identity.server_cert_pem = "RENEWED-SERVER-CERT".into();
+    let (l2, c2) = certificate_metadata(&served.render().unwrap());
+    assert_ne!(
+        listener, l2,
+        "server certificate renewed: the listener changes"
+    );
+    assert_eq!(cluster, c2, "the cluster does not");
+
+    let mut upstream = example("internal-east-west.yaml");
+    upstream.identity.upstream.as_mut().unwrap().cert_pem = "RENEWED-UPSTREAM".into();
+    let (l3, c3) = certificate_metadata(&upstream.render().unwrap());
+    assert_eq!(listener, l3, "the listener does not");
+    assert_ne!(
+        cluster, c3,
+        "upstream certificate renewed: the target cluster changes"
+    );
+
+    // A new key alone is not hashed (keys stay out of the ConfigMap's files); renewals always
+    // come with a new certificate.
+    let mut key = example("internal-east-west.yaml");
+    key.identity.server_key_pem = "OTHER-KEY".into();
+    assert_eq!(certificate_metadata(&key.render().unwrap()).0, listener);
+}
+
 #[test]
 fn private_keys_and_api_keys_only_in_secret_files() {
     let f = example("partner-api-mtls-apikeys.yaml");

@@ -171,14 +171,27 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
     }
 
     let version = "apiguard".to_string();
-    let listener = build_listener(&ctx)?;
+    // Certificates only (their keys change with them): see `certificates_metadata`.
+    let certificates = |files: &BTreeMap<String, RenderedFile>, names: &[&str]| {
+        let present: Vec<(&str, &str)> = names
+            .iter()
+            .filter_map(|n| files.get(*n).map(|f| (*n, f.contents.as_str())))
+            .collect();
+        (!present.is_empty()).then(|| certificates_metadata(present.into_iter()))
+    };
+    let mut listener = build_listener(&ctx)?;
+    listener.metadata = certificates(&files, &[SERVER_CERT_FILE, CLIENT_CA_FILE]);
     let lds = DiscoveryResponse {
         version_info: version.clone(),
         resources: vec![Any::Listener(listener)],
     };
     files.insert(LDS_FILE.into(), plain(to_json(&ctx, "listener", &lds)?));
 
-    let clusters = build_clusters(&ctx)?;
+    let mut clusters = build_clusters(&ctx)?;
+    let upstream = certificates(&files, &[UPSTREAM_CERT_FILE, UPSTREAM_CA_FILE]);
+    for c in clusters.iter_mut().filter(|c| c.name == TARGET_CLUSTER) {
+        c.metadata = upstream.clone();
+    }
     let cds = DiscoveryResponse {
         version_info: version.clone(),
         resources: clusters
@@ -337,6 +350,7 @@ fn build_listener(ctx: &Ctx<'_>) -> Result<Listener, RenderError> {
     };
     let hcm = build_hcm(ctx)?;
     Ok(Listener {
+        metadata: None,
         name: LISTENER_NAME.into(),
         address: socket(&o.listen_address, o.listen_port),
         filter_chains: vec![FilterChain {
@@ -1603,6 +1617,22 @@ fn cluster(name: &str, host: &str, port: u16, tls: Option<TransportSocket>) -> C
         },
         transport_socket: tls,
         dns_lookup_family: (!is_ip).then_some("V4_PREFERRED"),
+        metadata: None,
+    }
+}
+
+/// The metadata that ties a listener or cluster to the certificates it reads from files.
+/// Envoy reads `filename` data sources when it builds the resource, and a renewal rewrites
+/// the files under the same names: without this, an otherwise identical resource is "unchanged"
+/// and the old certificate stays in use until it expires. With it, a renewal changes the
+/// resource and Envoy replaces it (new connections get the new certificate; the old listener
+/// drains).
+fn certificates_metadata<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> Metadata {
+    Metadata {
+        filter_metadata: BTreeMap::from([(
+            "apiguard.dev".to_string(),
+            json!({ "certificates": super::hash_files(files) }),
+        )]),
     }
 }
 

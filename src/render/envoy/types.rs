@@ -300,6 +300,8 @@ pub struct Listener {
     pub name: String,
     pub address: Address,
     pub filter_chains: Vec<FilterChain>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -462,6 +464,8 @@ pub struct Cluster {
     pub transport_socket: Option<TransportSocket>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_lookup_family: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
