@@ -5,9 +5,9 @@
 //! issued (east-west mTLS stays at its default, Strict).
 //!
 //! Only what a pod would provide is adapted, nothing in the policy semantics:
-//! - the mount paths `/etc/apiguard/config` and `/etc/apiguard/secrets` (RenderOptions'
-//!   `config_dir` / `secret_dir`, where the Deployment mounts the ConfigMap and the Secret)
-//!   are rewritten to `<tmp>/config` and `<tmp>/secrets` in every file;
+//! - the mount path `/etc/apiguard/gateway` (RenderOptions' `config_dir` = `secret_dir`, where
+//!   the Deployment mounts the ConfigMap and the Secret as one projected volume) is rewritten
+//!   to `<tmp>/gateway` in every file, and both objects' files are written there;
 //! - the listener address `0.0.0.0:8443` (a pod's own network namespace) becomes a free
 //!   127.0.0.1 port, and the admin address `127.0.0.1:9901` a free 127.0.0.1 port, so that
 //!   tests can run side by side;
@@ -182,17 +182,16 @@ async fn the_controllers_configmap_and_secret_enforce_jwt_and_scopes_in_a_real_e
         )
         .await;
         let home = tempfile::tempdir().unwrap();
-        let (config_dir, secret_dir) = (home.path().join("config"), home.path().join("secrets"));
-        std::fs::create_dir_all(&config_dir).unwrap();
-        std::fs::create_dir_all(&secret_dir).unwrap();
+        // The projected volume: the ConfigMap's and the Secret's files in one directory.
+        let gateway_dir = home.path().join("gateway");
+        std::fs::create_dir_all(&gateway_dir).unwrap();
+        let (config_dir, secret_dir) = (gateway_dir.clone(), gateway_dir.clone());
         let port = free_port();
         let admin_port = free_port();
         let upstream_host = format!("shop.{ns}.svc.cluster.local");
         let (mut listeners, mut admins, mut upstreams) = (0, 0, 0);
         let mut write = |dir: &Path, name: &str, contents: String| {
-            let contents = contents
-                .replace("/etc/apiguard/config", config_dir.to_str().unwrap())
-                .replace("/etc/apiguard/secrets", secret_dir.to_str().unwrap());
+            let contents = contents.replace("/etc/apiguard/gateway", gateway_dir.to_str().unwrap());
             let contents = if name.ends_with(".json") || name.ends_with(".yaml") {
                 let mut v = parse(name, &contents);
                 listeners += rewrite_sockets(&mut v, "0.0.0.0", 8443, "127.0.0.1", port);

@@ -8,10 +8,10 @@ use crate::api::ApiSecurityPolicy;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -87,11 +87,17 @@ pub fn gateway_objects(
     rendered: &RenderedGateway,
     options: &RenderOptions,
 ) -> Result<GatewayObjects, RenderError> {
-    if options.config_dir == options.secret_dir {
+    // One projected volume holds the ConfigMap's and the Secret's files: the kubelet swaps it
+    // as a whole, so a renewal never shows Envoy a new certificate next to an old key (two
+    // volumes are updated one after the other, and Envoy would reject or miss the change).
+    if options.config_dir != options.secret_dir {
         return Err(RenderError::Invalid {
             policy: policy_ref(policy),
             field: "options".into(),
-            message: "config and secret directories must differ in a Deployment".into(),
+            message: format!(
+                "config ({}) and secret ({}) files must share one directory in a Deployment (one projected volume, swapped atomically on renewal)",
+                options.config_dir, options.secret_dir
+            ),
         });
     }
     let name = gateway_name(policy);
@@ -172,14 +178,8 @@ pub fn gateway_objects(
         }),
         volume_mounts: Some(vec![
             VolumeMount {
-                name: "config".into(),
+                name: "gateway".into(),
                 mount_path: options.config_dir.clone(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "secrets".into(),
-                mount_path: options.secret_dir.clone(),
                 read_only: Some(true),
                 ..Default::default()
             },
@@ -213,6 +213,8 @@ pub fn gateway_objects(
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
+                        // The volume's group: Envoy (uid/gid 101) reads the 0440 files.
+                        fs_group: Some(101),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..Default::default()
@@ -222,19 +224,27 @@ pub fn gateway_objects(
                     containers: vec![container],
                     volumes: Some(vec![
                         Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: name.clone(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "secrets".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(secret_name(policy)),
+                            name: "gateway".into(),
+                            projected: Some(ProjectedVolumeSource {
+                                // Owner root, group fsGroup (Envoy's): keys readable by Envoy
+                                // and nobody else.
                                 default_mode: Some(0o440),
-                                ..Default::default()
+                                sources: Some(vec![
+                                    VolumeProjection {
+                                        config_map: Some(ConfigMapProjection {
+                                            name: name.clone(),
+                                            ..Default::default()
+                                        }),
+                                        ..Default::default()
+                                    },
+                                    VolumeProjection {
+                                        secret: Some(SecretProjection {
+                                            name: secret_name(policy),
+                                            ..Default::default()
+                                        }),
+                                        ..Default::default()
+                                    },
+                                ]),
                             }),
                             ..Default::default()
                         },
@@ -325,6 +335,49 @@ mod tests {
         assert_eq!(sc.run_as_non_root, Some(true));
         assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
         assert_eq!(c.image.as_deref(), Some(f.options.envoy_image.as_str()));
+    }
+
+    #[test]
+    fn config_and_secret_are_one_projected_volume_readable_by_envoy_only() {
+        let f = example("partner-api-mtls-apikeys.yaml");
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        let pod = o.deployment.spec.expect("spec").template.spec.expect("pod");
+        let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+        let gateway = mounts.iter().find(|m| m.name == "gateway").expect("mount");
+        assert_eq!(gateway.mount_path, f.options.config_dir);
+        assert_eq!(gateway.read_only, Some(true));
+        assert_eq!(mounts.len(), 2, "the gateway volume and /tmp: {mounts:?}");
+        let volumes = pod.volumes.expect("volumes");
+        let projected = volumes
+            .iter()
+            .find(|v| v.name == "gateway")
+            .and_then(|v| v.projected.clone())
+            .expect("projected volume");
+        assert_eq!(projected.default_mode, Some(0o440));
+        let sources = projected.sources.expect("sources");
+        assert_eq!(
+            sources[0].config_map.as_ref().map(|c| c.name.as_str()),
+            o.config_map.metadata.name.as_deref()
+        );
+        assert_eq!(
+            sources[1].secret.as_ref().map(|s| s.name.as_str()),
+            o.secret.metadata.name.as_deref()
+        );
+        let psc = pod.security_context.expect("pod security context");
+        let envoy_gid = pod.containers[0]
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_group);
+        assert_eq!(psc.fs_group, envoy_gid, "the 0440 files' group is Envoy's");
+
+        // Two directories would be two volumes, updated one after the other: refused.
+        let mut split = f.options.clone();
+        split.secret_dir = "/etc/apiguard/secrets".into();
+        let e = gateway_objects(&f.policy, &g, &split)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one projected volume"), "{e}");
     }
 
     #[test]
