@@ -72,6 +72,21 @@ impl TrustedRoot {
         })
     }
 
+    /// The same issuer without the roots `other` has (e.g. a CA loaded from a Secret whose
+    /// `ca.crt` also holds the roots of the CA it rotates to or from).
+    pub fn without_roots_of(&self, other: &TrustedRoot) -> Self {
+        Self {
+            roots: self
+                .roots
+                .iter()
+                .filter(|r| !other.roots.contains(r))
+                .cloned()
+                .collect(),
+            issuer_fingerprint: self.issuer_fingerprint.clone(),
+            issuer_not_after: self.issuer_not_after,
+        }
+    }
+
     /// PEM of the roots.
     pub fn pem(&self) -> String {
         self.roots

@@ -85,6 +85,17 @@ impl PemSource {
         }
     }
 
+    /// A Secret with other keys than `tls.crt`/`tls.key`/`ca.crt` (e.g. the next CA of a
+    /// rotation in `next.crt`/`next.key`).
+    pub fn secret_keys(namespace: &str, name: &str, cert: &str, key: &str, ca: &str) -> Self {
+        let at = |k: &str| format!("Secret {namespace}/{name} key {k}");
+        Self {
+            cert: at(cert),
+            key: at(key),
+            ca: at(ca),
+        }
+    }
+
     /// Files: the certificate (and chain) file and the key file.
     pub fn files(cert: &std::path::Path, key: &std::path::Path) -> Self {
         Self {

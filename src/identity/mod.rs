@@ -10,12 +10,14 @@
 //! - [`issue`]: [`SpiffeId`] and leaf issuance ([`issue_leaf`]).
 //! - [`rotation`]: should a stored leaf Secret be kept (until when) or reissued (why).
 //! - [`bundle`]: the trust bundle and the CA rotation state machine.
+//! - [`ca_rotation`]: what the CA Secret must become as a requested rotation proceeds.
 //! - [`serving`]: the webhook's own serving certificate (DNS/IP SANs) and when to renew it.
 //! - [`k8s`]: Secret/ConfigMap builders and race-free CA bootstrap against the apiserver.
 //! - [`cli`]: `apiguard identity init-ca|issue`, the same code paths offline.
 
 pub mod bundle;
 pub mod ca;
+pub mod ca_rotation;
 pub mod cli;
 pub mod issue;
 pub mod k8s;
