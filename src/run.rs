@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// How long the controller gathers events about one policy before reconciling it.
     #[arg(long, env = "APIGUARD_CONTROLLER_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
     pub controller_debounce: Duration,
+    /// CA rotation: how long the new root is trusted alongside the old one before the new CA
+    /// issues (every workload must have loaded the two-root bundle by then).
+    #[arg(long, env = "APIGUARD_CA_ROTATION_PROPAGATION", default_value = "10m", value_parser = parse_duration)]
+    pub ca_rotation_propagation: Duration,
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
@@ -331,6 +335,7 @@ fn start_controller(
             leaf_lifetime: crate::identity::DEFAULT_LEAF_LIFETIME,
             concurrency: args.controller_concurrency,
             debounce: args.controller_debounce,
+            ca_rotation_propagation: args.ca_rotation_propagation,
         },
         leader: controller::leader::LeaderConfig::new(&namespace, &identity),
         renderer: Arc::new(controller::EnvoyRenderer { options }),

@@ -231,6 +231,7 @@ fn harness(objects: Vec<(String, Value)>) -> Harness {
             leaf_lifetime: time::Duration::hours(24),
             concurrency: apiguard::controller::Config::DEFAULT_CONCURRENCY,
             debounce: apiguard::controller::Config::DEFAULT_DEBOUNCE,
+            ca_rotation_propagation: apiguard::controller::Config::DEFAULT_CA_ROTATION_PROPAGATION,
         },
         Arc::new(TestRenderer),
         policies,

@@ -524,8 +524,29 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
                 )
                 .await?;
                 tracing::info!(ca.fingerprint = %ca.fingerprint(), origin = ?origin, "leading; reconciling policies");
-                run_controller(client, config, renderer, metrics, health.clone(), reporter, lost)
-                    .await;
+                // The leader also drives CA rotations (state kept in the CA Secret, so the
+                // next leader carries on); the controller follows every CA Secret change.
+                let rotation = {
+                    let client = client.clone();
+                    let namespace = config.operator_namespace.clone();
+                    let name = config.ca_secret.clone();
+                    let settings = crate::identity::ca_rotation::RotationSettings {
+                        propagation: time::Duration::try_from(config.ca_rotation_propagation)
+                            .unwrap_or(time::Duration::MAX),
+                        max_leaf_lifetime: config.leaf_lifetime,
+                    };
+                    let lost = lost.clone();
+                    async move {
+                        crate::identity::k8s::drive_ca_rotation(
+                            client, &namespace, &name, settings, lost,
+                        )
+                        .await
+                    }
+                };
+                tokio::join!(
+                    run_controller(client, config, renderer, metrics, health.clone(), reporter, lost),
+                    rotation
+                );
                 health.set_leader(false);
                 Ok::<(), RunError>(())
             }

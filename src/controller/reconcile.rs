@@ -61,6 +61,9 @@ pub struct Config {
     /// How long a reconcile request waits for more events about the same policy (its children's
     /// watch echoes arrive together), so one reconcile answers them all.
     pub debounce: Duration,
+    /// How long both roots are trusted in a CA rotation before the new CA issues
+    /// (`--ca-rotation-propagation`).
+    pub ca_rotation_propagation: Duration,
 }
 
 impl Config {
@@ -68,6 +71,8 @@ impl Config {
     pub const DEFAULT_CONCURRENCY: u16 = 16;
     /// Default debounce.
     pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+    /// Default CA rotation propagation time.
+    pub const DEFAULT_CA_ROTATION_PROPAGATION: Duration = Duration::from_secs(600);
 }
 
 /// Metadata-only caches of the children apiguard manages (`app.kubernetes.io/managed-by=apiguard`).

@@ -67,10 +67,10 @@ enum Persisted {
 pub enum CaRotationError {
     /// The issuing CA or a required key of the Secret is unusable.
     #[error(transparent)]
-    Secret(#[from] IdentityK8sError),
+    Secret(Box<IdentityK8sError>),
     /// A CA stored under another key (`next.*`, `previous.crt`) is unusable.
     #[error(transparent)]
-    StoredCa(#[from] CaError),
+    StoredCa(Box<CaError>),
     /// The state annotation is not what apiguard writes.
     #[error(
         "Secret {namespace}/{name} annotation {STATE_ANNOTATION}: {message}; remove the annotation and the keys next.crt, next.key, previous.crt to abandon the rotation"
@@ -86,8 +86,20 @@ pub enum CaRotationError {
         namespace: String,
         name: String,
         #[source]
-        source: CaError,
+        source: Box<CaError>,
     },
+}
+
+impl From<IdentityK8sError> for CaRotationError {
+    fn from(e: IdentityK8sError) -> Self {
+        Self::Secret(Box::new(e))
+    }
+}
+
+impl From<CaError> for CaRotationError {
+    fn from(e: CaError) -> Self {
+        Self::StoredCa(Box::new(e))
+    }
 }
 
 /// What [`plan`] decided.
@@ -129,7 +141,7 @@ pub fn plan(
     let current = ca_from_secret(secret, now)?;
     let key = |k: &'static str| -> Result<&[u8], CaRotationError> {
         data.get(k).map(|b| b.0.as_slice()).ok_or_else(|| {
-            CaRotationError::Secret(IdentityK8sError::MissingKey {
+            CaRotationError::from(IdentityK8sError::MissingKey {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 key: k,
@@ -209,7 +221,7 @@ pub fn plan(
             let next = generate(now).map_err(|source| CaRotationError::Generate {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             state = state
                 .begin_rotation(
@@ -311,10 +323,10 @@ pub fn plan(
     }
     // Keep the stored bytes when only the order of equivalent PEM differs: rewrite only
     // what changed in meaning.
-    if same_certificates(data.get(CA_CRT), want_data.get(CA_CRT)) {
-        if let Some(v) = data.get(CA_CRT) {
-            want_data.insert(CA_CRT.into(), v.clone());
-        }
+    if same_certificates(data.get(CA_CRT), want_data.get(CA_CRT))
+        && let Some(v) = data.get(CA_CRT)
+    {
+        want_data.insert(CA_CRT.into(), v.clone());
     }
     let write = (want_data != data || want_annotations != annotations).then(|| {
         let mut out = secret.clone();

@@ -1,12 +1,15 @@
-//! The Kubernetes edge of workload identity: object builders (pure) and the race-free CA
-//! bootstrap (`ensure_ca`, the only function here that talks to the apiserver).
+//! The Kubernetes edge of workload identity: object builders (pure), the race-free CA
+//! bootstrap (`ensure_ca`) and the CA rotation driver (`drive_ca_rotation`); those two are
+//! the only functions here that talk to the apiserver.
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use time::OffsetDateTime;
 
 use super::ca::{CaError, PemSource};
@@ -258,6 +261,159 @@ pub async fn ensure_ca(
     }
 }
 
+/// How many conflicting writes in a row one rotation step tolerates before waiting for the
+/// next change.
+const ROTATION_ATTEMPTS: usize = 5;
+/// When a step failed for a reason that may pass (the apiserver), it is retried after this.
+const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The merge patch that turns `old` into `new` (data and annotations; removed keys become
+/// `null`), conditional on `old`'s resourceVersion: the apiserver answers 409 if the Secret
+/// changed since it was read. A patch (not a replace) so the operator needs no `update` verb.
+fn rotation_patch(old: &Secret, new: &Secret) -> serde_json::Value {
+    fn diff<V: serde::Serialize>(
+        old: Option<&BTreeMap<String, V>>,
+        new: Option<&BTreeMap<String, V>>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for k in old.into_iter().flat_map(|m| m.keys()) {
+            if !new.is_some_and(|m| m.contains_key(k)) {
+                out.insert(k.clone(), serde_json::Value::Null);
+            }
+        }
+        for (k, v) in new.into_iter().flatten() {
+            out.insert(
+                k.clone(),
+                serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        out
+    }
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": old.metadata.resource_version,
+            "annotations": diff(old.metadata.annotations.as_ref(), new.metadata.annotations.as_ref()),
+        },
+        "data": diff(old.data.as_ref(), new.data.as_ref()),
+    })
+}
+
+/// One look at the CA Secret: plan and write (re-reading on conflicts). Returns when to look
+/// again without a change.
+async fn rotation_step(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    settings: super::ca_rotation::RotationSettings,
+) -> Option<OffsetDateTime> {
+    for _ in 0..ROTATION_ATTEMPTS {
+        let secret = match api.get_opt(name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(secret.namespace = namespace, secret.name = name, error = %e, "CA rotation: reading the CA Secret failed; retrying");
+                return Some(OffsetDateTime::now_utc() + ROTATION_RETRY);
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let plan = match super::ca_rotation::plan(&secret, now, settings, None, |now| {
+            CertificateAuthority::generate(now, super::DEFAULT_CA_LIFETIME)
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing is written: the current CA keeps issuing until the Secret is fixed.
+                tracing::error!(secret.namespace = namespace, secret.name = name, error = %e, "CA rotation cannot proceed");
+                return None;
+            }
+        };
+        for note in &plan.notes {
+            tracing::warn!(secret.namespace = namespace, secret.name = name, "{note}");
+        }
+        let Some(new) = plan.write else {
+            return plan.next_step_at;
+        };
+        let patch = rotation_patch(&secret, &new);
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                if plan.previous_state != plan.state || plan.state != "Stable" {
+                    tracing::info!(
+                        secret.namespace = namespace,
+                        secret.name = name,
+                        from = plan.previous_state,
+                        to = plan.state,
+                        next_step_at = ?plan.next_step_at.map(rfc3339),
+                        "CA rotation: {}",
+                        match plan.state {
+                            "AddingRoot" => "the new root joins the trust bundle; the old CA still issues",
+                            "Draining" => "the new CA issues; the old root stays trusted until its leaves have expired",
+                            _ => "the old root left the trust bundle; rotation complete",
+                        }
+                    );
+                }
+                return plan.next_step_at;
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tracing::debug!(
+                    secret.name = name,
+                    "CA Secret changed concurrently; re-reading"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(secret.namespace = namespace, secret.name = name, error = %e, "CA rotation: writing the CA Secret failed; retrying");
+                return Some(OffsetDateTime::now_utc() + ROTATION_RETRY);
+            }
+        }
+    }
+    Some(OffsetDateTime::now_utc() + ROTATION_RETRY)
+}
+
+/// Drives CA rotations of Secret `namespace/name` until `stop` resolves: on every change of
+/// the Secret (e.g. the user's `apiguard.dev/rotate=requested`) and when the current step is
+/// due, plans ([`super::ca_rotation::plan`]) and writes the Secret conditionally. Run by the
+/// leader only.
+pub async fn drive_ca_rotation(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    settings: super::ca_rotation::RotationSettings,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let mut changes = watcher(
+        api.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .touched_objects()
+    .boxed();
+    let mut stop = std::pin::pin!(stop);
+    let mut due: Option<OffsetDateTime> = None;
+    loop {
+        let wait = due.map(|t| {
+            let d = t - OffsetDateTime::now_utc();
+            // A little after the due time, so the step is due when planned.
+            std::time::Duration::try_from(d).unwrap_or_default()
+                + std::time::Duration::from_millis(50)
+        });
+        tokio::select! {
+            _ = &mut stop => return,
+            change = changes.next() => match change {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "CA Secret watch failed; retrying");
+                    continue;
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+        }
+        due = rotation_step(&api, namespace, name, settings).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +468,32 @@ mod tests {
             ca_from_secret(&s, NOW).unwrap_err().to_string(),
             "Secret apiguard-system/apiguard-ca has no data key tls.key"
         );
+    }
+
+    #[test]
+    fn rotation_patch_is_conditional_and_nulls_removed_keys() {
+        let ca = CertificateAuthority::generate(NOW, Duration::days(10)).unwrap();
+        let mut old = ca_secret("apiguard-ca", "apiguard-system", &ca);
+        old.metadata.resource_version = Some("42".into());
+        old.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("apiguard.dev/rotate".into(), "requested".into());
+        let mut new = old.clone();
+        new.metadata.annotations.as_mut().unwrap().clear();
+        new.data
+            .as_mut()
+            .unwrap()
+            .insert("next.crt".into(), bytes("PEM"));
+        let patch = rotation_patch(&old, &new);
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            patch["metadata"]["annotations"],
+            serde_json::json!({"apiguard.dev/not-after": null, "apiguard.dev/rotate": null})
+        );
+        assert_eq!(patch["data"]["next.crt"], "UEVN");
+        assert_eq!(patch["data"].as_object().unwrap().len(), 4);
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub struct Operator {
 impl Operator {
     /// Starts an operator with `identity` competing for Lease `lease`.
     pub fn start(identity: &str, lease: &str) -> Operator {
+        Self::start_with(identity, lease, |_| {})
+    }
+
+    /// [`Operator::start`] with the controller configuration adjusted by `configure` (e.g. a
+    /// short leaf lifetime and CA rotation propagation).
+    pub fn start_with(
+        identity: &str,
+        lease: &str,
+        configure: impl FnOnce(&mut Config),
+    ) -> Operator {
         let cp = control_plane();
         install_policy_crd();
         let metrics = Arc::new(ControllerMetrics::default());
@@ -44,7 +54,7 @@ impl Operator {
         leader.lease_name = lease.to_string();
         leader.duration_secs = 6;
         leader.grace_secs = 2;
-        let opts = Options {
+        let mut opts = Options {
             config: Config {
                 operator_namespace: OPERATOR_NS.into(),
                 trust_domain: "cluster.local".into(),
@@ -52,12 +62,15 @@ impl Operator {
                 leaf_lifetime: time::Duration::hours(24),
                 concurrency: apiguard::controller::Config::DEFAULT_CONCURRENCY,
                 debounce: apiguard::controller::Config::DEFAULT_DEBOUNCE,
+                ca_rotation_propagation:
+                    apiguard::controller::Config::DEFAULT_CA_ROTATION_PROPAGATION,
             },
             leader,
             renderer: Arc::new(EnvoyRenderer::default()),
             metrics: metrics.clone(),
             health: health.clone(),
         };
+        configure(&mut opts.config);
         let thread = std::thread::Builder::new()
             .name(format!("operator-{identity}"))
             .spawn(move || {
