@@ -21,6 +21,7 @@ use apiguard::identity::ca_rotation::{
 };
 use apiguard::identity::k8s::{TRUST_BUNDLE_CONFIGMAP, ca_from_secret};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -171,17 +172,7 @@ async fn an_annotated_ca_secret_rotates_through_adding_root_draining_and_stable(
         assert_eq!(bundle(&client, &ns).await, Some(old_roots.clone()));
         assert!(leaves_are(&client, &ns, &old, &old_roots).await);
 
-        // The user's request (what `kubectl annotate` does).
-        Api::<Secret>::namespaced(client.clone(), OPERATOR_NS)
-            .patch(
-                CA_SECRET,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "requested"}}}),
-                ),
-            )
-            .await
-            .expect("annotating the CA Secret");
+        request_rotation(&client).await;
 
         // 1. AddingRoot: both roots trusted, the old CA still issues.
         let adding = eventually(WAIT, "CA Secret in AddingRoot", || async {
@@ -249,6 +240,23 @@ async fn an_annotated_ca_secret_rotates_through_adding_root_draining_and_stable(
         )
         .await;
 
+        // A second request while the rotation is in progress is dropped, with the reason.
+        request_rotation(&client).await;
+        eventually(WAIT, "the second request removed", || async {
+            let s = ca_secret(&client).await;
+            (!s.annotations().contains_key(ROTATE_ANNOTATION)
+                && rotation_state(&s).as_deref() == Some("Draining"))
+            .then_some(())
+        })
+        .await;
+        eventually(WAIT, "Event CARotationRequestIgnored", || async {
+            ca_events(&client)
+                .await
+                .contains(&"CARotationRequestIgnored".to_string())
+                .then_some(())
+        })
+        .await;
+
         // 3. Stable: only the new root, once every old leaf has expired.
         let stable = eventually(LEAF_LIFETIME + WAIT, "CA Secret back to Stable", || async {
             let s = ca_secret(&client).await;
@@ -274,6 +282,53 @@ async fn an_annotated_ca_secret_rotates_through_adding_root_draining_and_stable(
         )
         .await;
         wait_ready(&client, &ns).await;
+        let reasons = eventually(WAIT, "an Event for every step", || async {
+            let r = ca_events(&client).await;
+            [
+                "CARotationAddingRoot",
+                "CARotationDraining",
+                "CARotationStable",
+            ]
+            .iter()
+            .all(|want| r.iter().any(|x| x == want))
+            .then_some(r)
+        })
+        .await;
+        assert!(
+            !reasons.contains(&"CARotationFailed".to_string()),
+            "{reasons:?}"
+        );
     })
     .await;
+}
+
+/// The user's request (what `kubectl annotate` does).
+async fn request_rotation(client: &Client) {
+    Api::<Secret>::namespaced(client.clone(), OPERATOR_NS)
+        .patch(
+            CA_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "requested"}}})),
+        )
+        .await
+        .expect("annotating the CA Secret");
+}
+
+/// Reasons of the Events recorded on the CA Secret.
+async fn ca_events(client: &Client) -> Vec<String> {
+    Api::<Event>::namespaced(client.clone(), OPERATOR_NS)
+        .list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|e| {
+                    e.regarding
+                        .as_ref()
+                        .is_some_and(|r| r.name.as_deref() == Some(CA_SECRET))
+                })
+                .filter_map(|e| e.reason)
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -536,9 +536,10 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
                         max_leaf_lifetime: config.leaf_lifetime,
                     };
                     let lost = lost.clone();
+                    let recorder = Some(Recorder::new(client.clone(), reporter.clone()));
                     async move {
                         crate::identity::k8s::drive_ca_rotation(
-                            client, &namespace, &name, settings, lost,
+                            client, &namespace, &name, settings, recorder, lost,
                         )
                         .await
                     }

@@ -8,7 +8,9 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
 use time::OffsetDateTime;
 
@@ -305,7 +307,29 @@ async fn rotation_step(
     namespace: &str,
     name: &str,
     settings: super::ca_rotation::RotationSettings,
+    recorder: Option<&Recorder>,
 ) -> Option<OffsetDateTime> {
+    let event = |secret: &Secret, warning: bool, reason: &str, note: String| {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "RotateCA".into(),
+            secondary: None,
+        };
+        let obj = secret.object_ref(&());
+        async move {
+            if let Some(recorder) = recorder
+                && let Err(e) = recorder.publish(&ev, &obj).await
+            {
+                tracing::warn!(error = %e, reason = ev.reason, "could not publish Event");
+            }
+        }
+    };
     for _ in 0..ROTATION_ATTEMPTS {
         let secret = match api.get_opt(name).await {
             Ok(Some(s)) => s,
@@ -323,11 +347,13 @@ async fn rotation_step(
             Err(e) => {
                 // Nothing is written: the current CA keeps issuing until the Secret is fixed.
                 tracing::error!(secret.namespace = namespace, secret.name = name, error = %e, "CA rotation cannot proceed");
+                event(&secret, true, "CARotationFailed", e.to_string()).await;
                 return None;
             }
         };
         for note in &plan.notes {
             tracing::warn!(secret.namespace = namespace, secret.name = name, "{note}");
+            event(&secret, true, "CARotationRequestIgnored", note.clone()).await;
         }
         let Some(new) = plan.write else {
             return plan.next_step_at;
@@ -338,20 +364,35 @@ async fn rotation_step(
             .await
         {
             Ok(_) => {
-                if plan.previous_state != plan.state || plan.state != "Stable" {
+                if plan.previous_state != plan.state {
+                    let what = match plan.state {
+                        "AddingRoot" => {
+                            "the new root joins the trust bundle; the old CA still issues"
+                        }
+                        "Draining" => {
+                            "the new CA issues; the old root stays trusted until its leaves have expired"
+                        }
+                        _ => "the old root left the trust bundle; rotation complete",
+                    };
+                    let next = plan
+                        .next_step_at
+                        .map(|t| format!(" (next step at {})", rfc3339(t)))
+                        .unwrap_or_default();
                     tracing::info!(
                         secret.namespace = namespace,
                         secret.name = name,
                         from = plan.previous_state,
                         to = plan.state,
                         next_step_at = ?plan.next_step_at.map(rfc3339),
-                        "CA rotation: {}",
-                        match plan.state {
-                            "AddingRoot" => "the new root joins the trust bundle; the old CA still issues",
-                            "Draining" => "the new CA issues; the old root stays trusted until its leaves have expired",
-                            _ => "the old root left the trust bundle; rotation complete",
-                        }
+                        "CA rotation: {what}"
                     );
+                    event(
+                        &secret,
+                        false,
+                        &format!("CARotation{}", plan.state),
+                        format!("{}: {what}{next}", plan.state),
+                    )
+                    .await;
                 }
                 return plan.next_step_at;
             }
@@ -372,13 +413,15 @@ async fn rotation_step(
 
 /// Drives CA rotations of Secret `namespace/name` until `stop` resolves: on every change of
 /// the Secret (e.g. the user's `apiguard.dev/rotate=requested`) and when the current step is
-/// due, plans ([`super::ca_rotation::plan`]) and writes the Secret conditionally. Run by the
-/// leader only.
+/// due, plans ([`super::ca_rotation::plan`]) and writes the Secret conditionally, recording
+/// each step (and an ignored request or an unusable state) as an Event on the Secret. Run by
+/// the leader only.
 pub async fn drive_ca_rotation(
     client: kube::Client,
     namespace: &str,
     name: &str,
     settings: super::ca_rotation::RotationSettings,
+    recorder: Option<Recorder>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, namespace);
@@ -410,7 +453,7 @@ pub async fn drive_ca_rotation(
             },
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
         }
-        due = rotation_step(&api, namespace, name, settings).await;
+        due = rotation_step(&api, namespace, name, settings, recorder.as_ref()).await;
     }
 }
 
