@@ -677,6 +677,73 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_rotation_step_rereads_and_replans_after_a_conflict() {
+            // rotation_step reads the clock: a CA valid now.
+            let old = CertificateAuthority::generate(OffsetDateTime::now_utc(), Duration::days(10))
+                .unwrap();
+            let mut secret = ca_secret("apiguard-ca", "apiguard-system", &old);
+            secret
+                .metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert("apiguard.dev/rotate".into(), "requested".into());
+            let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let server = tokio::spawn(async move {
+                let mut patches = Vec::new();
+                for (rv, code) in [("1", 409u16), ("2", 200)] {
+                    let mut current = secret.clone();
+                    current.metadata.resource_version = Some(rv.into());
+                    let (_, send) = expect(&mut h, Method::GET, GET).await;
+                    send.send_response(json(StatusCode::OK, &current));
+                    let (body, send) = expect(&mut h, Method::PATCH, GET).await;
+                    let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    patches.push(patch);
+                    if code == 409 {
+                        send.send_response(
+                            Response::builder()
+                                .status(409)
+                                .body(status_body(409, "Conflict"))
+                                .unwrap(),
+                        );
+                    } else {
+                        send.send_response(json(StatusCode::OK, &current));
+                    }
+                }
+                patches
+            });
+            let api: Api<Secret> = Api::namespaced(client, "apiguard-system");
+            let settings = crate::identity::ca_rotation::RotationSettings {
+                propagation: Duration::minutes(10),
+                max_leaf_lifetime: Duration::hours(24),
+            };
+            let before = OffsetDateTime::now_utc();
+            let next = rotation_step(&api, "apiguard-system", "apiguard-ca", settings, None)
+                .await
+                .expect("AddingRoot has a next step");
+            assert!(
+                next >= before + Duration::minutes(10) && next < before + Duration::minutes(11)
+            );
+            let patches = server.await.unwrap();
+            // Each attempt is conditional on the resourceVersion it read.
+            assert_eq!(patches[0]["metadata"]["resourceVersion"], "1");
+            assert_eq!(patches[1]["metadata"]["resourceVersion"], "2");
+            assert_eq!(
+                patches[1]["metadata"]["annotations"]["apiguard.dev/rotate"],
+                serde_json::Value::Null
+            );
+            let state: serde_json::Value = serde_json::from_str(
+                patches[1]["metadata"]["annotations"]["apiguard.dev/ca-rotation"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(state["state"], "AddingRoot");
+            assert!(patches[1]["data"]["next.key"].is_string());
+        }
+
+        #[tokio::test]
         async fn a_broken_ca_secret_is_an_error_naming_it() {
             let mut secret = ca_secret(
                 "apiguard-ca",
