@@ -2,6 +2,9 @@
 //! operator in-process): the user annotates the CA Secret and the rotation walks
 //! AddingRoot -> Draining -> Stable, with the trust bundle and the leaf Secrets following.
 //!
+//! The leader changes during Draining (the first operator stops, a second one takes the Lease)
+//! and the second one completes the rotation from the state stored in the Secret.
+//!
 //! Durations: propagation 10 s; leaf lifetime 180 s. The drain lasts one leaf lifetime after
 //! the switch (leaves the old CA issued just before it must stay trusted), and a leaf's
 //! `notBefore` is backdated 5 minutes for clock skew, so a lifetime under 150 s would renew
@@ -155,10 +158,7 @@ async fn wait_ready(client: &Client, ns: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_annotated_ca_secret_rotates_through_adding_root_draining_and_stable() {
-    let _op = Operator::start_with("rotation-tests", "apiguard-controller", |c| {
-        c.leaf_lifetime = time::Duration::try_from(LEAF_LIFETIME).unwrap();
-        c.ca_rotation_propagation = PROPAGATION;
-    });
+    let mut first = operator("rotation-tests-1");
     with_temp_ns(|client, ns| async move {
         setup_policy(&client, &ns).await;
         wait_ready(&client, &ns).await;
@@ -257,6 +257,20 @@ async fn an_annotated_ca_secret_rotates_through_adding_root_draining_and_stable(
         })
         .await;
 
+        // The leader changes mid-rotation: the state is in the Secret, the next one carries on.
+        assert!(first.health.is_leader());
+        first.stop();
+        let second = operator("rotation-tests-2");
+        eventually(WAIT, "the second operator leads", || async {
+            second.health.is_leader().then_some(())
+        })
+        .await;
+        assert_eq!(
+            rotation_state(&ca_secret(&client).await).as_deref(),
+            Some("Draining"),
+            "the handover happened before the rotation completed"
+        );
+
         // 3. Stable: only the new root, once every old leaf has expired.
         let stable = eventually(LEAF_LIFETIME + WAIT, "CA Secret back to Stable", || async {
             let s = ca_secret(&client).await;
@@ -300,6 +314,14 @@ async fn an_annotated_ca_secret_rotates_through_adding_root_draining_and_stable(
         );
     })
     .await;
+}
+
+/// An in-process operator with the test's leaf lifetime and propagation.
+fn operator(identity: &str) -> Operator {
+    Operator::start_with(identity, "apiguard-controller", |c| {
+        c.leaf_lifetime = time::Duration::try_from(LEAF_LIFETIME).unwrap();
+        c.ca_rotation_propagation = PROPAGATION;
+    })
 }
 
 /// The user's request (what `kubectl annotate` does).
