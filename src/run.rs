@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// issues (every workload must have loaded the two-root bundle by then).
     #[arg(long, env = "APIGUARD_CA_ROTATION_PROPAGATION", default_value = "10m", value_parser = parse_duration)]
     pub ca_rotation_propagation: Duration,
+    /// Lifetime of the workload certificates the controller issues (gateway and target
+    /// identities), renewed at two thirds; also how long a CA rotation keeps the old root.
+    #[arg(long, env = "APIGUARD_LEAF_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub leaf_lifetime: Duration,
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
@@ -229,6 +233,14 @@ impl RunArgs {
         })))
     }
 
+    /// `--leaf-lifetime` as a certificate lifetime: 1 h to 1 year (shorter would renew almost
+    /// at once, as certificates are backdated 5 minutes against clock skew).
+    pub fn leaf_lifetime_checked(&self) -> Option<time::Duration> {
+        time::Duration::try_from(self.leaf_lifetime)
+            .ok()
+            .filter(|l| *l >= time::Duration::HOUR && *l <= time::Duration::days(365))
+    }
+
     /// The rule engine settings these flags select.
     pub fn engine_config(&self) -> EngineConfig {
         let mut exempt: std::collections::BTreeSet<String> = self
@@ -277,6 +289,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if args.leaf_lifetime_checked().is_none() {
+        eprintln!("error: --leaf-lifetime (APIGUARD_LEAF_LIFETIME) must be between 1h and 8760h");
+        return Ok(ExitCode::from(2));
+    }
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -332,7 +348,9 @@ fn start_controller(
             operator_namespace: namespace.clone(),
             trust_domain: args.trust_domain.clone(),
             ca_secret: args.ca_secret.clone(),
-            leaf_lifetime: crate::identity::DEFAULT_LEAF_LIFETIME,
+            leaf_lifetime: args
+                .leaf_lifetime_checked()
+                .unwrap_or(crate::identity::DEFAULT_LEAF_LIFETIME),
             concurrency: args.controller_concurrency,
             debounce: args.controller_debounce,
             ca_rotation_propagation: args.ca_rotation_propagation,
@@ -577,6 +595,23 @@ mod tests {
             args.exempt_namespaces,
             ["kube-system", "kube-public", "kube-node-lease"]
         );
+        assert_eq!(
+            args.leaf_lifetime_checked(),
+            Some(crate::identity::DEFAULT_LEAF_LIFETIME)
+        );
+    }
+
+    #[test]
+    fn leaf_lifetime_is_bounded() {
+        let lifetime = |v: &str| {
+            Cli::try_parse_from(["apiguard", "--leaf-lifetime", v])
+                .unwrap()
+                .run
+                .leaf_lifetime_checked()
+        };
+        assert_eq!(lifetime("2h"), Some(time::Duration::hours(2)));
+        assert_eq!(lifetime("59m"), None);
+        assert_eq!(lifetime("9000h"), None);
     }
 
     #[test]
