@@ -257,30 +257,14 @@ pub fn issue_leaf_with_key(
     if request.lifetime <= Duration::ZERO {
         return Err(IssueError::InvalidLifetime(request.lifetime));
     }
-    if now < ca.not_before() || now >= ca.not_after() {
-        return Err(IssueError::IssuerNotValid {
-            subject: ca.subject().to_string(),
-            now,
-            not_before: ca.not_before(),
-            not_after: ca.not_after(),
-        });
-    }
+    issuer_valid_at(ca, now)?;
     let uri = request.spiffe_id.uri();
     let mut sans = vec![SanType::URI(
         uri.clone()
             .try_into()
             .map_err(|_| IssueError::InvalidDnsName(uri.clone()))?,
     )];
-    for name in &request.dns_names {
-        if !valid_dns_name(name) {
-            return Err(IssueError::InvalidDnsName(name.clone()));
-        }
-        sans.push(SanType::DnsName(
-            name.clone()
-                .try_into()
-                .map_err(|_| IssueError::InvalidDnsName(name.clone()))?,
-        ));
-    }
+    sans.extend(dns_sans(&request.dns_names)?);
     let mut params = CertificateParams::default();
     // X509-SVID convention: the identity lives in the URI SAN only; the subject stays empty
     // (which makes rcgen mark the SAN extension critical, as RFC 5280 requires).
@@ -293,9 +277,71 @@ pub fn issue_leaf_with_key(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    let signed = sign_leaf(params, &key, ca, now, request.lifetime)?;
+    Ok(IssuedLeaf {
+        cert_pem: signed.cert_pem,
+        key_pem: signed.key_pem,
+        ca_bundle_pem: signed.ca_bundle_pem,
+        not_before: signed.not_before,
+        not_after: signed.not_after,
+        spiffe_id: request.spiffe_id.clone(),
+    })
+}
+
+/// `IssuerNotValid` unless `ca` may sign at `now`.
+pub(crate) fn issuer_valid_at(
+    ca: &CertificateAuthority,
+    now: OffsetDateTime,
+) -> Result<(), IssueError> {
+    if now < ca.not_before() || now >= ca.not_after() {
+        return Err(IssueError::IssuerNotValid {
+            subject: ca.subject().to_string(),
+            now,
+            not_before: ca.not_before(),
+            not_after: ca.not_after(),
+        });
+    }
+    Ok(())
+}
+
+/// DNS SANs for `names`, each checked (`InvalidDnsName` names the first bad one).
+pub(crate) fn dns_sans(names: &[String]) -> Result<Vec<SanType>, IssueError> {
+    names
+        .iter()
+        .map(|name| {
+            if !valid_dns_name(name) {
+                return Err(IssueError::InvalidDnsName(name.clone()));
+            }
+            Ok(SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|_| IssueError::InvalidDnsName(name.clone()))?,
+            ))
+        })
+        .collect()
+}
+
+/// A signed leaf: PEM chain (leaf + the CA's intermediates), key, roots, and its validity.
+pub(crate) struct SignedLeaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_bundle_pem: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// Sets the validity window of `params` (backdated by the clock-skew allowance, `lifetime`
+/// long, clipped to the CA's own validity) and signs it with `ca`.
+pub(crate) fn sign_leaf(
+    mut params: CertificateParams,
+    key: &KeyPair,
+    ca: &CertificateAuthority,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<SignedLeaf, IssueError> {
     params.use_authority_key_identifier_extension = true;
     params.not_before = (now - super::CLOCK_SKEW_ALLOWANCE).max(ca.not_before());
-    params.not_after = (now + request.lifetime).min(ca.not_after());
+    params.not_after = (now + lifetime).min(ca.not_after());
     // Certificates carry whole seconds; truncate so the returned times equal the encoded ones.
     params.not_before = params
         .not_before
@@ -305,16 +351,15 @@ pub fn issue_leaf_with_key(
         .not_after
         .replace_nanosecond(0)
         .unwrap_or(params.not_after);
-    let cert = params.signed_by(&key, ca.issuer())?;
+    let cert = params.signed_by(key, ca.issuer())?;
     let mut cert_pem = cert.pem();
     cert_pem.push_str(&ca.leaf_chain_pem());
-    Ok(IssuedLeaf {
+    Ok(SignedLeaf {
         cert_pem,
         key_pem: key.serialize_pem(),
         ca_bundle_pem: ca.roots_pem(),
         not_before: params.not_before,
         not_after: params.not_after,
-        spiffe_id: request.spiffe_id.clone(),
     })
 }
 

@@ -141,12 +141,16 @@ fn present(b: Option<&[u8]>) -> Option<&[u8]> {
     b.filter(|b| !b.iter().all(u8::is_ascii_whitespace))
 }
 
-fn check(
-    stored: &StoredSecret<'_>,
-    expected: &ExpectedIdentity,
-    issuers: &CurrentIssuers<'_>,
-    now: OffsetDateTime,
-) -> Result<OffsetDateTime, ReissueReason> {
+/// The certificate material of a stored Secret, parsed (`Missing` / `Unparseable` otherwise).
+/// Shared by the workload identities and the webhook's serving certificate.
+pub(crate) struct StoredParts {
+    chain: Vec<CertificateDer<'static>>,
+    key: KeyPair,
+    /// `ca.crt`.
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
+pub(crate) fn stored_parts(stored: &StoredSecret<'_>) -> Result<StoredParts, ReissueReason> {
     use ReissueReason::*;
     let (Some(crt), Some(key), Some(ca_crt)) = (
         present(stored.tls_crt),
@@ -156,17 +160,62 @@ fn check(
         return Err(Missing);
     };
     let chain = pem::certificates(crt).map_err(|_| Unparseable)?;
-    let leaf_der = chain.first().ok_or(Unparseable)?;
-    let (_, leaf) = X509Certificate::from_der(leaf_der).map_err(|_| Unparseable)?;
     let key = std::str::from_utf8(key)
         .ok()
         .and_then(|k| KeyPair::from_pem(k).ok())
         .ok_or(Unparseable)?;
     let bundle = pem::certificates(ca_crt).map_err(|_| Unparseable)?;
+    Ok(StoredParts { chain, key, bundle })
+}
 
-    if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(KeyMismatch);
+impl StoredParts {
+    /// The leaf (first certificate of `tls.crt`): `Unparseable`, or `KeyMismatch` when
+    /// `tls.key` is not its key.
+    pub(crate) fn leaf(&self) -> Result<X509Certificate<'_>, ReissueReason> {
+        let der = self.chain.first().ok_or(ReissueReason::Unparseable)?;
+        let (_, leaf) = X509Certificate::from_der(der).map_err(|_| ReissueReason::Unparseable)?;
+        if leaf.public_key().subject_public_key.data.as_ref() != self.key.public_key_raw() {
+            return Err(ReissueReason::KeyMismatch);
+        }
+        Ok(leaf)
     }
+}
+
+/// The leaf's validity window, or `Expired` / `NotYetValid` at `now`.
+pub(crate) fn validity_at(
+    leaf: &X509Certificate<'_>,
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime), ReissueReason> {
+    let (not_before, not_after) = ca::validity(leaf);
+    if now >= not_after {
+        return Err(ReissueReason::Expired);
+    }
+    if now < not_before {
+        return Err(ReissueReason::NotYetValid);
+    }
+    Ok((not_before, not_after))
+}
+
+/// Whether two certificate lists hold the same certificates (order and repeats aside).
+pub(crate) fn same_certificates(a: &[CertificateDer<'_>], b: &[CertificateDer<'_>]) -> bool {
+    let set = |certs: &[CertificateDer<'_>]| {
+        certs
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect::<BTreeSet<_>>()
+    };
+    set(a) == set(b)
+}
+
+fn check(
+    stored: &StoredSecret<'_>,
+    expected: &ExpectedIdentity,
+    issuers: &CurrentIssuers<'_>,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, ReissueReason> {
+    use ReissueReason::*;
+    let parts = stored_parts(stored)?;
+    let leaf = parts.leaf()?;
     if !sans_match(&leaf, expected) {
         return Err(WrongSan);
     }
@@ -180,24 +229,12 @@ fn check(
     if !by_active && !issuers.retired.iter().any(signed_by) {
         return Err(WrongIssuer);
     }
-    let (not_before, not_after) = ca::validity(&leaf);
-    if now >= not_after {
-        return Err(Expired);
-    }
-    if now < not_before {
-        return Err(NotYetValid);
-    }
+    let (not_before, not_after) = validity_at(&leaf, now)?;
     if !by_active {
         return Err(CaRotated);
     }
     let expected_bundle = pem::certificates(issuers.bundle_pem.as_bytes()).unwrap_or_default();
-    let as_set = |certs: &[CertificateDer<'_>]| {
-        certs
-            .iter()
-            .map(|c| c.as_ref().to_vec())
-            .collect::<BTreeSet<_>>()
-    };
-    if as_set(&bundle) != as_set(&expected_bundle) {
+    if !same_certificates(&parts.bundle, &expected_bundle) {
         return Err(TrustBundleChanged);
     }
     let renew_at = renew_at(not_before, not_after);

@@ -20,11 +20,13 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::issue::{IssueError, valid_dns_name};
+use super::issue::{IssueError, dns_sans, issuer_valid_at, sign_leaf};
 use super::k8s::{
     COMPONENT_LABEL, MANAGED_BY_LABEL, NOT_AFTER_ANNOTATION, TLS_SECRET_TYPE, stored,
 };
-use super::rotation::{Decision, ReissueReason, StoredSecret, renew_at};
+use super::rotation::{
+    Decision, ReissueReason, StoredSecret, renew_at, same_certificates, stored_parts, validity_at,
+};
 use super::{CA_CRT, CertificateAuthority, TLS_CRT, TLS_KEY, ca, pem, rfc3339};
 
 /// Default lifetime of the webhook serving certificate: 90 days (renewed after 60).
@@ -110,25 +112,8 @@ pub fn issue_serving_with_key(
             "(none: the serving certificate needs at least one DNS name or IP address)".into(),
         ));
     }
-    if now < ca.not_before() || now >= ca.not_after() {
-        return Err(IssueError::IssuerNotValid {
-            subject: ca.subject().to_string(),
-            now,
-            not_before: ca.not_before(),
-            not_after: ca.not_after(),
-        });
-    }
-    let mut sans = Vec::new();
-    for name in &names.dns_names {
-        if !valid_dns_name(name) {
-            return Err(IssueError::InvalidDnsName(name.clone()));
-        }
-        sans.push(SanType::DnsName(
-            name.clone()
-                .try_into()
-                .map_err(|_| IssueError::InvalidDnsName(name.clone()))?,
-        ));
-    }
+    issuer_valid_at(ca, now)?;
+    let mut sans = dns_sans(&names.dns_names)?;
     sans.extend(names.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
     let mut params = CertificateParams::default();
     let mut subject = DistinguishedName::new();
@@ -145,26 +130,13 @@ pub fn issue_serving_with_key(
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = (now - super::CLOCK_SKEW_ALLOWANCE).max(ca.not_before());
-    params.not_after = (now + lifetime).min(ca.not_after());
-    params.not_before = params
-        .not_before
-        .replace_nanosecond(0)
-        .unwrap_or(params.not_before);
-    params.not_after = params
-        .not_after
-        .replace_nanosecond(0)
-        .unwrap_or(params.not_after);
-    let cert = params.signed_by(&key, ca.issuer())?;
-    let mut cert_pem = cert.pem();
-    cert_pem.push_str(&ca.leaf_chain_pem());
+    let signed = sign_leaf(params, &key, ca, now, lifetime)?;
     Ok(IssuedServing {
-        cert_pem,
-        key_pem: key.serialize_pem(),
-        ca_bundle_pem: ca.roots_pem(),
-        not_before: params.not_before,
-        not_after: params.not_after,
+        cert_pem: signed.cert_pem,
+        key_pem: signed.key_pem,
+        ca_bundle_pem: signed.ca_bundle_pem,
+        not_before: signed.not_before,
+        not_after: signed.not_after,
     })
 }
 
@@ -183,10 +155,6 @@ pub fn decide_serving(
     }
 }
 
-fn present(b: Option<&[u8]>) -> Option<&[u8]> {
-    b.filter(|b| !b.iter().all(u8::is_ascii_whitespace))
-}
-
 fn check(
     stored: &StoredSecret<'_>,
     names: &ServingNames,
@@ -194,44 +162,16 @@ fn check(
     now: OffsetDateTime,
 ) -> Result<OffsetDateTime, ReissueReason> {
     use ReissueReason::*;
-    let (Some(crt), Some(key), Some(ca_crt)) = (
-        present(stored.tls_crt),
-        present(stored.tls_key),
-        present(stored.ca_crt),
-    ) else {
-        return Err(Missing);
-    };
-    let chain = pem::certificates(crt).map_err(|_| Unparseable)?;
-    let leaf_der = chain.first().ok_or(Unparseable)?;
-    let (_, leaf) = X509Certificate::from_der(leaf_der).map_err(|_| Unparseable)?;
-    let key = std::str::from_utf8(key)
-        .ok()
-        .and_then(|k| KeyPair::from_pem(k).ok())
-        .ok_or(Unparseable)?;
-    let bundle = pem::certificates(ca_crt).map_err(|_| Unparseable)?;
-    if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(KeyMismatch);
-    }
+    let parts = stored_parts(stored)?;
+    let leaf = parts.leaf()?;
     if !sans_match(&leaf, names) {
         return Err(WrongSan);
     }
     if !ca.signed(&leaf) {
         return Err(WrongIssuer);
     }
-    let (not_before, not_after) = ca::validity(&leaf);
-    if now >= not_after {
-        return Err(Expired);
-    }
-    if now < not_before {
-        return Err(NotYetValid);
-    }
-    let as_set = |certs: &[rustls::pki_types::CertificateDer<'_>]| {
-        certs
-            .iter()
-            .map(|c| c.as_ref().to_vec())
-            .collect::<BTreeSet<_>>()
-    };
-    if as_set(&bundle) != as_set(ca.roots()) {
+    let (not_before, not_after) = validity_at(&leaf, now)?;
+    if !same_certificates(&parts.bundle, ca.roots()) {
         return Err(TrustBundleChanged);
     }
     let renew_at = renew_at(not_before, not_after);
