@@ -25,56 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::cluster::{ControlPlane, control_plane};
+use support::playground::{StopOperator, cluster_sh, log_tail, operator_log_path, root};
 use support::tools::tool;
 
 const WARN_RULES: &[&str] = &["APG008", "APG012", "APG013"];
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `tests/cluster.sh SUBCOMMAND DIR` against this test's control plane, with this build of
-/// apiguard and the helm of tests/tools.sh; the operator it starts stops when this process does.
-fn cluster_sh(cp: &ControlPlane, subcommand: &str) {
-    let out = Command::new("bash")
-        .arg(root().join("tests/cluster.sh"))
-        .arg(subcommand)
-        .arg(&cp.dir)
-        .env("APIGUARD_BIN", env!("CARGO_BIN_EXE_apiguard"))
-        .env("APIGUARD_HELM", tool("helm"))
-        .env("APIGUARD_CLUSTER_WATCH_PID", std::process::id().to_string())
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run tests/cluster.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "tests/cluster.sh {subcommand} failed ({}):\n{}\n{}\noperator log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        operator_log(cp)
-    );
-}
-
-fn operator_log(cp: &ControlPlane) -> String {
-    let text = std::fs::read_to_string(cp.dir.join("apiguard/apiguard.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// Stops the local operator when the test ends, passed or failed.
-struct Operator(&'static ControlPlane);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(root().join("tests/cluster.sh"))
-            .arg("apiguard-stop")
-            .arg(&self.0.dir)
-            .output();
-    }
-}
 
 fn helm(cp: &ControlPlane, args: &[&str]) -> String {
     let out = Command::new(tool("helm"))
@@ -211,8 +165,8 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
     }
 
     // kubectl apply -f crds/; helm install ...; the operator started and ready.
-    cluster_sh(cp, "apiguard-install");
-    let _operator = Operator(cp);
+    cluster_sh(cp, "apiguard-install", &[]);
+    let _operator = StopOperator(cp);
     let vwc = cp.kubectl_ok([
         "get",
         "validatingwebhookconfiguration",
@@ -368,7 +322,7 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
     );
 
     // Outage: the operator stopped; failurePolicy Fail keeps refusing, naming the webhook.
-    cluster_sh(cp, "apiguard-stop");
+    cluster_sh(cp, "apiguard-stop", &[]);
     let outage = apply_json(cp, &cors_ingress("catalog-outage", "shop"));
     assert!(
         !outage.ok,
@@ -401,7 +355,7 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
     );
 
     // helm upgrade with changed values, the operator restarted with them (as a rollout would).
-    cluster_sh(cp, "apiguard-start");
+    cluster_sh(cp, "apiguard-start", &[]);
     let upgraded = helm(
         cp,
         &[
@@ -416,8 +370,8 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
         ],
     );
     assert!(upgraded.contains("mode: Warn"), "{upgraded}");
-    cluster_sh(cp, "apiguard-stop");
-    cluster_sh(cp, "apiguard-start");
+    cluster_sh(cp, "apiguard-stop", &[]);
+    cluster_sh(cp, "apiguard-start", &[]);
     let env = std::fs::read_to_string(cp.dir.join("apiguard/process.env")).unwrap();
     assert!(env.lines().any(|l| l == "APIGUARD_MODE=Warn"), "{env}");
     let warned = apply_file(
@@ -457,7 +411,7 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
         assert!(
             Instant::now() < deadline,
             "shop/storefront not Ready within 60s: {status}\noperator log:\n{}",
-            operator_log(cp)
+            log_tail(&operator_log_path(cp))
         );
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -505,7 +459,7 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
     helm(cp, &["uninstall", "apiguard", "-n", "apiguard-system"]);
     let left = cp.kubectl_ok(["get", "validatingwebhookconfigurations", "-o", "name"]);
     assert!(left.trim().is_empty(), "left behind: {left}");
-    cluster_sh(cp, "apiguard-stop");
+    cluster_sh(cp, "apiguard-stop", &[]);
     let after = apply_json(cp, &cors_ingress("catalog-after", "shop"));
     assert!(after.ok, "refused after uninstall:\n{}", after.text);
 }

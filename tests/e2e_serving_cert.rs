@@ -21,59 +21,14 @@ use k8s_openapi::ByteString;
 use serde_json::Value;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::{ControlPlane, control_plane};
+use support::playground::{StopOperator, cluster_sh, log_tail, root};
 use support::tools::tool;
 
 const NS: &str = "apiguard-system";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cluster_sh(cp: &ControlPlane, subcommand: &str) {
-    let out = Command::new("bash")
-        .arg(root().join("tests/cluster.sh"))
-        .arg(subcommand)
-        .arg(&cp.dir)
-        .env("APIGUARD_BIN", env!("CARGO_BIN_EXE_apiguard"))
-        .env("APIGUARD_HELM", tool("helm"))
-        .env("APIGUARD_CLUSTER_WATCH_PID", std::process::id().to_string())
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run tests/cluster.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "tests/cluster.sh {subcommand} failed ({}):\n{}\n{}\noperator log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        log_tail(&cp.dir.join("apiguard/apiguard.log"))
-    );
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// Stops the playground's operator when the test ends, passed or failed.
-struct Operator(&'static ControlPlane);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(root().join("tests/cluster.sh"))
-            .arg("apiguard-stop")
-            .arg(&self.0.dir)
-            .output();
-    }
-}
 
 /// A second `apiguard run` replica, killed when dropped.
 struct Replica {
@@ -322,8 +277,8 @@ fn the_operator_manages_its_webhook_serving_certificate() {
     let cp = control_plane();
     cp.kubectl_ok(["create", "namespace", "certs"]);
 
-    cluster_sh(cp, "apiguard-install");
-    let _operator = Operator(cp);
+    cluster_sh(cp, "apiguard-install", &[]);
+    let _operator = StopOperator(cp);
     let first = webhook_addr(cp);
 
     // The CA and the serving Secret exist; the caBundle is the CA's, applied by the operator.
@@ -375,8 +330,8 @@ fn the_operator_manages_its_webhook_serving_certificate() {
         Some(ca_roots.as_slice()),
         "helm upgrade lost the caBundle"
     );
-    cluster_sh(cp, "apiguard-stop");
-    cluster_sh(cp, "apiguard-start");
+    cluster_sh(cp, "apiguard-stop", &[]);
+    cluster_sh(cp, "apiguard-start", &[]);
     assert_eq!(
         secret_key(cp, "apiguard-ca", "tls.crt").unwrap(),
         ca_cert,

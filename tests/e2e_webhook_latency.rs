@@ -14,50 +14,12 @@ mod support;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::api::PostParams;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::cluster::{ControlPlane, control_plane};
-use support::tools::tool;
+use support::playground::{StopOperator, cluster_sh};
 
 const REQUESTS: usize = 1000;
 const WEBHOOK: &str = "validate.apiguard.dev";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cluster_sh(cp: &ControlPlane, subcommand: &str) {
-    let out = Command::new("bash")
-        .arg(root().join("tests/cluster.sh"))
-        .arg(subcommand)
-        .arg(&cp.dir)
-        .env("APIGUARD_BIN", env!("CARGO_BIN_EXE_apiguard"))
-        .env("APIGUARD_HELM", tool("helm"))
-        .env("APIGUARD_CLUSTER_WATCH_PID", std::process::id().to_string())
-        // Per-request log lines are part of the shipped default (info); keep them.
-        .env("RUST_LOG", "info")
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run tests/cluster.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "tests/cluster.sh {subcommand} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Operator(&'static ControlPlane);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(root().join("tests/cluster.sh"))
-            .arg("apiguard-stop")
-            .arg(&self.0.dir)
-            .output();
-    }
-}
 
 /// An Ingress every rule admits: TLS, external authentication, no CORS.
 fn ingress() -> Ingress {
@@ -163,8 +125,8 @@ async fn measures_the_latency_the_webhook_adds_to_apiserver_writes() {
     warm_up(&api, &object).await;
     let without = measure(&api, &object).await;
 
-    tokio::task::block_in_place(|| cluster_sh(cp, "apiguard-install"));
-    let _operator = Operator(cp);
+    tokio::task::block_in_place(|| cluster_sh(cp, "apiguard-install", &[("RUST_LOG", "info")]));
+    let _operator = StopOperator(cp);
     warm_up(&api, &object).await;
     let (sum0, count0, _) = tokio::task::block_in_place(|| webhook_histogram(cp));
     let with = measure(&api, &object).await;

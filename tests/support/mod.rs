@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod controller;
 pub mod envoy;
+pub mod playground;
 pub mod policy_fixtures;
 pub mod tools;
