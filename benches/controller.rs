@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use apiguard::api::ApiSecurityPolicy;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -126,19 +126,6 @@ async fn ready_count(client: &Client) -> usize {
         .count()
 }
 
-async fn create_namespace(client: &Client, name: &str) {
-    let ns = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -161,8 +148,8 @@ async fn main() {
     let cp = control_plane();
     install_policy_crd();
     let client = cp.client().await;
-    create_namespace(&client, OP_NS).await;
-    create_namespace(&client, NS).await;
+    support::cluster::ensure_namespace(&client, OP_NS).await;
+    support::cluster::ensure_namespace(&client, NS).await;
 
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use apiguard::api::ApiSecurityPolicy;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::cluster::{control_plane, eventually, with_temp_ns};
@@ -58,16 +58,7 @@ async fn the_binary_reconciles_reports_and_stops_gracefully() {
     let cp = control_plane();
     install_policy_crd();
     let client = cp.client().await;
-    let ns = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(OP_NS.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
+    support::cluster::ensure_namespace(&client, OP_NS).await;
     let admin = free_port();
     let mut process = Process(
         Command::new(env!("CARGO_BIN_EXE_apiguard"))

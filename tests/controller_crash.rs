@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use apiguard::api::ApiSecurityPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -110,16 +110,7 @@ async fn a_sigkilled_operator_is_replaced_after_its_lease_expires_and_converges_
     let cp = control_plane();
     install_policy_crd();
     let client = cp.client().await;
-    let ns = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(OP_NS.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
+    support::cluster::ensure_namespace(&client, OP_NS).await;
     let leases = Api::<Lease>::namespaced(client.clone(), OP_NS);
 
     let mut first = start(cp, "crash-a");
