@@ -138,7 +138,8 @@ fn main() {
         std::fs::write(dir.path().join(format!("corpus-{i:04}.yaml")), text).expect("write corpus");
     }
     let t = Instant::now();
-    let inputs = load(&[dir.path().to_path_buf()]).expect("load corpus");
+    let inputs = load(&[dir.path().to_path_buf()]);
+    assert!(inputs.errors.is_empty(), "{:?}", inputs.errors);
     let loaded = t.elapsed().as_secs_f64();
     let findings = lint_manifests(&inputs.manifests, &config);
     let json = render_json(&findings).to_string();

@@ -50,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::identity::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lint(args) => Ok(crate::lint::run(&args)?),
+        Command::Lint(args) => Ok(crate::lint::run(&args)),
         Command::Render(args) => {
             crate::render::cli::run(args)?;
             Ok(ExitCode::SUCCESS)

@@ -97,10 +97,13 @@ fn json_has_exactly_the_design_shape() {
         "json",
     ]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        v.as_object().unwrap().keys().collect::<Vec<_>>(),
-        vec!["findings"]
-    );
+    let mut top: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    top.sort();
+    assert_eq!(top, ["errors", "findings", "skipped", "summary"]);
+    assert_eq!(v["errors"], serde_json::json!([]));
+    assert_eq!(v["skipped"], serde_json::json!([]));
+    assert_eq!(v["summary"]["files"], 1);
+    assert_eq!(v["summary"]["objects"], 2, "{:#}", v["summary"]);
     let f = &v["findings"][0];
     let mut keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
@@ -108,14 +111,27 @@ fn json_has_exactly_the_design_shape() {
         keys,
         [
             "exempted",
+            "field",
             "file",
             "kind",
             "message",
             "name",
             "namespace",
+            "remediation",
             "rule",
             "severity"
         ]
+    );
+    assert_eq!(
+        f["field"],
+        "spec.rules[0].http.paths[0].backend.service.name"
+    );
+    assert!(
+        f["remediation"]
+            .as_str()
+            .unwrap()
+            .starts_with("point the backend at the gateway Service "),
+        "{f:#}"
     );
     assert_eq!(f["rule"], "APG004");
     assert_eq!(f["severity"], "deny");

@@ -303,7 +303,7 @@ async fn decisions_are_counted_with_bounded_labels() {
         review("CREATE", &clean_service(), "m2", false),
         review(
             "CREATE",
-            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "shop"}}),
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c", "namespace": "shop"}}),
             "m3",
             false,
         ),

@@ -7,7 +7,7 @@
 mod webhook_support;
 
 use apiguard::admin::AdmissionMetrics;
-use apiguard::rules::{ClusterView, EngineConfig};
+use apiguard::rules::{ClusterView, EngineConfig, Related};
 use apiguard::webhook::Admission;
 use apiguard::webhook::cluster::ReflectorView;
 use serde_json::{Value, json};
@@ -46,7 +46,7 @@ async fn caches_sync_after_the_initial_lists_and_feed_the_rules() {
     assert!(view.service("shop", "payments").is_some());
     assert!(view.service("shop", "missing").is_none());
     assert!(
-        view.security_policies_in("shop").is_empty(),
+        view.related_in(Related::SecurityPolicy, "shop").is_empty(),
         "no CRD: empty view"
     );
 
@@ -86,11 +86,11 @@ async fn envoy_gateway_security_policies_are_watched_when_the_crd_exists() {
         .await
         .expect("caches sync")
         .expect("writers alive");
-    let policies = view.security_policies_in("shop");
+    let policies = view.related_in(Related::SecurityPolicy, "shop");
     assert_eq!(policies.len(), 1);
     assert_eq!(policies[0]["kind"], "SecurityPolicy");
     assert_eq!(policies[0]["spec"]["jwt"]["providers"][0]["name"], "corp");
-    assert!(view.security_policies_in("other").is_empty());
+    assert!(view.related_in(Related::SecurityPolicy, "other").is_empty());
     assert!(
         mock.unknown.lock().unwrap().is_empty(),
         "{:?}",

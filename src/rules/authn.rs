@@ -1,57 +1,276 @@
-//! APG003 unauthenticated-route for Gateway API HTTPRoutes: every backend must be protected,
-//! either by being the gateway Service of an ApiSecurityPolicy or by an Envoy Gateway
-//! SecurityPolicy with an authentication method targeting the route or one of its parent
-//! Gateways (or by the route being marked `apiguard.dev/public`). The backends are also checked
-//! for APG004/APG010 (see [`super::bypass`]). Ingress authentication is read from the
-//! ingress-nginx annotations in [`super::ingress_nginx`].
+//! APG003 unauthenticated-route for Gateway API HTTPRoutes and GRPCRoutes: every rule's
+//! backends must be protected, either by being the gateway Service of an ApiSecurityPolicy or
+//! by authentication in front of that rule (or by the route being marked `apiguard.dev/public`).
+//! The backends are also checked for APG004/APG010 (see [`super::bypass`]). Ingress
+//! authentication is read from the ingress-nginx annotations in [`super::ingress_nginx`].
+//!
+//! What authenticates a rule, following Envoy Gateway's policy attachment:
+//! - a SecurityPolicy with `jwt` (not `optional: true`), `apiKeyAuth`, `basicAuth`, `oidc` or
+//!   `extAuth`. The most specific SecurityPolicy wins and replaces the others (no merge): one
+//!   targeting the rule (`sectionName` = the rule's `name`), else one targeting the whole route,
+//!   else, for each parent Gateway, one targeting the route's listener (`sectionName`), else
+//!   one targeting the whole Gateway. So a CORS-only policy on a route switches the gateway's
+//!   authentication off for that route.
+//! - a ClientTrafficPolicy on the parent Gateway (or the listener) that requires client
+//!   certificates (`tls.clientValidation`, not `optional: true`): mTLS, like ingress-nginx's
+//!   `auth-tls-verify-client: "on"`.
+//!
+//! A rule is authenticated only when it is through every parent Gateway it is attached to.
 
-use super::bypass::{RouteAuth, check_backend};
+use super::bypass::{BackendRef, RouteAuth, check_backend};
 use super::json::Reader;
-use super::{ClusterView, Finding, ObjectRef};
+use super::{ClusterView, Finding, ObjectRef, Related};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// The SecurityPolicy fields that authenticate requests.
 pub const SECURITY_POLICY_AUTH: &[&str] = &["jwt", "apiKeyAuth", "basicAuth", "oidc", "extAuth"];
 
-/// Whether an Envoy Gateway SecurityPolicy authenticates requests.
+const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Whether an Envoy Gateway SecurityPolicy authenticates requests: an authentication method
+/// is set, and a JWT that is `optional: true` (requests without a token pass) does not count.
 pub fn security_policy_authenticates(sp: &Value) -> bool {
     let Some(spec) = sp.get("spec").and_then(Value::as_object) else {
         return false;
     };
-    SECURITY_POLICY_AUTH
-        .iter()
-        .any(|k| spec.get(*k).is_some_and(|v| !v.is_null()))
+    SECURITY_POLICY_AUTH.iter().any(|k| match spec.get(*k) {
+        None | Some(Value::Null) => false,
+        Some(jwt) if *k == "jwt" => jwt.get("optional").and_then(Value::as_bool) != Some(true),
+        Some(_) => true,
+    })
 }
 
-/// Whether a SecurityPolicy targets the object `kind`/`name` (via `targetRef` or `targetRefs`).
-pub fn security_policy_targets(sp: &Value, kind: &str, name: &str) -> bool {
-    let Some(spec) = sp.get("spec") else {
-        return false;
-    };
-    let matches = |t: &Value| {
-        t.get("kind").and_then(Value::as_str) == Some(kind)
-            && t.get("name").and_then(Value::as_str) == Some(name)
-    };
-    spec.get("targetRef").is_some_and(matches)
-        || spec
-            .get("targetRefs")
-            .and_then(Value::as_array)
-            .is_some_and(|refs| refs.iter().any(matches))
+/// Whether an Envoy Gateway ClientTrafficPolicy requires client certificates.
+pub fn client_traffic_policy_requires_client_certificates(ctp: &Value) -> bool {
+    ctp.pointer("/spec/tls/clientValidation")
+        .and_then(Value::as_object)
+        .is_some_and(|v| v.get("optional").and_then(Value::as_bool) != Some(true))
 }
 
-fn authenticated_by_security_policy(
-    view: &dyn ClusterView,
-    namespace: &str,
+/// How a policy attaches to an object: to all of it, or to one section of it (a route rule's
+/// or a Gateway listener's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    Whole,
+    Section(String),
+}
+
+/// The attachments of a policy (`targetRef`, `targetRefs[]`, `targetSelectors[]`) to the
+/// object `kind`/`name` with `labels`.
+pub fn attachments(
+    policy: &Value,
     kind: &str,
     name: &str,
-) -> bool {
-    view.security_policies_in(namespace)
-        .iter()
-        .any(|sp| security_policy_targets(sp, kind, name) && security_policy_authenticates(sp))
+    labels: &[(&str, &str)],
+) -> Vec<Attachment> {
+    let Some(spec) = policy.get("spec") else {
+        return Vec::new();
+    };
+    let group_ok = |t: &Value| {
+        t.get("group")
+            .and_then(Value::as_str)
+            .is_none_or(|g| g == GATEWAY_API_GROUP)
+    };
+    let section = |t: &Value| match t.get("sectionName").and_then(Value::as_str) {
+        Some(s) if !s.is_empty() => Attachment::Section(s.to_string()),
+        _ => Attachment::Whole,
+    };
+    let by_ref = |t: &Value| {
+        (t.get("kind").and_then(Value::as_str) == Some(kind)
+            && t.get("name").and_then(Value::as_str) == Some(name)
+            && group_ok(t))
+        .then(|| section(t))
+    };
+    let by_selector = |t: &Value| {
+        let wanted = t.get("matchLabels").and_then(Value::as_object)?;
+        (t.get("kind").and_then(Value::as_str) == Some(kind)
+            && group_ok(t)
+            && !wanted.is_empty()
+            && wanted.iter().all(|(k, v)| {
+                labels
+                    .iter()
+                    .any(|(lk, lv)| lk == k && v.as_str() == Some(lv))
+            }))
+        .then_some(Attachment::Whole)
+    };
+    let list = |key: &str| {
+        spec.get(key)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    spec.get("targetRef")
+        .and_then(by_ref)
+        .into_iter()
+        .chain(list("targetRefs").iter().filter_map(by_ref))
+        .chain(list("targetSelectors").iter().filter_map(by_selector))
+        .collect()
 }
 
-/// `gateway.networking.k8s.io/v1` HTTPRoute.
-pub fn review_http_route(
+/// The policies of `kind` in `namespace` attached to the object, with how.
+fn attached(
+    view: &dyn ClusterView,
+    kind: Related,
+    namespace: &str,
+    target_kind: &str,
+    target_name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(Arc<Value>, Attachment)> {
+    view.related_in(kind, namespace)
+        .into_iter()
+        .flat_map(|p| {
+            attachments(&p, target_kind, target_name, labels)
+                .into_iter()
+                .map(move |a| (p.clone(), a))
+        })
+        .collect()
+}
+
+/// The most specific of `policies` for `section` (`None`: the whole object): those attached to
+/// that section if any, else those attached to the whole object. Several at the same level
+/// conflict (Envoy Gateway keeps the oldest), so the verdict must hold for all of them.
+fn most_specific<'p>(
+    policies: &'p [(Arc<Value>, Attachment)],
+    section: Option<&str>,
+) -> Vec<&'p Value> {
+    let of = |want: &Attachment| -> Vec<&'p Value> {
+        policies
+            .iter()
+            .filter(|(_, a)| a == want)
+            .map(|(p, _)| p.as_ref())
+            .collect()
+    };
+    if let Some(s) = section {
+        let specific = of(&Attachment::Section(s.to_string()));
+        if !specific.is_empty() {
+            return specific;
+        }
+    }
+    of(&Attachment::Whole)
+}
+
+/// Whether every one of `policies` satisfies `check` (and there is one).
+fn all_of(policies: &[&Value], check: fn(&Value) -> bool) -> bool {
+    !policies.is_empty() && policies.iter().all(|p| check(p))
+}
+
+/// A parent Gateway of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub namespace: String,
+    pub name: String,
+    /// The listener the route attaches to (`None`: every listener of the Gateway).
+    pub section: Option<String>,
+}
+
+/// Whether the policies of one kind attached to a Gateway satisfy `check` for the listeners a
+/// route uses. For a route on every listener, listener-specific policies override the
+/// Gateway-wide one on their listeners, so all of them must satisfy it, and since the
+/// Gateway's other listeners are unknown here, a Gateway-wide one must exist and satisfy it.
+fn gateway_satisfies(
+    policies: &[(Arc<Value>, Attachment)],
+    parent: &Parent,
+    check: fn(&Value) -> bool,
+) -> bool {
+    match &parent.section {
+        Some(section) => all_of(&most_specific(policies, Some(section)), check),
+        None => {
+            all_of(&most_specific(policies, None), check) && policies.iter().all(|(p, _)| check(p))
+        }
+    }
+}
+
+/// Whether a Gateway requires client certificates on the listeners `parent` uses.
+fn parent_requires_client_certificates(view: &dyn ClusterView, parent: &Parent) -> bool {
+    let ctps = attached(
+        view,
+        Related::ClientTrafficPolicy,
+        &parent.namespace,
+        "Gateway",
+        &parent.name,
+        &[],
+    );
+    gateway_satisfies(
+        &ctps,
+        parent,
+        client_traffic_policy_requires_client_certificates,
+    )
+}
+
+/// The route as the attachment rules see it.
+pub struct RouteTarget<'a> {
+    pub namespace: &'a str,
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+    pub parents: &'a [Parent],
+}
+
+/// Whether requests to the route rule named `rule` (`None`: a rule without a name) are
+/// authenticated through every parent Gateway.
+pub fn rule_authenticated(
+    view: &dyn ClusterView,
+    route: &RouteTarget<'_>,
+    rule: Option<&str>,
+) -> bool {
+    let route_policies = attached(
+        view,
+        Related::SecurityPolicy,
+        route.namespace,
+        route.kind,
+        route.name,
+        route.labels,
+    );
+    let route_level = most_specific(&route_policies, rule);
+    let through = |parent: &Parent| {
+        if parent_requires_client_certificates(view, parent) {
+            return true;
+        }
+        if !route_level.is_empty() {
+            return all_of(&route_level, security_policy_authenticates);
+        }
+        let gateway_policies = attached(
+            view,
+            Related::SecurityPolicy,
+            &parent.namespace,
+            "Gateway",
+            &parent.name,
+            &[],
+        );
+        gateway_satisfies(&gateway_policies, parent, security_policy_authenticates)
+    };
+    if route.parents.is_empty() {
+        all_of(&route_level, security_policy_authenticates)
+    } else {
+        route.parents.iter().all(through)
+    }
+}
+
+/// One backend of a route rule, with its field path.
+struct RouteBackend<'v> {
+    field: String,
+    namespace: String,
+    kind: &'v str,
+    group: &'v str,
+    name: &'v str,
+}
+
+impl RouteBackend<'_> {
+    fn as_ref(&self) -> BackendRef<'_> {
+        match (self.group, self.kind) {
+            ("", "Service") => BackendRef::Service(self.name),
+            ("multicluster.x-k8s.io", "ServiceImport") => BackendRef::ServiceImport(self.name),
+            (_, kind) => BackendRef::Other {
+                kind,
+                name: self.name,
+            },
+        }
+    }
+}
+
+/// `gateway.networking.k8s.io` HTTPRoute and GRPCRoute.
+pub fn review_route(
     object: &Value,
     obj: &ObjectRef,
     view: &dyn ClusterView,
@@ -59,11 +278,12 @@ pub fn review_http_route(
     out: &mut Vec<Finding>,
 ) {
     let ns = obj.namespace_or_default().to_string();
-    let mut found = Vec::new();
-    let mut parents: Vec<(String, String)> = Vec::new();
-    let mut backends: Vec<(String, String, String)> = Vec::new();
+    let mut parents: Vec<Parent> = Vec::new();
+    let mut rules: Vec<(Option<&str>, Vec<RouteBackend<'_>>)> = Vec::new();
+    let labels: Vec<(&str, &str)>;
     {
         let mut r = Reader::new(obj, out);
+        labels = r.labels(object);
         let Some(spec) = r.object(object, "spec", "spec") else {
             return;
         };
@@ -79,14 +299,27 @@ pub fn review_http_route(
             let Some(name) = r.str(p, "name", &format!("{base}.name")) else {
                 continue;
             };
-            let pns = r
+            let namespace = r
                 .str(p, "namespace", &format!("{base}.namespace"))
-                .unwrap_or(&ns);
+                .unwrap_or(&ns)
+                .to_string();
+            let section = r
+                .str(p, "sectionName", &format!("{base}.sectionName"))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
             if kind == "Gateway" {
-                parents.push((pns.to_string(), name.to_string()));
+                parents.push(Parent {
+                    namespace,
+                    name: name.to_string(),
+                    section,
+                });
             }
         }
         for (i, rule) in r.array(spec, "rules", "spec.rules").iter().enumerate() {
+            let name = r
+                .str(rule, "name", &format!("spec.rules[{i}].name"))
+                .filter(|n| !n.is_empty());
+            let mut backends = Vec::new();
             for (j, b) in r
                 .array(rule, "backendRefs", &format!("spec.rules[{i}].backendRefs"))
                 .iter()
@@ -100,25 +333,101 @@ pub fn review_http_route(
                 let Some(name) = r.str(b, "name", &format!("{base}.name")) else {
                     continue;
                 };
-                let bns = r
+                let namespace = r
                     .str(b, "namespace", &format!("{base}.namespace"))
-                    .unwrap_or(&ns);
-                if kind == "Service" && group.is_empty() {
-                    backends.push((format!("{base}.name"), bns.to_string(), name.to_string()));
-                }
+                    .unwrap_or(&ns)
+                    .to_string();
+                backends.push(RouteBackend {
+                    field: format!("{base}.name"),
+                    namespace,
+                    kind,
+                    group,
+                    name,
+                });
             }
+            rules.push((name, backends));
         }
     }
-    let authenticated = authenticated_by_security_policy(view, &ns, "HTTPRoute", &obj.name)
-        || parents
-            .iter()
-            .any(|(pns, name)| authenticated_by_security_policy(view, pns, "Gateway", name));
-    let route = RouteAuth {
-        authenticated,
-        public: public_route,
+    let target = RouteTarget {
+        namespace: &ns,
+        kind: &obj.kind,
+        name: &obj.name,
+        labels: &labels,
+        parents: &parents,
     };
-    for (field, bns, service) in &backends {
-        check_backend(obj, view, bns, service, field, route, &mut found);
+    let mut found = Vec::new();
+    for (rule, backends) in &rules {
+        if backends.is_empty() {
+            continue;
+        }
+        let route = RouteAuth {
+            authenticated: rule_authenticated(view, &target, *rule),
+            public: public_route,
+        };
+        for b in backends {
+            check_backend(
+                obj,
+                view,
+                &b.namespace,
+                b.as_ref(),
+                &b.field,
+                route,
+                &mut found,
+            );
+        }
     }
     out.extend(found);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn optional_jwt_is_not_authentication() {
+        let sp = |jwt: Value| json!({"spec": {"jwt": jwt}});
+        assert!(security_policy_authenticates(&sp(json!({"providers": []}))));
+        assert!(!security_policy_authenticates(&sp(
+            json!({"optional": true, "providers": []})
+        )));
+        assert!(security_policy_authenticates(&json!({"spec": {
+            "jwt": {"optional": true}, "basicAuth": {"users": {"name": "u"}}}})));
+        assert!(!security_policy_authenticates(
+            &json!({"spec": {"cors": {}}})
+        ));
+    }
+
+    #[test]
+    fn attachments_by_ref_section_and_selector() {
+        let sp = json!({"spec": {
+            "targetRefs": [
+                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web", "sectionName": "admin"},
+                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "other"}],
+            "targetSelectors": [{"kind": "HTTPRoute", "matchLabels": {"team": "shop"}}]}});
+        assert_eq!(
+            attachments(&sp, "HTTPRoute", "web", &[]),
+            vec![Attachment::Section("admin".into())]
+        );
+        assert_eq!(
+            attachments(&sp, "HTTPRoute", "x", &[("team", "shop")]),
+            vec![Attachment::Whole]
+        );
+        assert!(attachments(&sp, "GRPCRoute", "web", &[]).is_empty());
+        let other_group = json!({"spec": {"targetRef": {"group": "example.com", "kind": "HTTPRoute", "name": "web"}}});
+        assert!(attachments(&other_group, "HTTPRoute", "web", &[]).is_empty());
+    }
+
+    #[test]
+    fn client_certificates_unless_optional() {
+        assert!(client_traffic_policy_requires_client_certificates(
+            &json!({"spec": {"tls": {"clientValidation": {"caCertificateRefs": [{"name": "ca"}]}}}})
+        ));
+        assert!(!client_traffic_policy_requires_client_certificates(
+            &json!({"spec": {"tls": {"clientValidation": {"optional": true}}}})
+        ));
+        assert!(!client_traffic_policy_requires_client_certificates(
+            &json!({"spec": {"tls": {"minVersion": "1.2"}}})
+        ));
+    }
 }

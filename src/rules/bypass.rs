@@ -93,19 +93,52 @@ pub struct RouteAuth {
     pub public: bool,
 }
 
-/// Checks one route backend (Ingress or HTTPRoute): APG010 for the gateway of an
+/// What a route backend points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendRef<'a> {
+    /// A core Service.
+    Service(&'a str),
+    /// A multi-cluster `ServiceImport` (multicluster.x-k8s.io): the Services of that name
+    /// exported from every cluster of the set, this one included.
+    ServiceImport(&'a str),
+    /// Anything else (an Envoy Gateway `Backend`, a storage bucket resource, ...): no policy
+    /// can protect it, so only the route's own authentication does.
+    Other { kind: &'a str, name: &'a str },
+}
+
+impl BackendRef<'_> {
+    fn describe(&self, namespace: &str) -> String {
+        match self {
+            BackendRef::Service(name) => format!("Service {namespace}/{name}"),
+            BackendRef::ServiceImport(name) => format!("ServiceImport {namespace}/{name}"),
+            BackendRef::Other { kind, name } => format!("{kind} {namespace}/{name}"),
+        }
+    }
+
+    fn classify(&self, view: &dyn ClusterView, namespace: &str) -> Backend {
+        match self {
+            BackendRef::Service(name) | BackendRef::ServiceImport(name) => {
+                classify(view, namespace, name, None)
+            }
+            BackendRef::Other { .. } => Backend::Unprotected,
+        }
+    }
+}
+
+/// Checks one route backend (Ingress, HTTPRoute or GRPCRoute): APG010 for the gateway of an
 /// Internal/Private API, APG004 for a bypass, and APG003 for an unprotected backend when the
 /// route has no authentication of its own and is not marked public.
 pub fn check_backend(
     obj: &ObjectRef,
     view: &dyn ClusterView,
     namespace: &str,
-    service: &str,
+    backend: BackendRef<'_>,
     field: &str,
     route: RouteAuth,
     out: &mut Vec<Finding>,
 ) {
-    match classify(view, namespace, service, None) {
+    let what = backend.describe(namespace);
+    match backend.classify(view, namespace) {
         Backend::Gateway(p) => {
             if !p.spec.exposure.is_external() {
                 out.push(Finding::new(
@@ -113,7 +146,11 @@ pub fn check_backend(
                     obj,
                     field,
                     format!(
-                        "routes outside traffic to {service}, the gateway of ApiSecurityPolicy {namespace}/{} whose exposure is {:?}",
+                        "routes outside traffic to {}, the gateway of ApiSecurityPolicy {namespace}/{} whose exposure is {:?}",
+                        match backend {
+                            BackendRef::Service(name) => name.to_string(),
+                            _ => what.clone(),
+                        },
                         policy_name(&p),
                         p.spec.exposure
                     ),
@@ -126,7 +163,7 @@ pub fn check_backend(
             obj,
             field,
             format!(
-                "sends traffic to Service {namespace}/{service}, which {how} of ApiSecurityPolicy {}, bypassing its gateway (no authentication, authorization, CORS or rate limits are applied)",
+                "sends traffic to {what}, which {how} of ApiSecurityPolicy {}, bypassing its gateway (no authentication, authorization, CORS or rate limits are applied)",
                 policy_name(&p)
             ),
             format!(
@@ -141,7 +178,7 @@ pub fn check_backend(
                     obj,
                     field,
                     format!(
-                        "publishes Service {namespace}/{service}, which no ApiSecurityPolicy protects, and the route has no authentication"
+                        "publishes {what}, which no ApiSecurityPolicy protects, and the route has no authentication"
                     ),
                     "protect the Service with an ApiSecurityPolicy and route to its <policy>-apiguard gateway Service, add authentication to the route, or mark a deliberately public route with the annotation apiguard.dev/public: \"<reason>\"",
                 ));

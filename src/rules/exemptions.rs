@@ -4,7 +4,7 @@
 //!   the listed rules are kept but marked exempted with the reason (admission lets them through
 //!   with a warning). An entry without a reason, or naming an unknown rule, is itself an APG014
 //!   (deny) finding on the annotation, and exempts nothing; such findings cannot be exempted.
-//! - `apiguard.dev/public: "<reason>"` on an Ingress or HTTPRoute marks a deliberately public,
+//! - `apiguard.dev/public: "<reason>"` on an Ingress, HTTPRoute or GRPCRoute marks a deliberately public,
 //!   unauthenticated route: APG003 does not apply to it. An empty reason is an APG014 finding
 //!   and the route is not treated as public.
 //!
@@ -52,7 +52,7 @@ pub fn parse_exemptions(value: &str) -> (BTreeMap<RuleId, String>, Vec<Exemption
 }
 
 fn is_route(obj: &ObjectRef) -> bool {
-    matches!(obj.kind.as_str(), "Ingress" | "HTTPRoute")
+    matches!(obj.kind.as_str(), "Ingress" | "HTTPRoute" | "GRPCRoute")
 }
 
 /// Whether the object is a route deliberately marked public (with a reason).

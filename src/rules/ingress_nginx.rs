@@ -1,20 +1,97 @@
-//! `networking.k8s.io/v1` Ingress: the ingress-nginx annotations (CORS -> APG001/APG002,
-//! `ssl-redirect` -> APG005, `ssl-protocols` -> APG006, snippets -> APG011, `auth-*` as the
-//! route's own authentication), TLS coverage of every host (APG005), and the backends
-//! (APG003/APG004/APG010, through [`super::bypass::check_backend`]).
+//! Ingress (`networking.k8s.io/v1`, and the `v1beta1` and `extensions/v1beta1` shapes that old
+//! manifests still use): the ingress-nginx annotations (CORS -> APG001/APG002, `ssl-redirect`
+//! -> APG005, `proxy-ssl-protocols` -> APG006, snippets -> APG011, `auth-*` as the route's own
+//! authentication), TLS coverage of every host (APG005; `spec.tls`, or GKE's Google-managed or
+//! pre-shared certificates with their HTTP-to-HTTPS redirect), and the backends
+//! (APG003/APG004/APG010, through [`super::bypass::check_backend`]). Also the ingress-nginx
+//! controller's ConfigMap (`ssl-protocols` -> APG006).
 
-use super::bypass::{RouteAuth, check_backend};
+use super::bypass::{BackendRef, RouteAuth, check_backend};
 use super::cors::{
     credentials_finding, is_match_all_origin, is_untrusted_for_credentials, wildcard_finding,
 };
 use super::json::{Reader, annotation_field};
-use super::{ClusterView, Finding, ObjectRef, RuleId};
+use super::{ClusterView, Finding, ObjectRef, Related, RuleId};
 use serde_json::Value;
 
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
-/// Snippet annotations that inject raw nginx configuration (APG011).
-pub const SNIPPETS: &[&str] = &["configuration-snippet", "server-snippet", "auth-snippet"];
+/// Snippet annotations that inject raw nginx (or ModSecurity) configuration (APG011).
+pub const SNIPPETS: &[&str] = &[
+    "configuration-snippet",
+    "server-snippet",
+    "auth-snippet",
+    "stream-snippet",
+    "modsecurity-snippet",
+];
+
+/// GKE Ingress: Google-managed certificates (names of ManagedCertificate objects).
+pub const GKE_MANAGED_CERTIFICATES: &str = "networking.gke.io/managed-certificates";
+/// GKE Ingress: certificates uploaded to the Google Cloud project.
+pub const GKE_PRE_SHARED_CERT: &str = "ingress.gcp.kubernetes.io/pre-shared-cert";
+/// GKE Ingress: `"false"` removes the plaintext HTTP forwarding rule.
+pub const GKE_ALLOW_HTTP: &str = "kubernetes.io/ingress.allow-http";
+/// GKE Ingress: the FrontendConfig (same namespace) with the HTTP-to-HTTPS redirect.
+pub const GKE_FRONTEND_CONFIG: &str = "networking.gke.io/v1beta1.FrontendConfig";
+
+fn exact<'v>(annotations: &[(&'v str, &'v str)], key: &str) -> Option<&'v str> {
+    annotations
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a GKE load balancer terminates TLS with certificates named in annotations (Google-
+/// managed, or pre-shared): then every host is served over HTTPS without `spec.tls`.
+fn gke_certificates(annotations: &[(&str, &str)]) -> bool {
+    exact(annotations, GKE_MANAGED_CERTIFICATES).is_some()
+        || exact(annotations, GKE_PRE_SHARED_CERT).is_some()
+}
+
+/// APG005 for a GKE Ingress with HTTPS: GKE also serves plaintext HTTP on port 80 unless
+/// `kubernetes.io/ingress.allow-http: "false"` or its FrontendConfig redirects to HTTPS. A
+/// FrontendConfig that is not among the objects seen is trusted.
+fn gke_plaintext(
+    obj: &ObjectRef,
+    annotations: &[(&str, &str)],
+    view: &dyn ClusterView,
+    out: &mut Vec<Finding>,
+) {
+    if exact(annotations, GKE_ALLOW_HTTP) == Some("false") {
+        return;
+    }
+    let fix = format!(
+        "reference a FrontendConfig with spec.redirectToHttps.enabled: true ({GKE_FRONTEND_CONFIG} annotation), or set {GKE_ALLOW_HTTP}: \"false\""
+    );
+    match exact(annotations, GKE_FRONTEND_CONFIG) {
+        None => out.push(Finding::new(
+            RuleId::Apg005,
+            obj,
+            annotation_field(GKE_ALLOW_HTTP),
+            "is not \"false\" and no FrontendConfig redirects to HTTPS, so the GKE load balancer also serves every host over plaintext HTTP on port 80",
+            fix,
+        )),
+        Some(name) => {
+            let config = view
+                .related_in(Related::FrontendConfig, obj.namespace_or_default())
+                .into_iter()
+                .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
+            if let Some(config) = config
+                && config.pointer("/spec/redirectToHttps/enabled").and_then(Value::as_bool)
+                    != Some(true)
+            {
+                out.push(Finding::new(
+                    RuleId::Apg005,
+                    obj,
+                    annotation_field(GKE_FRONTEND_CONFIG),
+                    format!("names FrontendConfig {name:?}, which does not set redirectToHttps.enabled: true, so plaintext HTTP on port 80 is served too"),
+                    fix,
+                ));
+            }
+        }
+    }
+}
 
 fn ann<'v>(annotations: &[(&'v str, &'v str)], name: &str) -> Option<&'v str> {
     annotations
@@ -50,12 +127,16 @@ pub fn review(
     out: &mut Vec<Finding>,
 ) {
     let mut found = Vec::new();
-    let mut backends: Vec<(String, String)> = Vec::new();
+    let mut backends: Vec<(String, IngressBackend<'_>)> = Vec::new();
     let annotations;
     {
         let mut r = Reader::new(obj, out);
         annotations = r.annotations(object);
         annotation_rules(obj, &annotations, &mut found);
+        let gke_tls = gke_certificates(&annotations);
+        if gke_tls {
+            gke_plaintext(obj, &annotations, view, &mut found);
+        }
 
         let Some(spec) = r.object(object, "spec", "spec") else {
             out.extend(found);
@@ -66,11 +147,17 @@ pub fn review(
         for (i, t) in tls.iter().enumerate() {
             tls_hosts.extend(r.strings(t, "hosts", &format!("spec.tls[{i}].hosts")));
         }
-        if let Some(b) = r.object(spec, "defaultBackend", "spec.defaultBackend") {
-            if let Some(name) = backend_service(&mut r, b, "spec.defaultBackend") {
-                backends.push(("spec.defaultBackend.service.name".into(), name.to_string()));
+        let has_tls = !tls.is_empty() || gke_tls;
+        // `defaultBackend` (v1) or `backend` (v1beta1).
+        for key in ["defaultBackend", "backend"] {
+            let path = format!("spec.{key}");
+            let Some(b) = r.object(spec, key, &path) else {
+                continue;
+            };
+            if let Some(backend) = backend_of(&mut r, b, &path) {
+                backends.push(backend);
             }
-            if tls.is_empty() {
+            if !has_tls {
                 found.push(Finding::new(
                     RuleId::Apg005,
                     obj,
@@ -87,10 +174,11 @@ pub fn review(
                 continue;
             }
             let host = r.str(rule, "host", &format!("{base}.host"));
-            let covered = match host {
-                Some(h) => tls_hosts.iter().any(|t| tls_covers(t, h)),
-                None => !tls.is_empty(),
-            };
+            let covered = gke_tls
+                || match host {
+                    Some(h) => tls_hosts.iter().any(|t| tls_covers(t, h)),
+                    None => !tls.is_empty(),
+                };
             if !covered {
                 let (field, what) = match host {
                     Some(h) => (
@@ -122,8 +210,8 @@ pub fn review(
                 let Some(b) = r.object(p, "backend", &format!("{ppath}.backend")) else {
                     continue;
                 };
-                if let Some(name) = backend_service(&mut r, b, &format!("{ppath}.backend")) {
-                    backends.push((format!("{ppath}.backend.service.name"), name.to_string()));
+                if let Some(backend) = backend_of(&mut r, b, &format!("{ppath}.backend")) {
+                    backends.push(backend);
                 }
             }
         }
@@ -133,15 +221,51 @@ pub fn review(
         public: public_route,
     };
     let ns = obj.namespace_or_default();
-    for (field, service) in &backends {
-        check_backend(obj, view, ns, service, field, route, &mut found);
+    for (field, backend) in &backends {
+        check_backend(obj, view, ns, backend.as_ref(), field, route, &mut found);
     }
     out.extend(found);
 }
 
-fn backend_service<'v>(r: &mut Reader<'_>, backend: &'v Value, path: &str) -> Option<&'v str> {
-    let svc = r.object(backend, "service", &format!("{path}.service"))?;
-    r.str(svc, "name", &format!("{path}.service.name"))
+/// An Ingress backend: a Service (`service.name` in v1, `serviceName` in v1beta1) or another
+/// resource (`resource`, e.g. a storage bucket).
+enum IngressBackend<'v> {
+    Service(&'v str),
+    Resource { kind: &'v str, name: &'v str },
+}
+
+impl IngressBackend<'_> {
+    fn as_ref(&self) -> BackendRef<'_> {
+        match self {
+            IngressBackend::Service(name) => BackendRef::Service(name),
+            IngressBackend::Resource { kind, name } => BackendRef::Other { kind, name },
+        }
+    }
+}
+
+/// The backend at `path` with the field path of its name.
+fn backend_of<'v>(
+    r: &mut Reader<'_>,
+    backend: &'v Value,
+    path: &str,
+) -> Option<(String, IngressBackend<'v>)> {
+    if let Some(svc) = r.object(backend, "service", &format!("{path}.service")) {
+        let field = format!("{path}.service.name");
+        return r
+            .str(svc, "name", &field)
+            .map(|n| (field, IngressBackend::Service(n)));
+    }
+    let field = format!("{path}.serviceName");
+    if let Some(name) = r.str(backend, "serviceName", &field) {
+        return Some((field, IngressBackend::Service(name)));
+    }
+    let resource = r.object(backend, "resource", &format!("{path}.resource"))?;
+    let kind = r
+        .str(resource, "kind", &format!("{path}.resource.kind"))
+        .unwrap_or("resource");
+    let field = format!("{path}.resource.name");
+    r.str(resource, "name", &field)
+        .map(|name| (field, IngressBackend::Resource { kind, name }))
 }
 
 fn annotation_rules(obj: &ObjectRef, annotations: &[(&str, &str)], out: &mut Vec<Finding>) {
@@ -195,20 +319,69 @@ fn annotation_rules(obj: &ObjectRef, annotations: &[(&str, &str)], out: &mut Vec
         ));
     }
 
-    if let Some(protocols) = ann(annotations, "ssl-protocols") {
-        let weak: Vec<&str> = protocols
-            .split_whitespace()
-            .filter(|p| super::tls::is_weak_tls_version(p))
-            .collect();
+    if let Some(protocols) = ann(annotations, "proxy-ssl-protocols") {
+        let weak = weak_protocols(protocols);
         if !weak.is_empty() {
             out.push(Finding::new(
                 RuleId::Apg006,
                 obj,
-                annotation_field(&format!("{PREFIX}ssl-protocols")),
-                format!("enables {}; TLS below 1.2 is broken", weak.join(" ")),
-                "set nginx.ingress.kubernetes.io/ssl-protocols: \"TLSv1.2 TLSv1.3\"",
+                annotation_field(&format!("{PREFIX}proxy-ssl-protocols")),
+                format!(
+                    "enables {} for the connection to the backend; TLS below 1.2 is broken",
+                    weak.join(" ")
+                ),
+                "set nginx.ingress.kubernetes.io/proxy-ssl-protocols: \"TLSv1.2 TLSv1.3\"",
             ));
         }
+    }
+}
+
+fn weak_protocols(protocols: &str) -> Vec<&str> {
+    protocols
+        .split_whitespace()
+        .filter(|p| super::tls::is_weak_tls_version(p))
+        .collect()
+}
+
+/// Whether a ConfigMap is ingress-nginx's controller configuration (by the labels its Helm
+/// chart and static manifests set, or by its conventional names).
+fn is_ingress_nginx_config(obj: &ObjectRef, labels: &[(&str, &str)]) -> bool {
+    let nginx = |v: &str| v.contains("ingress-nginx") || v.contains("nginx-ingress");
+    labels.iter().any(|(k, v)| {
+        matches!(
+            *k,
+            "app.kubernetes.io/name" | "app.kubernetes.io/part-of" | "app" | "k8s-app"
+        ) && nginx(v)
+    }) || nginx(&obj.name)
+        || obj.name == "nginx-configuration"
+}
+
+/// `v1` ConfigMap of the ingress-nginx controller: `data.ssl-protocols` sets the TLS versions
+/// of every HTTPS server it serves (APG006).
+pub fn review_controller_config(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+    let mut r = Reader::new(obj, out);
+    let labels = r.labels(object);
+    if !is_ingress_nginx_config(obj, &labels) {
+        return;
+    }
+    let Some(data) = r.object(object, "data", "data") else {
+        return;
+    };
+    let Some(protocols) = r.str(data, "ssl-protocols", "data[ssl-protocols]") else {
+        return;
+    };
+    let weak = weak_protocols(protocols);
+    if !weak.is_empty() {
+        out.push(Finding::new(
+            RuleId::Apg006,
+            obj,
+            "data[ssl-protocols]",
+            format!(
+                "enables {} on every HTTPS server of this ingress-nginx controller; TLS below 1.2 is broken",
+                weak.join(" ")
+            ),
+            "set ssl-protocols: \"TLSv1.2 TLSv1.3\" (the controller's default)",
+        ));
     }
 }
 

@@ -113,18 +113,27 @@ impl<'a> Reader<'a> {
 
     /// `metadata.annotations` as string pairs; non-string values are reported and skipped.
     pub fn annotations<'v>(&mut self, object: &'v Value) -> Vec<(&'v str, &'v str)> {
+        self.string_map(object, "annotations")
+    }
+
+    /// `metadata.labels` as string pairs; non-string values are reported and skipped.
+    pub fn labels<'v>(&mut self, object: &'v Value) -> Vec<(&'v str, &'v str)> {
+        self.string_map(object, "labels")
+    }
+
+    fn string_map<'v>(&mut self, object: &'v Value, key: &str) -> Vec<(&'v str, &'v str)> {
         let Some(meta) = self.object(object, "metadata", "metadata") else {
             return Vec::new();
         };
         let Some(map) = self
-            .object(meta, "annotations", "metadata.annotations")
+            .object(meta, key, &format!("metadata.{key}"))
             .and_then(Value::as_object)
         else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for (k, v) in map {
-            if let Some(s) = self.as_str(v, &annotation_field(k)) {
+            if let Some(s) = self.as_str(v, &format!("metadata.{key}[{k}]")) {
                 out.push((k.as_str(), s));
             }
         }

@@ -4,6 +4,7 @@
 //! relevant objects and the [`EngineConfig`], and returns [`Finding`]s. No I/O, no clock.
 //! [`decide`] turns findings into an admission decision under an [`AdmissionMode`].
 //!
+//! [`coverage`] lists every kind reviewed, the reviewer it goes to and the fields each rule reads.
 //! One file per rule family: [`policy`] (ApiSecurityPolicy), [`cors`], [`authn`] (APG003),
 //! [`bypass`] (APG004/APG010), [`tls`] (APG005/APG006), [`ingress_nginx`] (annotations and
 //! snippets), [`workloads`] (pod template env vars), [`exemptions`] (namespaces and
@@ -13,6 +14,7 @@
 pub mod authn;
 pub mod bypass;
 pub mod cors;
+pub mod coverage;
 pub mod exemptions;
 pub mod ingress_nginx;
 pub mod json;
@@ -62,11 +64,22 @@ impl ObjectRef {
 }
 
 impl fmt::Display for ObjectRef {
-    /// `Kind namespace/name` (or `Kind name` without a namespace).
+    /// `Kind namespace/name` (or `Kind name` without a namespace; `(unnamed)` for an object
+    /// without `metadata.name`, e.g. one that only has `generateName`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.kind.is_empty() {
+            "(no kind)"
+        } else {
+            &self.kind
+        };
+        let name = if self.name.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.name
+        };
         match &self.namespace {
-            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
-            None => write!(f, "{} {}", self.kind, self.name),
+            Some(ns) => write!(f, "{kind} {ns}/{name}"),
+            None => write!(f, "{kind} {name}"),
         }
     }
 }
@@ -80,8 +93,12 @@ pub struct Finding {
     pub object: ObjectRef,
     /// The offending field, e.g. `metadata.annotations[nginx.ingress.kubernetes.io/enable-cors]`.
     pub field: String,
-    /// Starts with the rule ID, names the object and the field, says what is wrong and the fix.
+    /// Starts with the rule ID, names the object and the field, says what is wrong and the fix
+    /// (the webhook's denial text: one line that stands on its own).
     pub message: String,
+    /// What is wrong, alone: neither the rule, the object, the field nor the fix
+    /// (`is "*"`), for reports that print those separately.
+    pub problem: String,
     /// The fix alone.
     pub remediation: String,
     /// `Some(reason)` when an `apiguard.dev/exempt` annotation covers this finding.
@@ -99,20 +116,15 @@ impl Finding {
     ) -> Self {
         let field = field.into();
         let fix = fix.into();
-        let message = format!(
-            "{}: {} {}: {}; {}",
-            rule.id(),
-            object,
-            field,
-            problem.as_ref(),
-            fix
-        );
+        let problem = problem.as_ref().to_string();
+        let message = format!("{}: {} {}: {}; {}", rule.id(), object, field, problem, fix);
         Finding {
             rule,
             severity: rule.severity(),
             object: object.clone(),
             field,
             message,
+            problem,
             remediation: fix,
             exemption: None,
         }
@@ -139,8 +151,47 @@ pub trait ClusterView: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Option<Arc<k8s_openapi::api::core::v1::Service>>;
-    /// Envoy Gateway `gateway.envoyproxy.io/v1alpha1` SecurityPolicies, as JSON.
-    fn security_policies_in(&self, namespace: &str) -> Vec<Arc<Value>>;
+    /// The objects of a [`Related`] kind in `namespace`, as JSON.
+    fn related_in(&self, kind: Related, namespace: &str) -> Vec<Arc<Value>>;
+}
+
+/// Kinds without a typed model that rules consult while reviewing another object (policies
+/// attached to a route or a Gateway). The webhook watches each one whose CRD is installed;
+/// `lint` takes them from the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Related {
+    /// Envoy Gateway SecurityPolicy: authentication of routes and Gateways (APG003).
+    SecurityPolicy,
+    /// Envoy Gateway ClientTrafficPolicy: required client certificates on a Gateway (APG003).
+    ClientTrafficPolicy,
+    /// GKE FrontendConfig: the HTTP-to-HTTPS redirect of a GKE Ingress (APG005).
+    FrontendConfig,
+}
+
+impl Related {
+    pub const ALL: &'static [Related] = &[
+        Related::SecurityPolicy,
+        Related::ClientTrafficPolicy,
+        Related::FrontendConfig,
+    ];
+
+    /// API group and kind.
+    pub fn group_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Related::SecurityPolicy => ("gateway.envoyproxy.io", "SecurityPolicy"),
+            Related::ClientTrafficPolicy => ("gateway.envoyproxy.io", "ClientTrafficPolicy"),
+            Related::FrontendConfig => ("networking.gke.io", "FrontendConfig"),
+        }
+    }
+
+    /// The related kind of an object, by its `apiVersion` and `kind` (any version).
+    pub fn of(api_version: &str, kind: &str) -> Option<Related> {
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        Related::ALL
+            .iter()
+            .copied()
+            .find(|r| r.group_kind() == (group, kind))
+    }
 }
 
 /// How admission treats findings. Global (from the `--mode` flag); a policy's own
@@ -212,6 +263,17 @@ impl Default for EngineConfig {
     }
 }
 
+/// The namespace of `object` (`default` when absent) when `config` exempts it: its object
+/// gets no findings.
+pub fn exempt_namespace<'a>(object: &'a Value, config: &EngineConfig) -> Option<&'a str> {
+    let ns = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    config.exempt_namespaces.contains(ns).then_some(ns)
+}
+
 /// Evaluates every rule for one object. Exemption annotations are applied (covered findings
 /// get `exemption`); objects in exempt namespaces yield no findings. Malformed fields (wrong
 /// types) become APG014 findings, never a panic. Kinds not covered yield no findings.
@@ -220,13 +282,7 @@ impl Default for EngineConfig {
 /// it from the AdmissionRequest when a CREATE omits it.
 pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> Vec<Finding> {
     let obj = ObjectRef::of(object);
-    if !object.is_object() {
-        return Vec::new();
-    }
-    if config
-        .exempt_namespaces
-        .contains(obj.namespace_or_default())
-    {
+    if !object.is_object() || exempt_namespace(object, config).is_some() {
         return Vec::new();
     }
     let group = obj.api_version.split('/').next().unwrap_or("");
@@ -237,31 +293,8 @@ pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> 
     };
     let mut findings = Vec::new();
     let public_route = exemptions::public_route(object, &obj, &mut findings);
-    match (group, obj.kind.as_str()) {
-        ("apiguard.dev", "ApiSecurityPolicy") => policy::review(object, &obj, view, &mut findings),
-        ("networking.k8s.io" | "extensions", "Ingress") => {
-            ingress_nginx::review(object, &obj, view, public_route, &mut findings)
-        }
-        ("", "Service") => bypass::review_service(object, &obj, view, &mut findings),
-        ("gateway.networking.k8s.io", "Gateway") => {
-            tls::review_gateway(object, &obj, &mut findings)
-        }
-        ("gateway.networking.k8s.io", "HTTPRoute") => {
-            authn::review_http_route(object, &obj, view, public_route, &mut findings)
-        }
-        ("gateway.envoyproxy.io", "SecurityPolicy") => {
-            cors::review_envoy_security_policy(object, &obj, &mut findings)
-        }
-        ("gateway.envoyproxy.io", "ClientTrafficPolicy") => {
-            tls::review_client_traffic_policy(object, &obj, &mut findings)
-        }
-        ("networking.istio.io", "VirtualService") => {
-            cors::review_istio_virtual_service(object, &obj, &mut findings)
-        }
-        ("" | "apps" | "batch", kind) if workloads::is_workload(group, kind) => {
-            workloads::review(object, &obj, &mut findings)
-        }
-        _ => {}
+    if let Some(coverage) = coverage::find(group, &obj.kind) {
+        (coverage.review)(object, &obj, view, public_route, &mut findings);
     }
     exemptions::apply(object, &obj, &mut findings);
     findings.sort_by(|a, b| (a.rule, &a.field, &a.message).cmp(&(b.rule, &b.field, &b.message)));

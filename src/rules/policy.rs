@@ -53,6 +53,7 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
             severity: v.invariant.rule.severity(),
             object: obj.clone(),
             message: format!("{}: {} {}: {}", v.invariant.rule.id(), obj, v.field, body),
+            problem: invariant_problem(&v.field, body),
             field: v.field,
             remediation,
             exemption: None,
@@ -89,6 +90,21 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
         }
     }
     bypass::review_policy(&policy, obj, view, out);
+}
+
+/// What is wrong, from an invariant's message: without the fix after `; ` and without the
+/// field path it starts with when that path is (a parent of) `field`, which reports print on
+/// its own.
+fn invariant_problem(field: &str, body: &str) -> String {
+    let problem = body.split_once("; ").map_or(body, |(p, _)| p).trim();
+    if let Some((first, rest)) = problem.split_once(' ')
+        && (field == first
+            || field.starts_with(&format!("{first}["))
+            || field.starts_with(&format!("{first}.")))
+    {
+        return rest.trim_start().to_string();
+    }
+    problem.to_string()
 }
 
 /// The fix for an invariant: the part of its message after `; ` when that is an instruction,

@@ -1,7 +1,7 @@
 //! [`InMemoryView`]: a [`ClusterView`] built from manifests (the objects of one `lint` run,
 //! or a test's fixtures).
 
-use super::ClusterView;
+use super::{ClusterView, Related};
 use crate::api::ApiSecurityPolicy;
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
@@ -9,14 +9,14 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The ApiSecurityPolicies, Services and Envoy Gateway SecurityPolicies among some objects,
+/// The ApiSecurityPolicies, Services and [`Related`] objects among some objects,
 /// indexed by namespace. Objects without a namespace are in `default`. Objects that do not
 /// parse into their type are left out (their own review reports them).
 #[derive(Debug, Default, Clone)]
 pub struct InMemoryView {
     policies: BTreeMap<String, Vec<Arc<ApiSecurityPolicy>>>,
     services: BTreeMap<(String, String), Arc<Service>>,
-    security_policies: BTreeMap<String, Vec<Arc<Value>>>,
+    related: BTreeMap<(Related, String), Vec<Arc<Value>>>,
 }
 
 fn namespace_of(object: &Value) -> String {
@@ -64,13 +64,14 @@ impl InMemoryView {
                     self.services.insert((ns, name), Arc::new(s));
                 }
             }
-            ("gateway.envoyproxy.io", "SecurityPolicy") => {
-                self.security_policies
-                    .entry(ns)
-                    .or_default()
-                    .push(Arc::new(object.clone()));
+            _ => {
+                if let Some(related) = Related::of(api_version, kind) {
+                    self.related
+                        .entry((related, ns))
+                        .or_default()
+                        .push(Arc::new(object.clone()));
+                }
             }
-            _ => {}
         }
     }
 }
@@ -86,9 +87,9 @@ impl ClusterView for InMemoryView {
             .cloned()
     }
 
-    fn security_policies_in(&self, namespace: &str) -> Vec<Arc<Value>> {
-        self.security_policies
-            .get(namespace)
+    fn related_in(&self, kind: Related, namespace: &str) -> Vec<Arc<Value>> {
+        self.related
+            .get(&(kind, namespace.to_string()))
             .cloned()
             .unwrap_or_default()
     }

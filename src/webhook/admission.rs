@@ -40,28 +40,12 @@ impl ReviewError {
     }
 }
 
-/// The kinds DESIGN.md section 4 checks; any other kind is labelled `other` in metrics.
-const CHECKED_KINDS: &[&str] = &[
-    "ApiSecurityPolicy",
-    "Ingress",
-    "Service",
-    "Gateway",
-    "HTTPRoute",
-    "SecurityPolicy",
-    "ClientTrafficPolicy",
-    "VirtualService",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "Job",
-    "CronJob",
-    "Pod",
-];
-
-/// The metric label for a kind: one of [`CHECKED_KINDS`] or `other` (labels stay bounded).
+/// The metric label for a kind: a kind the rules review (`rules::coverage::KINDS`) or
+/// `other` (labels stay bounded).
 pub fn kind_label(kind: &str) -> &'static str {
-    CHECKED_KINDS
+    rules::coverage::KINDS
         .iter()
+        .flat_map(|c| c.kinds.iter())
         .find(|k| **k == kind)
         .copied()
         .unwrap_or("other")
@@ -317,7 +301,8 @@ mod tests {
     fn kind_labels_are_bounded() {
         assert_eq!(kind_label("Ingress"), "Ingress");
         assert_eq!(kind_label("CronJob"), "CronJob");
-        assert_eq!(kind_label("ConfigMap"), "other");
+        assert_eq!(kind_label("ConfigMap"), "ConfigMap");
+        assert_eq!(kind_label("Secret"), "other");
         assert_eq!(kind_label("x".repeat(1000).as_str()), "other");
     }
 }

@@ -1,40 +1,35 @@
 //! The webhook's view of the cluster: kube-runtime reflector caches of ApiSecurityPolicies,
-//! Services and (when its CRD is installed) Envoy Gateway SecurityPolicies.
+//! Services and every [`Related`] kind whose CRD is installed (Envoy Gateway SecurityPolicies
+//! and ClientTrafficPolicies, GKE FrontendConfigs).
 
 use crate::api::ApiSecurityPolicy;
-use crate::rules::ClusterView;
+use crate::rules::{ClusterView, Related};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::core::{DynamicObject, GroupVersionKind};
+use kube::core::DynamicObject;
 use kube::discovery::Discovery;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// Group, version and kind of Envoy Gateway's SecurityPolicy.
-pub const ENVOY_SECURITY_POLICY: (&str, &str, &str) =
-    ("gateway.envoyproxy.io", "v1alpha1", "SecurityPolicy");
 
 /// Reflector-backed [`ClusterView`].
 #[derive(Clone)]
 pub struct ReflectorView {
     policies: Store<ApiSecurityPolicy>,
     services: Store<Service>,
-    /// `None` when the SecurityPolicy CRD is not installed (an empty view of that kind).
-    security_policies: Option<Store<DynamicObject>>,
+    /// One cache per related kind whose CRD is installed (a missing kind is an empty view).
+    related: BTreeMap<Related, Store<DynamicObject>>,
 }
 
 /// Why the cluster view could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
-    #[error("API discovery for {group} failed: {source}")]
-    Discovery {
-        group: &'static str,
-        source: kube::Error,
-    },
+    #[error("API discovery for {groups} failed: {source}")]
+    Discovery { groups: String, source: kube::Error },
 }
 
 impl ReflectorView {
@@ -53,45 +48,48 @@ impl ReflectorView {
             "Service",
             shutdown.clone(),
         );
-        let (group, version, kind) = ENVOY_SECURITY_POLICY;
+        let groups: BTreeSet<&str> = Related::ALL.iter().map(|r| r.group_kind().0).collect();
+        let groups: Vec<&str> = groups.into_iter().collect();
         let discovery = Discovery::new(client.clone())
-            .filter(&[group])
+            .filter(&groups)
             .run()
             .await
-            .map_err(|source| ViewError::Discovery { group, source })?;
-        let security_policies = match discovery
-            .resolve_gvk(&GroupVersionKind::gvk(group, version, kind))
-        {
-            Some((resource, _caps)) => {
+            .map_err(|source| ViewError::Discovery {
+                groups: groups.join(", "),
+                source,
+            })?;
+        let mut related = BTreeMap::new();
+        for kind in Related::ALL {
+            let (group, kind_name) = kind.group_kind();
+            let found = discovery
+                .groups()
+                .find(|g| g.name() == group)
+                .and_then(|g| g.recommended_kind(kind_name));
+            let Some((resource, _caps)) = found else {
                 tracing::info!(
                     group,
-                    version,
-                    kind,
-                    "watching Envoy Gateway SecurityPolicies"
+                    kind = kind_name,
+                    "CRD not installed: the rules see none of this kind (restart after installing it)"
                 );
-                let writer = reflector::store::Writer::new(resource.clone());
-                let store = writer.as_reader();
-                Some(spawn_reflector(
-                    Api::<DynamicObject>::all_with(client, &resource),
+                continue;
+            };
+            tracing::info!(group, version = %resource.version, kind = kind_name, "watching");
+            let writer = reflector::store::Writer::new(resource.clone());
+            let store = writer.as_reader();
+            related.insert(
+                *kind,
+                spawn_reflector(
+                    Api::<DynamicObject>::all_with(client.clone(), &resource),
                     (store, writer),
-                    "SecurityPolicy",
-                    shutdown,
-                ))
-            }
-            None => {
-                tracing::info!(
-                    group,
-                    version,
-                    kind,
-                    "CRD not installed: rules see no Envoy Gateway SecurityPolicies (restart after installing Envoy Gateway)"
-                );
-                None
-            }
-        };
+                    kind_name,
+                    shutdown.clone(),
+                ),
+            );
+        }
         Ok(Self {
             policies,
             services,
-            security_policies,
+            related,
         })
     }
 
@@ -99,7 +97,7 @@ impl ReflectorView {
     pub async fn synced(&self) -> Result<(), reflector::store::WriterDropped> {
         self.policies.wait_until_ready().await?;
         self.services.wait_until_ready().await?;
-        if let Some(store) = &self.security_policies {
+        for store in self.related.values() {
             store.wait_until_ready().await?;
         }
         Ok(())
@@ -144,8 +142,8 @@ impl ClusterView for ReflectorView {
         self.services.get(&ObjectRef::new(name).within(namespace))
     }
 
-    fn security_policies_in(&self, namespace: &str) -> Vec<Arc<Value>> {
-        let Some(store) = &self.security_policies else {
+    fn related_in(&self, kind: Related, namespace: &str) -> Vec<Arc<Value>> {
+        let Some(store) = self.related.get(&kind) else {
             return Vec::new();
         };
         store

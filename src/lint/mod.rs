@@ -1,0 +1,142 @@
+//! `apiguard lint PATH...`: the admission rules, offline, over manifest files.
+//!
+//! Every object of the run is reviewed against a view built from all objects of the same run
+//! (so an Ingress is checked against the ApiSecurityPolicies and Services next to it). Output
+//! as text, JSON (`{"findings":[...],"skipped":[...],"errors":[...],"summary":{...}}`) or
+//! SARIF 2.1.0 ([`report`]). What is read, skipped or refused is decided in [`load`]. Exit
+//! codes: 0 no deny-level finding, 1 at least one, 2 usage error or a file that could not be
+//! linted (the report still covers every other file).
+
+pub mod load;
+pub mod report;
+
+pub use load::{Inputs, LintError, SkipReason, Skipped, document_lines, failing_document, load};
+pub use report::{render_json, render_json_report, render_sarif, render_text};
+
+use crate::manifest::{Manifest, Source};
+use crate::rules::{self, AdmissionMode, EngineConfig, Finding, InMemoryView};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Readable in a terminal.
+    #[default]
+    Text,
+    /// `{"findings":[{"rule","severity","kind","namespace","name","message","exempted","file"}]}`.
+    Json,
+    /// SARIF 2.1.0, for code-scanning tools.
+    Sarif,
+}
+
+/// Arguments of `apiguard lint`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LintArgs {
+    /// Manifest files or directories (recursed; .yaml, .yml, .json); `-` reads standard input.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Admission mode to evaluate under: Enforce (deny findings fail the run), Warn or Audit
+    /// (findings are reported, the run succeeds).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = AdmissionMode::Enforce)]
+    pub mode: AdmissionMode,
+    /// Namespaces whose objects are not checked (comma-separated). None by default: offline,
+    /// the manifests of a cluster add-on (an ingress controller in kube-system) are exactly
+    /// what a CI lint should see. The webhook exempts kube-system, kube-public and
+    /// kube-node-lease by default; pass them here to lint as admission would.
+    #[arg(long, value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+    /// List every path a directory walk skipped, with the reason (text format; JSON and SARIF
+    /// always list them).
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl LintArgs {
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            mode: self.mode,
+            exempt_namespaces: self
+                .exempt_namespaces
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        }
+    }
+}
+
+/// A finding with the manifest it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LintFinding {
+    pub finding: Finding,
+    pub source: Source,
+}
+
+/// Reviews every manifest against a view of all of them.
+pub fn lint_manifests(manifests: &[Manifest], config: &EngineConfig) -> Vec<LintFinding> {
+    lint_run(manifests, config).findings
+}
+
+/// The outcome of reviewing one run's objects.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub findings: Vec<LintFinding>,
+    /// Objects reviewed (all but those in exempted namespaces).
+    pub checked: usize,
+    /// Objects not reviewed because their namespace is exempted: namespace -> count.
+    pub namespace_exempted: BTreeMap<String, usize>,
+}
+
+/// Reviews every manifest against a view of all of them, counting what exemptions left out.
+pub fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
+    let view = InMemoryView::from_objects(manifests.iter().map(|m| &m.object));
+    let mut run = Run::default();
+    for m in manifests {
+        if let Some(ns) = rules::exempt_namespace(&m.object, config) {
+            *run.namespace_exempted.entry(ns.to_string()).or_default() += 1;
+            continue;
+        }
+        run.checked += 1;
+        for finding in rules::review(&m.object, &view, config) {
+            run.findings.push(LintFinding {
+                finding,
+                source: m.source.clone(),
+            });
+        }
+    }
+    run
+}
+
+/// Whether the run fails: a non-exempted deny finding under Enforce.
+pub fn fails(findings: &[LintFinding], mode: AdmissionMode) -> bool {
+    mode == AdmissionMode::Enforce && findings.iter().any(|f| f.finding.is_blocking())
+}
+
+/// Runs `apiguard lint`: prints the report to stdout and every file that could not be linted
+/// to stderr, and returns the exit code (2 when a file could not be linted, else 1 when a deny
+/// finding fails the run, else 0).
+pub fn run(args: &LintArgs) -> ExitCode {
+    let inputs = load(&args.paths);
+    let run = lint_run(&inputs.manifests, &args.config());
+    let report = match args.format {
+        Format::Text => render_text(&run, &inputs, args.verbose),
+        Format::Json => format!("{:#}\n", render_json_report(&run, &inputs)),
+        Format::Sarif => format!("{:#}\n", render_sarif(&run, &inputs)),
+    };
+    print!("{report}");
+    for e in &inputs.errors {
+        eprintln!("error: {e}");
+    }
+    if !inputs.errors.is_empty() {
+        ExitCode::from(2)
+    } else if fails(&run.findings, args.mode) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
