@@ -15,6 +15,7 @@ pub mod bypass;
 pub mod cors;
 pub mod exemptions;
 pub mod ingress_nginx;
+pub mod istio;
 pub mod json;
 pub mod policy;
 pub mod tls;
@@ -258,6 +259,7 @@ pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> 
         ("networking.istio.io", "VirtualService") => {
             cors::review_istio_virtual_service(object, &obj, &mut findings)
         }
+        ("networking.istio.io", "Gateway") => istio::review_gateway(object, &obj, &mut findings),
         ("" | "apps" | "batch", kind) if workloads::is_workload(group, kind) => {
             workloads::review(object, &obj, &mut findings)
         }
