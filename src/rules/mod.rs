@@ -17,6 +17,7 @@ pub mod exemptions;
 pub mod ingress_nginx;
 pub mod istio;
 pub mod json;
+pub mod jwt;
 pub mod policy;
 pub mod tls;
 pub mod view;
@@ -251,7 +252,8 @@ pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> 
             authn::review_http_route(object, &obj, view, public_route, &mut findings)
         }
         ("gateway.envoyproxy.io", "SecurityPolicy") => {
-            cors::review_envoy_security_policy(object, &obj, &mut findings)
+            cors::review_envoy_security_policy(object, &obj, &mut findings);
+            jwt::review_envoy_security_policy(object, &obj, &mut findings);
         }
         ("gateway.envoyproxy.io", "ClientTrafficPolicy") => {
             tls::review_client_traffic_policy(object, &obj, &mut findings)
@@ -260,6 +262,9 @@ pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> 
             cors::review_istio_virtual_service(object, &obj, &mut findings)
         }
         ("networking.istio.io", "Gateway") => istio::review_gateway(object, &obj, &mut findings),
+        ("security.istio.io", "RequestAuthentication") => {
+            jwt::review_request_authentication(object, &obj, &mut findings)
+        }
         ("" | "apps" | "batch", kind) if workloads::is_workload(group, kind) => {
             workloads::review(object, &obj, &mut findings)
         }
