@@ -249,7 +249,8 @@ pub fn review(object: &Value, view: &dyn ClusterView, config: &EngineConfig) -> 
             tls::review_gateway(object, &obj, &mut findings)
         }
         ("gateway.networking.k8s.io", "HTTPRoute") => {
-            authn::review_http_route(object, &obj, view, public_route, &mut findings)
+            authn::review_http_route(object, &obj, view, public_route, &mut findings);
+            cors::review_route_cors_filters(object, &obj, &mut findings);
         }
         ("gateway.envoyproxy.io", "SecurityPolicy") => {
             cors::review_envoy_security_policy(object, &obj, &mut findings);
