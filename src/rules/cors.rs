@@ -224,8 +224,11 @@ fn route_filters(r: &mut Reader<'_>, parent: &Value, base: &str, found: &mut Vec
         let Some(cors) = r.object(f, "cors", &cbase) else {
             continue;
         };
-        let credentials =
-            r.bool(cors, "allowCredentials", &format!("{cbase}.allowCredentials")) == Some(true);
+        let credentials = r.bool(
+            cors,
+            "allowCredentials",
+            &format!("{cbase}.allowCredentials"),
+        ) == Some(true);
         let opath = format!("{cbase}.allowOrigins");
         for (k, v) in r.array(cors, "allowOrigins", &opath).iter().enumerate() {
             let field = format!("{opath}[{k}]");
@@ -280,7 +283,10 @@ mod tests {
     }
 
     fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
-        findings.iter().map(|f| (f.rule, f.field.as_str())).collect()
+        findings
+            .iter()
+            .map(|f| (f.rule, f.field.as_str()))
+            .collect()
     }
 
     #[test]
@@ -302,22 +308,42 @@ mod tests {
         assert_eq!(
             rules_and_fields(&f),
             vec![
-                (RuleId::Apg001, "spec.rules[0].filters[1].cors.allowOrigins[1]"),
-                (RuleId::Apg001, "spec.rules[1].filters[0].cors.allowOrigins[0]"),
-                (RuleId::Apg002, "spec.rules[1].filters[0].cors.allowOrigins[0]"),
-                (RuleId::Apg002, "spec.rules[2].filters[0].cors.allowOrigins[2]"),
-                (RuleId::Apg002, "spec.rules[2].filters[0].cors.allowOrigins[3]"),
-                (RuleId::Apg001, "spec.rules[4].backendRefs[0].filters[0].cors.allowOrigins[0]"),
+                (
+                    RuleId::Apg001,
+                    "spec.rules[0].filters[1].cors.allowOrigins[1]"
+                ),
+                (
+                    RuleId::Apg001,
+                    "spec.rules[1].filters[0].cors.allowOrigins[0]"
+                ),
+                (
+                    RuleId::Apg002,
+                    "spec.rules[1].filters[0].cors.allowOrigins[0]"
+                ),
+                (
+                    RuleId::Apg002,
+                    "spec.rules[2].filters[0].cors.allowOrigins[2]"
+                ),
+                (
+                    RuleId::Apg002,
+                    "spec.rules[2].filters[0].cors.allowOrigins[3]"
+                ),
+                (
+                    RuleId::Apg001,
+                    "spec.rules[4].backendRefs[0].filters[0].cors.allowOrigins[0]"
+                ),
             ],
             "{f:#?}"
         );
-        assert!(route(serde_json::json!([
-            {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://app.example",
-                "https://*.example.com"], "allowCredentials": true}}]},
-            // A cors mapping under another type is not a CORS filter.
-            {"filters": [{"type": "RequestMirror", "cors": {"allowOrigins": ["*"]}}]},
-        ]))
-        .is_empty());
+        assert!(
+            route(serde_json::json!([
+                {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://app.example",
+                    "https://*.example.com"], "allowCredentials": true}}]},
+                // A cors mapping under another type is not a CORS filter.
+                {"filters": [{"type": "RequestMirror", "cors": {"allowOrigins": ["*"]}}]},
+            ]))
+            .is_empty()
+        );
     }
 
     #[test]
@@ -338,12 +364,21 @@ mod tests {
                 (RuleId::Apg014, "spec.rules[2].filters[0]"),
                 (RuleId::Apg014, "spec.rules[2].filters[1].type"),
                 (RuleId::Apg014, "spec.rules[2].filters[2].cors"),
-                (RuleId::Apg014, "spec.rules[3].filters[0].cors.allowCredentials"),
+                (
+                    RuleId::Apg014,
+                    "spec.rules[3].filters[0].cors.allowCredentials"
+                ),
                 (RuleId::Apg014, "spec.rules[3].filters[0].cors.allowOrigins"),
-                (RuleId::Apg014, "spec.rules[4].filters[0].cors.allowOrigins[0]"),
+                (
+                    RuleId::Apg014,
+                    "spec.rules[4].filters[0].cors.allowOrigins[0]"
+                ),
                 (RuleId::Apg014, "spec.rules[5].backendRefs"),
                 // Findings follow the APG014s (review() sorts them).
-                (RuleId::Apg001, "spec.rules[4].filters[0].cors.allowOrigins[1]"),
+                (
+                    RuleId::Apg001,
+                    "spec.rules[4].filters[0].cors.allowOrigins[1]"
+                ),
             ],
             "{f:#?}"
         );

@@ -121,7 +121,10 @@ mod tests {
     }
 
     fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
-        findings.iter().map(|f| (f.rule, f.field.as_str())).collect()
+        findings
+            .iter()
+            .map(|f| (f.rule, f.field.as_str()))
+            .collect()
     }
 
     #[test]
@@ -162,7 +165,11 @@ mod tests {
             "{}",
             f[0].message
         );
-        assert!(f[2].message.contains("hosts [] on its port"), "{}", f[2].message);
+        assert!(
+            f[2].message.contains("hosts [] on its port"),
+            "{}",
+            f[2].message
+        );
     }
 
     #[test]
@@ -222,7 +229,10 @@ mod tests {
             assert!(fields.contains(&expected), "{expected:?} missing: {f:#?}");
         }
         assert_eq!(f.len(), 12, "{f:#?}");
-        assert_eq!(rules_and_fields(&review(json!("servers"))), vec![(RuleId::Apg014, "spec")]);
+        assert_eq!(
+            rules_and_fields(&review(json!("servers"))),
+            vec![(RuleId::Apg014, "spec")]
+        );
         assert_eq!(
             rules_and_fields(&review(json!({"servers": {"port": 80}}))),
             vec![(RuleId::Apg014, "spec.servers")]

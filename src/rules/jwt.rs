@@ -218,7 +218,10 @@ mod tests {
     }
 
     fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
-        findings.iter().map(|f| (f.rule, f.field.as_str())).collect()
+        findings
+            .iter()
+            .map(|f| (f.rule, f.field.as_str()))
+            .collect()
     }
 
     #[test]
@@ -326,7 +329,9 @@ mod tests {
             "{f:#?}"
         );
         assert_eq!(
-            rules_and_fields(&request_authentication(json!({"jwtRules": {"issuer": "x"}}))),
+            rules_and_fields(&request_authentication(
+                json!({"jwtRules": {"issuer": "x"}})
+            )),
             vec![(RuleId::Apg014, "spec.jwtRules")]
         );
         assert_eq!(
@@ -355,7 +360,9 @@ mod tests {
             "{f:#?}"
         );
         assert_eq!(
-            rules_and_fields(&security_policy(json!({"jwt": [], "oidc": {"provider": "x"}}))),
+            rules_and_fields(&security_policy(
+                json!({"jwt": [], "oidc": {"provider": "x"}})
+            )),
             vec![
                 (RuleId::Apg014, "spec.jwt"),
                 (RuleId::Apg014, "spec.oidc.provider")
