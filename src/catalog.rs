@@ -55,19 +55,19 @@ macro_rules! catalog {
 
 catalog! {
     Apg001 => "APG001", "cors-wildcard-origin", Deny,
-        "CORS that allows any origin: a policy `allowOrigins: [\"*\"]` or match-all regex, ingress-nginx `enable-cors` without a specific `cors-allow-origin`, Envoy Gateway SecurityPolicy or Istio corsPolicy allowing `*`, or a container env var such as `CORS_ALLOWED_ORIGINS=*`";
+        "CORS that allows any origin: a policy `allowOrigins: [\"*\"]` or match-all regex, ingress-nginx `enable-cors` without a specific `cors-allow-origin`, an Envoy Gateway SecurityPolicy, Istio corsPolicy or Gateway API HTTPRoute `CORS` filter allowing `*`, or a container env var such as `CORS_ALLOWED_ORIGINS=*`";
     Apg002 => "APG002", "cors-credentials-broad-origin", Deny,
         "CORS credentials allowed together with a wildcard, `null` or non-loopback `http://` origin";
     Apg003 => "APG003", "unauthenticated-route", Deny,
-        "An Ingress rule or HTTPRoute whose backend has no authentication, or a Public/Partner policy with `authentication.required: false` whose rules are not all `public: true`";
+        "An Ingress, HTTPRoute or GRPCRoute rule whose backend has no authentication in front of it (ingress-nginx auth annotations, an Envoy Gateway SecurityPolicy that applies to that rule, required client certificates), or a Public/Partner policy with `authentication.required: false` whose rules are not all `public: true`";
     Apg004 => "APG004", "gateway-bypass", Deny,
-        "An Ingress/HTTPRoute backend or a LoadBalancer/NodePort Service that reaches a policy's target directly instead of its gateway Service";
+        "An Ingress/HTTPRoute/GRPCRoute backend (Service or ServiceImport) or a LoadBalancer/NodePort Service that reaches a policy's target directly instead of its gateway Service";
     Apg005 => "APG005", "plaintext-listener", Deny,
-        "An Ingress host without TLS, ingress-nginx `ssl-redirect: \"false\"`, a Gateway listener with `protocol: HTTP`, or a Public/Partner policy without TLS";
+        "An Ingress host without TLS (`spec.tls` or GKE managed/pre-shared certificates), ingress-nginx `ssl-redirect: \"false\"`, a GKE Ingress that also serves port 80 without a redirect, a Gateway listener with `protocol: HTTP`, an Istio Gateway HTTP/HTTP2/GRPC server without `tls.httpsRedirect: true`, or a Public/Partner policy without TLS";
     Apg006 => "APG006", "weak-tls", Deny,
-        "Minimum TLS version below 1.2 (policy, ClientTrafficPolicy or ingress-nginx `ssl-protocols`)";
+        "Minimum TLS version below 1.2 (policy, ClientTrafficPolicy, Istio Gateway `tls.minProtocolVersion`, the ingress-nginx controller ConfigMap's `ssl-protocols` or the `proxy-ssl-protocols` annotation)";
     Apg007 => "APG007", "insecure-jwt-provider", Deny,
-        "A JWT issuer or JWKS URI that is not `https://` (a provider without audiences is a warning)";
+        "A JWT issuer or JWKS URI that is not `https://` in a policy, Istio RequestAuthentication or Envoy Gateway SecurityPolicy (outside the policy a non-URL issuer is allowed), or an Envoy Gateway OIDC issuer, authorization or token endpoint that is not `https://` (a policy provider without audiences is a warning)";
     Apg008 => "APG008", "sensitive-flow-without-rate-limit", Warn,
         "A Public/Partner policy with a login, token, signup, password, checkout, payment or transfer route and no rate limit covering it";
     Apg009 => "APG009", "default-allow", Deny,
@@ -75,7 +75,7 @@ catalog! {
     Apg010 => "APG010", "exposure-mismatch", Deny,
         "An Internal/Private policy with `hosts`, or an Ingress/HTTPRoute/LoadBalancer reaching the gateway of an Internal/Private API";
     Apg011 => "APG011", "dangerous-ingress-snippet", Deny,
-        "ingress-nginx `configuration-snippet`, `server-snippet` or `auth-snippet` annotations";
+        "ingress-nginx `configuration-snippet`, `server-snippet`, `auth-snippet`, `stream-snippet` or `modsecurity-snippet` annotations";
     Apg012 => "APG012", "missing-network-isolation", Warn,
         "`network.isolation: None` on Public/Partner exposure";
     Apg013 => "APG013", "unbounded-request-body", Warn,

@@ -1,5 +1,6 @@
 //! APG001 cors-wildcard-origin and APG002 cors-credentials-broad-origin for the CORS settings
-//! of Envoy Gateway SecurityPolicies and Istio VirtualServices (ingress-nginx CORS annotations
+//! of Envoy Gateway SecurityPolicies, Istio VirtualServices and Gateway API HTTPRoute `CORS`
+//! filters (ingress-nginx CORS annotations
 //! are in [`super::ingress_nginx`], container env vars in [`super::workloads`], the policy's own
 //! CORS in the shared invariants).
 //!
@@ -173,6 +174,84 @@ pub fn review_istio_virtual_service(object: &Value, obj: &ObjectRef, out: &mut V
     out.extend(found);
 }
 
+/// Gateway API (v1.3+) HTTPRoute `CORS` filters (HTTPCORSFilter): `spec.rules[].filters[]`
+/// and `spec.rules[].backendRefs[].filters[]` with `type: CORS` (or no type) and a `cors`
+/// mapping. Called from the HTTPRoute dispatch next to [`super::authn::review_http_route`].
+pub fn review_route_cors_filters(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+    let mut found = Vec::new();
+    {
+        let mut r = Reader::new(obj, out);
+        let Some(spec) = r.object(object, "spec", "spec") else {
+            return;
+        };
+        for (i, rule) in r.array(spec, "rules", "spec.rules").iter().enumerate() {
+            let base = format!("spec.rules[{i}]");
+            if !rule.is_object() {
+                r.wrong_type(&base, "a mapping", rule);
+                continue;
+            }
+            route_filters(&mut r, rule, &base, &mut found);
+            for (k, b) in r
+                .array(rule, "backendRefs", &format!("{base}.backendRefs"))
+                .iter()
+                .enumerate()
+            {
+                route_filters(&mut r, b, &format!("{base}.backendRefs[{k}]"), &mut found);
+            }
+        }
+    }
+    out.extend(found);
+}
+
+/// The `CORS` filters in `parent.filters` (`base` is the parent's field path).
+fn route_filters(r: &mut Reader<'_>, parent: &Value, base: &str, found: &mut Vec<Finding>) {
+    let obj = r.obj;
+    for (j, f) in r
+        .array(parent, "filters", &format!("{base}.filters"))
+        .iter()
+        .enumerate()
+    {
+        let fbase = format!("{base}.filters[{j}]");
+        if !f.is_object() {
+            r.wrong_type(&fbase, "a mapping", f);
+            continue;
+        }
+        let ty = r.str(f, "type", &format!("{fbase}.type"));
+        if ty.is_some_and(|t| t != "CORS") {
+            continue;
+        }
+        let cbase = format!("{fbase}.cors");
+        let Some(cors) = r.object(f, "cors", &cbase) else {
+            continue;
+        };
+        let credentials = r.bool(
+            cors,
+            "allowCredentials",
+            &format!("{cbase}.allowCredentials"),
+        ) == Some(true);
+        let opath = format!("{cbase}.allowOrigins");
+        for (k, v) in r.array(cors, "allowOrigins", &opath).iter().enumerate() {
+            let field = format!("{opath}[{k}]");
+            let Some(o) = r.as_str(v, &field) else {
+                continue;
+            };
+            if is_match_all_origin(o) {
+                found.push(wildcard_finding(
+                    obj,
+                    &field,
+                    &format!("is {o:?}"),
+                    "list the exact origins, e.g. https://app.example.com (or a subdomain pattern https://*.example.com)",
+                ));
+                if credentials {
+                    found.push(credentials_finding(obj, &field, o));
+                }
+            } else if credentials && is_untrusted_for_credentials(o) {
+                found.push(credentials_finding(obj, &field, o));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +267,120 @@ mod tests {
         assert!(is_untrusted_for_credentials("http://shop.example"));
         assert!(!is_untrusted_for_credentials("http://localhost:3000"));
         assert!(!is_untrusted_for_credentials("https://shop.example"));
+    }
+
+    fn route(rules: serde_json::Value) -> Vec<Finding> {
+        let object = serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"parentRefs": [{"name": "edge"}], "rules": rules},
+        });
+        let obj = ObjectRef::of(&object);
+        let mut out = Vec::new();
+        review_route_cors_filters(&object, &obj, &mut out);
+        out
+    }
+
+    fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
+        findings
+            .iter()
+            .map(|f| (f.rule, f.field.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn route_cors_filters() {
+        let f = route(serde_json::json!([
+            {"filters": [
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x", "value": "*"}]}},
+                {"type": "CORS", "cors": {"allowOrigins": ["https://app.example", "*"]}},
+            ]},
+            {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://*"], "allowCredentials": true}}]},
+            {"filters": [{"type": "CORS", "cors": {"allowOrigins":
+                ["https://app.example", "http://localhost:3000", "http://app.example", "null"],
+                "allowCredentials": true}}]},
+            // The same origins without credentials: only wildcards matter.
+            {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["http://app.example", "null"]}}]},
+            {"backendRefs": [{"name": "web", "port": 8080,
+                "filters": [{"type": "CORS", "cors": {"allowOrigins": ["*"]}}]}]},
+        ]));
+        assert_eq!(
+            rules_and_fields(&f),
+            vec![
+                (
+                    RuleId::Apg001,
+                    "spec.rules[0].filters[1].cors.allowOrigins[1]"
+                ),
+                (
+                    RuleId::Apg001,
+                    "spec.rules[1].filters[0].cors.allowOrigins[0]"
+                ),
+                (
+                    RuleId::Apg002,
+                    "spec.rules[1].filters[0].cors.allowOrigins[0]"
+                ),
+                (
+                    RuleId::Apg002,
+                    "spec.rules[2].filters[0].cors.allowOrigins[2]"
+                ),
+                (
+                    RuleId::Apg002,
+                    "spec.rules[2].filters[0].cors.allowOrigins[3]"
+                ),
+                (
+                    RuleId::Apg001,
+                    "spec.rules[4].backendRefs[0].filters[0].cors.allowOrigins[0]"
+                ),
+            ],
+            "{f:#?}"
+        );
+        assert!(
+            route(serde_json::json!([
+                {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://app.example",
+                    "https://*.example.com"], "allowCredentials": true}}]},
+                // A cors mapping under another type is not a CORS filter.
+                {"filters": [{"type": "RequestMirror", "cors": {"allowOrigins": ["*"]}}]},
+            ]))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn route_cors_filters_wrong_types_are_apg014() {
+        let f = route(serde_json::json!([
+            "CORS",
+            {"filters": {"type": "CORS"}},
+            {"filters": ["CORS", {"type": 1}, {"type": "CORS", "cors": ["*"]}]},
+            {"filters": [{"type": "CORS", "cors": {"allowOrigins": "*", "allowCredentials": "true"}}]},
+            {"filters": [{"type": "CORS", "cors": {"allowOrigins": [1, "*"]}}]},
+            {"backendRefs": {"name": "web"}},
+        ]));
+        assert_eq!(
+            rules_and_fields(&f),
+            vec![
+                (RuleId::Apg014, "spec.rules[0]"),
+                (RuleId::Apg014, "spec.rules[1].filters"),
+                (RuleId::Apg014, "spec.rules[2].filters[0]"),
+                (RuleId::Apg014, "spec.rules[2].filters[1].type"),
+                (RuleId::Apg014, "spec.rules[2].filters[2].cors"),
+                (
+                    RuleId::Apg014,
+                    "spec.rules[3].filters[0].cors.allowCredentials"
+                ),
+                (RuleId::Apg014, "spec.rules[3].filters[0].cors.allowOrigins"),
+                (
+                    RuleId::Apg014,
+                    "spec.rules[4].filters[0].cors.allowOrigins[0]"
+                ),
+                (RuleId::Apg014, "spec.rules[5].backendRefs"),
+                // Findings follow the APG014s (review() sorts them).
+                (
+                    RuleId::Apg001,
+                    "spec.rules[4].filters[0].cors.allowOrigins[1]"
+                ),
+            ],
+            "{f:#?}"
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! checks against [`KINDS`]).
 
 use super::{
-    ClusterView, Finding, ObjectRef, RuleId, authn, bypass, cors, ingress_nginx, policy, tls,
-    workloads,
+    ClusterView, Finding, ObjectRef, RuleId, authn, bypass, cors, ingress_nginx, istio, jwt,
+    policy, tls, workloads,
 };
 use serde_json::Value;
 
@@ -136,21 +136,39 @@ pub const KINDS: &[Coverage] = &[
             ("gateway.networking.k8s.io", "httproutes"),
             ("gateway.networking.k8s.io", "grpcroutes"),
         ],
-        reads: &[Reads {
-            rules: &[Apg003, Apg004, Apg010],
+        reads: &[
+            Reads {
+                rules: &[Apg003, Apg004, Apg010],
             fields: "`spec.parentRefs[]` (`kind`, `name`, `namespace`, `sectionName`), `spec.rules[].name`, `spec.rules[].backendRefs[]` (`group`, `kind`, `name`, `namespace`), `metadata.labels`, annotation `apiguard.dev/public`; the Envoy Gateway SecurityPolicies (`targetRef`, `targetRefs`, `targetSelectors`, `jwt`, `jwt.optional`, `apiKeyAuth`, `basicAuth`, `oidc`, `extAuth`) and ClientTrafficPolicies (`tls.clientValidation`, `optional`) attached to the route or its parent Gateways",
-        }],
-        review: authn::review_route,
+            },
+            Reads {
+                rules: &[Apg001, Apg002],
+                fields: "HTTPRoute `spec.rules[].filters[]` and `spec.rules[].backendRefs[].filters[]` of `type: CORS`: `cors.allowOrigins`, `cors.allowCredentials`",
+            },
+        ],
+        review: |o, r, v, public, out| {
+            authn::review_route(o, r, v, public, out);
+            cors::review_route_cors_filters(o, r, out);
+        },
     },
     Coverage {
         groups: &["gateway.envoyproxy.io"],
         kinds: &["SecurityPolicy"],
         webhook: &[("gateway.envoyproxy.io", "securitypolicies")],
-        reads: &[Reads {
-            rules: &[Apg001, Apg002],
-            fields: "`spec.cors.allowOrigins`, `spec.cors.allowCredentials`",
-        }],
-        review: |o, r, _, _, out| cors::review_envoy_security_policy(o, r, out),
+        reads: &[
+            Reads {
+                rules: &[Apg001, Apg002],
+                fields: "`spec.cors.allowOrigins`, `spec.cors.allowCredentials`",
+            },
+            Reads {
+                rules: &[Apg007],
+                fields: "`spec.jwt.providers[].issuer` (`http://`), `spec.jwt.providers[].remoteJWKS.uri`, `spec.oidc.provider.issuer`, `.authorizationEndpoint`, `.tokenEndpoint`",
+            },
+        ],
+        review: |o, r, _, _, out| {
+            cors::review_envoy_security_policy(o, r, out);
+            jwt::review_envoy_security_policy(o, r, out);
+        },
     },
     Coverage {
         groups: &["gateway.envoyproxy.io"],
@@ -171,6 +189,32 @@ pub const KINDS: &[Coverage] = &[
             fields: "`spec.http[].corsPolicy.allowOrigins[]` (`exact`, `prefix`, `regex`), `allowOrigin[]`, `allowCredentials`",
         }],
         review: |o, r, _, _, out| cors::review_istio_virtual_service(o, r, out),
+    },
+    Coverage {
+        groups: &["networking.istio.io"],
+        kinds: &["Gateway"],
+        webhook: &[("networking.istio.io", "gateways")],
+        reads: &[
+            Reads {
+                rules: &[Apg005],
+                fields: "`spec.servers[].port.protocol` (HTTP, HTTP2, GRPC, GRPC-WEB), `spec.servers[].tls.httpsRedirect`",
+            },
+            Reads {
+                rules: &[Apg006],
+                fields: "`spec.servers[].tls.minProtocolVersion`",
+            },
+        ],
+        review: |o, r, _, _, out| istio::review_gateway(o, r, out),
+    },
+    Coverage {
+        groups: &["security.istio.io"],
+        kinds: &["RequestAuthentication"],
+        webhook: &[("security.istio.io", "requestauthentications")],
+        reads: &[Reads {
+            rules: &[Apg007],
+            fields: "`spec.jwtRules[].issuer` (`http://`), `spec.jwtRules[].jwksUri`",
+        }],
+        review: |o, r, _, _, out| jwt::review_request_authentication(o, r, out),
     },
     Coverage {
         groups: &[""],
@@ -201,7 +245,7 @@ pub const KINDS: &[Coverage] = &[
 
 const WORKLOAD_ENV: Reads = Reads {
     rules: &[Apg001],
-    fields: "the pod template's `containers[].env[]` and `initContainers[].env[]` (`name` like `CORS_ALLOWED_ORIGINS`, `value`)",
+    fields: "the pod template's `containers[].env[]`, `initContainers[].env[]` and `ephemeralContainers[].env[]` (`name` like `CORS_ALLOWED_ORIGINS`, `value`)",
 };
 
 /// The entry for an object's group and kind, if the engine reviews it.

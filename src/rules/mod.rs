@@ -7,7 +7,8 @@
 //! [`coverage`] lists every kind reviewed, the reviewer it goes to and the fields each rule reads.
 //! One file per rule family: [`policy`] (ApiSecurityPolicy), [`cors`], [`authn`] (APG003),
 //! [`bypass`] (APG004/APG010), [`tls`] (APG005/APG006), [`ingress_nginx`] (annotations and
-//! snippets), [`workloads`] (pod template env vars), [`exemptions`] (namespaces and
+//! snippets), [`istio`] (Istio Gateway TLS), [`jwt`] (APG007 outside the policy),
+//! [`workloads`] (pod template env vars), [`exemptions`] (namespaces and
 //! annotations), [`view`] (the in-memory [`ClusterView`]) and [`json`] (careful reading of
 //! kinds without a typed model: wrong types become APG014 findings, never a panic).
 
@@ -17,7 +18,9 @@ pub mod cors;
 pub mod coverage;
 pub mod exemptions;
 pub mod ingress_nginx;
+pub mod istio;
 pub mod json;
+pub mod jwt;
 pub mod policy;
 pub mod tls;
 pub mod view;

@@ -40,21 +40,22 @@ pub fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
     out.extend(found);
 }
 
-/// A TLS version string below 1.2 (`1.0`, `1.1`, `TLSv1`, `TLSv1.1`, `TLSv1_0`, SSL).
+/// A TLS version string below 1.2 (`1.0`, `1.1`, `TLSv1`, `TLSv1.1`, `TLSv1_0`, Istio's
+/// `TLSV1_0`/`TLSV1_1`, SSL), compared ASCII case-insensitively.
 pub fn is_weak_tls_version(v: &str) -> bool {
     matches!(
-        v.trim(),
+        v.trim().to_ascii_uppercase().as_str(),
         "1.0"
             | "1.1"
-            | "TLSv1"
-            | "TLSv1.0"
-            | "TLSv1.1"
-            | "TLSv1_0"
-            | "TLSv1_1"
+            | "TLSV1"
+            | "TLSV1.0"
+            | "TLSV1.1"
+            | "TLSV1_0"
+            | "TLSV1_1"
             | "TLS1_0"
             | "TLS1_1"
-            | "SSLv2"
-            | "SSLv3"
+            | "SSLV2"
+            | "SSLV3"
     )
 }
 
