@@ -350,3 +350,316 @@ fn list_and_directory_inputs() {
         "{f:#?}"
     );
 }
+
+const REPO: &str = "tests/fixtures/repo";
+
+/// The findings of a JSON report as (rule, "Kind ns/name", field) triples, sorted.
+fn triples(report: &Value) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                format!(
+                    "{} {}/{}",
+                    f["kind"].as_str().unwrap(),
+                    f["namespace"].as_str().unwrap_or(""),
+                    f["name"].as_str().unwrap()
+                ),
+                f["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn expected_repo_findings() -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = [
+        (
+            "APG001",
+            "Ingress shop/shop",
+            "metadata.annotations[nginx.ingress.kubernetes.io/enable-cors]",
+        ),
+        (
+            "APG003",
+            "HTTPRoute shop/orders",
+            "spec.rules[1].backendRefs[0].name",
+        ),
+        (
+            "APG006",
+            "ConfigMap kube-system/ingress-nginx-controller",
+            "data[ssl-protocols]",
+        ),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    v.sort();
+    v
+}
+
+fn skipped_of(report: &Value) -> Vec<(String, String)> {
+    report["skipped"]
+        .as_array()
+        .expect("skipped")
+        .iter()
+        .map(|s| {
+            let path = s["path"].as_str().unwrap();
+            let rel = path.strip_prefix(&format!("{REPO}/")).unwrap_or(path);
+            (rel.to_string(), s["reason"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_repository_tree_lints_to_its_findings_in_every_format() {
+    // JSON: the three real problems, every non-manifest skipped with its reason, no error.
+    let out = lint(&[REPO, "--format", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(triples(&report), expected_repo_findings(), "{report:#}");
+    let mut skipped = skipped_of(&report);
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        [
+            (".github/workflows/ci.yaml", "not-kubernetes"),
+            ("charts/shop/", "helm-chart"),
+            ("docker-compose.yaml", "not-kubernetes"),
+            ("k8s/base/kustomization.yaml", "kustomization"),
+            ("k8s/overlays/prod/kustomization.yaml", "kustomization"),
+            ("openapi.json", "not-kubernetes"),
+        ]
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+    );
+    assert_eq!(report["errors"], serde_json::json!([]));
+    assert_eq!(report["summary"]["objects"], 8);
+    assert_eq!(report["summary"]["files"], 6);
+    // The kube-system objects are checked offline by default.
+    assert_eq!(report["summary"]["notChecked"], serde_json::json!({}));
+
+    // SARIF: the same findings, the skipped paths as notes of a successful invocation.
+    let out = lint(&[REPO, "--format", "sarif"]);
+    assert_eq!(out.status.code(), Some(1));
+    let sarif: Value = serde_json::from_slice(&out.stdout).expect("SARIF report");
+    let run = &sarif["runs"][0];
+    let mut rules: Vec<&str> = run["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ruleId"].as_str().unwrap())
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["APG001", "APG003", "APG006"]);
+    let invocation = &run["invocations"][0];
+    assert_eq!(invocation["executionSuccessful"], true);
+    let notes = invocation["toolExecutionNotifications"].as_array().unwrap();
+    assert_eq!(notes.len(), 6, "{notes:#?}");
+    assert!(notes.iter().all(|n| n["level"] == "note"), "{notes:#?}");
+
+    // Text: the findings, and the skipped paths counted (listed with -v).
+    let out = lint(&[REPO]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for rule in ["APG001", "APG003", "APG006"] {
+        assert!(text.contains(&format!("deny {rule} ")), "{text}");
+    }
+    assert!(
+        text.contains(
+            "3 finding(s): 3 deny, 0 warn, 0 exempted; 8 object(s) in 6 file(s) checked\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "6 path(s) skipped: not Kubernetes manifests (1 helm-chart, 2 kustomization, 3 not-kubernetes); -v lists them\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("docker-compose.yaml"), "{text}");
+    let out = lint(&[REPO, "-v"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "{REPO}/charts/shop/: Helm chart: lint what it renders"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{REPO}/docker-compose.yaml: no document has apiVersion and kind"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn namespace_exemptions_are_opt_in_offline_and_never_silent() {
+    let out = lint(&[
+        REPO,
+        "--format",
+        "json",
+        "--exempt-namespaces",
+        "kube-system,kube-public",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules: Vec<String> = triples(&report).into_iter().map(|t| t.0).collect();
+    assert_eq!(rules, ["APG001", "APG003"]);
+    assert_eq!(
+        report["summary"]["notChecked"],
+        serde_json::json!({"kube-system": 2})
+    );
+    assert_eq!(report["summary"]["objects"], 6);
+    let out = lint(&[REPO, "--exempt-namespaces", "kube-system"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(
+            "2 object(s) not checked: in namespaces exempted by --exempt-namespaces: kube-system (2)\n"
+        ),
+        "{text}"
+    );
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_broken_manifest_is_an_error_reported_with_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    copy_tree(&root().join(REPO), &repo);
+    // A manifest with a YAML error, and Helm templates outside a chart directory.
+    std::fs::write(
+        repo.join("k8s/base/broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: broken\n  labels: {app: [unclosed\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(repo.join("deploy/templates")).unwrap();
+    std::fs::write(
+        repo.join("deploy/templates/service.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    {{- include \"labels\" . | nindent 4 }}\n",
+    )
+    .unwrap();
+    let repo_arg = repo.to_str().unwrap();
+
+    for format in ["json", "sarif", "text"] {
+        let out = lint(&[repo_arg, "--format", format]);
+        assert_eq!(out.status.code(), Some(2), "{format}: exit 2 wins over 1");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("broken.yaml: document 1: not valid YAML"),
+            "{format}: {stderr}"
+        );
+        match format {
+            "json" => {
+                let report: Value = serde_json::from_slice(&out.stdout).expect("still JSON");
+                assert_eq!(triples(&report), expected_repo_findings());
+                let errors = report["errors"].as_array().unwrap();
+                assert_eq!(errors.len(), 1, "{errors:#?}");
+                assert!(
+                    errors[0]["file"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("k8s/base/broken.yaml")
+                );
+                assert!(skipped_of(&report).iter().any(|(p, r)| {
+                    p.ends_with("deploy/templates/service.yaml") && r == "template"
+                }));
+            }
+            "sarif" => {
+                let sarif: Value = serde_json::from_slice(&out.stdout).expect("still SARIF");
+                let invocation = &sarif["runs"][0]["invocations"][0];
+                assert_eq!(invocation["executionSuccessful"], false);
+                let errors: Vec<&Value> = invocation["toolExecutionNotifications"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|n| n["level"] == "error")
+                    .collect();
+                assert_eq!(errors.len(), 1);
+                assert_eq!(sarif["runs"][0]["results"].as_array().unwrap().len(), 3);
+            }
+            _ => {
+                let text = String::from_utf8(out.stdout).unwrap();
+                assert!(text.contains("deny APG001 "), "{text}");
+                assert!(
+                    text.contains("1 file(s) could not be linted (errors on stderr)"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    // Named explicitly, a file that is not a manifest is an error, not a skip.
+    let out = lint(&[repo.join("charts/shop/values.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("values.yaml: document 1: missing `kind`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn text_findings_say_the_field_and_the_fix_once() {
+    let policy = r#"{"apiVersion":"apiguard.dev/v1alpha1","kind":"ApiSecurityPolicy",
+      "metadata":{"name":"orders","namespace":"shop"},
+      "spec":{"target":{"service":"orders","port":8080},"exposure":"Public","hosts":["o.example"],
+        "authentication":{"jwt":{"providers":[{"name":"corp","issuer":"https://idp.example/",
+          "audiences":["o"],"jwks":{"uri":"https://idp.example/jwks"}}]}},
+        "authorization":{"rules":[{"name":"r","match":{"paths":["/o"]}}]},
+        "cors":{"allowOrigins":["*"]},"requestValidation":{"maxBodyBytes":1024}}}"#;
+    let out = lint_stdin(&["-"], policy);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("deny APG001"))
+        .take(3)
+        .collect();
+    assert_eq!(block.len(), 3, "{text}");
+    let (problem, fix) = (block[1].trim(), block[2].trim());
+    assert!(
+        problem.starts_with("spec.cors.allowOrigins[0]: must not contain"),
+        "{problem}"
+    );
+    assert_eq!(
+        problem.matches("spec.cors.allowOrigins").count(),
+        1,
+        "{problem}"
+    );
+    let fix_text = fix.strip_prefix("fix: ").expect("a fix line");
+    assert!(
+        !problem.contains(fix_text),
+        "the fix is said twice: {problem}"
+    );
+
+    // An object with generateName and no name.
+    let nameless = CORS_INGRESS.replace(r#""name":"web","#, r#""generateName":"web-","#);
+    let out = lint_stdin(&["-"], &nameless);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("cors-wildcard-origin  Ingress shop/(unnamed)  (<stdin>:doc1)"),
+        "{text}"
+    );
+    assert!(!text.contains("   ("), "{text}");
+}

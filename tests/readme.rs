@@ -38,7 +38,10 @@ fn docs_list_every_kind_and_field_each_rule_reads() {
     // Every reviewed kind appears in the table.
     for c in apiguard::rules::coverage::KINDS {
         for kind in c.kinds {
-            assert!(coverage.contains(kind), "{kind} missing from the coverage table");
+            assert!(
+                coverage.contains(kind),
+                "{kind} missing from the coverage table"
+            );
         }
     }
 }

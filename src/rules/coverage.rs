@@ -139,7 +139,7 @@ pub const KINDS: &[Coverage] = &[
         reads: &[
             Reads {
                 rules: &[Apg003, Apg004, Apg010],
-            fields: "`spec.parentRefs[]` (`kind`, `name`, `namespace`, `sectionName`), `spec.rules[].name`, `spec.rules[].backendRefs[]` (`group`, `kind`, `name`, `namespace`), `metadata.labels`, annotation `apiguard.dev/public`; the Envoy Gateway SecurityPolicies (`targetRef`, `targetRefs`, `targetSelectors`, `jwt`, `jwt.optional`, `apiKeyAuth`, `basicAuth`, `oidc`, `extAuth`) and ClientTrafficPolicies (`tls.clientValidation`, `optional`) attached to the route or its parent Gateways",
+                fields: "`spec.parentRefs[]` (`kind`, `name`, `namespace`, `sectionName`), `spec.rules[].name`, `spec.rules[].backendRefs[]` (`group`, `kind`, `name`, `namespace`), `metadata.labels`, annotation `apiguard.dev/public`; the Envoy Gateway SecurityPolicies (`targetRef`, `targetRefs`, `targetSelectors`, `jwt`, `jwt.optional`, `apiKeyAuth`, `basicAuth`, `oidc`, `extAuth`) and ClientTrafficPolicies (`tls.clientValidation`, `optional`) attached to the route or its parent Gateways",
             },
             Reads {
                 rules: &[Apg001, Apg002],
