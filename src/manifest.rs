@@ -109,7 +109,8 @@ pub fn parse_str(name: &str, text: &str) -> Result<Vec<Manifest>, LoadError> {
     Ok(out)
 }
 
-fn push_object(
+/// Adds the object(s) of one parsed document (`kind: List` items one by one) to `out`.
+pub(crate) fn push_object(
     path: &str,
     document: usize,
     item: Option<usize>,

@@ -380,6 +380,9 @@ pub fn failing_document(text: &str) -> Option<usize> {
 /// Parses one input, naming the failing document of a YAML syntax error and saying what a
 /// duplicate key is in plain words.
 pub(crate) fn parse_input(name: &str, text: &str) -> Result<Vec<Manifest>, LintError> {
+    if let Some(manifests) = super::fast::parse(name, text) {
+        return Ok(manifests);
+    }
     match manifest::parse_str(name, text) {
         Ok(m) => Ok(m),
         Err(LoadError::Parse { path, message }) if !text.trim_start().starts_with(['{', '[']) => {

@@ -7,6 +7,7 @@
 //! codes: 0 no deny-level finding, 1 at least one, 2 usage error or a file that could not be
 //! linted (the report still covers every other file).
 
+mod fast;
 pub mod load;
 pub mod report;
 

@@ -33,6 +33,9 @@ pub struct Coverage {
     pub webhook: &'static [(&'static str, &'static str)],
     pub reads: &'static [Reads],
     pub review: Reviewer,
+    /// Text without which a document of this kind cannot yield a finding (a key the reviewer
+    /// needs), so `lint` may load such documents without building their whole tree.
+    pub needs_text: Option<&'static str>,
 }
 
 impl Coverage {
@@ -70,6 +73,7 @@ pub const KINDS: &[Coverage] = &[
             },
         ],
         review: |o, r, v, _, out| policy::review(o, r, v, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["networking.k8s.io", "extensions"],
@@ -98,6 +102,7 @@ pub const KINDS: &[Coverage] = &[
             },
         ],
         review: ingress_nginx::review,
+        needs_text: None,
     },
     Coverage {
         groups: &[""],
@@ -108,6 +113,7 @@ pub const KINDS: &[Coverage] = &[
             fields: "`spec.type` (LoadBalancer, NodePort), `spec.selector` against the policies' target Services",
         }],
         review: |o, r, v, _, out| bypass::review_service(o, r, v, out),
+        needs_text: None,
     },
     Coverage {
         groups: &[""],
@@ -118,6 +124,7 @@ pub const KINDS: &[Coverage] = &[
             fields: "`data[ssl-protocols]` of the ingress-nginx controller's ConfigMap (labels `app.kubernetes.io/name`/`part-of` or name containing `ingress-nginx`/`nginx-ingress`)",
         }],
         review: |o, r, _, _, out| ingress_nginx::review_controller_config(o, r, out),
+        needs_text: Some("ssl-protocols"),
     },
     Coverage {
         groups: &["gateway.networking.k8s.io"],
@@ -128,6 +135,7 @@ pub const KINDS: &[Coverage] = &[
             fields: "`spec.listeners[].protocol`",
         }],
         review: |o, r, _, _, out| tls::review_gateway(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["gateway.networking.k8s.io"],
@@ -150,6 +158,7 @@ pub const KINDS: &[Coverage] = &[
             authn::review_route(o, r, v, public, out);
             cors::review_route_cors_filters(o, r, out);
         },
+        needs_text: None,
     },
     Coverage {
         groups: &["gateway.envoyproxy.io"],
@@ -169,6 +178,7 @@ pub const KINDS: &[Coverage] = &[
             cors::review_envoy_security_policy(o, r, out);
             jwt::review_envoy_security_policy(o, r, out);
         },
+        needs_text: None,
     },
     Coverage {
         groups: &["gateway.envoyproxy.io"],
@@ -179,6 +189,7 @@ pub const KINDS: &[Coverage] = &[
             fields: "`spec.tls.minVersion`",
         }],
         review: |o, r, _, _, out| tls::review_client_traffic_policy(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["networking.istio.io"],
@@ -189,6 +200,7 @@ pub const KINDS: &[Coverage] = &[
             fields: "`spec.http[].corsPolicy.allowOrigins[]` (`exact`, `prefix`, `regex`), `allowOrigin[]`, `allowCredentials`",
         }],
         review: |o, r, _, _, out| cors::review_istio_virtual_service(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["networking.istio.io"],
@@ -205,6 +217,7 @@ pub const KINDS: &[Coverage] = &[
             },
         ],
         review: |o, r, _, _, out| istio::review_gateway(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["security.istio.io"],
@@ -215,6 +228,7 @@ pub const KINDS: &[Coverage] = &[
             fields: "`spec.jwtRules[].issuer` (`http://`), `spec.jwtRules[].jwksUri`",
         }],
         review: |o, r, _, _, out| jwt::review_request_authentication(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &[""],
@@ -222,6 +236,7 @@ pub const KINDS: &[Coverage] = &[
         webhook: &[("", "pods")],
         reads: &[WORKLOAD_ENV],
         review: |o, r, _, _, out| workloads::review(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["apps"],
@@ -233,6 +248,7 @@ pub const KINDS: &[Coverage] = &[
         ],
         reads: &[WORKLOAD_ENV],
         review: |o, r, _, _, out| workloads::review(o, r, out),
+        needs_text: None,
     },
     Coverage {
         groups: &["batch"],
@@ -240,6 +256,7 @@ pub const KINDS: &[Coverage] = &[
         webhook: &[("batch", "jobs"), ("batch", "cronjobs")],
         reads: &[WORKLOAD_ENV],
         review: |o, r, _, _, out| workloads::review(o, r, out),
+        needs_text: None,
     },
 ];
 
@@ -253,10 +270,11 @@ pub fn find(group: &str, kind: &str) -> Option<&'static Coverage> {
     KINDS.iter().find(|c| c.covers(group, kind))
 }
 
-/// Whether any rule reads objects of this group and kind, either to review them or while
-/// reviewing another object (a [`super::Related`] kind, a Service or a policy in the view).
-pub fn is_read(group: &str, kind: &str) -> bool {
-    find(group, kind).is_some()
+/// Whether any rule reads a document of this group and kind with this text, either to review
+/// it or while reviewing another object (a [`super::Related`] kind, a Service or a policy in
+/// the view).
+pub fn is_read(group: &str, kind: &str, text: &str) -> bool {
+    find(group, kind).is_some_and(|c| c.needs_text.is_none_or(|t| text.contains(t)))
         || super::Related::ALL
             .iter()
             .any(|r| r.group_kind() == (group, kind))
