@@ -255,6 +255,44 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
     let exempted = apply_json(cp, &exempt);
     assert_admitted_with_warning(&exempted, "APG001", "the exempted Ingress");
 
+    // Kinds reviewed since the rules learnt real repositories: the ingress-nginx controller's
+    // ConfigMap with TLS 1.0 (APG006; other ConfigMaps are filtered out by the chart's
+    // matchCondition and admitted) and a GRPCRoute with no authentication (APG003).
+    let weak_tls = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "ingress-nginx-controller", "namespace": "journey",
+            "labels": {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}},
+        "data": {"ssl-protocols": "TLSv1 TLSv1.2 TLSv1.3", "use-forwarded-headers": "true"}
+    });
+    assert_refused(
+        &apply_json(cp, &weak_tls),
+        "APG006",
+        "the ingress-nginx ConfigMap enabling TLS 1.0",
+    );
+    let settings = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "journey"},
+        "data": {"LOG_LEVEL": "info"}
+    });
+    let admitted = apply_json(cp, &settings);
+    assert!(
+        admitted.ok,
+        "an ordinary ConfigMap was refused:\n{}",
+        admitted.text
+    );
+    let grpc = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "yages", "namespace": "journey"},
+        "spec": {"parentRefs": [{"name": "edge"}],
+            "rules": [{"matches": [{"method": {"service": "yages.Echo"}}],
+                       "backendRefs": [{"name": "yages", "port": 9000}]}]}
+    });
+    assert_refused(
+        &apply_json(cp, &grpc),
+        "APG003",
+        "the unauthenticated GRPCRoute",
+    );
+
     // Updates are checked: an admitted Ingress edited to add wildcard CORS is refused.
     let mut clean = cors_ingress("catalog-api", "shop");
     clean["metadata"]["annotations"]
