@@ -94,8 +94,43 @@ pub struct Run {
 }
 
 /// Reviews every manifest against a view of all of them, counting what exemptions left out.
+/// The objects are reviewed on every core (the view is read-only); the findings keep the
+/// manifests' order.
 pub fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
     let view = InMemoryView::from_objects(manifests.iter().map(|m| &m.object));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(manifests.len() / MIN_OBJECTS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return review_all(manifests, &view, config);
+    }
+    let chunk = manifests.len().div_ceil(threads);
+    let parts: Vec<Run> = std::thread::scope(|s| {
+        let workers: Vec<_> = manifests
+            .chunks(chunk)
+            .map(|part| s.spawn(|| review_all(part, &view, config)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut run = Run::default();
+    for part in parts {
+        run.findings.extend(part.findings);
+        run.checked += part.checked;
+        for (ns, n) in part.namespace_exempted {
+            *run.namespace_exempted.entry(ns).or_default() += n;
+        }
+    }
+    run
+}
+
+/// Below this many objects per thread, reviewing on one thread is faster.
+const MIN_OBJECTS_PER_THREAD: usize = 512;
+
+fn review_all(manifests: &[Manifest], view: &InMemoryView, config: &EngineConfig) -> Run {
     let mut run = Run::default();
     for m in manifests {
         if let Some(ns) = rules::exempt_namespace(&m.object, config) {
@@ -103,7 +138,7 @@ pub fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
             continue;
         }
         run.checked += 1;
-        for finding in rules::review(&m.object, &view, config) {
+        for finding in rules::review(&m.object, view, config) {
             run.findings.push(LintFinding {
                 finding,
                 source: m.source.clone(),
@@ -133,11 +168,16 @@ pub fn run(args: &LintArgs) -> ExitCode {
     for e in &inputs.errors {
         eprintln!("error: {e}");
     }
-    if !inputs.errors.is_empty() {
+    let code = if !inputs.errors.is_empty() {
         ExitCode::from(2)
     } else if fails(&run.findings, args.mode) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    }
+    };
+    // The process ends right after this: freeing every parsed object one by one would only
+    // delay the exit (a tenth of the run on a large repository).
+    std::mem::forget(inputs);
+    std::mem::forget(run);
+    code
 }
