@@ -4,19 +4,31 @@
 //! `cargo bench --bench lint` measures:
 //! - in memory: building the view and reviewing every object (`lint_manifests`);
 //! - files: parsing YAML files, reviewing, rendering JSON (the `lint` code path in-process);
-//! - the CLI: `apiguard lint DIR --format json` as a subprocess.
+//! - the CLI: `apiguard lint DIR --format json` as a subprocess;
+//! - side by side with the kyverno CLI: `apiguard lint DIR --format json` and
+//!   `kyverno apply benches/kyverno/apg001-apg011.yaml --resource DIR` (a ClusterPolicy
+//!   equivalent to APG001 + APG011) on the same files, one after the other in the same run. The
+//!   kyverno binary is `$APIGUARD_KYVERNO` (`tests/tools.sh kyverno && source
+//!   target/tools/env.sh`). Both get the full corpus (kyverno takes about 2.5 minutes for it);
+//!   `APIGUARD_BENCH_KYVERNO_OBJECTS=N` gives both the first N objects instead, for a quicker run.
 //!
-//! Without `--bench` (as `cargo test --all-targets` runs it) it does one tiny smoke iteration.
+//! Without `--bench` (as `cargo test --all-targets` runs it) it does one tiny smoke iteration;
+//! the side-by-side part runs there only when `$APIGUARD_KYVERNO` is an existing file.
 
 use apiguard::lint::{lint_manifests, load, render_json};
 use apiguard::manifest::{Manifest, Source};
 use apiguard::rules::EngineConfig;
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 const OBJECTS_PER_TEAM: usize = 10;
+/// The Kyverno ClusterPolicy equivalent to APG001 + APG011.
+const KYVERNO_POLICY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/kyverno/apg001-apg011.yaml"
+);
 
 fn team(i: usize) -> Vec<Value> {
     let ns = format!("team-{i}");
@@ -89,8 +101,191 @@ fn rate(n: usize, secs: f64) -> String {
     )
 }
 
+/// Writes the manifests as YAML files of 1,000 documents each into `dir`.
+fn write_corpus(dir: &Path, manifests: &[Manifest]) {
+    for (i, chunk) in manifests.chunks(1_000).enumerate() {
+        let mut text = String::new();
+        for m in chunk {
+            text.push_str("---\n");
+            text.push_str(&serde_saphyr::to_string(&m.object).expect("YAML"));
+        }
+        std::fs::write(dir.join(format!("corpus-{i:04}.yaml")), text).expect("write corpus");
+    }
+}
+
+/// CPU seconds (user + system) of this process's waited-for children so far
+/// (`/proc/self/stat` cutime + cstime, in clock ticks of 1/100 s).
+fn children_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command name: state is field 3, cutime 16, cstime 17 (1-based).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(16), ticks(17)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Runs a command, returning its output, wall-clock and CPU (user + system) seconds.
+fn timed_run(cmd: &mut Command) -> (std::process::Output, f64, f64) {
+    let cpu = children_cpu_secs();
+    let t = Instant::now();
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    (out, t.elapsed().as_secs_f64(), children_cpu_secs() - cpu)
+}
+
+/// The kyverno CLI: `$APIGUARD_KYVERNO`, `None` when unset or missing and not `required`.
+fn kyverno_binary(required: bool) -> Option<PathBuf> {
+    let hint =
+        "run `tests/tools.sh kyverno && source target/tools/env.sh` for the side-by-side part";
+    match std::env::var_os("APIGUARD_KYVERNO").map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(p),
+        Some(p) if required => panic!("APIGUARD_KYVERNO={} does not exist: {hint}", p.display()),
+        None if required => panic!("APIGUARD_KYVERNO is not set: {hint}"),
+        _ => None,
+    }
+}
+
+/// How many kyverno rule results the policy gives an object of the corpus (rules that match
+/// its kind), or 0.
+fn kyverno_rules_for(object: &Value) -> usize {
+    let api = object["apiVersion"].as_str().unwrap_or("");
+    let group = api.rsplit_once('/').map_or("", |(g, _)| g);
+    match (group, object["kind"].as_str().unwrap_or("")) {
+        // default origin, wildcard origin, snippets
+        ("networking.k8s.io", "Ingress") => 3,
+        ("apiguard.dev", "ApiSecurityPolicy")
+        | ("gateway.envoyproxy.io", "SecurityPolicy")
+        | ("networking.istio.io", "VirtualService")
+        | ("apps", "Deployment") => 1,
+        _ => 0,
+    }
+}
+
+/// kyverno's closing `pass: N, fail: N, warn: N, error: N, skip: N` line.
+fn kyverno_counts(stdout: &str) -> Option<[usize; 5]> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("pass:"))?;
+    let mut counts = [0; 5];
+    for (i, (part, key)) in line
+        .split(',')
+        .zip(["pass", "fail", "warn", "error", "skip"])
+        .enumerate()
+    {
+        let (k, v) = part.trim().split_once(':')?;
+        if k.trim() != key {
+            return None;
+        }
+        counts[i] = v.trim().parse().ok()?;
+    }
+    Some(counts)
+}
+
+/// `apiguard lint` and `kyverno apply` (APG001 + APG011 as a ClusterPolicy) on the same files.
+fn side_by_side(exe: &Path, kyverno: &Path, manifests: &[Manifest], dir: &Path) {
+    let objects = manifests.len();
+    let version = Command::new(kyverno)
+        .arg("version")
+        .output()
+        .expect("run kyverno version");
+    let version = String::from_utf8_lossy(&version.stdout);
+    let version = version
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map_or("?", str::trim)
+        .to_string();
+    println!(
+        "side by side with kyverno {version}: {objects} objects, {} files (load average {})",
+        objects.div_ceil(1_000),
+        load_average()
+    );
+
+    let (out, ours, ours_cpu) = timed_run(
+        Command::new(exe)
+            .args(["lint", "--format", "json"])
+            .arg(dir),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("apiguard lint JSON");
+    let findings = report["findings"].as_array().expect("findings");
+    let same_rules = findings
+        .iter()
+        .filter(|f| matches!(f["rule"].as_str(), Some("APG001" | "APG011")))
+        .count();
+    println!(
+        "  apiguard lint : {}  [CPU {ours_cpu:.2} s; all 14 rules: {} findings, {same_rules} APG001/APG011]",
+        rate(objects, ours),
+        findings.len()
+    );
+
+    // Default (text) output: one `policy ... failed:` block per failing resource and the
+    // closing counts, which show how many rule results kyverno produced.
+    let (out, theirs, theirs_cpu) = timed_run(
+        Command::new(kyverno)
+            .args(["apply", KYVERNO_POLICY, "--remove-color", "--resource"])
+            .arg(dir),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let Some([pass, fail, warn, error, skip]) = kyverno_counts(&stdout) else {
+        panic!(
+            "kyverno printed no pass/fail counts (exit {:?}):\n{}\n{}",
+            out.status.code(),
+            stdout.lines().take(40).collect::<Vec<_>>().join("\n"),
+            stderr.lines().take(40).collect::<Vec<_>>().join("\n")
+        );
+    };
+    let expected: usize = manifests.iter().map(|m| kyverno_rules_for(&m.object)).sum();
+    println!(
+        "  kyverno apply : {}  [CPU {theirs_cpu:.2} s; pass {pass}, fail {fail}, warn {warn}, error {error}, skip {skip}]",
+        rate(objects, theirs)
+    );
+    assert!(
+        fail > 0,
+        "the corpus has insecure teams, so kyverno must report failures"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kyverno apply exits 1 on Enforce failures: {stderr}"
+    );
+    assert_eq!(
+        (pass + fail, error),
+        (expected, 0),
+        "kyverno must evaluate every rule on every matching object of the {objects}"
+    );
+    assert_eq!(
+        fail, same_rules,
+        "kyverno's failures must be apiguard's APG001/APG011 findings, one each"
+    );
+    println!(
+        "  ratio         : apiguard lint is {:.1}x kyverno apply in objects/s ({:.1}x in CPU time); load average {}",
+        theirs / ours,
+        theirs_cpu / ours_cpu,
+        load_average()
+    );
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    // Checked first, so that a `--bench` run without kyverno fails at once.
+    let kyverno = kyverno_binary(full);
     let objects = if full { 100_000 } else { 200 };
     let config = EngineConfig::default();
 
@@ -128,15 +323,7 @@ fn main() {
 
     // Files: YAML on disk, the lint code path in-process (load, review, render JSON).
     let dir = tempfile::tempdir().expect("temp dir");
-    let per_file = 1_000;
-    for (i, chunk) in manifests.chunks(per_file).enumerate() {
-        let mut text = String::new();
-        for m in chunk {
-            text.push_str("---\n");
-            text.push_str(&serde_saphyr::to_string(&m.object).expect("YAML"));
-        }
-        std::fs::write(dir.path().join(format!("corpus-{i:04}.yaml")), text).expect("write corpus");
-    }
+    write_corpus(dir.path(), &manifests);
     let t = Instant::now();
     let inputs = load(&[dir.path().to_path_buf()]);
     assert!(inputs.errors.is_empty(), "{:?}", inputs.errors);
@@ -172,4 +359,31 @@ fn main() {
         rate(objects, secs),
         out.stdout.len()
     );
+
+    // Side by side with kyverno, on the same files.
+    let Some(kyverno) = kyverno else {
+        println!("side by side with kyverno: skipped (APIGUARD_KYVERNO is not an existing file)");
+        return;
+    };
+    let n = if full {
+        std::env::var("APIGUARD_BENCH_KYVERNO_OBJECTS")
+            .ok()
+            .map(|v| {
+                v.parse()
+                    .expect("APIGUARD_BENCH_KYVERNO_OBJECTS is a number")
+            })
+            .map_or(objects, |n: usize| n.min(objects))
+    } else {
+        objects
+    };
+    if n == objects {
+        side_by_side(exe, &kyverno, &manifests, dir.path());
+    } else {
+        println!(
+            "(APIGUARD_BENCH_KYVERNO_OBJECTS: the side-by-side corpus is the first {n} of the {objects} objects)"
+        );
+        let small = tempfile::tempdir().expect("temp dir");
+        write_corpus(small.path(), &manifests[..n]);
+        side_by_side(exe, &kyverno, &manifests[..n], small.path());
+    }
 }

@@ -5,24 +5,29 @@
 # whose binary and build stamp are present is not rebuilt, so a warm run takes seconds.
 # Writes target/tools/env.sh exporting the APIGUARD_* paths the tests read.
 #
-# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container]...   (no argument: all of them)
-# (`container`: the Debian packages tests/image.sh runs, apt-get installed when missing.)
+# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container|kyverno]...
+# (no argument: all of them except kyverno. `container`: the Debian packages tests/image.sh
+# runs, apt-get installed when missing. `kyverno`: the kyverno CLI, only for the side-by-side
+# part of `cargo bench --bench lint`; no test needs it, so CI does not build it.)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS="$ROOT/target/tools"
 GOWRAP="$ROOT/tests/go"
 
-# One place for the versions; tests/support/tools.rs mirrors them (tests/cluster_smoke.rs checks).
+# One place for the versions; tests/support/tools.rs mirrors them (tests/cluster_smoke.rs checks),
+# except KYVERNO_VERSION (bench only: benches/lint.rs reads APIGUARD_KYVERNO from env.sh).
 KUBE_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
 ENVOY_VERSION=1.40.0
+KYVERNO_VERSION=v1.19.1
 
 KUBE_DIR="$TOOLS/kubernetes-$KUBE_VERSION"
 ETCD_DIR="$TOOLS/etcd-$ETCD_VERSION"
 HELM_DIR="$TOOLS/helm-$HELM_VERSION"
 ENVOY_DIR="$TOOLS/envoy-$ENVOY_VERSION"
+KYVERNO_DIR="$TOOLS/kyverno-$KYVERNO_VERSION"
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 die() { printf '[tools] error: %s\n' "$*" >&2; exit 1; }
@@ -61,6 +66,17 @@ upstream_gomod() {
   rmdir "$tmp"
   [[ -n "$gomod" && -f "$gomod" ]] || die "go mod download $1@$2 gave no go.mod"
   printf '%s\n' "$gomod"
+}
+
+# The module-cache directory of MODULE@VERSION (downloads it if needed; read-only).
+module_dir() {
+  local tmp dir
+  tmp=$(mktemp -d)
+  dir=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "$1@$2" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  rmdir "$tmp"
+  [[ -n "$dir" && -f "$dir/go.mod" ]] || die "go mod download $1@$2 gave no module directory"
+  printf '%s\n' "$dir"
 }
 
 # Every replace directive of a go.mod as "OLD => NEW [VERSION]", one per line.
@@ -212,6 +228,34 @@ build_envoy() {
   echo "$stamp" >"$ENVOY_DIR/.stamp"
 }
 
+# The kyverno CLI (kubectl-kyverno), built from its own module as its Makefile does
+# (CGO_ENABLED=0, version in pkg/version.BuildVersion). Upstream's go.mod has a replace directive
+# (k8s.io/pod-security-admission), which `go install module@version` refuses and which a wrapper
+# module would have to copy, so it builds in a writable copy of the module from the module cache,
+# as the main module with upstream's own go.mod and go.sum. Only for benches/lint.rs.
+build_kyverno() {
+  need_go kyverno
+  local ldflags="-s -w -X github.com/kyverno/kyverno/pkg/version.BuildVersion=$KYVERNO_VERSION"
+  local stamp src
+  stamp=$(printf 'github.com/kyverno/kyverno@%s CGO_ENABLED=0\n%s\n' "$KYVERNO_VERSION" "$ldflags" |
+    sha256sum | cut -d' ' -f1)
+  if is_fresh "$KYVERNO_DIR" "$stamp" kyverno; then
+    log "kyverno $KYVERNO_VERSION: up to date ($KYVERNO_DIR)"
+    return 0
+  fi
+  log "kyverno $KYVERNO_VERSION: building the CLI (minutes when cold)"
+  src=$(module_dir github.com/kyverno/kyverno "$KYVERNO_VERSION")
+  rm -rf "$KYVERNO_DIR"
+  mkdir -p "$KYVERNO_DIR"
+  cp -r "$src" "$KYVERNO_DIR/src"
+  chmod -R u+w "$KYVERNO_DIR/src"
+  (cd "$KYVERNO_DIR/src" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -buildvcs=false -trimpath \
+    -ldflags "$ldflags" -o "$KYVERNO_DIR/kyverno" ./cmd/cli/kubectl-kyverno)
+  rm -rf "$KYVERNO_DIR/src"
+  "$KYVERNO_DIR/kyverno" version >/dev/null || die "the kyverno CLI built but does not run"
+  echo "$stamp" >"$KYVERNO_DIR/.stamp"
+}
+
 # --- container tools for tests/image.sh ------------------------------------------------------
 # Debian packages, not built: buildah builds the Dockerfile's final stage, umoci unpacks the
 # image into a runtime bundle, runc runs it, jq edits its config. apt-get runs only when one of
@@ -243,6 +287,8 @@ export APIGUARD_KUBE_CONTROLLER_MANAGER=$KUBE_DIR/kube-controller-manager
 export APIGUARD_ETCD=$ETCD_DIR/etcd
 export APIGUARD_HELM=$HELM_DIR/helm
 export APIGUARD_ENVOY=$ENVOY_DIR/envoy
+# Only for \`cargo bench --bench lint\` (built by \`tests/tools.sh kyverno\`).
+export APIGUARD_KYVERNO=$KYVERNO_DIR/kyverno
 EOF
   mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
 }
@@ -257,11 +303,12 @@ main() {
       helm) timed "helm $HELM_VERSION" build_helm ;;
       envoy) timed "envoy $ENVOY_VERSION" build_envoy ;;
       container) timed "container tools" install_container_tools ;;
+      kyverno) timed "kyverno $KYVERNO_VERSION" build_kyverno ;;
       -h | --help)
-        sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+        sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
-      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container)" ;;
+      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container, kyverno)" ;;
     esac
   done
   write_env
