@@ -4,7 +4,10 @@
 //! `cargo bench --bench lint` measures:
 //! - in memory: building the view and reviewing every object (`lint_manifests`);
 //! - files: parsing YAML files, reviewing, rendering JSON (the `lint` code path in-process);
-//! - the CLI: `apiguard lint DIR --format json` as a subprocess;
+//! - the CLI: `apiguard lint DIR --format json` as a subprocess, on that corpus and on a
+//!   repository-shaped one (each team's ten reviewed objects plus ten of kinds no rule reads:
+//!   ConfigMap, ServiceAccount, Role, RoleBinding, HPA, PDB, NetworkPolicy, Secret, ResourceQuota,
+//!   ServiceMonitor);
 //! - side by side with the kyverno CLI: `apiguard lint DIR --format json` and
 //!   `kyverno apply benches/kyverno/apg001-apg011.yaml --resource DIR` (a ClusterPolicy
 //!   equivalent to APG001 + APG011) on the same files, one after the other in the same run. The
@@ -84,6 +87,94 @@ fn team(i: usize) -> Vec<Value> {
         json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": name, "namespace": ns},
             "spec": {"hosts": [name], "http": [{"corsPolicy": {"allowOrigins": [{"exact": origin}]}, "route": [{"destination": {"host": name}}]}]}}),
     ]
+}
+
+/// The objects a team's directory holds besides the ten the rules review: configuration,
+/// RBAC, autoscaling and disruption budgets (no rule reads them; `lint` loads them through its
+/// header-only path).
+fn team_support(i: usize) -> Vec<Value> {
+    let ns = format!("team-{i}");
+    let name = format!("api-{i}");
+    vec![
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("{name}-config"), "namespace": ns,
+                "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "shop"}},
+            "data": {"LOG_LEVEL": "info", "FEATURE_FLAGS": "checkout-v2,search-v3", "DB_POOL_SIZE": "20",
+                "application.yaml": "server:\n  port: 8080\n  shutdown: graceful\nmanagement:\n  endpoints:\n    web:\n      exposure:\n        include: health,metrics\n"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns,
+                "annotations": {"eks.amazonaws.com/role-arn": format!("arn:aws:iam::123456789012:role/{name}")}}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": ns},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list", "watch"]},
+                      {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]}),
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": name, "namespace": ns},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": 2, "maxReplicas": 20,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}}),
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": ns},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": name}}}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": format!("{name}-ingress"), "namespace": ns},
+            "spec": {"podSelector": {"matchLabels": {"app": name}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": format!("{name}-apiguard")}}}],
+                             "ports": [{"protocol": "TCP", "port": 8080}]}]}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-db"), "namespace": ns},
+            "type": "Opaque", "stringData": {"username": "app", "password": "change-me"}}),
+        json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "compute", "namespace": ns},
+            "spec": {"hard": {"requests.cpu": "8", "requests.memory": "16Gi", "limits.cpu": "16", "limits.memory": "32Gi", "pods": "50"}}}),
+        json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "endpoints": [{"port": "metrics", "interval": "30s"}]}}),
+    ]
+}
+
+/// A repository-shaped corpus: every team's ten reviewed objects and its ten others.
+fn repository_corpus(objects: usize) -> Vec<Value> {
+    (0..objects.div_ceil(2 * OBJECTS_PER_TEAM))
+        .flat_map(|i| team(i).into_iter().chain(team_support(i)))
+        .take(objects)
+        .collect()
+}
+
+fn as_manifests(values: Vec<Value>) -> Vec<Manifest> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, object)| Manifest {
+            source: Source {
+                file: "corpus".into(),
+                document: i + 1,
+                item: None,
+            },
+            object,
+        })
+        .collect()
+}
+
+/// `apiguard lint DIR --format json` as a subprocess: (objects/s line, exit code).
+fn cli_once(exe: &Path, dir: &Path, objects: usize, label: &str) {
+    let t = Instant::now();
+    let out = Command::new(exe)
+        .args(["lint", "--format", "json"])
+        .arg(dir)
+        .output()
+        .expect("run apiguard lint");
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(
+        report["summary"]["objects"], objects,
+        "every object checked"
+    );
+    println!(
+        "{label}: {}  [exit 1, {} bytes of output]",
+        rate(objects, secs),
+        out.stdout.len()
+    );
 }
 
 fn corpus(objects: usize) -> Vec<Value> {
@@ -289,19 +380,7 @@ fn main() {
     let objects = if full { 100_000 } else { 200 };
     let config = EngineConfig::default();
 
-    let values = corpus(objects);
-    let manifests: Vec<Manifest> = values
-        .into_iter()
-        .enumerate()
-        .map(|(i, object)| Manifest {
-            source: Source {
-                file: "corpus".into(),
-                document: i + 1,
-                item: None,
-            },
-            object,
-        })
-        .collect();
+    let manifests = as_manifests(corpus(objects));
 
     // In memory: view + review of every object.
     let rounds = if full { 3 } else { 1 };
@@ -339,25 +418,22 @@ fn main() {
         json.len()
     );
 
-    // The CLI as a subprocess.
+    // The CLI as a subprocess: the corpus above (every object of a kind the rules review), and
+    // a repository-shaped one where half the objects are of kinds no rule reads.
     let exe = Path::new(env!("CARGO_BIN_EXE_apiguard"));
-    let t = Instant::now();
-    let out = Command::new(exe)
-        .args(["lint", "--format", "json"])
-        .arg(dir.path())
-        .output()
-        .expect("run apiguard lint");
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_once(
+        exe,
+        dir.path(),
+        objects,
+        "apiguard lint (reviewed kinds only)",
     );
-    println!(
-        "apiguard lint  : {}  [exit 1, {} bytes of output]",
-        rate(objects, secs),
-        out.stdout.len()
+    let repository = tempfile::tempdir().expect("temp dir");
+    write_corpus(repository.path(), &as_manifests(repository_corpus(objects)));
+    cli_once(
+        exe,
+        repository.path(),
+        objects,
+        "apiguard lint (repository-shaped) ",
     );
 
     // Side by side with kyverno, on the same files.
