@@ -212,7 +212,8 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+/// The entries of a directory, sorted (walks are deterministic).
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let read_err = |source| LoadError::Read {
         path: dir.display().to_string(),
         source,
@@ -223,7 +224,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
         .collect::<Result<_, _>>()
         .map_err(read_err)?;
     entries.sort();
-    for e in entries {
+    Ok(entries)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    for e in sorted_entries(dir)? {
         if e.is_dir() {
             walk(&e, out)?;
         } else if is_manifest_file(&e) {

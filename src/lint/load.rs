@@ -320,17 +320,7 @@ fn walk(dir: &Path, out: &mut Vec<Candidate>, skipped: &mut Vec<Skipped>) -> Res
         });
         return Ok(());
     }
-    let read_err = |source| LoadError::Read {
-        path: dir.display().to_string(),
-        source,
-    };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_err)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(read_err)?;
-    entries.sort();
-    for e in entries {
+    for e in manifest::sorted_entries(dir)? {
         if e.is_dir() {
             if !is_ignored_dir(&e) {
                 walk(&e, out, skipped)?;

@@ -255,6 +255,7 @@ fn route_filters(r: &mut Reader<'_>, parent: &Value, base: &str, found: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::testing::rules_and_fields;
 
     #[test]
     fn origins() {
@@ -280,13 +281,6 @@ mod tests {
         let mut out = Vec::new();
         review_route_cors_filters(&object, &obj, &mut out);
         out
-    }
-
-    fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
-        findings
-            .iter()
-            .map(|f| (f.rule, f.field.as_str()))
-            .collect()
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::testing::rules_and_fields;
     use serde_json::json;
 
     fn review(spec: Value) -> Vec<Finding> {
@@ -118,13 +119,6 @@ mod tests {
         let mut out = Vec::new();
         review_gateway(&object, &obj, &mut out);
         out
-    }
-
-    fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
-        findings
-            .iter()
-            .map(|f| (f.rule, f.field.as_str()))
-            .collect()
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub fn review_envoy_security_policy(object: &Value, obj: &ObjectRef, out: &mut V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::testing::rules_and_fields;
     use serde_json::json;
 
     fn run(
@@ -215,13 +216,6 @@ mod tests {
             "SecurityPolicy",
             spec,
         )
-    }
-
-    fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
-        findings
-            .iter()
-            .map(|f| (f.rule, f.field.as_str()))
-            .collect()
     }
 
     #[test]

@@ -365,6 +365,20 @@ pub fn decide(findings: &[Finding], mode: AdmissionMode) -> Decision {
     }
 }
 
+/// Helpers for the rule families' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Finding, RuleId};
+
+    /// The rule and field of each finding, in order.
+    pub(crate) fn rules_and_fields(findings: &[Finding]) -> Vec<(RuleId, &str)> {
+        findings
+            .iter()
+            .map(|f| (f.rule, f.field.as_str()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
