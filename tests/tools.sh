@@ -57,24 +57,28 @@ is_fresh() { # DIR STAMP BINARY...
 
 need_go() { command -v go >/dev/null || die "go is not installed (needed to build $1)"; }
 
-# The module-cache path of the upstream go.mod of MODULE@VERSION (downloads it if needed).
-upstream_gomod() {
-  local tmp gomod
+# One field (GoMod, Dir, ...) of `go mod download -json MODULE@VERSION` (downloads it if needed).
+module_field() { # FIELD MODULE VERSION
+  local tmp value
   tmp=$(mktemp -d)
-  gomod=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "$1@$2" |
-    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+  value=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "$2@$3" |
+    sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",*\$/\1/p")
   rmdir "$tmp"
+  printf '%s\n' "$value"
+}
+
+# The module-cache path of the upstream go.mod of MODULE@VERSION.
+upstream_gomod() {
+  local gomod
+  gomod=$(module_field GoMod "$1" "$2")
   [[ -n "$gomod" && -f "$gomod" ]] || die "go mod download $1@$2 gave no go.mod"
   printf '%s\n' "$gomod"
 }
 
-# The module-cache directory of MODULE@VERSION (downloads it if needed; read-only).
+# The module-cache directory of MODULE@VERSION (read-only).
 module_dir() {
-  local tmp dir
-  tmp=$(mktemp -d)
-  dir=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "$1@$2" |
-    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
-  rmdir "$tmp"
+  local dir
+  dir=$(module_field Dir "$1" "$2")
   [[ -n "$dir" && -f "$dir/go.mod" ]] || die "go mod download $1@$2 gave no module directory"
   printf '%s\n' "$dir"
 }
