@@ -97,15 +97,16 @@ pub struct Run {
 /// The objects are reviewed on every core (the view is read-only); the findings keep the
 /// manifests' order.
 pub fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
-    let view = InMemoryView::from_objects(manifests.iter().map(|m| &m.object));
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(manifests.len() / MIN_OBJECTS_PER_THREAD)
         .max(1);
     if threads == 1 {
+        let view = InMemoryView::from_objects(manifests.iter().map(|m| &m.object));
         return review_all(manifests, &view, config);
     }
     let chunk = manifests.len().div_ceil(threads);
+    let view = build_view(manifests, chunk);
     let parts: Vec<Run> = std::thread::scope(|s| {
         let workers: Vec<_> = manifests
             .chunks(chunk)
@@ -125,6 +126,26 @@ pub fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
         }
     }
     run
+}
+
+/// The view of all manifests, built in `chunk`-sized parts on as many threads and merged in
+/// order (the same view as building it on one thread).
+fn build_view(manifests: &[Manifest], chunk: usize) -> InMemoryView {
+    let parts: Vec<InMemoryView> = std::thread::scope(|s| {
+        let workers: Vec<_> = manifests
+            .chunks(chunk)
+            .map(|part| s.spawn(|| InMemoryView::from_objects(part.iter().map(|m| &m.object))))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut view = InMemoryView::new();
+    for part in parts {
+        view.merge(part);
+    }
+    view
 }
 
 /// Below this many objects per thread, reviewing on one thread is faster.
@@ -180,4 +201,56 @@ pub fn run(args: &LintArgs) -> ExitCode {
     std::mem::forget(inputs);
     std::mem::forget(run);
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(i: usize, object: serde_json::Value) -> Manifest {
+        Manifest {
+            source: Source {
+                file: "f.yaml".into(),
+                document: i + 1,
+                item: None,
+            },
+            object,
+        }
+    }
+
+    /// The parallel view and review see across chunk boundaries: a policy at the start and
+    /// an Ingress bypassing it at the end (APG004), in a run large enough to be split.
+    #[test]
+    fn parallel_review_sees_the_whole_run() {
+        let policy = json!({"apiVersion": "apiguard.dev/v1alpha1", "kind": "ApiSecurityPolicy",
+            "metadata": {"name": "pay", "namespace": "shop"},
+            "spec": {"target": {"service": "pay", "port": 8080}, "exposure": "Internal",
+                "authentication": {"jwt": {"providers": [{"name": "corp", "issuer": "https://idp.example/",
+                    "audiences": ["pay"], "jwks": {"uri": "https://idp.example/jwks"}}]}},
+                "authorization": {"rules": [{"name": "r", "match": {"paths": ["/x"]}}]}}});
+        let filler = |i: usize| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("c{i}"), "namespace": "shop"}})
+        };
+        let ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "direct", "namespace": "shop",
+                "annotations": {"nginx.ingress.kubernetes.io/auth-url": "https://auth.example/"}},
+            "spec": {"tls": [{"hosts": ["p.example"]}], "rules": [{"host": "p.example", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "pay", "port": {"number": 8080}}}}]}}]}});
+        let n = 4 * MIN_OBJECTS_PER_THREAD;
+        let mut manifests = vec![manifest(0, policy)];
+        manifests.extend((1..n - 1).map(|i| manifest(i, filler(i))));
+        manifests.push(manifest(n - 1, ingress));
+        let run = lint_run(&manifests, &EngineConfig::default());
+        assert_eq!(run.checked, n);
+        let rules: Vec<_> = run.findings.iter().map(|f| f.finding.rule).collect();
+        assert!(rules.contains(&crate::catalog::RuleId::Apg004), "{rules:?}");
+        let sequential = review_all(
+            &manifests,
+            &InMemoryView::from_objects(manifests.iter().map(|m| &m.object)),
+            &EngineConfig::default(),
+        );
+        assert_eq!(run.findings, sequential.findings);
+    }
 }

@@ -42,6 +42,17 @@ impl InMemoryView {
         view
     }
 
+    /// Adds everything `other` holds, as if its objects had been added after this view's.
+    pub fn merge(&mut self, other: InMemoryView) {
+        for (ns, mut policies) in other.policies {
+            self.policies.entry(ns).or_default().append(&mut policies);
+        }
+        self.services.extend(other.services);
+        for (key, mut objects) in other.related {
+            self.related.entry(key).or_default().append(&mut objects);
+        }
+    }
+
     /// Adds one object if it is of a kind the view holds.
     pub fn add(&mut self, object: &Value) {
         let api_version = object
