@@ -144,16 +144,23 @@ fn scalar(rest: &str) -> Option<&str> {
         Some(i) => v[..i].trim_end(),
         None => v,
     };
-    let unquoted = v
+    let quoted = v
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
-        .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
-        .unwrap_or(v);
-    let plain = !unquoted.is_empty()
-        && unquoted
+        .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')));
+    let text = quoted.unwrap_or(v);
+    let simple = !text.is_empty()
+        && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'));
-    plain.then_some(unquoted)
+    // Unquoted, a number, a boolean or null is not a string: the general path reports it.
+    let string = quoted.is_some()
+        || (text.starts_with(|c: char| c.is_ascii_alphabetic())
+            && !matches!(
+                text.to_ascii_lowercase().as_str(),
+                "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
+            ));
+    (simple && string).then_some(text)
 }
 
 #[cfg(test)]
@@ -181,6 +188,64 @@ mod tests {
         assert!(fast[0].object.get("data").is_none());
     }
 
+    fn document() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let kind = prop::sample::select(vec![
+            ("v1", "ConfigMap"),
+            ("v1", "Service"),
+            ("v1", "Secret"),
+            ("apps/v1", "Deployment"),
+            ("networking.k8s.io/v1", "Ingress"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+            ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"),
+        ]);
+        let namespace = prop::option::of("[a-z]{1,6}");
+        let extra = prop::sample::select(vec![
+            "",
+            "data:\n  ssl-protocols: TLSv1\n",
+            "spec:\n  type: LoadBalancer\n",
+            "# a comment\n",
+            "data: {a: '1'}\n",
+        ]);
+        (kind, "[a-z]{1,8}", namespace, extra, any::<bool>()).prop_map(
+            |((api_version, kind), name, namespace, extra, quoted)| {
+                let kind = if quoted { format!("\"{kind}\"") } else { kind.to_string() };
+                let ns = namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default();
+                format!("apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: {name}\n{ns}{extra}")
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Whatever the stream, the fast path gives the general path's objects: same sources,
+        /// types, names and namespaces, and whole objects for the kinds the rules read.
+        #[test]
+        fn fast_path_agrees_with_the_general_path(
+            docs in proptest::collection::vec(document(), 1..8),
+            separators in proptest::collection::vec(
+                proptest::sample::select(vec!["---\n", "---\n---\n", "---\n# c\n"]), 8),
+        ) {
+            let mut text = String::new();
+            for (i, d) in docs.iter().enumerate() {
+                text.push_str(separators[i]);
+                text.push_str(d);
+            }
+            let general = parse_str("f.yaml", &text).unwrap();
+            let fast = parse("f.yaml", &text).expect("simple streams take the fast path");
+            proptest::prop_assert_eq!(fast.len(), general.len());
+            for (f, g) in fast.iter().zip(&general) {
+                proptest::prop_assert_eq!(&f.source, &g.source);
+                proptest::prop_assert_eq!((f.kind(), f.name(), f.namespace()), (g.kind(), g.name(), g.namespace()));
+                let group = f.api_version().split_once('/').map_or("", |(g, _)| g);
+                // The general object's own text stands for its document's.
+                let own_text = g.object.to_string();
+                if coverage::is_read(group, f.kind(), &own_text) {
+                    proptest::prop_assert_eq!(&f.object, &g.object);
+                }
+            }
+        }
+    }
+
     #[test]
     fn anything_unusual_takes_the_general_path() {
         // A syntax error in a document of a kind no rule reads is not hidden.
@@ -201,6 +266,10 @@ mod tests {
         assert!(parse("f.yaml", "--- {apiVersion: v1, kind: ConfigMap}\n").is_none());
         assert!(parse("f.yaml", "apiVersion: v1\nkind: &k ConfigMap\n").is_none());
         assert!(parse("f.yaml", "{apiVersion: v1, kind: ConfigMap}\n").is_none());
+        // Not a string: the general path says so.
+        assert!(parse("f.yaml", "apiVersion: v1\nkind: 1\n").is_none());
+        assert!(parse("f.yaml", "apiVersion: v1\nkind: true\n").is_none());
+        assert!(parse("f.yaml", "apiVersion: v1\nkind: null\n").is_none());
         // A top-level line that disagrees with the parse (a key inside a block scalar).
         assert!(
             parse(
