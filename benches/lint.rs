@@ -18,6 +18,7 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does one tiny smoke iteration;
 //! the side-by-side part runs there only when `$APIGUARD_KYVERNO` is an existing file.
 
+use apiguard::api::gateway_name;
 use apiguard::lint::{lint_manifests, load, render_json};
 use apiguard::manifest::{Manifest, Source};
 use apiguard::rules::EngineConfig;
@@ -45,7 +46,7 @@ fn team(i: usize) -> Vec<Value> {
     let backend = if insecure {
         name.clone()
     } else {
-        format!("{name}-apiguard")
+        gateway_name(&name)
     };
     vec![
         json!({"apiVersion": "apiguard.dev/v1alpha1", "kind": "ApiSecurityPolicy",
@@ -62,8 +63,8 @@ fn team(i: usize) -> Vec<Value> {
                 "requestValidation": {"maxBodyBytes": 65536}}}),
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
             "spec": {"selector": {"app": name}, "ports": [{"port": 8080}]}}),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("{name}-apiguard"), "namespace": ns},
-            "spec": {"type": "LoadBalancer", "selector": {"app.kubernetes.io/name": format!("{name}-apiguard")}, "ports": [{"port": 443}]}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": gateway_name(&name), "namespace": ns},
+            "spec": {"type": "LoadBalancer", "selector": {"app.kubernetes.io/name": gateway_name(&name)}, "ports": [{"port": 443}]}}),
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
             "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "app", "image": "example/app:1",
@@ -76,7 +77,7 @@ fn team(i: usize) -> Vec<Value> {
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "edge", "namespace": ns},
             "spec": {"gatewayClassName": "envoy", "listeners": [{"name": "https", "protocol": if insecure { "HTTP" } else { "HTTPS" }, "port": 443}]}}),
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": name, "namespace": ns},
-            "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": format!("{name}-apiguard"), "port": 443}]}]}}),
+            "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": gateway_name(&name), "port": 443}]}]}}),
         json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "jwt", "namespace": ns},
             "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"}],
                 "jwt": {"providers": [{"name": "corp", "remoteJWKS": {"uri": "https://idp.example.com/jwks.json"}}]},
@@ -116,7 +117,7 @@ fn team_support(i: usize) -> Vec<Value> {
             "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": name}}}}),
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": format!("{name}-ingress"), "namespace": ns},
             "spec": {"podSelector": {"matchLabels": {"app": name}}, "policyTypes": ["Ingress"],
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": format!("{name}-apiguard")}}}],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": gateway_name(&name)}}}],
                              "ports": [{"protocol": "TCP", "port": 8080}]}]}}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-db"), "namespace": ns},
             "type": "Opaque", "stringData": {"username": "app", "password": "change-me"}}),

@@ -16,13 +16,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use apiguard::api::ApiSecurityPolicy;
+use apiguard::api::names::TRUST_BUNDLE_CONFIGMAP;
 use apiguard::identity::CertificateAuthority;
 use apiguard::identity::bundle::latest_not_after_signed_by;
 use apiguard::identity::ca::PemSource;
 use apiguard::identity::ca_rotation::{
     NEXT_CRT, NEXT_KEY, PREVIOUS_CRT, ROTATE_ANNOTATION, STATE_ANNOTATION,
 };
-use apiguard::identity::k8s::{TRUST_BUNDLE_CONFIGMAP, ca_from_secret};
+use apiguard::identity::k8s::ca_from_secret;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};

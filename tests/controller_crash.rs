@@ -212,7 +212,7 @@ async fn a_sigkilled_operator_is_replaced_after_its_lease_expires_and_converges_
         let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
         for p in policies.list(&ListParams::default()).await.unwrap().items {
             let name = p.name_any();
-            let gw = format!("{name}-apiguard");
+            let gw = p.gateway_name();
             assert_eq!(children(&cms, &p).await, set([gw.clone()]), "{name}");
             assert_eq!(
                 children(&deployments, &p).await,

@@ -33,7 +33,7 @@ struct TestRenderer;
 
 impl GatewayRenderer for TestRenderer {
     fn render(&self, input: &GatewayInput<'_>) -> Result<GatewayObjects, RenderError> {
-        let name = format!("{}-apiguard", input.policy.name_any());
+        let name = input.policy.gateway_name();
         let spec =
             serde_json::to_string(&input.policy.spec).map_err(|e| RenderError(e.to_string()))?;
         let hash = format!("{:x}", spec.len() * 31 + input.policy.spec.hosts.len());

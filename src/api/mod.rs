@@ -3,9 +3,11 @@
 
 pub mod duration;
 pub mod invariants;
+pub mod names;
 pub mod policy;
 pub mod validate;
 
+pub use names::gateway_name;
 pub use policy::*;
 
 use kube::CustomResourceExt;

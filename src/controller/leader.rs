@@ -54,7 +54,7 @@ where
         .with_identity(&config.identity)
         .with_duration(config.duration_secs)
         .with_grace(config.grace_secs)
-        .with_field_manager(format!("apiguard-lease-{}", config.identity))
+        .with_field_manager(crate::api::names::field_managers::lease(&config.identity))
         .with_create_mode(LeaseCreateMode::AutoCreate)
         .build()
         .await?;

@@ -32,10 +32,10 @@ use serde::de::DeserializeOwned;
 
 pub use gateway::{EnvoyRenderer, GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
 pub use metrics::{ControllerMetrics, Health};
-pub use reconcile::{ChildStores, Config, Context, FIELD_MANAGER, InputStores};
+pub use reconcile::{ChildStores, Config, Context, InputStores};
 
 use crate::api::ApiSecurityPolicy;
-use ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::api::names::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 
 /// A shutdown signal that can be awaited from several places.
 pub type Shutdown = Shared<BoxFuture<'static, ()>>;
@@ -55,7 +55,7 @@ pub enum RunError {
 }
 
 fn managed_selector() -> watcher::Config {
-    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+    watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"))
 }
 
 /// Whether two versions of a child differ only in what its own controller writes (status, for
@@ -137,7 +137,7 @@ fn config_map_owners(
         .filter(|o| o.kind == ApiSecurityPolicy::kind(&()))
         .map(|o| ObjectRef::new(&o.name).within(ns.as_deref().unwrap_or_default()))
         .collect();
-    if cm.name_any() == crate::identity::k8s::TRUST_BUNDLE_CONFIGMAP
+    if cm.name_any() == crate::api::names::TRUST_BUNDLE_CONFIGMAP
         && let Some(ns) = &ns
     {
         let all = store.state();

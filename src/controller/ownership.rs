@@ -5,12 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::ResourceExt;
 
 use crate::api::ApiSecurityPolicy;
-
-/// Label carrying the owning policy's name on every per-policy child.
-pub const POLICY_LABEL: &str = "apiguard.dev/policy";
-/// Standard label on everything apiguard writes.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "apiguard";
+use crate::api::names::labels::{MANAGED_BY, MANAGED_BY_VALUE, POLICY};
 
 /// The older policy wins a Service: creationTimestamp, then name, decides.
 fn age_key(p: &ApiSecurityPolicy) -> (Option<i64>, String) {
@@ -114,7 +109,7 @@ pub fn shared_ownership(existing: Option<&ObjectMeta>) -> Ownership {
         Some(m)
             if m.labels
                 .as_ref()
-                .and_then(|l| l.get(MANAGED_BY_LABEL))
+                .and_then(|l| l.get(MANAGED_BY))
                 .is_some_and(|v| v == MANAGED_BY_VALUE) =>
         {
             Ownership::Ours
@@ -134,7 +129,7 @@ pub fn prunable(
     let labelled = meta
         .labels
         .as_ref()
-        .and_then(|l| l.get(POLICY_LABEL))
+        .and_then(|l| l.get(POLICY))
         .is_some_and(|v| v == policy_name);
     let owned = meta
         .owner_references
@@ -261,7 +256,7 @@ mod tests {
     fn prune_needs_label_ownerref_and_absence_from_desired() {
         let meta = |name: &str, label: Option<&str>, uid: &str| ObjectMeta {
             name: Some(name.into()),
-            labels: label.map(|l| BTreeMap::from([(POLICY_LABEL.to_string(), l.to_string())])),
+            labels: label.map(|l| BTreeMap::from([(POLICY.to_string(), l.to_string())])),
             owner_references: Some(vec![owner(uid, true)]),
             ..Default::default()
         };
@@ -278,7 +273,7 @@ mod tests {
         let mut m = ObjectMeta::default();
         assert!(matches!(shared_ownership(Some(&m)), Ownership::NotOwned(_)));
         m.labels = Some(BTreeMap::from([(
-            MANAGED_BY_LABEL.to_string(),
+            MANAGED_BY.to_string(),
             MANAGED_BY_VALUE.to_string(),
         )]));
         assert_eq!(shared_ownership(Some(&m)), Ownership::Ours);

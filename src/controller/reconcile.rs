@@ -26,8 +26,10 @@ use super::certs::{self, Leaf};
 use super::conditions::{self, Outcome, Verdict};
 use super::gateway::{GatewayInput, GatewayObjects, GatewayRenderer, ServingCertificate};
 use super::metrics::{ControllerMetrics, Health};
-use super::ownership::{
-    self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Ownership, POLICY_LABEL, conflicting_winner,
+use super::ownership::{self, Ownership, conflicting_winner};
+use crate::api::names::labels::{MANAGED_BY, MANAGED_BY_VALUE, POLICY};
+use crate::api::names::{
+    field_managers, gateway_identity_secret_name, gateway_name, target_identity_secret_name,
 };
 use crate::api::validate::validate_spec;
 use crate::api::{
@@ -36,9 +38,6 @@ use crate::api::{
 };
 use crate::identity::k8s::{ca_from_secret, leaf_secret, trust_bundle_configmap};
 use crate::identity::{CertificateAuthority, ExpectedIdentity, IssuedLeaf, SpiffeId};
-
-/// The one field manager every apiguard write uses.
-pub const FIELD_MANAGER: &str = "apiguard";
 
 /// How long to wait before looking again when nothing schedules an earlier look (a safety
 /// net against missed watch events; certificates requeue at their own renew time).
@@ -218,19 +217,6 @@ fn read_err(kind: &'static str, ns: &str, name: &str, e: kube::Error) -> Error {
     }
 }
 
-/// The gateway's service account name (also the name of its Service and ConfigMap).
-pub fn gateway_name(policy: &str) -> String {
-    format!("{policy}-apiguard")
-}
-/// Secret with the gateway's workload certificate.
-pub fn gateway_identity_secret(policy: &str) -> String {
-    format!("{policy}-apiguard-gateway-identity")
-}
-/// Secret with the target service account's workload certificate.
-pub fn target_identity_secret(policy: &str) -> String {
-    format!("{policy}-apiguard-target-identity")
-}
-
 /// Result of ensuring one child.
 #[derive(Debug)]
 enum Applied {
@@ -288,8 +274,8 @@ pub fn fingerprint(live: &ObjectMeta, ours: &ObjectMeta) -> Option<String> {
 /// Adds the common labels and the policy's controller ownerRef.
 fn own(meta: &mut ObjectMeta, policy: &ApiSecurityPolicy, owner: &OwnerReference) {
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(POLICY_LABEL.into(), policy.name_any());
+    labels.insert(MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+    labels.insert(POLICY.into(), policy.name_any());
     meta.namespace = policy.namespace();
     meta.owner_references = Some(vec![owner.clone()]);
 }
@@ -380,7 +366,7 @@ impl Context {
                 return Applied::Unchanged;
             }
         }
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(field_managers::CONTROLLER).force();
         match api.patch(&name, &params, &Patch::Apply(obj)).await {
             Ok(written) => {
                 tracing::debug!(
@@ -809,7 +795,7 @@ async fn write_status(
     });
     api.patch_status(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_managers::CONTROLLER).force(),
         &Patch::Apply(&body),
     )
     .await
@@ -1024,8 +1010,8 @@ async fn program(
             });
         }
     };
-    let gateway_secret = gateway_identity_secret(&name);
-    let target_secret = target_identity_secret(&name);
+    let gateway_secret = gateway_identity_secret_name(&name);
+    let target_secret = target_identity_secret_name(&name);
     let refs = match fetch_references(ctx, policy).await? {
         Ok(r) => r,
         Err(v) => {

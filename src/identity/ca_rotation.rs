@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use super::ca::{CaError, PemSource};
-use super::k8s::{IdentityK8sError, NOT_AFTER_ANNOTATION, ca_from_secret};
+use super::k8s::{IdentityK8sError, ca_from_secret};
 use super::{CA_CRT, CertificateAuthority, RotationState, TLS_CRT, TLS_KEY, TrustedRoot, rfc3339};
+use crate::api::names::annotations::NOT_AFTER;
 
 /// Annotation the user sets to `requested` on the CA Secret to start a rotation.
 pub const ROTATE_ANNOTATION: &str = "apiguard.dev/rotate";
@@ -274,7 +275,7 @@ pub fn plan(
             })?;
         want_data.insert(TLS_CRT.into(), bytes(&next.cert_chain_pem()));
         want_data.insert(TLS_KEY.into(), bytes(&next.key_pem()));
-        want_annotations.insert(NOT_AFTER_ANNOTATION.into(), rfc3339(next.not_after()));
+        want_annotations.insert(NOT_AFTER.into(), rfc3339(next.not_after()));
     }
     want_data.insert(CA_CRT.into(), bytes(&step.bundle_pem));
     want_data.remove(NEXT_CRT);
@@ -503,10 +504,7 @@ mod tests {
         assert_eq!(loaded.fingerprint(), new.fingerprint(), "the new CA issues");
         assert_eq!(loaded.roots().len(), 2);
         assert!(loaded.roots().contains(old.cert_der()));
-        assert_eq!(
-            ann(&d, NOT_AFTER_ANNOTATION),
-            Some(rfc3339(new.not_after()))
-        );
+        assert_eq!(ann(&d, NOT_AFTER), Some(rfc3339(new.not_after())));
         let state: serde_json::Value =
             serde_json::from_str(&ann(&d, STATE_ANNOTATION).unwrap()).unwrap();
         assert_eq!(

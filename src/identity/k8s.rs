@@ -16,26 +16,19 @@ use time::OffsetDateTime;
 
 use super::ca::{CaError, PemSource};
 use super::{CA_CRT, CertificateAuthority, IssuedLeaf, StoredSecret, TLS_CRT, TLS_KEY, rfc3339};
+use crate::api::names::TRUST_BUNDLE_CONFIGMAP;
+use crate::api::names::annotations::{NOT_AFTER, SPIFFE_ID};
+use crate::api::names::labels::{APP_COMPONENT, MANAGED_BY, MANAGED_BY_VALUE};
 
-/// Name of the trust bundle ConfigMap in every namespace that has a policy.
-pub const TRUST_BUNDLE_CONFIGMAP: &str = "apiguard-trust-bundle";
 /// Default name of the CA Secret in the operator namespace.
 pub const DEFAULT_CA_SECRET: &str = "apiguard-ca";
 /// Secret type of every Secret written here.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
-/// Label marking objects apiguard manages.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Label saying which apiguard part an object belongs to.
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// Annotation carrying a leaf's SPIFFE ID (label values cannot hold `/` and `:`).
-pub const SPIFFE_ID_ANNOTATION: &str = "apiguard.dev/spiffe-id";
-/// Annotation carrying a certificate's `notAfter` (RFC 3339).
-pub const NOT_AFTER_ANNOTATION: &str = "apiguard.dev/not-after";
 
 fn labels(component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (MANAGED_BY_LABEL.to_string(), "apiguard".to_string()),
-        (COMPONENT_LABEL.to_string(), component.to_string()),
+        (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+        (APP_COMPONENT.to_string(), component.to_string()),
     ])
 }
 
@@ -57,8 +50,8 @@ pub fn leaf_secret(
             namespace: Some(namespace.to_string()),
             labels: Some(labels("workload-identity")),
             annotations: Some(BTreeMap::from([
-                (SPIFFE_ID_ANNOTATION.to_string(), leaf.spiffe_id.uri()),
-                (NOT_AFTER_ANNOTATION.to_string(), rfc3339(leaf.not_after)),
+                (SPIFFE_ID.to_string(), leaf.spiffe_id.uri()),
+                (NOT_AFTER.to_string(), rfc3339(leaf.not_after)),
             ])),
             owner_references: owner.map(|o| vec![o]),
             ..Default::default()
@@ -103,7 +96,7 @@ pub fn ca_secret(name: &str, namespace: &str, ca: &CertificateAuthority) -> Secr
             namespace: Some(namespace.to_string()),
             labels: Some(labels("certificate-authority")),
             annotations: Some(BTreeMap::from([(
-                NOT_AFTER_ANNOTATION.to_string(),
+                NOT_AFTER.to_string(),
                 rfc3339(ca.not_after()),
             )])),
             ..Default::default()
@@ -487,13 +480,10 @@ mod tests {
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(s.metadata.owner_references, Some(vec![owner]));
         let labels = s.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels[MANAGED_BY_LABEL], "apiguard");
+        assert_eq!(labels[MANAGED_BY], "apiguard");
         let ann = s.metadata.annotations.as_ref().unwrap();
-        assert_eq!(
-            ann[SPIFFE_ID_ANNOTATION],
-            "spiffe://cluster.local/ns/shop/sa/api"
-        );
-        assert_eq!(ann[NOT_AFTER_ANNOTATION], "2026-02-02T00:00:00Z");
+        assert_eq!(ann[SPIFFE_ID], "spiffe://cluster.local/ns/shop/sa/api");
+        assert_eq!(ann[NOT_AFTER], "2026-02-02T00:00:00Z");
         let data = stored(&s);
         assert_eq!(data.tls_crt, Some(leaf.cert_pem.as_bytes()));
         assert_eq!(data.tls_key, Some(leaf.key_pem.as_bytes()));

@@ -21,13 +21,13 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::issue::{IssueError, dns_sans, issuer_valid_at, sign_leaf};
-use super::k8s::{
-    COMPONENT_LABEL, MANAGED_BY_LABEL, NOT_AFTER_ANNOTATION, TLS_SECRET_TYPE, stored,
-};
+use super::k8s::{TLS_SECRET_TYPE, stored};
 use super::rotation::{
     Decision, ReissueReason, StoredSecret, renew_at, same_certificates, stored_parts, validity_at,
 };
 use super::{CA_CRT, CertificateAuthority, TLS_CRT, TLS_KEY, ca, pem, rfc3339};
+use crate::api::names::annotations::NOT_AFTER;
+use crate::api::names::labels::{APP_COMPONENT, MANAGED_BY, MANAGED_BY_VALUE};
 
 /// Default lifetime of the webhook serving certificate: 90 days (renewed after 60).
 pub const DEFAULT_SERVING_LIFETIME: Duration = Duration::days(90);
@@ -229,11 +229,11 @@ pub fn serving_secret(name: &str, namespace: &str, issued: &IssuedServing) -> Se
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
-                (MANAGED_BY_LABEL.to_string(), "apiguard".to_string()),
-                (COMPONENT_LABEL.to_string(), SERVING_COMPONENT.to_string()),
+                (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+                (APP_COMPONENT.to_string(), SERVING_COMPONENT.to_string()),
             ])),
             annotations: Some(BTreeMap::from([(
-                NOT_AFTER_ANNOTATION.to_string(),
+                NOT_AFTER.to_string(),
                 rfc3339(issued.not_after),
             )])),
             ..Default::default()
@@ -321,7 +321,7 @@ mod tests {
         let secret = secret_of(&issued);
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(
-            secret.metadata.labels.as_ref().unwrap()[COMPONENT_LABEL],
+            secret.metadata.labels.as_ref().unwrap()[APP_COMPONENT],
             SERVING_COMPONENT
         );
     }

@@ -278,7 +278,7 @@ fn render_one(
         options.secret_dir = abs;
     }
 
-    let gateway = objects::gateway_name(&policy);
+    let gateway = policy.gateway_name();
     let gateway_id = SpiffeId::new(&args.trust_domain, &ns, &gateway)
         .map_err(|e| anyhow!("gateway SPIFFE ID: {e}"))?;
     let mut server = LeafRequest::new(gateway_id.clone());

@@ -18,14 +18,6 @@ use std::collections::BTreeMap;
 pub const METADATA_V4: &str = "169.254.169.254/32";
 pub const METADATA_V6: &str = "fd00:ec2::254/128";
 
-/// `<policy>-apiguard-target`.
-pub fn network_policy_name(policy: &ApiSecurityPolicy) -> String {
-    format!(
-        "{}-apiguard-target",
-        policy.metadata.name.as_deref().unwrap_or("")
-    )
-}
-
 /// The NetworkPolicy for the target's pods, or None when the policy asks for no isolation
 /// and no egress rules.
 pub fn target_network_policy(
@@ -193,7 +185,7 @@ pub fn target_network_policy(
         return Ok(None);
     }
     Ok(Some(NetworkPolicy {
-        metadata: meta(policy, network_policy_name(policy), "network"),
+        metadata: meta(policy, policy.target_network_policy_name(), "network"),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(selector),

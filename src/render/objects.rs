@@ -5,6 +5,8 @@
 
 use super::{RenderError, RenderOptions, RenderedGateway, envoy, policy_ref};
 use crate::api::ApiSecurityPolicy;
+use crate::api::names::annotations::{BOOTSTRAP_HASH, CONFIG_HASH};
+use crate::api::names::labels::{COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, POLICY};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -18,31 +20,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use std::collections::BTreeMap;
 
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const POLICY_LABEL: &str = "apiguard.dev/policy";
-pub const COMPONENT_LABEL: &str = "apiguard.dev/component";
-/// Annotation with the hash of the bootstrap (the only file whose change needs a restart).
-pub const BOOTSTRAP_HASH_ANNOTATION: &str = "apiguard.dev/bootstrap-hash";
-
-/// `<policy>-apiguard`: the gateway's ConfigMap, Deployment and Service.
-pub fn gateway_name(policy: &ApiSecurityPolicy) -> String {
-    format!("{}-apiguard", policy.metadata.name.as_deref().unwrap_or(""))
-}
-
-/// `<policy>-apiguard-secrets`.
-pub fn secret_name(policy: &ApiSecurityPolicy) -> String {
-    format!(
-        "{}-apiguard-secrets",
-        policy.metadata.name.as_deref().unwrap_or("")
-    )
-}
-
 /// Labels of every object generated for the policy.
 pub fn labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (MANAGED_BY.to_string(), "apiguard".to_string()),
+        (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
         (
-            POLICY_LABEL.to_string(),
+            POLICY.to_string(),
             policy.metadata.name.clone().unwrap_or_default(),
         ),
     ])
@@ -51,7 +34,7 @@ pub fn labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
 /// Labels that select the gateway's pods (the Deployment's selector and NetworkPolicy peers).
 pub fn gateway_pod_labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
     let mut l = labels(policy);
-    l.insert(COMPONENT_LABEL.to_string(), "gateway".to_string());
+    l.insert(COMPONENT.to_string(), "gateway".to_string());
     l
 }
 
@@ -63,7 +46,7 @@ pub fn owner_reference(policy: &ApiSecurityPolicy) -> Option<OwnerReference> {
 
 pub(crate) fn meta(policy: &ApiSecurityPolicy, name: String, component: &str) -> ObjectMeta {
     let mut labels = labels(policy);
-    labels.insert(COMPONENT_LABEL.to_string(), component.to_string());
+    labels.insert(COMPONENT.to_string(), component.to_string());
     ObjectMeta {
         name: Some(name),
         namespace: policy.metadata.namespace.clone(),
@@ -100,10 +83,10 @@ pub fn gateway_objects(
             ),
         });
     }
-    let name = gateway_name(policy);
+    let name = policy.gateway_name();
     let mut cm_meta = meta(policy, name.clone(), "gateway");
     cm_meta.annotations = Some(BTreeMap::from([(
-        "apiguard.dev/config-hash".to_string(),
+        CONFIG_HASH.to_string(),
         rendered.config_hash.clone(),
     )]));
     let config_map = ConfigMap {
@@ -112,7 +95,7 @@ pub fn gateway_objects(
         ..Default::default()
     };
     let secret = Secret {
-        metadata: meta(policy, secret_name(policy), "gateway"),
+        metadata: meta(policy, policy.gateway_secrets_name(), "gateway"),
         type_: Some("Opaque".into()),
         data: Some(
             rendered
@@ -203,7 +186,7 @@ pub fn gateway_objects(
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels.clone()),
                     annotations: Some(BTreeMap::from([(
-                        BOOTSTRAP_HASH_ANNOTATION.to_string(),
+                        BOOTSTRAP_HASH.to_string(),
                         bootstrap_hash,
                     )])),
                     ..Default::default()
@@ -239,7 +222,7 @@ pub fn gateway_objects(
                                     },
                                     VolumeProjection {
                                         secret: Some(SecretProjection {
-                                            name: secret_name(policy),
+                                            name: policy.gateway_secrets_name(),
                                             ..Default::default()
                                         }),
                                         ..Default::default()
@@ -318,7 +301,7 @@ mod tests {
             let labels = meta.labels.clone().expect("labels");
             assert_eq!(labels.get(MANAGED_BY).map(String::as_str), Some("apiguard"));
             assert_eq!(
-                labels.get(POLICY_LABEL).map(String::as_str),
+                labels.get(POLICY).map(String::as_str),
                 Some("partner-settlements")
             );
             let owner = &meta.owner_references.as_ref().expect("owner")[0];

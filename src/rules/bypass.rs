@@ -4,9 +4,9 @@
 //! policy; one that exposes the gateway of an Internal/Private API exposes what must stay inside.
 
 use super::json::Reader;
-use super::policy::gateway_service_name;
 use super::{ClusterView, Finding, ObjectRef, RuleId};
 use crate::api::ApiSecurityPolicy;
+use crate::api::gateway_name;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ pub fn classify(
 ) -> Backend {
     let policies = view.policies_in(namespace);
     for p in &policies {
-        if name == gateway_service_name(policy_name(p)) {
+        if name == gateway_name(policy_name(p)) {
             return Backend::Gateway(p.clone());
         }
     }
@@ -168,7 +168,7 @@ pub fn check_backend(
             ),
             format!(
                 "point the backend at the gateway Service {}",
-                gateway_service_name(policy_name(&p))
+                gateway_name(policy_name(&p))
             ),
         )),
         Backend::Unprotected => {
@@ -251,7 +251,7 @@ pub fn review_service(
                 ),
                 format!(
                     "use type ClusterIP (the gateway Service {} is the way in), or remove the Service",
-                    gateway_service_name(policy_name(&p))
+                    gateway_name(policy_name(&p))
                 ),
             ));
         }
@@ -282,13 +282,13 @@ pub fn review_policy(
                 ),
                 format!(
                     "change Service {target} to type ClusterIP; expose the API through the gateway Service {}",
-                    gateway_service_name(&obj.name)
+                    gateway_name(&obj.name)
                 ),
             ));
         }
     }
     if !policy.spec.exposure.is_external() {
-        let gw = gateway_service_name(&obj.name);
+        let gw = gateway_name(&obj.name);
         if let Some(svc) = view.service(ns, &gw) {
             let ty = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
             if is_external_type(ty) {

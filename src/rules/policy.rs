@@ -21,11 +21,6 @@ pub const SENSITIVE_WORDS: &[&str] = &[
     "payment", "transfer",
 ];
 
-/// The name of the gateway Service apiguard creates for a policy.
-pub fn gateway_service_name(policy_name: &str) -> String {
-    format!("{policy_name}-apiguard")
-}
-
 pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut Vec<Finding>) {
     let policy: ApiSecurityPolicy = match ApiSecurityPolicy::deserialize(object) {
         Ok(p) => p,

@@ -9,7 +9,7 @@
 //! 3. serves that certificate, swapped in without a restart when the Secret changes
 //!    ([`ManagedCert`], a rustls resolver);
 //! 4. server-side applies `webhooks[].clientConfig.caBundle` of the named
-//!    ValidatingWebhookConfiguration (field manager [`CA_BUNDLE_FIELD_MANAGER`]) whenever it
+//!    ValidatingWebhookConfiguration (field manager [`WEBHOOK_CA_BUNDLE`]) whenever it
 //!    differs from the CA's roots — after `helm upgrade` resets it, for example.
 //!
 //! The Secret and the webhook configuration are watched by name, and looked at again at the
@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::admin::{Metrics, ReadyHandle};
+use crate::api::names::field_managers::WEBHOOK_CA_BUNDLE;
 use crate::identity::k8s::{IdentityK8sError, ensure_ca, stored};
 use crate::identity::rotation::{Decision, ReissueReason, renew_at};
 use crate::identity::serving::{
@@ -43,8 +44,6 @@ use crate::identity::serving::{
 use crate::identity::{CertificateAuthority, IssueError};
 use crate::webhook::tls::{TlsError, certified_key};
 
-/// Field manager of the `caBundle` apply.
-pub const CA_BUNDLE_FIELD_MANAGER: &str = "apiguard-webhook-ca";
 /// Default name of the serving certificate Secret in the operator namespace.
 pub const DEFAULT_SERVING_SECRET: &str = "apiguard-webhook-tls";
 /// How often the Secret, the CA and the webhook configuration are looked at even without a
@@ -339,7 +338,7 @@ pub async fn ensure_ca_bundle(
         return Ok(CaBundleOutcome::Current);
     }
     let body = ca_bundle_apply(&vwc, bundle_pem);
-    let params = PatchParams::apply(CA_BUNDLE_FIELD_MANAGER).force();
+    let params = PatchParams::apply(WEBHOOK_CA_BUNDLE).force();
     match api.patch(name, &params, &Patch::Apply(&body)).await {
         Ok(_) => Ok(CaBundleOutcome::Applied),
         // Deleted between the read and the apply (helm uninstall): it is not re-created.
@@ -498,7 +497,7 @@ pub async fn reconcile_once(
                     .inc();
                 tracing::info!(
                     webhook_configuration = %name,
-                    field_manager = CA_BUNDLE_FIELD_MANAGER,
+                    field_manager = WEBHOOK_CA_BUNDLE,
                     "applied the operator CA as the webhooks' caBundle"
                 );
             }
