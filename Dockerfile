@@ -10,8 +10,8 @@
 # of binary (Debian 12 glibc, dynamically linked) the test suite runs.
 #
 # tests/image.sh (run by tests/image.rs) builds this file's final stage with buildah, from a
-# base assembled locally the same way (see README "Container image": there is no registry on
-# the development and CI machines), and runs it with crun: read-only root, uid 65532.
+# base assembled locally the same way (see docs/install.md, "Container image": there is no
+# registry on the development and CI machines), and runs it with crun: read-only root, uid 65532.
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src

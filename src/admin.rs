@@ -59,7 +59,7 @@ impl Metrics {
 /// Labels of `apiguard_admission_requests_total`. Every value comes from a fixed set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// One of the checked kinds (DESIGN.md section 4), or `other`.
+    /// One of the checked kinds (`crate::rules::coverage::KINDS`), or `other`.
     pub kind: &'static str,
     /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT`, or `unknown` for a review that did not parse.
     pub operation: &'static str,

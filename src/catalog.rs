@@ -1,7 +1,8 @@
-//! The admission rule catalog (DESIGN.md section 4): one entry per rule ID.
+//! The admission rule catalog (docs/rules.md): one entry per rule ID.
 //!
 //! Everything that names a rule — CEL messages in the CRD, findings from the rule engine, the
-//! README table, SARIF rule descriptors — takes the ID, name and severity from here.
+//! README and docs/rules.md tables, SARIF rule descriptors — takes the ID, name and severity
+//! from here.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

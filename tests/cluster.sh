@@ -421,7 +421,7 @@ apiguard_install() { # DIR [extra helm install args...]
     echo "WEBHOOK_URL=https://127.0.0.1:$webhook_port/validate"
   } >"$state/apiguard.env"
 
-  # What a user does (README, "Install"), plus the out-of-cluster webhook URL.
+  # What a user does (docs/install.md, "Install with Helm"), plus the out-of-cluster webhook URL.
   kubectl --kubeconfig "$kubeconfig" apply -f "$ROOT/crds/" >&2
   kubectl --kubeconfig "$kubeconfig" wait --for=condition=Established --timeout=60s \
     -f "$ROOT/crds/" >&2

@@ -1,4 +1,4 @@
-//! `apiguard lint` run as a user runs it: exit codes, the JSON shape of DESIGN.md, SARIF
+//! `apiguard lint` run as a user runs it: exit codes, the JSON shape of docs/lint.md, SARIF
 //! 2.1.0 fields, text output, parse errors, stdin, modes and namespace exemptions.
 
 use serde_json::Value;

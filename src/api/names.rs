@@ -69,10 +69,10 @@ pub mod labels {
     //!   *the* component label of everything per policy.
     //! - [`APP_COMPONENT`] (`app.kubernetes.io/component`) is on the workload-identity objects
     //!   (the CA Secret, leaf certificate Secrets, the trust bundle ConfigMap, the webhook
-    //!   serving certificate Secret), as the README documents and the cluster tests select them
-    //!   (`app.kubernetes.io/component=workload-identity`). apiguard itself finds these by name,
-    //!   not by this label, so nothing requires it to match [`COMPONENT`], while moving them
-    //!   would silently break a user's selections.
+    //!   serving certificate Secret), as docs/certificates.md documents and the cluster tests
+    //!   select them (`app.kubernetes.io/component=workload-identity`). apiguard itself finds
+    //!   these by name, not by this label, so nothing requires it to match [`COMPONENT`], while
+    //!   moving them would silently break a user's selections.
     //!
     //! The controller recognises its children by [`MANAGED_BY`] = [`MANAGED_BY_VALUE`] and
     //! [`POLICY`] only (watch selectors, adoption, pruning), so neither component key decides

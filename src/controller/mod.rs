@@ -1,5 +1,5 @@
 //! The controller: reconciles every `ApiSecurityPolicy` into its gateway, certificates and
-//! NetworkPolicies (DESIGN.md section 3), and reports status.
+//! NetworkPolicies (docs/controller.md, docs/architecture.md), and reports status.
 //!
 //! - [`reconcile`]: the thin shell (fetch, call the pure core, apply, prune, status).
 //! - [`conditions`], [`ownership`], [`certs`]: pure decisions, unit-tested.

@@ -1,4 +1,4 @@
-//! NetworkPolicies around the target's pods (DESIGN.md section 3): ingress only from the
+//! NetworkPolicies around the target's pods (docs/architecture.md): ingress only from the
 //! gateway pods and `eastWest.allowedCallers` on the target port; egress denied to cloud
 //! metadata addresses; default-deny egress except DNS and `network.egressAllowCIDRs`.
 

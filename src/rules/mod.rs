@@ -1,4 +1,4 @@
-//! The admission rule engine (DESIGN.md section 4), shared by the webhook and `apiguard lint`.
+//! The admission rule engine (docs/rules.md), shared by the webhook and `apiguard lint`.
 //!
 //! Pure: [`review`] takes the object under review, a read-only [`ClusterView`] of the other
 //! relevant objects and the [`EngineConfig`], and returns [`Finding`]s. No I/O, no clock.

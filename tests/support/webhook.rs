@@ -107,7 +107,7 @@ pub fn deployment() -> Value {
     })
 }
 
-/// A complete Public ApiSecurityPolicy (DESIGN.md section 2).
+/// A complete Public ApiSecurityPolicy (docs/api.md).
 pub fn policy() -> Value {
     json!({
         "apiVersion": "apiguard.dev/v1alpha1",
