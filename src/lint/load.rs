@@ -373,10 +373,21 @@ pub(crate) fn parse_input(name: &str, text: &str) -> Result<Vec<Manifest>, LintE
     if let Some(manifests) = super::fast::parse(name, text) {
         return Ok(manifests);
     }
+    if text.trim_start().starts_with("{{") {
+        // Not JSON, whatever its first character says: a template.
+        return Err(LoadError::Parse {
+            path: name.to_string(),
+            message: "a Go/Helm template ({{ ... }} actions), not YAML until rendered; lint what it renders (helm template RELEASE CHART | apiguard lint -)".to_string(),
+        }
+        .into());
+    }
     match manifest::parse_str(name, text) {
         Ok(m) => Ok(m),
         Err(LoadError::Parse { path, message }) if !text.trim_start().starts_with(['{', '[']) => {
-            let message = plain_yaml_message(&message);
+            let mut message = plain_yaml_message(&message);
+            if has_template_actions(text) {
+                message.push_str("\n(the file has Go/Helm template actions {{ ... }}: lint what it renders, e.g. helm template RELEASE CHART | apiguard lint -)");
+            }
             match failing_document(text) {
                 Some(document) => Err(LintError::Yaml {
                     path,
@@ -467,6 +478,18 @@ mod tests {
         assert!(e.starts_with("f.yaml: document 3: not valid YAML:"), "{e}");
         assert!(e.contains("line 6"), "{e}");
         assert_eq!(failing_document("a: 1\n"), None);
+    }
+
+    #[test]
+    fn a_template_is_not_called_bad_json() {
+        let text = "{{- if .Values.ingress.enabled }}\napiVersion: networking.k8s.io/v1\nkind: Ingress\n{{- end }}\n";
+        let e = parse_input("templates/ingress.yaml", text).unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("Go/Helm template"), "{message}");
+        // Not the JSON parser's complaint about the first `{`.
+        assert!(!message.contains("key must be a string"), "{message}");
+        assert!(!message.contains("column"), "{message}");
+        assert_eq!(walked_file_verdict(text, &e), Some(SkipReason::Template));
     }
 
     #[test]
