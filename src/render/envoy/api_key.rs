@@ -63,3 +63,14 @@ pub(super) fn api_key_forwarding() -> ApiKeyForwarding {
         hide_credentials: true,
     }
 }
+
+/// Enables the (otherwise disabled) `api_key_auth` filter on a route.
+pub(super) fn api_key_per_route() -> Any {
+    Any::FilterConfig(Box::new(FilterConfig {
+        config: Some(Any::ApiKeyAuthPerRoute(ApiKeyAuthPerRoute {
+            allowed_clients: Vec::new(),
+            forwarding: api_key_forwarding(),
+        })),
+        disabled: false,
+    }))
+}

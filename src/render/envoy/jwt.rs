@@ -169,6 +169,14 @@ pub(super) fn jwt_disabled() -> Any {
     })
 }
 
+/// Requires a token satisfying the requirement `name` of the `requirement_map` on a route.
+pub(super) fn jwt_required(name: &str) -> Any {
+    Any::JwtPerRoute(JwtPerRoute {
+        disabled: false,
+        requirement_name: Some(name.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,20 @@ pub(super) fn rbac_route(ctx: &Ctx<'_>, policies: BTreeMap<String, RbacPolicy>) 
     })
 }
 
+/// One `ALLOW` policy named `name`: any permission, for callers matching all of `principals`
+/// (each one a policy principal: any of them).
+pub(super) fn allow_policy(name: &str, principals: Vec<Principal>) -> BTreeMap<String, RbacPolicy> {
+    let mut policies = BTreeMap::new();
+    policies.insert(
+        name.to_string(),
+        RbacPolicy {
+            permissions: vec![Permission { any: true }],
+            principals,
+        },
+    );
+    policies
+}
+
 pub(super) fn and_or(ids: Vec<Principal>, and: bool) -> Principal {
     if ids.len() == 1 {
         return ids.into_iter().next().expect("one element");
