@@ -13,7 +13,8 @@ use super::{
 use crate::api::{ClientCertificate, UnderscoreHeaders};
 use crate::render::{CLIENT_ID_HEADER, RenderError};
 
-pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderError> {
+/// The HTTP filter chain, in the order of the module docs.
+fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
     let spec = ctx.spec;
     let validation = spec.request_validation();
     let mut filters = Vec::new();
@@ -116,7 +117,13 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
         ));
     }
     filters.push(filter("envoy.filters.http.router", Any::Router(Empty {})));
+    Ok(filters)
+}
 
+pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderError> {
+    let spec = ctx.spec;
+    let validation = spec.request_validation();
+    let filters = http_filters(ctx)?;
     let access_log = if spec.audit().access_log {
         vec![AccessLog {
             name: "envoy.access_loggers.file",
