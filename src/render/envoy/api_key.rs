@@ -57,7 +57,7 @@ pub(super) fn build_api_key_auth(
     })
 }
 
-pub(super) fn api_key_forwarding() -> ApiKeyForwarding {
+fn api_key_forwarding() -> ApiKeyForwarding {
     ApiKeyForwarding {
         header: CLIENT_ID_HEADER.into(),
         hide_credentials: true,

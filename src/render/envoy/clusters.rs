@@ -100,7 +100,7 @@ pub(super) fn certificates_metadata<'a>(
     }
 }
 
-pub(super) fn split_host_port(s: &str) -> Option<(String, u16)> {
+fn split_host_port(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Some((host.to_string(), port.parse().ok()?))

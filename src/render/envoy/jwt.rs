@@ -119,7 +119,7 @@ pub(super) fn build_jwt(ctx: &Ctx<'_>, jwt: &PolicyJwt) -> Result<JwtAuthenticat
 /// Requirement used by the catch-all route when `defaultAction: Allow`.
 pub(super) const ANY_PROVIDER: &str = "apiguard-any-provider";
 
-pub(super) fn requirement(ctx: &Ctx<'_>, providers: &[String]) -> JwtRequirement {
+fn requirement(ctx: &Ctx<'_>, providers: &[String]) -> JwtRequirement {
     let one = |p: &String| JwtRequirement {
         provider_name: Some(p.clone()),
         requires_any: None,
@@ -149,7 +149,7 @@ pub(super) fn requirement(ctx: &Ctx<'_>, providers: &[String]) -> JwtRequirement
 }
 
 /// Envoy rejects the whole listener for a JWKS without usable keys; say so at render time.
-pub(super) fn check_jwks(doc: &str) -> Result<(), String> {
+fn check_jwks(doc: &str) -> Result<(), String> {
     let v: serde_json::Value =
         serde_json::from_str(doc).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
     match v.get("keys").and_then(|k| k.as_array()) {

@@ -15,7 +15,7 @@ pub(super) fn client_cert_mode(ctx: &Ctx<'_>) -> ClientCertificate {
     }
 }
 
-pub(super) fn tls_version(v: TlsVersion) -> &'static str {
+fn tls_version(v: TlsVersion) -> &'static str {
     match v {
         TlsVersion::Tls10 => "TLSv1_0",
         TlsVersion::Tls11 => "TLSv1_1",

@@ -44,7 +44,7 @@ pub(super) fn paths_may_overlap(paths: &[String], path: &str) -> bool {
 
 /// Whether the exact path `exact` matches `pattern` (`{param}` = one segment, trailing `/*` =
 /// anything below), without compiling a regex (this runs per route and rate limit).
-pub(super) fn pattern_matches(pattern: &str, exact: &str) -> bool {
+fn pattern_matches(pattern: &str, exact: &str) -> bool {
     let (body, any_below) = match pattern.strip_suffix("/*") {
         Some(b) => (b, true),
         None => (pattern, false),

@@ -6,7 +6,7 @@ use super::{Ctx, JWT_FILTER};
 use crate::api::{AuthorizationRule, RateLimit as PolicyRateLimit};
 use crate::render::{CLIENT_ID_HEADER, RenderError};
 
-pub(super) fn percent(n: u32, key: &str) -> RuntimeFractionalPercent {
+fn percent(n: u32, key: &str) -> RuntimeFractionalPercent {
     RuntimeFractionalPercent {
         default_value: FractionalPercent {
             numerator: n,

@@ -43,7 +43,7 @@ pub(super) fn allow_policy(name: &str, principals: Vec<Principal>) -> BTreeMap<S
     policies
 }
 
-pub(super) fn and_or(ids: Vec<Principal>, and: bool) -> Principal {
+fn and_or(ids: Vec<Principal>, and: bool) -> Principal {
     if ids.len() == 1 {
         return ids.into_iter().next().expect("one element");
     }
@@ -55,7 +55,7 @@ pub(super) fn and_or(ids: Vec<Principal>, and: bool) -> Principal {
     }
 }
 
-pub(super) fn jwt_claim(claim: &str, value: ValueMatcher) -> Principal {
+fn jwt_claim(claim: &str, value: ValueMatcher) -> Principal {
     Principal::SourcedMetadata(SourcedMetadata {
         metadata_matcher: MetadataMatcher {
             filter: JWT_FILTER.into(),
@@ -75,7 +75,7 @@ pub(super) fn jwt_authenticated() -> Principal {
     jwt_claim("iss", ValueMatcher::Present(true))
 }
 
-pub(super) fn claim_equals(claim: &str, value: &str) -> Principal {
+fn claim_equals(claim: &str, value: &str) -> Principal {
     and_or(
         vec![
             jwt_claim(claim, ValueMatcher::String(StringMatcher::exact(value))),
@@ -90,7 +90,7 @@ pub(super) fn claim_equals(claim: &str, value: &str) -> Principal {
     )
 }
 
-pub(super) fn scope_principal(scope: &str) -> Principal {
+fn scope_principal(scope: &str) -> Principal {
     let in_list = format!("^(.* )?{}( .*)?$", regex_escape(scope));
     and_or(
         vec![
@@ -110,7 +110,7 @@ pub(super) fn scope_principal(scope: &str) -> Principal {
     )
 }
 
-pub(super) fn cidr(ctx: &Ctx<'_>, field: &str, c: &str) -> Result<CidrRange, RenderError> {
+fn cidr(ctx: &Ctx<'_>, field: &str, c: &str) -> Result<CidrRange, RenderError> {
     let (addr, len) = c
         .split_once('/')
         .ok_or_else(|| ctx.invalid(field, format!("{c:?} is not a CIDR (address/length)")))?;

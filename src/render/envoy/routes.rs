@@ -20,14 +20,14 @@ use crate::render::{CLIENT_ID_HEADER, RenderError};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-pub(super) fn per_filter(entries: Vec<(&str, Any)>) -> BTreeMap<String, Any> {
+fn per_filter(entries: Vec<(&str, Any)>) -> BTreeMap<String, Any> {
     entries
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
 }
 
-pub(super) fn route_to_target(name: &str, m: RouteMatch) -> Route {
+fn route_to_target(name: &str, m: RouteMatch) -> Route {
     Route {
         name: name.to_string(),
         route_match: m,
@@ -41,7 +41,7 @@ pub(super) fn route_to_target(name: &str, m: RouteMatch) -> Route {
     }
 }
 
-pub(super) fn direct(name: &str, m: RouteMatch, status: u16, body: &str) -> Route {
+fn direct(name: &str, m: RouteMatch, status: u16, body: &str) -> Route {
     Route {
         name: name.to_string(),
         route_match: m,
