@@ -52,15 +52,63 @@ fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Vec<usize> {
         .collect()
 }
 
+/// Collects the violations of the checks.
+struct Out(Vec<Violation>);
+
+impl Out {
+    fn push(&mut self, invariant: Invariant, field: String) {
+        self.0.push(Violation { invariant, field });
+    }
+}
+
+/// One concern's invariants: pushes the violations of `spec` it finds.
+type Check = fn(&ApiSecurityPolicySpec, &mut Out);
+
+/// The checks, in the order their violations were always collected (which decides the order
+/// of violations of the same invariant, e.g. [`inv::PATH_TEMPLATES`] of rules before rate
+/// limits).
+const CHECKS: &[Check] = &[
+    check_cors,
+    check_hosts,
+    check_authentication,
+    check_default_action,
+    check_tls,
+    check_jwt_providers,
+    check_forward_claims,
+    check_rule_names,
+    check_rule_paths,
+    check_ownership,
+    check_public_rules,
+    check_rate_limit_names,
+    check_rate_limit_paths,
+    check_rate_limits,
+    check_provider_references,
+];
+
 /// Every invariant the spec breaks, in [`inv::ALL`] order.
 pub fn validate_spec(spec: &ApiSecurityPolicySpec) -> Vec<Violation> {
-    let mut out = Vec::new();
-    let mut push = |invariant: Invariant, field: String| out.push(Violation { invariant, field });
+    let mut out = Out(Vec::new());
+    for check in CHECKS {
+        check(spec, &mut out);
+    }
+    let mut out = out.0;
+    out.sort_by_key(|v| inv::ALL.iter().position(|i| *i == v.invariant));
+    out
+}
 
+fn jwt_providers(spec: &ApiSecurityPolicySpec) -> &[JwtProvider] {
+    spec.authentication
+        .as_ref()
+        .and_then(|a| a.jwt.as_ref())
+        .map(|j| j.providers.as_slice())
+        .unwrap_or(&[])
+}
+
+fn check_cors(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     if let Some(cors) = &spec.cors {
         for (i, o) in cors.allow_origins.iter().enumerate() {
             if is_match_all_origin(o) {
-                push(
+                out.push(
                     inv::CORS_NO_WILDCARD,
                     format!("spec.cors.allowOrigins[{i}]"),
                 );
@@ -69,7 +117,7 @@ pub fn validate_spec(spec: &ApiSecurityPolicySpec) -> Vec<Violation> {
         if cors.allow_credentials {
             for (i, o) in cors.allow_origins.iter().enumerate() {
                 if o == "null" || (o.starts_with("http://") && !is_loopback_http(o)) {
-                    push(
+                    out.push(
                         inv::CORS_CREDENTIALS_ORIGINS,
                         format!("spec.cors.allowOrigins[{i}]"),
                     );
@@ -77,18 +125,22 @@ pub fn validate_spec(spec: &ApiSecurityPolicySpec) -> Vec<Violation> {
             }
         }
     }
+}
 
+fn check_hosts(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     if !spec.hosts.is_empty() && !spec.exposure.is_external() {
-        push(inv::HOSTS_ONLY_WHEN_EXPOSED, "spec.hosts".into());
+        out.push(inv::HOSTS_ONLY_WHEN_EXPOSED, "spec.hosts".into());
     }
+}
 
+fn check_authentication(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     let rules = spec.rules();
     let all_public = !rules.is_empty() && rules.iter().all(|r| r.public);
     if let Some(auth) = &spec.authentication
         && !auth.required
         && !all_public
     {
-        push(
+        out.push(
             inv::UNAUTHENTICATED_ONLY_PUBLIC_RULES,
             "spec.authentication.required".into(),
         );
@@ -97,40 +149,41 @@ pub fn validate_spec(spec: &ApiSecurityPolicySpec) -> Vec<Violation> {
         a.jwt.is_some() || a.api_keys.is_some() || a.mtls.is_some() || !a.required
     });
     if !has_method && !all_public {
-        push(inv::AUTHENTICATION_METHOD, "spec.authentication".into());
+        out.push(inv::AUTHENTICATION_METHOD, "spec.authentication".into());
     }
+}
 
+fn check_default_action(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     if spec.exposure.is_external() && spec.default_action() == DefaultAction::Allow {
-        push(
+        out.push(
             inv::DEFAULT_DENY_WHEN_EXPOSED,
             "spec.authorization.defaultAction".into(),
         );
     }
+}
 
+fn check_tls(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     if let Some(tls) = &spec.tls {
         if spec.exposure.is_external() && tls.is_disabled() {
-            push(inv::TLS_WHEN_EXPOSED, "spec.tls.mode".into());
+            out.push(inv::TLS_WHEN_EXPOSED, "spec.tls.mode".into());
         }
         if tls.min_version < TlsVersion::Tls12 {
-            push(inv::TLS_MIN_VERSION, "spec.tls.minVersion".into());
+            out.push(inv::TLS_MIN_VERSION, "spec.tls.minVersion".into());
         }
     }
+}
 
-    let providers = spec
-        .authentication
-        .as_ref()
-        .and_then(|a| a.jwt.as_ref())
-        .map(|j| j.providers.as_slice())
-        .unwrap_or(&[]);
+fn check_jwt_providers(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    let providers = jwt_providers(spec);
     for (i, p) in providers.iter().enumerate() {
         let base = format!("spec.authentication.jwt.providers[{i}]");
         if !p.issuer.starts_with("https://") {
-            push(inv::JWT_ISSUER_HTTPS, format!("{base}.issuer"));
+            out.push(inv::JWT_ISSUER_HTTPS, format!("{base}.issuer"));
         }
         if let Some(uri) = &p.jwks.uri
             && !uri.starts_with("https://")
         {
-            push(inv::JWKS_URI_HTTPS, format!("{base}.jwks.uri"));
+            out.push(inv::JWKS_URI_HTTPS, format!("{base}.jwks.uri"));
         }
         let sources = [
             p.jwks.uri.is_some(),
@@ -138,81 +191,103 @@ pub fn validate_spec(spec: &ApiSecurityPolicySpec) -> Vec<Violation> {
             p.jwks.secret_ref.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
-            push(inv::JWKS_ONE_SOURCE, format!("{base}.jwks"));
+            out.push(inv::JWKS_ONE_SOURCE, format!("{base}.jwks"));
         }
     }
     for i in duplicates(providers.iter().map(|p| p.name.as_str())) {
-        push(
+        out.push(
             inv::UNIQUE_PROVIDER_NAMES,
             format!("spec.authentication.jwt.providers[{i}].name"),
         );
     }
-    for (i, p) in providers.iter().enumerate() {
+}
+
+fn check_forward_claims(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    for (i, p) in jwt_providers(spec).iter().enumerate() {
         for (j, fc) in p.forward_claims.iter().enumerate() {
             if is_reserved_header(&fc.header) {
-                push(
+                out.push(
                     inv::FORWARD_CLAIM_HEADER,
                     format!("spec.authentication.jwt.providers[{i}].forwardClaims[{j}].header"),
                 );
             }
         }
     }
+}
 
-    for i in duplicates(rules.iter().map(|r| r.name.as_str())) {
-        push(
+fn check_rule_names(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    for i in duplicates(spec.rules().iter().map(|r| r.name.as_str())) {
+        out.push(
             inv::UNIQUE_RULE_NAMES,
             format!("spec.authorization.rules[{i}].name"),
         );
     }
-    for (i, r) in rules.iter().enumerate() {
+}
+
+fn check_rule_paths(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    for (i, r) in spec.rules().iter().enumerate() {
         for (j, p) in r.route.paths.iter().enumerate() {
             if !is_valid_path_template(p) {
-                push(
+                out.push(
                     inv::PATH_TEMPLATES,
                     format!("spec.authorization.rules[{i}].match.paths[{j}]"),
                 );
             }
         }
     }
-    for (i, r) in rules.iter().enumerate() {
+}
+
+fn check_ownership(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    for (i, r) in spec.rules().iter().enumerate() {
         if let Some(own) = &r.ownership {
             let param = format!("{{{}}}", own.path_param);
             if r.route.paths.is_empty() || r.route.paths.iter().any(|p| !p.contains(&param)) {
-                push(
+                out.push(
                     inv::OWNERSHIP_PARAM_IN_PATHS,
                     format!("spec.authorization.rules[{i}].ownership.pathParam"),
                 );
             }
         }
     }
-    for (i, r) in rules.iter().enumerate() {
+}
+
+fn check_public_rules(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    for (i, r) in spec.rules().iter().enumerate() {
         if r.public && (r.allow.is_some() || r.ownership.is_some()) {
-            push(
+            out.push(
                 inv::RULE_PUBLIC_OR_ALLOW,
                 format!("spec.authorization.rules[{i}].public"),
             );
         }
     }
+}
 
+fn check_rate_limit_names(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     for i in duplicates(spec.rate_limits.iter().map(|r| r.name.as_str())) {
-        push(
+        out.push(
             inv::UNIQUE_RATE_LIMIT_NAMES,
             format!("spec.rateLimits[{i}].name"),
         );
     }
+}
+
+fn check_rate_limit_paths(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     for (i, rl) in spec.rate_limits.iter().enumerate() {
         for (j, p) in rl.route.iter().flat_map(|m| m.paths.iter()).enumerate() {
             if !is_valid_path_template(p) {
-                push(
+                out.push(
                     inv::PATH_TEMPLATES,
                     format!("spec.rateLimits[{i}].match.paths[{j}]"),
                 );
             }
         }
     }
+}
+
+fn check_rate_limits(spec: &ApiSecurityPolicySpec, out: &mut Out) {
     for (i, rl) in spec.rate_limits.iter().enumerate() {
         if rl.limit.requests == 0 {
-            push(
+            out.push(
                 inv::RATE_LIMIT_POSITIVE,
                 format!("spec.rateLimits[{i}].limit.requests"),
             );
@@ -225,22 +300,22 @@ pub fn validate_spec(spec: &ApiSecurityPolicySpec) -> Vec<Violation> {
                 by.header.is_some(),
             ];
             if set.iter().filter(|s| **s).count() != 1 {
-                push(inv::RATE_LIMIT_ONE_KEY, format!("spec.rateLimits[{i}].by"));
+                out.push(inv::RATE_LIMIT_ONE_KEY, format!("spec.rateLimits[{i}].by"));
             }
         }
     }
+}
 
-    for (i, r) in rules.iter().enumerate() {
+fn check_provider_references(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    let providers = jwt_providers(spec);
+    for (i, r) in spec.rules().iter().enumerate() {
         for (j, name) in r.providers.iter().enumerate() {
             if !providers.iter().any(|p| &p.name == name) {
-                push(
+                out.push(
                     inv::PROVIDER_REFERENCES,
                     format!("spec.authorization.rules[{i}].providers[{j}]"),
                 );
             }
         }
     }
-
-    out.sort_by_key(|v| inv::ALL.iter().position(|i| *i == v.invariant));
-    out
 }

@@ -1,0 +1,38 @@
+//! The JSON access log format.
+
+use crate::api::Audit;
+use crate::render::CLIENT_ID_HEADER;
+use std::collections::BTreeMap;
+
+/// The JSON access log line: who, what, when, which rule, and the decision.
+pub fn access_log_format(audit: &Audit) -> BTreeMap<String, String> {
+    let mut f = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        f.insert(k.to_string(), v.to_string());
+    };
+    put("time", "%START_TIME%");
+    put("client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%");
+    put("method", "%REQ(:METHOD)%");
+    put("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%");
+    put("authority", "%REQ(:AUTHORITY)%");
+    put("rule", "%ROUTE_NAME%");
+    put("status", "%RESPONSE_CODE%");
+    put(
+        "subject",
+        "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:sub)%",
+    );
+    put("client_id", &format!("%REQ({CLIENT_ID_HEADER})%"));
+    put("client_cert", "%DOWNSTREAM_PEER_URI_SAN%");
+    put("decision", "%DYNAMIC_METADATA(apiguard:decision)%");
+    put("reason", "%RESPONSE_CODE_DETAILS%");
+    put("response_flags", "%RESPONSE_FLAGS%");
+    put("duration_ms", "%DURATION%");
+    put("request_id", "%REQ(X-REQUEST-ID)%");
+    for c in &audit.include_claims {
+        put(
+            &format!("claim_{c}"),
+            &format!("%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:{c})%"),
+        );
+    }
+    f
+}

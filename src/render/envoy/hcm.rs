@@ -1,0 +1,166 @@
+//! The HTTP connection manager: the HTTP filter chain, header handling and the access log.
+
+use super::access_log::access_log_format;
+use super::jwt::build_jwt;
+use super::listener::client_cert_mode;
+use super::lua;
+use super::routes::build_routes;
+use super::types::*;
+use super::{
+    API_KEY_FILTER, API_KEY_TYPE_URL, API_KEYS_FILE, BUFFER_FILTER, CORS_FILTER, Ctx, JWT_FILTER,
+    RATELIMIT_FILTER, RBAC_FILTER,
+};
+use crate::api::{ClientCertificate, UnderscoreHeaders};
+use crate::render::{CLIENT_ID_HEADER, RenderError};
+
+/// The HTTP filter chain, in the order of the module docs.
+fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
+    let spec = ctx.spec;
+    let validation = spec.request_validation();
+    let mut filters = Vec::new();
+    let lua = |name: &str, code: &str| HttpFilter {
+        name: name.to_string(),
+        typed_config: Some(Any::Lua(Lua {
+            default_source_code: DataSource::inline(code.trim_start()),
+        })),
+        config_discovery: None,
+        disabled: false,
+    };
+    let filter = |name: &str, config: Any| HttpFilter {
+        name: name.to_string(),
+        typed_config: Some(config),
+        config_discovery: None,
+        disabled: false,
+    };
+    filters.push(lua(lua::OUTCOME_FILTER, lua::OUTCOME));
+
+    // Headers only the gateway may set: forwarded claims, the API-key client id.
+    let mut trusted: Vec<String> = vec![CLIENT_ID_HEADER.to_string()];
+    if let Some(jwt) = ctx.jwt() {
+        for p in &jwt.providers {
+            for fc in &p.forward_claims {
+                trusted.push(fc.header.to_ascii_lowercase());
+            }
+        }
+    }
+    trusted.sort();
+    trusted.dedup();
+    filters.push(filter(
+        "envoy.filters.http.header_mutation",
+        Any::HeaderMutation(HeaderMutation {
+            mutations: Mutations {
+                request_mutations: trusted
+                    .iter()
+                    .map(|h| HeaderMutationRule { remove: h.clone() })
+                    .collect(),
+            },
+        }),
+    ));
+    if spec.cors.is_some() {
+        filters.push(filter(CORS_FILTER, Any::Cors(Empty {})));
+    }
+    if let Some(jwt) = ctx.jwt() {
+        filters.push(filter(
+            JWT_FILTER,
+            Any::JwtAuthentication(build_jwt(ctx, jwt)?),
+        ));
+    }
+    if ctx.api_keys().is_some() {
+        filters.push(HttpFilter {
+            name: API_KEY_FILTER.into(),
+            typed_config: None,
+            config_discovery: Some(ExtensionConfigSource {
+                config_source: ConfigSource {
+                    path_config_source: PathConfigSource {
+                        path: ctx.secret_path(API_KEYS_FILE),
+                        watched_directory: WatchedDirectory {
+                            path: ctx.opts().secret_dir.trim_end_matches('/').to_string(),
+                        },
+                    },
+                    resource_api_version: "V3",
+                },
+                type_urls: vec![API_KEY_TYPE_URL],
+            }),
+            // Enabled per route on the routes that take API keys.
+            disabled: true,
+        });
+    }
+    filters.push(filter(RBAC_FILTER, Any::Rbac(Rbac::default())));
+    filters.push(lua(lua::AUTHZ_FILTER, lua::AUTHZ));
+    if !spec.rate_limits.is_empty() {
+        filters.push(filter(
+            RATELIMIT_FILTER,
+            Any::LocalRateLimit(LocalRateLimit {
+                stat_prefix: "apiguard_ratelimit".into(),
+                token_bucket: None,
+                filter_enabled: None,
+                filter_enforced: None,
+                descriptors: Vec::new(),
+                rate_limits: Vec::new(),
+                max_dynamic_descriptors: None,
+                always_consume_default_token_bucket: None,
+            }),
+        ));
+    }
+    if let Some(max) = validation.max_body_bytes {
+        let max = u32::try_from(max).map_err(|_| {
+            ctx.invalid(
+                "spec.requestValidation.maxBodyBytes",
+                "must be at most 4294967295",
+            )
+        })?;
+        filters.push(filter(
+            BUFFER_FILTER,
+            Any::Buffer(Buffer {
+                max_request_bytes: u64::from(max),
+            }),
+        ));
+    }
+    filters.push(filter("envoy.filters.http.router", Any::Router(Empty {})));
+    Ok(filters)
+}
+
+pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderError> {
+    let spec = ctx.spec;
+    let validation = spec.request_validation();
+    let filters = http_filters(ctx)?;
+    let access_log = if spec.audit().access_log {
+        vec![AccessLog {
+            name: "envoy.access_loggers.file",
+            typed_config: Any::FileAccessLog(FileAccessLog {
+                path: ctx.opts().access_log_path.clone(),
+                log_format: SubstitutionFormatString {
+                    json_format: access_log_format(&spec.audit()),
+                },
+            }),
+        }]
+    } else {
+        Vec::new()
+    };
+    let underscores = match validation.headers_with_underscores {
+        UnderscoreHeaders::Reject => "REJECT_REQUEST",
+        UnderscoreHeaders::Drop => "DROP_HEADER",
+        UnderscoreHeaders::Allow => "ALLOW",
+    };
+    let client_certs =
+        client_cert_mode(ctx) != ClientCertificate::None && !ctx.spec.tls().is_disabled();
+    Ok(HttpConnectionManager {
+        stat_prefix: "apiguard".into(),
+        codec_type: "AUTO",
+        use_remote_address: true,
+        normalize_path: true,
+        merge_slashes: true,
+        path_with_escaped_slashes_action: "REJECT_REQUEST",
+        common_http_protocol_options: HttpProtocolOptions {
+            headers_with_underscores_action: underscores,
+        },
+        strip_any_host_port: true,
+        route_config: build_routes(ctx)?,
+        http_filters: filters,
+        access_log,
+        // The target learns the verified client identity; client-sent XFCC is replaced.
+        forward_client_cert_details: client_certs.then_some("SANITIZE_SET"),
+        set_current_client_cert_details: client_certs.then_some(ClientCertDetails { uri: true }),
+        server_header_transformation: "PASS_THROUGH",
+    })
+}
