@@ -261,6 +261,24 @@ pub async fn serve(
         .await
 }
 
+/// Where metrics are registered: a bare registry, or the admin server's [`Metrics`]. The
+/// metric sets of the controller, the webhook and the kube client register through it.
+pub trait MetricSink {
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric);
+}
+
+impl MetricSink for &mut Registry {
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.register(name, help, metric);
+    }
+}
+
+impl MetricSink for &Metrics {
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.register(name, help, metric);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

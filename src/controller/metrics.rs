@@ -1,6 +1,7 @@
 //! Controller metrics (bounded labels only) and the health signals behind `/healthz` and
 //! `/readyz`.
 
+use crate::admin::MetricSink;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Metric, Registry};
 
 use super::conditions;
 
@@ -59,23 +59,6 @@ impl Default for ControllerMetrics {
             certificates_expiry: Family::default(),
             facts: Mutex::new(HashMap::new()),
         }
-    }
-}
-
-/// Where metrics are registered: a bare registry, or the admin server's [`crate::admin::Metrics`].
-pub trait MetricSink {
-    fn add(&mut self, name: &str, help: &str, metric: impl Metric);
-}
-
-impl MetricSink for &mut Registry {
-    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
-        self.register(name, help, metric);
-    }
-}
-
-impl MetricSink for &crate::admin::Metrics {
-    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
-        self.register(name, help, metric);
     }
 }
 
@@ -262,6 +245,7 @@ impl Health {
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
 
     #[test]
     fn metrics_are_exported_with_bounded_labels() {
