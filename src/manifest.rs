@@ -82,22 +82,10 @@ pub enum LoadError {
 
 /// Parses manifests from text. `name` is used in sources and errors.
 pub fn parse_str(name: &str, text: &str) -> Result<Vec<Manifest>, LoadError> {
-    let trimmed = text.trim_start();
-    let documents: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // JSON: one value, or a stream of concatenated values.
-        serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .collect::<Result<_, _>>()
-            .map_err(|e| LoadError::Parse {
-                path: name.to_string(),
-                message: e.to_string(),
-            })?
-    } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| LoadError::Parse {
-            path: name.to_string(),
-            message: e.to_string(),
-        })?
-    };
+    let documents = parse_documents(text).map_err(|message| LoadError::Parse {
+        path: name.to_string(),
+        message,
+    })?;
     let mut out = Vec::new();
     for (i, doc) in documents.into_iter().enumerate() {
         let document = i + 1;
@@ -107,6 +95,20 @@ pub fn parse_str(name: &str, text: &str) -> Result<Vec<Manifest>, LoadError> {
         push_object(name, document, None, doc, &mut out)?;
     }
     Ok(out)
+}
+
+/// Every document of a text: JSON (one value, or a stream of concatenated values) when it
+/// starts with `{` or `[`, else multi-document YAML (empty documents dropped).
+pub(crate) fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())
+    } else {
+        serde_saphyr::from_multiple::<Value>(text).map_err(|e| e.to_string())
+    }
 }
 
 /// Adds the object(s) of one parsed document (`kind: List` items one by one) to `out`.

@@ -9,6 +9,7 @@
 //! that is not a plain scalar) or anything fails to parse, [`parse`] answers `None` and the
 //! caller takes the general path, which gives the same objects and names the error.
 
+use super::load::{is_content, is_doc_marker};
 use crate::manifest::{Manifest, Source, push_object};
 use crate::rules::coverage;
 use serde::Deserialize;
@@ -84,11 +85,6 @@ impl Header {
     }
 }
 
-fn is_content(line: &str) -> bool {
-    let t = line.trim();
-    !t.is_empty() && !t.starts_with('#')
-}
-
 /// The non-empty documents of a YAML stream, or `None` when the stream uses what a line split
 /// cannot follow (directives, `...` document ends, content after `---`).
 fn split_documents(text: &str) -> Option<Vec<&str>> {
@@ -101,7 +97,7 @@ fn split_documents(text: &str) -> Option<Vec<&str>> {
         if bare.starts_with('%') || bare == "..." || bare.starts_with("... ") {
             return None;
         }
-        if bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t") {
+        if is_doc_marker(bare) {
             if is_content(&bare[3..]) {
                 return None;
             }

@@ -237,7 +237,7 @@ fn skip(path: String, reason: SkipReason) -> Outcome {
 fn walked_file_verdict(text: &str, error: &LintError) -> Option<SkipReason> {
     match error {
         LintError::Load(LoadError::NotAnObject { .. }) => {
-            let documents = parse_documents(text).ok()?;
+            let documents = manifest::parse_documents(text).ok()?;
             (!documents.iter().any(is_kubernetes_object)).then_some(SkipReason::NotKubernetes)
         }
         LintError::Load(LoadError::Read { .. }) => None,
@@ -250,18 +250,6 @@ fn walked_file_verdict(text: &str, error: &LintError) -> Option<SkipReason> {
                 Some(SkipReason::NotYaml)
             }
         }
-    }
-}
-
-fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())
-    } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| e.to_string())
     }
 }
 
@@ -424,11 +412,11 @@ fn plain_yaml_message(message: &str) -> String {
     )
 }
 
-fn is_doc_marker(line: &str) -> bool {
+pub(super) fn is_doc_marker(line: &str) -> bool {
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
 }
 
-fn is_content(line: &str) -> bool {
+pub(super) fn is_content(line: &str) -> bool {
     let t = line.trim();
     !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') && t != "..."
 }

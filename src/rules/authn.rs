@@ -181,23 +181,6 @@ fn gateway_satisfies(
     }
 }
 
-/// Whether a Gateway requires client certificates on the listeners `parent` uses.
-fn parent_requires_client_certificates(view: &dyn ClusterView, parent: &Parent) -> bool {
-    let ctps = attached(
-        view,
-        Related::ClientTrafficPolicy,
-        &parent.namespace,
-        "Gateway",
-        &parent.name,
-        &[],
-    );
-    gateway_satisfies(
-        &ctps,
-        parent,
-        client_traffic_policy_requires_client_certificates,
-    )
-}
-
 /// The route as the attachment rules see it.
 pub struct RouteTarget<'a> {
     pub namespace: &'a str,
@@ -207,43 +190,70 @@ pub struct RouteTarget<'a> {
     pub parents: &'a [Parent],
 }
 
-/// Whether requests to the route rule named `rule` (`None`: a rule without a name) are
-/// authenticated through every parent Gateway.
-pub fn rule_authenticated(
-    view: &dyn ClusterView,
-    route: &RouteTarget<'_>,
-    rule: Option<&str>,
-) -> bool {
-    let route_policies = attached(
-        view,
-        Related::SecurityPolicy,
-        route.namespace,
-        route.kind,
-        route.name,
-        route.labels,
-    );
-    let route_level = most_specific(&route_policies, rule);
-    let through = |parent: &Parent| {
-        if parent_requires_client_certificates(view, parent) {
-            return true;
+/// The policies attached to a route and to each of its parent Gateways, looked up once per
+/// route (every rule is then decided from them).
+pub struct RouteAttachments {
+    route: Vec<(Arc<Value>, Attachment)>,
+    parents: Vec<ParentAttachments>,
+}
+
+struct ParentAttachments {
+    /// The Gateway requires client certificates on the listeners the route uses.
+    client_certificates: bool,
+    /// The SecurityPolicies attached to the Gateway, and the parent they are judged for.
+    security_policies: Vec<(Arc<Value>, Attachment)>,
+    parent: Parent,
+}
+
+impl RouteAttachments {
+    pub fn of(view: &dyn ClusterView, route: &RouteTarget<'_>) -> Self {
+        let on_gateway = |kind: Related, parent: &Parent| {
+            attached(view, kind, &parent.namespace, "Gateway", &parent.name, &[])
+        };
+        RouteAttachments {
+            route: attached(
+                view,
+                Related::SecurityPolicy,
+                route.namespace,
+                route.kind,
+                route.name,
+                route.labels,
+            ),
+            parents: route
+                .parents
+                .iter()
+                .map(|parent| ParentAttachments {
+                    client_certificates: gateway_satisfies(
+                        &on_gateway(Related::ClientTrafficPolicy, parent),
+                        parent,
+                        client_traffic_policy_requires_client_certificates,
+                    ),
+                    security_policies: on_gateway(Related::SecurityPolicy, parent),
+                    parent: parent.clone(),
+                })
+                .collect(),
         }
-        if !route_level.is_empty() {
+    }
+
+    /// Whether requests to the route rule named `rule` (`None`: a rule without a name) are
+    /// authenticated through every parent Gateway.
+    pub fn rule_authenticated(&self, rule: Option<&str>) -> bool {
+        let route_level = most_specific(&self.route, rule);
+        if self.parents.is_empty() {
             return all_of(&route_level, security_policy_authenticates);
         }
-        let gateway_policies = attached(
-            view,
-            Related::SecurityPolicy,
-            &parent.namespace,
-            "Gateway",
-            &parent.name,
-            &[],
-        );
-        gateway_satisfies(&gateway_policies, parent, security_policy_authenticates)
-    };
-    if route.parents.is_empty() {
-        all_of(&route_level, security_policy_authenticates)
-    } else {
-        route.parents.iter().all(through)
+        self.parents.iter().all(|p| {
+            p.client_certificates
+                || if route_level.is_empty() {
+                    gateway_satisfies(
+                        &p.security_policies,
+                        &p.parent,
+                        security_policy_authenticates,
+                    )
+                } else {
+                    all_of(&route_level, security_policy_authenticates)
+                }
+        })
     }
 }
 
@@ -348,20 +358,23 @@ pub fn review_route(
             rules.push((name, backends));
         }
     }
-    let target = RouteTarget {
-        namespace: &ns,
-        kind: &obj.kind,
-        name: &obj.name,
-        labels: &labels,
-        parents: &parents,
-    };
+    let attachments = RouteAttachments::of(
+        view,
+        &RouteTarget {
+            namespace: &ns,
+            kind: &obj.kind,
+            name: &obj.name,
+            labels: &labels,
+            parents: &parents,
+        },
+    );
     let mut found = Vec::new();
     for (rule, backends) in &rules {
         if backends.is_empty() {
             continue;
         }
         let route = RouteAuth {
-            authenticated: rule_authenticated(view, &target, *rule),
+            authenticated: attachments.rule_authenticated(*rule),
             public: public_route,
         };
         for b in backends {

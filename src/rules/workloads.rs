@@ -18,19 +18,6 @@ pub fn is_cors_origin_env(name: &str) -> bool {
     CORS_ENV_NAME.is_match(name)
 }
 
-/// Whether `(group, kind)` is a kind with a pod template (or a Pod).
-pub fn is_workload(group: &str, kind: &str) -> bool {
-    matches!(
-        (group, kind),
-        ("", "Pod")
-            | (
-                "apps",
-                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
-            )
-            | ("batch", "Job" | "CronJob")
-    )
-}
-
 /// The pod spec of a workload and its field path.
 fn pod_spec<'v>(r: &mut Reader<'_>, object: &'v Value, kind: &str) -> Option<(&'v Value, String)> {
     let spec = r.object(object, "spec", "spec")?;
