@@ -13,9 +13,10 @@
 mod webhook_support;
 
 use apiguard::admin::AdmissionMetrics;
+use apiguard::certs::ReloadingCert;
 use apiguard::rules::{EngineConfig, InMemoryView};
 use apiguard::webhook::server::serve_tls;
-use apiguard::webhook::tls::{ReloadingCert, server_config};
+use apiguard::webhook::server::server_config;
 use apiguard::webhook::{Admission, Limits, router};
 use axum::extract::Request;
 use axum::middleware::{self, Next};

@@ -1,11 +1,13 @@
 //! apiguard: declarative API security for Kubernetes.
 //!
 //! The crate is split into a pure core (`api`, `rules`, `render`, `identity`) that has no
-//! Kubernetes client, clock or randomness passed implicitly, and thin edges (`cli`, later the
-//! controller and webhook) that fetch inputs, call the core and write results.
+//! Kubernetes client, clock or randomness passed implicitly, and thin edges (`cli`, `controller`,
+//! `webhook`, and `certs` for every certificate loop) that fetch inputs, call the core and
+//! write results.
 
 pub mod api;
 pub mod catalog;
+pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod identity;

@@ -5,10 +5,12 @@
 
 use crate::admin::{self, AdminState, AdmissionMetrics, Metrics, Readiness, ReadyHandle};
 use crate::api::duration::parse_duration;
+use crate::certs::serving::{self, ServingMetrics};
+use crate::certs::serving_secret::{self, ServingConfig};
+use crate::certs::{ReloadingCert, SwappableCert};
 use crate::rules::{AdmissionMode, DEFAULT_EXEMPT_NAMESPACES, EngineConfig};
 use crate::webhook::cluster::ReflectorView;
-use crate::webhook::serving::{self, ManagedCert, ServingConfig, ServingMetrics};
-use crate::webhook::tls::{ReloadingCert, server_config};
+use crate::webhook::server::server_config;
 use crate::webhook::{self, Admission, Limits};
 use anyhow::Context;
 use axum::extract::Request;
@@ -52,7 +54,7 @@ pub struct RunArgs {
     /// Without --tls-cert/--tls-key, the operator manages the webhook serving certificate:
     /// issued from its CA into this Secret of the operator namespace (tls.crt, tls.key,
     /// ca.crt), shared by every replica and renewed at two thirds of its lifetime.
-    #[arg(long, env = "APIGUARD_WEBHOOK_SECRET", default_value = serving::DEFAULT_SERVING_SECRET)]
+    #[arg(long, env = "APIGUARD_WEBHOOK_SECRET", default_value = serving_secret::DEFAULT_SERVING_SECRET)]
     pub webhook_secret: String,
     /// DNS name of the webhook endpoint, a SAN of the managed serving certificate (repeatable;
     /// comma-separated in the environment), e.g. apiguard.apiguard-system.svc.
@@ -229,7 +231,7 @@ impl RunArgs {
             names,
             lifetime,
             webhook_config: self.webhook_config.clone().filter(|n| !n.is_empty()),
-            resync: serving::DEFAULT_RESYNC,
+            resync: serving_secret::DEFAULT_RESYNC,
         })))
     }
 
@@ -462,17 +464,15 @@ async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> 
         })?;
     let controller_task = (!args.no_controller)
         .then(|| start_controller(&args, client.clone(), &metrics, &readiness, &stop_rx));
-    let resolver: Option<Arc<dyn rustls::server::ResolvesServerCert>> = match tls {
+    // One resolver serves the webhook; the files or the serving Secret feed it.
+    let resolver: Option<Arc<SwappableCert>> = match tls {
         Some(ServingSource::Files(..)) => files_cert.map(|reloading| {
-            tokio::spawn(
-                reloading
-                    .clone()
-                    .watch(args.cert_reload_interval, stopped(&stop_rx)),
-            );
-            reloading as Arc<dyn rustls::server::ResolvesServerCert>
+            let resolver = reloading.resolver();
+            tokio::spawn(reloading.watch(args.cert_reload_interval, stopped(&stop_rx)));
+            resolver
         }),
         Some(ServingSource::Managed(config)) => {
-            let managed = Arc::new(ManagedCert::new());
+            let managed = Arc::new(SwappableCert::new());
             tracing::info!(
                 secret = %format!("{}/{}", config.namespace, config.secret),
                 names = %config.names,

@@ -23,7 +23,7 @@ use apiguard::identity::ca::PemSource;
 use apiguard::identity::ca_rotation::{
     NEXT_CRT, NEXT_KEY, PREVIOUS_CRT, ROTATE_ANNOTATION, STATE_ANNOTATION,
 };
-use apiguard::identity::k8s::ca_from_secret;
+use apiguard::identity::secrets::ca_from_secret;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};

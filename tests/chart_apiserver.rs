@@ -137,7 +137,7 @@ fn ca_bundle(cp: &support::cluster::ControlPlane) -> String {
 #[test]
 fn helm_upgrade_keeps_the_operators_ca_bundle_and_uninstall_removes_the_registration() {
     use apiguard::api::names::field_managers::WEBHOOK_CA_BUNDLE as CA_BUNDLE_FIELD_MANAGER;
-    use apiguard::webhook::serving::ca_bundle_apply;
+    use apiguard::certs::ca_bundle::ca_bundle_apply;
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     prepare();
     let cp = control_plane();

@@ -450,9 +450,10 @@ fn grants(role: &Manifest, group: &str, resource: &str) -> Vec<(Vec<String>, Vec
         .collect()
 }
 
-/// What `src/webhook/serving.rs` does: Secrets get (CA and serving), create, replace (update),
-/// watch by name (list + watch); the webhook configuration get, watch by name and server-side
-/// apply (patch) — exactly that, by name where Kubernetes allows it, and only in managed mode.
+/// What the serving-certificate loop (`src/certs/`) does: Secrets get (CA and serving), create,
+/// replace (update), watch by name (list + watch); the webhook configuration get, watch by name
+/// and server-side apply (patch) — exactly that, by name where Kubernetes allows it, and only in
+/// managed mode.
 #[test]
 fn rbac_grants_the_managed_serving_certificate_exactly_what_it_uses() {
     for values in [

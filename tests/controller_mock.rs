@@ -11,7 +11,7 @@ use apiguard::controller::gateway::{GatewayInput, GatewayObjects, GatewayRendere
 use apiguard::controller::reconcile::{self, ChildStores, Config, Context, InputStores};
 use apiguard::controller::{ControllerMetrics, Health};
 use apiguard::identity::CertificateAuthority;
-use apiguard::identity::k8s::ca_secret;
+use apiguard::identity::secrets::ca_secret;
 use axum::http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};

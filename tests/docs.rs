@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use apiguard::admin::{AdmissionMetrics, Metrics};
+use apiguard::certs::serving::ServingMetrics;
 use apiguard::controller::ControllerMetrics;
-use apiguard::webhook::serving::ServingMetrics;
 use clap::CommandFactory;
 
 fn read(rel: &str) -> String {
@@ -171,11 +171,11 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         .inc();
     serving
         .issued
-        .get_or_create(&apiguard::webhook::serving::IssuedLabels { reason: "Missing" })
+        .get_or_create(&apiguard::certs::serving::IssuedLabels { reason: "Missing" })
         .inc();
     serving
         .ca_bundle_applies
-        .get_or_create(&apiguard::webhook::serving::ApplyLabels { result: "applied" })
+        .get_or_create(&apiguard::certs::serving::ApplyLabels { result: "applied" })
         .inc();
     let text = metrics.encode();
 

@@ -5,8 +5,9 @@ mod support;
 
 use std::time::Instant;
 
-use apiguard::identity::k8s::{self, CaOrigin, ensure_ca};
+use apiguard::certs::{CaOrigin, ensure_ca, load_ca};
 use apiguard::identity::rotation::CurrentIssuers;
+use apiguard::identity::secrets;
 use apiguard::identity::{Decision, ExpectedIdentity, LeafRequest, SpiffeId, decide, issue_leaf};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -51,7 +52,7 @@ async fn concurrent_replicas_bootstrap_exactly_one_ca() {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let stored = secrets.get("apiguard-ca").await.unwrap();
         assert_eq!(
-            k8s::ca_from_secret(&stored, now).unwrap().fingerprint(),
+            secrets::ca_from_secret(&stored, now).unwrap().fingerprint(),
             fingerprints[0]
         );
         let (again, origin) = ensure_ca(client.clone(), &ns, "apiguard-ca", now)
@@ -112,7 +113,7 @@ async fn issues_and_writes_a_thousand_leaf_secrets() {
                 let secrets = secrets.clone();
                 let ns = ns.clone();
                 async move {
-                    let secret = k8s::leaf_secret(&format!("sa-{i}-identity"), &ns, &leaf, None);
+                    let secret = secrets::leaf_secret(&format!("sa-{i}-identity"), &ns, &leaf, None);
                     secrets.create(&PostParams::default(), &secret).await.map(|_| ())
                 }
             })
@@ -143,7 +144,7 @@ async fn issues_and_writes_a_thousand_leaf_secrets() {
                 dns_names: vec![format!("svc-{i}.{ns}.svc")],
             };
             assert!(
-                matches!(decide(&k8s::stored(&s), &expected, &issuers, now), Decision::Keep { .. }),
+                matches!(decide(&secrets::stored(&s), &expected, &issuers, now), Decision::Keep { .. }),
                 "sa-{i}"
             );
         }
@@ -170,7 +171,7 @@ async fn a_user_supplied_ca_secret_created_with_kubectl_is_used_as_issuer() {
             &format!("--key={}", key.display()),
         ]);
         let now = OffsetDateTime::now_utc();
-        let ca = k8s::load_ca(client.clone(), &ns, "corp-ca", now).await.unwrap();
+        let ca = load_ca(client.clone(), &ns, "corp-ca", now).await.unwrap();
         assert_eq!(ca.cert_pem(), std::fs::read_to_string(&crt).unwrap());
         let leaf = issue_leaf(&ca, &LeafRequest::new(SpiffeId::new("cluster.local", &ns, "api").unwrap()), now).unwrap();
         assert_eq!(leaf.ca_bundle_pem, ca.roots_pem());
@@ -189,12 +190,12 @@ async fn a_user_supplied_ca_secret_created_with_kubectl_is_used_as_issuer() {
             "",
         );
         assert!(mismatch.status.success());
-        let err = k8s::load_ca(client.clone(), &ns, "broken-ca", now).await.unwrap_err();
+        let err = load_ca(client.clone(), &ns, "broken-ca", now).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("Secret {ns}/broken-ca key tls.key does not match the public key of the certificate in Secret {ns}/broken-ca key tls.crt")
         );
-        let err = k8s::load_ca(client, &ns, "absent", now).await.unwrap_err();
+        let err = load_ca(client, &ns, "absent", now).await.unwrap_err();
         assert_eq!(err.to_string(), format!("CA Secret {ns}/absent not found"));
     })
     .await;

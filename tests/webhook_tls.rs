@@ -5,9 +5,10 @@
 #[path = "support/webhook.rs"]
 mod webhook_support;
 
+use apiguard::certs::ReloadingCert;
 use apiguard::rules::AdmissionMode;
 use apiguard::webhook::server::serve_tls;
-use apiguard::webhook::tls::{ReloadingCert, server_config};
+use apiguard::webhook::server::server_config;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use std::convert::Infallible;

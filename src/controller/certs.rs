@@ -5,8 +5,8 @@ use k8s_openapi::api::core::v1::Secret;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::k8s::stored;
 use crate::identity::rotation::CurrentIssuers;
+use crate::identity::secrets::stored;
 use crate::identity::{
     CertificateAuthority, Decision, ExpectedIdentity, IssueError, LeafRequest, ReissueReason,
     SpiffeId, decide, issue_leaf, rotation,
@@ -127,7 +127,7 @@ pub fn until(at: OffsetDateTime, now: OffsetDateTime) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::k8s::leaf_secret;
+    use crate::identity::secrets::leaf_secret;
     use time::Duration;
     use time::macros::datetime;
 

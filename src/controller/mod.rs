@@ -49,7 +49,7 @@ pub fn shutdown_on(f: impl std::future::Future<Output = ()> + Send + 'static) ->
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("operator CA: {0}")]
-    Ca(#[from] crate::identity::k8s::IdentityK8sError),
+    Ca(#[from] crate::certs::CaSecretError),
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
 }
@@ -516,7 +516,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
             async move {
                 health.set_leader(true);
                 let now = time::OffsetDateTime::now_utc();
-                let (ca, origin) = crate::identity::k8s::ensure_ca(
+                let (ca, origin) = crate::certs::ensure_ca(
                     client.clone(),
                     &config.operator_namespace,
                     &config.ca_secret,
@@ -538,7 +538,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
                     let lost = lost.clone();
                     let recorder = Some(Recorder::new(client.clone(), reporter.clone()));
                     async move {
-                        crate::identity::k8s::drive_ca_rotation(
+                        crate::certs::drive_ca_rotation(
                             client, &namespace, &name, settings, recorder, lost,
                         )
                         .await

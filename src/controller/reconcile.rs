@@ -36,7 +36,7 @@ use crate::api::{
     ApiSecurityPolicy, ApiSecurityPolicyStatus, CertificateStatus, EastWestMtls, GatewayStatus,
     Isolation,
 };
-use crate::identity::k8s::{ca_from_secret, leaf_secret, trust_bundle_configmap};
+use crate::identity::secrets::{ca_from_secret, leaf_secret, trust_bundle_configmap};
 use crate::identity::{CertificateAuthority, ExpectedIdentity, IssuedLeaf, SpiffeId};
 
 /// How long to wait before looking again when nothing schedules an earlier look (a safety

@@ -11,9 +11,11 @@
 //! | AddingRoot   | the old CA                   | `next.crt`, `next.key`  | old + new roots | `{"state":"AddingRoot","leavesMoveAt":..}`   |
 //! | Draining     | the new CA                   | `previous.crt` (roots)  | old + new roots | `{"state":"Draining","oldRemovedAt":..}`     |
 //!
-//! so [`super::k8s::ca_from_secret`] always yields the issuing CA with every trusted root.
+//! so [`super::secrets::ca_from_secret`] always yields the issuing CA with every trusted root.
 //! [`plan`] reads the Secret, walks [`RotationState`] forward to `now` and says what the
 //! Secret must become (if anything) and when to look again.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,8 +23,11 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use super::ca::{CaError, PemSource};
-use super::k8s::{IdentityK8sError, ca_from_secret};
-use super::{CA_CRT, CertificateAuthority, RotationState, TLS_CRT, TLS_KEY, TrustedRoot, rfc3339};
+use super::secrets::{SecretError, bytes, ca_from_secret};
+use super::{
+    CA_CRT, CertificateAuthority, RotationState, RotationStep, TLS_CRT, TLS_KEY, TrustedRoot,
+    rfc3339,
+};
 use crate::api::names::annotations::NOT_AFTER;
 
 /// Annotation the user sets to `requested` on the CA Secret to start a rotation.
@@ -68,7 +73,7 @@ enum Persisted {
 pub enum CaRotationError {
     /// The issuing CA or a required key of the Secret is unusable.
     #[error(transparent)]
-    Secret(Box<IdentityK8sError>),
+    Secret(Box<SecretError>),
     /// A CA stored under another key (`next.*`, `previous.crt`) is unusable.
     #[error(transparent)]
     StoredCa(Box<CaError>),
@@ -91,8 +96,8 @@ pub enum CaRotationError {
     },
 }
 
-impl From<IdentityK8sError> for CaRotationError {
-    fn from(e: IdentityK8sError) -> Self {
+impl From<SecretError> for CaRotationError {
+    fn from(e: SecretError) -> Self {
         Self::Secret(Box::new(e))
     }
 }
@@ -130,209 +135,31 @@ pub fn plan(
     old_leaves_not_after: Option<OffsetDateTime>,
     generate: impl FnOnce(OffsetDateTime) -> Result<CertificateAuthority, CaError>,
 ) -> Result<Plan, CaRotationError> {
-    let namespace = secret.metadata.namespace.clone().unwrap_or_default();
-    let name = secret.metadata.name.clone().unwrap_or_default();
-    let bad_state = |message: String| CaRotationError::BadState {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        message,
-    };
-    let data = secret.data.clone().unwrap_or_default();
-    let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    let target = CaSecret::of(secret);
     let current = ca_from_secret(secret, now)?;
-    let key = |k: &'static str| -> Result<&[u8], CaRotationError> {
-        data.get(k).map(|b| b.0.as_slice()).ok_or_else(|| {
-            CaRotationError::from(IdentityK8sError::MissingKey {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                key: k,
-            })
-        })
-    };
-
     // The state as stored, with the CA that is not issuing (if any).
-    let mut next_ca: Option<CertificateAuthority> = None;
-    let state = match annotations.get(STATE_ANNOTATION) {
-        None => RotationState::stable(TrustedRoot::of(&current)),
-        Some(json) => match serde_json::from_str::<Persisted>(json)
-            .map_err(|e| bad_state(format!("not a rotation state ({e})")))?
-        {
-            Persisted::AddingRoot {
-                leaves_move_at,
-                max_leaf_lifetime_seconds,
-            } => {
-                let leaves_move_at = parse_time(&leaves_move_at)
-                    .map_err(|e| bad_state(format!("leavesMoveAt: {e}")))?;
-                if max_leaf_lifetime_seconds < 0 {
-                    return Err(bad_state(format!(
-                        "maxLeafLifetimeSeconds is negative ({max_leaf_lifetime_seconds})"
-                    )));
-                }
-                let next = CertificateAuthority::from_pem(
-                    key(NEXT_CRT)?,
-                    key(NEXT_KEY)?,
-                    None,
-                    PemSource::secret_keys(&namespace, &name, NEXT_CRT, NEXT_KEY, NEXT_CRT),
-                    now,
-                )?;
-                let new = TrustedRoot::of(&next);
-                let old = TrustedRoot::of(&current).without_roots_of(&new);
-                next_ca = Some(next);
-                RotationState::AddingRoot {
-                    old,
-                    new,
-                    leaves_move_at,
-                    max_leaf_lifetime: Duration::seconds(max_leaf_lifetime_seconds),
-                }
-            }
-            Persisted::Draining { old_removed_at } => {
-                let old_removed_at = parse_time(&old_removed_at)
-                    .map_err(|e| bad_state(format!("oldRemovedAt: {e}")))?;
-                let previous = std::str::from_utf8(key(PREVIOUS_CRT)?).map_err(|_| {
-                    CaError::InvalidCertificate {
-                        source_name: format!("Secret {namespace}/{name} key {PREVIOUS_CRT}"),
-                        message: "not UTF-8 PEM text".into(),
-                    }
-                })?;
-                let old = TrustedRoot::from_pem(previous).map_err(|e| match e {
-                    CaError::InvalidCertificate { message, .. } => CaError::InvalidCertificate {
-                        source_name: format!("Secret {namespace}/{name} key {PREVIOUS_CRT}"),
-                        message,
-                    },
-                    other => other,
-                })?;
-                let new = TrustedRoot::of(&current).without_roots_of(&old);
-                RotationState::Draining {
-                    old,
-                    new,
-                    old_removed_at,
-                }
-            }
-        },
-    };
+    let (state, mut next_ca) = target.stored_state(&current, now)?;
     let previous_state = state.name();
-
-    // A request starts a rotation from Stable; during one it is dropped, with the reason.
-    let mut notes = Vec::new();
-    let mut drop_request = false;
-    let mut state = state;
-    match annotations.get(ROTATE_ANNOTATION).map(String::as_str) {
-        None => {}
-        Some(ROTATE_REQUESTED) if matches!(state, RotationState::Stable { .. }) => {
-            let next = generate(now).map_err(|source| CaRotationError::Generate {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                source: Box::new(source),
-            })?;
-            state = state
-                .begin_rotation(
-                    TrustedRoot::of(&next),
-                    now,
-                    settings.propagation,
-                    settings.max_leaf_lifetime,
-                )
-                .map_err(|e| bad_state(e.to_string()))?;
-            next_ca = Some(next);
-            drop_request = true;
-        }
-        Some(ROTATE_REQUESTED) => {
-            notes.push(format!(
-                "ignored {ROTATE_ANNOTATION}={ROTATE_REQUESTED} on Secret {namespace}/{name}: a CA rotation is already in progress (state {}); request it again once the state is Stable",
-                state.name()
-            ));
-            drop_request = true;
-        }
-        Some(other) => notes.push(format!(
-            "ignored {ROTATE_ANNOTATION}={other:?} on Secret {namespace}/{name}: the only value is {ROTATE_REQUESTED:?}"
-        )),
+    let requested = target.apply_request(state, now, settings, generate)?;
+    if let Some(started) = requested.started_with {
+        next_ca = Some(started);
     }
-
-    if let RotationState::Stable { .. } = state {
+    if let RotationState::Stable { .. } = requested.state {
         // No rotation and none started: the Secret is the user's or ensure_ca's, untouched.
         return Ok(Plan {
             state: previous_state,
             previous_state,
             write: None,
             next_step_at: None,
-            notes,
+            notes: requested.notes,
         });
     }
-    let step = state.advance(now, old_leaves_not_after);
-
-    // The Secret this state stores.
-    let issuing = step.state.issuing().issuer_fingerprint();
-    let mut want_data = data.clone();
-    let mut want_annotations = annotations.clone();
-    if issuing != current.fingerprint() {
-        let next = next_ca
-            .as_ref()
-            .filter(|n| n.fingerprint() == issuing)
-            .ok_or_else(|| {
-                bad_state(format!(
-                    "state {} issues from a CA this Secret does not hold",
-                    step.state.name()
-                ))
-            })?;
-        want_data.insert(TLS_CRT.into(), bytes(&next.cert_chain_pem()));
-        want_data.insert(TLS_KEY.into(), bytes(&next.key_pem()));
-        want_annotations.insert(NOT_AFTER.into(), rfc3339(next.not_after()));
-    }
-    want_data.insert(CA_CRT.into(), bytes(&step.bundle_pem));
-    want_data.remove(NEXT_CRT);
-    want_data.remove(NEXT_KEY);
-    want_data.remove(PREVIOUS_CRT);
-    if drop_request {
-        want_annotations.remove(ROTATE_ANNOTATION);
-    }
-    match &step.state {
-        RotationState::Stable { .. } => {
-            want_annotations.remove(STATE_ANNOTATION);
-        }
-        RotationState::AddingRoot {
-            new,
-            leaves_move_at,
-            max_leaf_lifetime,
-            ..
-        } => {
-            let next = next_ca
-                .as_ref()
-                .filter(|n| n.fingerprint() == new.issuer_fingerprint())
-                .ok_or_else(|| bad_state("AddingRoot without the next CA".into()))?;
-            want_data.insert(NEXT_CRT.into(), bytes(&next.cert_chain_pem()));
-            want_data.insert(NEXT_KEY.into(), bytes(&next.key_pem()));
-            want_annotations.insert(
-                STATE_ANNOTATION.into(),
-                persist(&Persisted::AddingRoot {
-                    leaves_move_at: rfc3339(*leaves_move_at),
-                    max_leaf_lifetime_seconds: max_leaf_lifetime.whole_seconds(),
-                }),
-            );
-        }
-        RotationState::Draining {
-            old,
-            old_removed_at,
-            ..
-        } => {
-            want_data.insert(PREVIOUS_CRT.into(), bytes(&old.pem()));
-            want_annotations.insert(
-                STATE_ANNOTATION.into(),
-                persist(&Persisted::Draining {
-                    old_removed_at: rfc3339(*old_removed_at),
-                }),
-            );
-        }
-    }
-    // Keep the stored bytes when only the order of equivalent PEM differs: rewrite only
-    // what changed in meaning.
-    if same_certificates(data.get(CA_CRT), want_data.get(CA_CRT))
-        && let Some(v) = data.get(CA_CRT)
-    {
-        want_data.insert(CA_CRT.into(), v.clone());
-    }
-    let write = (want_data != data || want_annotations != annotations).then(|| {
+    let step = requested.state.advance(now, old_leaves_not_after);
+    let want = target.wanted(&current, next_ca.as_ref(), &step, requested.drop_request)?;
+    let write = (want != target.stored).then(|| {
         let mut out = secret.clone();
-        out.data = Some(want_data);
-        out.metadata.annotations = Some(want_annotations);
+        out.data = Some(want.data);
+        out.metadata.annotations = Some(want.annotations);
         out
     });
     Ok(Plan {
@@ -340,8 +167,316 @@ pub fn plan(
         previous_state,
         write,
         next_step_at: step.next_step_at,
-        notes,
+        notes: requested.notes,
     })
+}
+
+/// The data and annotations of a CA Secret: what a plan reads and may rewrite.
+#[derive(Clone, PartialEq)]
+struct SecretContent {
+    data: BTreeMap<String, ByteString>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// The CA Secret being planned: names it in errors and reads its keys.
+struct CaSecret {
+    namespace: String,
+    name: String,
+    stored: SecretContent,
+}
+
+/// The state after a rotation request (if any) was looked at.
+struct Requested {
+    state: RotationState,
+    /// The new CA of a rotation this request started.
+    started_with: Option<CertificateAuthority>,
+    /// Whether the write removes the request annotation.
+    drop_request: bool,
+    /// Things the user should know (a request ignored, and why).
+    notes: Vec<String>,
+}
+
+impl CaSecret {
+    fn of(secret: &Secret) -> Self {
+        Self {
+            namespace: secret.metadata.namespace.clone().unwrap_or_default(),
+            name: secret.metadata.name.clone().unwrap_or_default(),
+            stored: SecretContent {
+                data: secret.data.clone().unwrap_or_default(),
+                annotations: secret.metadata.annotations.clone().unwrap_or_default(),
+            },
+        }
+    }
+
+    fn bad_state(&self, message: String) -> CaRotationError {
+        CaRotationError::BadState {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            message,
+        }
+    }
+
+    /// The bytes of data key `k`, which must be present.
+    fn key(&self, k: &'static str) -> Result<&[u8], CaRotationError> {
+        self.stored
+            .data
+            .get(k)
+            .map(|b| b.0.as_slice())
+            .ok_or_else(|| {
+                CaRotationError::from(SecretError::MissingKey {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    key: k,
+                })
+            })
+    }
+
+    /// The rotation state the Secret stores (annotation [`STATE_ANNOTATION`]), with the next
+    /// CA while its root is being added.
+    fn stored_state(
+        &self,
+        current: &CertificateAuthority,
+        now: OffsetDateTime,
+    ) -> Result<(RotationState, Option<CertificateAuthority>), CaRotationError> {
+        let Some(json) = self.stored.annotations.get(STATE_ANNOTATION) else {
+            return Ok((RotationState::stable(TrustedRoot::of(current)), None));
+        };
+        let persisted = serde_json::from_str::<Persisted>(json)
+            .map_err(|e| self.bad_state(format!("not a rotation state ({e})")))?;
+        match persisted {
+            Persisted::AddingRoot {
+                leaves_move_at,
+                max_leaf_lifetime_seconds,
+            } => {
+                let (state, next) =
+                    self.adding_root(current, &leaves_move_at, max_leaf_lifetime_seconds, now)?;
+                Ok((state, Some(next)))
+            }
+            Persisted::Draining { old_removed_at } => {
+                Ok((self.draining(current, &old_removed_at)?, None))
+            }
+        }
+    }
+
+    /// The stored AddingRoot state, and the next CA (keys `next.crt`, `next.key`).
+    fn adding_root(
+        &self,
+        current: &CertificateAuthority,
+        leaves_move_at: &str,
+        max_leaf_lifetime_seconds: i64,
+        now: OffsetDateTime,
+    ) -> Result<(RotationState, CertificateAuthority), CaRotationError> {
+        let leaves_move_at =
+            parse_time(leaves_move_at).map_err(|e| self.bad_state(format!("leavesMoveAt: {e}")))?;
+        if max_leaf_lifetime_seconds < 0 {
+            return Err(self.bad_state(format!(
+                "maxLeafLifetimeSeconds is negative ({max_leaf_lifetime_seconds})"
+            )));
+        }
+        let next = CertificateAuthority::from_pem(
+            self.key(NEXT_CRT)?,
+            self.key(NEXT_KEY)?,
+            None,
+            PemSource::secret_keys(&self.namespace, &self.name, NEXT_CRT, NEXT_KEY, NEXT_CRT),
+            now,
+        )?;
+        let new = TrustedRoot::of(&next);
+        let old = TrustedRoot::of(current).without_roots_of(&new);
+        let state = RotationState::AddingRoot {
+            old,
+            new,
+            leaves_move_at,
+            max_leaf_lifetime: Duration::seconds(max_leaf_lifetime_seconds),
+        };
+        Ok((state, next))
+    }
+
+    /// The stored Draining state (the old roots in key `previous.crt`).
+    fn draining(
+        &self,
+        current: &CertificateAuthority,
+        old_removed_at: &str,
+    ) -> Result<RotationState, CaRotationError> {
+        let old_removed_at =
+            parse_time(old_removed_at).map_err(|e| self.bad_state(format!("oldRemovedAt: {e}")))?;
+        let source_name = format!("Secret {}/{} key {PREVIOUS_CRT}", self.namespace, self.name);
+        let previous = std::str::from_utf8(self.key(PREVIOUS_CRT)?).map_err(|_| {
+            CaError::InvalidCertificate {
+                source_name: source_name.clone(),
+                message: "not UTF-8 PEM text".into(),
+            }
+        })?;
+        let old = TrustedRoot::from_pem(previous).map_err(|e| match e {
+            CaError::InvalidCertificate { message, .. } => CaError::InvalidCertificate {
+                source_name,
+                message,
+            },
+            other => other,
+        })?;
+        let new = TrustedRoot::of(current).without_roots_of(&old);
+        Ok(RotationState::Draining {
+            old,
+            new,
+            old_removed_at,
+        })
+    }
+
+    /// A request starts a rotation from Stable; during one it is dropped, with the reason.
+    fn apply_request(
+        &self,
+        state: RotationState,
+        now: OffsetDateTime,
+        settings: RotationSettings,
+        generate: impl FnOnce(OffsetDateTime) -> Result<CertificateAuthority, CaError>,
+    ) -> Result<Requested, CaRotationError> {
+        let (namespace, name) = (&self.namespace, &self.name);
+        let mut notes = Vec::new();
+        let mut drop_request = false;
+        let mut started_with = None;
+        let mut state = state;
+        match self.stored.annotations.get(ROTATE_ANNOTATION).map(String::as_str) {
+            None => {}
+            Some(ROTATE_REQUESTED) if matches!(state, RotationState::Stable { .. }) => {
+                let next = generate(now).map_err(|source| CaRotationError::Generate {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?;
+                state = state
+                    .begin_rotation(
+                        TrustedRoot::of(&next),
+                        now,
+                        settings.propagation,
+                        settings.max_leaf_lifetime,
+                    )
+                    .map_err(|e| self.bad_state(e.to_string()))?;
+                started_with = Some(next);
+                drop_request = true;
+            }
+            Some(ROTATE_REQUESTED) => {
+                notes.push(format!(
+                    "ignored {ROTATE_ANNOTATION}={ROTATE_REQUESTED} on Secret {namespace}/{name}: a CA rotation is already in progress (state {}); request it again once the state is Stable",
+                    state.name()
+                ));
+                drop_request = true;
+            }
+            Some(other) => notes.push(format!(
+                "ignored {ROTATE_ANNOTATION}={other:?} on Secret {namespace}/{name}: the only value is {ROTATE_REQUESTED:?}"
+            )),
+        }
+        Ok(Requested {
+            state,
+            started_with,
+            drop_request,
+            notes,
+        })
+    }
+
+    /// The data and annotations the Secret stores for `step`.
+    fn wanted(
+        &self,
+        current: &CertificateAuthority,
+        next_ca: Option<&CertificateAuthority>,
+        step: &RotationStep,
+        drop_request: bool,
+    ) -> Result<SecretContent, CaRotationError> {
+        let mut want = self.stored.clone();
+        self.store_issuer(&mut want, current, next_ca, &step.state)?;
+        want.data.insert(CA_CRT.into(), bytes(&step.bundle_pem));
+        want.data.remove(NEXT_CRT);
+        want.data.remove(NEXT_KEY);
+        want.data.remove(PREVIOUS_CRT);
+        if drop_request {
+            want.annotations.remove(ROTATE_ANNOTATION);
+        }
+        self.store_state(&mut want, next_ca, &step.state)?;
+        // Keep the stored bytes when only the order of equivalent PEM differs: rewrite only
+        // what changed in meaning.
+        if same_certificates(self.stored.data.get(CA_CRT), want.data.get(CA_CRT))
+            && let Some(v) = self.stored.data.get(CA_CRT)
+        {
+            want.data.insert(CA_CRT.into(), v.clone());
+        }
+        Ok(want)
+    }
+
+    /// `tls.crt`/`tls.key` (and `notAfter`) of the CA `state` issues from, when that is no
+    /// longer the current one.
+    fn store_issuer(
+        &self,
+        want: &mut SecretContent,
+        current: &CertificateAuthority,
+        next_ca: Option<&CertificateAuthority>,
+        state: &RotationState,
+    ) -> Result<(), CaRotationError> {
+        let issuing = state.issuing().issuer_fingerprint();
+        if issuing == current.fingerprint() {
+            return Ok(());
+        }
+        let next = next_ca
+            .filter(|n| n.fingerprint() == issuing)
+            .ok_or_else(|| {
+                self.bad_state(format!(
+                    "state {} issues from a CA this Secret does not hold",
+                    state.name()
+                ))
+            })?;
+        want.data
+            .insert(TLS_CRT.into(), bytes(&next.cert_chain_pem()));
+        want.data.insert(TLS_KEY.into(), bytes(&next.key_pem()));
+        want.annotations
+            .insert(NOT_AFTER.into(), rfc3339(next.not_after()));
+        Ok(())
+    }
+
+    /// The state annotation of `state`, with the keys that state keeps (`next.*` while the
+    /// root is added, `previous.crt` while the old leaves drain).
+    fn store_state(
+        &self,
+        want: &mut SecretContent,
+        next_ca: Option<&CertificateAuthority>,
+        state: &RotationState,
+    ) -> Result<(), CaRotationError> {
+        match state {
+            RotationState::Stable { .. } => {
+                want.annotations.remove(STATE_ANNOTATION);
+            }
+            RotationState::AddingRoot {
+                new,
+                leaves_move_at,
+                max_leaf_lifetime,
+                ..
+            } => {
+                let next = next_ca
+                    .filter(|n| n.fingerprint() == new.issuer_fingerprint())
+                    .ok_or_else(|| self.bad_state("AddingRoot without the next CA".into()))?;
+                want.data
+                    .insert(NEXT_CRT.into(), bytes(&next.cert_chain_pem()));
+                want.data.insert(NEXT_KEY.into(), bytes(&next.key_pem()));
+                want.annotations.insert(
+                    STATE_ANNOTATION.into(),
+                    persist(&Persisted::AddingRoot {
+                        leaves_move_at: rfc3339(*leaves_move_at),
+                        max_leaf_lifetime_seconds: max_leaf_lifetime.whole_seconds(),
+                    }),
+                );
+            }
+            RotationState::Draining {
+                old,
+                old_removed_at,
+                ..
+            } => {
+                want.data.insert(PREVIOUS_CRT.into(), bytes(&old.pem()));
+                want.annotations.insert(
+                    STATE_ANNOTATION.into(),
+                    persist(&Persisted::Draining {
+                        old_removed_at: rfc3339(*old_removed_at),
+                    }),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether two `ca.crt` values hold the same set of certificates (any order).
@@ -357,10 +492,6 @@ fn same_certificates(a: Option<&ByteString>, b: Option<&ByteString>) -> bool {
 fn persist(state: &Persisted) -> String {
     // Serializing two string/integer fields cannot fail.
     serde_json::to_string(state).unwrap_or_default()
-}
-
-fn bytes(s: &str) -> ByteString {
-    ByteString(s.as_bytes().to_vec())
 }
 
 fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
@@ -383,7 +514,7 @@ mod tests {
             .map(|d| d.keys().cloned().collect())
             .unwrap_or_default()
     }
-    use crate::identity::k8s::ca_secret;
+    use crate::identity::secrets::ca_secret;
     use time::macros::datetime;
 
     const T0: OffsetDateTime = datetime!(2026-03-01 00:00 UTC);

@@ -2,9 +2,9 @@
 //!
 //! The operator's CA (a self-signed ECDSA P-256 root it generates, or a CA/intermediate the
 //! user brings) issues short-lived leaf certificates whose only identity is a SPIFFE URI SAN
-//! `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`. Everything here except [`k8s`] and [`cli`] is a
-//! pure function of its inputs: the current time is always passed in (`now`), and the only
-//! randomness is the generation of fresh private keys.
+//! `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`. Everything here except [`cli`] is a pure function
+//! of its inputs: the current time is always passed in (`now`), and the only randomness is
+//! the generation of fresh private keys.
 //!
 //! - [`ca`]: generate or load the issuing [`CertificateAuthority`].
 //! - [`issue`]: [`SpiffeId`] and leaf issuance ([`issue_leaf`]).
@@ -12,17 +12,20 @@
 //! - [`bundle`]: the trust bundle and the CA rotation state machine.
 //! - [`ca_rotation`]: what the CA Secret must become as a requested rotation proceeds.
 //! - [`serving`]: the webhook's own serving certificate (DNS/IP SANs) and when to renew it.
-//! - [`k8s`]: Secret/ConfigMap builders and race-free CA bootstrap against the apiserver.
+//! - [`secrets`]: the Secret/ConfigMap builders and parsers (the CA read back from its Secret).
 //! - [`cli`]: `apiguard identity init-ca|issue`, the same code paths offline.
+//!
+//! The apiserver side (CA bootstrap, the rotation driver, the webhook's serving certificate)
+//! is `crate::certs`.
 
 pub mod bundle;
 pub mod ca;
 pub mod ca_rotation;
 pub mod cli;
 pub mod issue;
-pub mod k8s;
 mod pem;
 pub mod rotation;
+pub mod secrets;
 pub mod serving;
 
 pub use bundle::{RotationState, RotationStep, TrustedRoot};

@@ -3,7 +3,7 @@
 //! Secret that holds it.
 //!
 //! Pure: the stored bytes, the wanted names, the CA and `now` go in; a [`Decision`] or an
-//! [`IssuedServing`] comes out. `apiguard run` (`crate::webhook::serving`) does the I/O.
+//! [`IssuedServing`] comes out. `apiguard run` (`crate::certs::serving`) does the I/O.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -21,10 +21,10 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::issue::{IssueError, dns_sans, issuer_valid_at, sign_leaf};
-use super::k8s::{TLS_SECRET_TYPE, stored};
 use super::rotation::{
     Decision, ReissueReason, StoredSecret, renew_at, same_certificates, stored_parts, validity_at,
 };
+use super::secrets::{TLS_SECRET_TYPE, stored};
 use super::{CA_CRT, CertificateAuthority, TLS_CRT, TLS_KEY, ca, pem, rfc3339};
 use crate::api::names::annotations::NOT_AFTER;
 use crate::api::names::labels::{APP_COMPONENT, MANAGED_BY, MANAGED_BY_VALUE};
@@ -441,12 +441,13 @@ mod tests {
         // The CA Secret of a rotation: the new issuer, and the old root still in ca.crt.
         let old = ca();
         let new = CertificateAuthority::generate(NOW, Duration::days(3650)).unwrap();
-        let mut secret = crate::identity::k8s::ca_secret("apiguard-ca", "apiguard-system", &new);
+        let mut secret =
+            crate::identity::secrets::ca_secret("apiguard-ca", "apiguard-system", &new);
         secret.data.as_mut().unwrap().insert(
             CA_CRT.into(),
             ByteString(format!("{}{}", new.roots_pem(), old.roots_pem()).into_bytes()),
         );
-        let rotating = crate::identity::k8s::ca_from_secret(&secret, NOW).unwrap();
+        let rotating = crate::identity::secrets::ca_from_secret(&secret, NOW).unwrap();
         let issued = issue_serving(&rotating, &names(), Duration::days(90), NOW).unwrap();
         let bundle = pem::certificates(issued.ca_bundle_pem.as_bytes()).unwrap();
         assert_eq!(bundle.len(), 2, "{}", issued.ca_bundle_pem);

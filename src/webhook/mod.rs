@@ -4,16 +4,14 @@
 //!
 //! - [`admission`]: one review in, one AdmissionReview out (+ metrics and decision logs).
 //! - [`router`]: the axum routes with the body limit and the per-request deadline.
-//! - [`tls`]: the serving certificate, hot-reloaded from files.
-//! - [`serving`]: the operator-managed serving certificate (Secret, hot swap, `caBundle`).
-//! - [`server`]: the TLS accept loop with graceful shutdown.
+//! - [`server`]: the TLS configuration and the accept loop with graceful shutdown.
 //! - [`cluster`]: the reflector-backed `ClusterView`.
+//!
+//! The serving certificate (from files or operator-managed) is `crate::certs`.
 
 pub mod admission;
 pub mod cluster;
 pub mod server;
-pub mod serving;
-pub mod tls;
 
 pub use admission::{Admission, ReviewError};
 

@@ -1,11 +1,13 @@
 //! The HTTPS accept loop: TLS handshakes (rustls), HTTP/1.1 and HTTP/2 (hyper), graceful
-//! shutdown that stops accepting and lets in-flight requests finish.
+//! shutdown that stops accepting and lets in-flight requests finish. The certificate comes
+//! from a resolver of `crate::certs`.
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use rustls::server::ResolvesServerCert;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,21 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::certs::{TlsError, provider};
+
 /// Time a client gets to complete the TLS handshake, and to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The webhook's TLS configuration: TLS 1.3 and 1.2 only (ring), HTTP/2 and HTTP/1.1 by
+/// ALPN, the certificate from `resolver`.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
 
 /// Serve `app` over TLS on `listener` until `shutdown` completes, then stop accepting, ask
 /// every open connection to close after its in-flight requests, and wait for them for at
