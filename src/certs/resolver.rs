@@ -1,6 +1,6 @@
 //! The one rustls certificate resolver of the webhook: [`SwappableCert`], fed either by the
-//! file reloader (`--tls-cert`/`--tls-key`, [`super::files::ReloadingCert`]) or by the
-//! operator-managed serving Secret ([`super::serving::run`]).
+//! file reloader (`--tls-cert`/`--tls-key`, `files::ReloadingCert`) or by the
+//! operator-managed serving Secret (`serving::run`).
 //!
 //! The current certificate lives in an [`ArcSwapOption`]: a handshake takes the certificate
 //! in force at that moment, connections already established keep theirs, and nothing blocks.

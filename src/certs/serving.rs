@@ -207,8 +207,9 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::certs::ca_bundle::ca_bundle_apply;
+    use crate::certs::serving_secret::tests::config;
     use crate::certs::test_support::{
-        CA_GET, NOW, NS, POST, TLS_GET, ca, config, expect, json, status, vwc,
+        CA_GET, NOW, NS, POST, TLS_GET, ca, expect, json, status, vwc,
     };
     use crate::identity::secrets::{ca_secret, stored};
     use axum::http::{Method, Request, Response};

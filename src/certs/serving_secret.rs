@@ -241,15 +241,27 @@ fn material_of(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::certs::test_support::{
-        CA_GET, NOW, NS, POST, TLS_GET, ca, config, expect, issued, json, status, with_version,
+        CA_GET, NOW, NS, POST, TLS_GET, ca, expect, issued, json, names, status, with_version,
     };
     use crate::identity::secrets::ca_secret;
     use axum::http::{Method, Request, Response};
     use kube::client::Body;
     use tower_test::mock;
+
+    pub(crate) fn config() -> ServingConfig {
+        ServingConfig {
+            namespace: NS.into(),
+            secret: "apiguard-webhook-tls".into(),
+            ca_secret: "apiguard-ca".into(),
+            names: names(),
+            lifetime: time::Duration::days(90),
+            webhook_config: Some("apiguard".into()),
+            resync: DEFAULT_RESYNC,
+        }
+    }
 
     #[tokio::test]
     async fn losing_the_create_race_adopts_the_winners_certificate() {

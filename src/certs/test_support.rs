@@ -1,6 +1,6 @@
 //! What the unit tests of this module share: a scripted apiserver (tower-test) that answers
 //! and checks the requests a function under test makes, in order, and the fixtures of the
-//! serving certificate.
+//! serving certificate (the `ServingConfig` fixture is `serving_secret::tests::config`).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +13,6 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use tower_test::mock::{self, Handle};
 
-use super::serving_secret::{DEFAULT_RESYNC, ServingConfig};
 use crate::identity::CertificateAuthority;
 use crate::identity::serving::{IssuedServing, ServingNames, issue_serving};
 
@@ -65,18 +64,11 @@ pub(crate) async fn expect(
 pub(crate) const NOW: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 pub(crate) const NS: &str = "apiguard-system";
 
-pub(crate) fn config() -> ServingConfig {
-    ServingConfig {
-        namespace: NS.into(),
-        secret: "apiguard-webhook-tls".into(),
-        ca_secret: "apiguard-ca".into(),
-        names: ServingNames {
-            dns_names: vec!["apiguard.apiguard-system.svc".into()],
-            ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        },
-        lifetime: time::Duration::days(90),
-        webhook_config: Some("apiguard".into()),
-        resync: DEFAULT_RESYNC,
+/// The names the serving certificate of the fixtures is for.
+pub(crate) fn names() -> ServingNames {
+    ServingNames {
+        dns_names: vec!["apiguard.apiguard-system.svc".into()],
+        ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
     }
 }
 
@@ -86,7 +78,7 @@ pub(crate) fn ca() -> CertificateAuthority {
 }
 
 pub(crate) fn issued(ca: &CertificateAuthority) -> IssuedServing {
-    issue_serving(ca, &config().names, time::Duration::days(90), NOW).unwrap()
+    issue_serving(ca, &names(), time::Duration::days(90), NOW).unwrap()
 }
 
 pub(crate) fn vwc(bundles: &[Option<&str>]) -> ValidatingWebhookConfiguration {
