@@ -9,7 +9,7 @@
 # allocator is markedly slower under a multi-threaded async server, and this is the same kind
 # of binary (Debian 12 glibc, dynamically linked) the test suite runs.
 #
-# tests/image.sh (run by tests/image.rs) builds this file's final stage with buildah, from a
+# tests/image.sh (run by tests/cluster/image.rs) builds this file's final stage with buildah, from a
 # base assembled locally the same way (see docs/install.md, "Container image": there is no
 # registry on the development and CI machines), and runs it with crun: read-only root, uid 65532.
 

@@ -9,8 +9,8 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it): one short smoke round.
 
-#[path = "../tests/support/webhook.rs"]
-mod webhook_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use apiguard::admin::AdmissionMetrics;
 use apiguard::certs::ReloadingCert;
@@ -23,7 +23,7 @@ use axum::middleware::{self, Next};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use webhook_support::*;
+use support::webhook::*;
 
 struct Round {
     concurrency: usize,

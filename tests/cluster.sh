@@ -280,7 +280,7 @@ run() {
   watched_alive || log "process ${APIGUARD_CLUSTER_WATCH_PID} is gone; stopping"
 }
 
-# --- apiguard in the control plane (the playground and tests/e2e_journey.rs) ----------------
+# --- apiguard in the control plane (the playground and tests/e2e/e2e_journey.rs) ----------------
 
 RELEASE=apiguard
 RELEASE_NS=apiguard-system

@@ -26,11 +26,11 @@
 #   - the Dockerfile's final stage is built as written, its two external inputs rewritten:
 #     `FROM <base>` to the local base, `COPY --from=build /apiguard` to BINARY.
 # The network namespace is the host's (the control plane listens on its loopback), and the
-# service-account token is KUBECONFIG's (the chart's RBAC is tested by tests/e2e_journey.rs).
+# service-account token is KUBECONFIG's (the chart's RBAC is tested by tests/e2e/e2e_journey.rs).
 #
 # Usage: tests/image.sh BINARY KUBECONFIG [WORKDIR]   (WORKDIR default: target/image)
 #   KUBECONFIG: a running control plane whose user has a bearer token (tests/cluster.sh up;
-#   tests/image.rs starts its own); the CRDs of crds/ are applied to it. Needs root (runc),
+#   tests/cluster/image.rs starts its own); the CRDs of crds/ are applied to it. Needs root (runc),
 #   buildah, umoci, runc, jq (`tests/tools.sh container` installs them), curl and kubectl.
 set -euo pipefail
 

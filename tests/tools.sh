@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS="$ROOT/target/tools"
 GOWRAP="$ROOT/tests/go"
 
-# One place for the versions; tests/support/tools.rs mirrors them (tests/cluster_smoke.rs checks),
+# One place for the versions; tests/support/tools.rs mirrors them (tests/cluster/cluster_smoke.rs checks),
 # except KYVERNO_VERSION (bench only: benches/lint.rs reads APIGUARD_KYVERNO from env.sh).
 KUBE_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16

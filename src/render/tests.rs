@@ -119,7 +119,7 @@ fn certificate_metadata(g: &RenderedGateway) -> (serde_json::Value, serde_json::
 #[test]
 fn a_renewed_certificate_changes_the_listener_or_cluster_that_reads_it() {
     // Envoy reads certificate files when it builds a listener/cluster; only a changed resource
-    // is rebuilt, so a renewal must change the resource (tests/envoy_gateway.rs shows it live).
+    // is rebuilt, so a renewal must change the resource (tests/offline/envoy_gateway.rs shows it live).
     let f = example("internal-east-west.yaml");
     let (listener, cluster) = certificate_metadata(&f.render().unwrap());
     assert!(

@@ -228,6 +228,47 @@ impl ControlPlane {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs helm against this control plane and returns its output.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        super::tools::helm_command()
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
+    }
+
+    /// Runs helm against this control plane and returns its stdout; panics with its stderr
+    /// when it fails.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        let out = self.helm(args);
+        assert!(
+            out.status.success(),
+            "helm {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The decoded `caBundle` of the first webhook of ValidatingWebhookConfiguration `name`
+    /// (`None` when it has none).
+    pub fn webhook_ca_bundle(&self, name: &str) -> Option<Vec<u8>> {
+        let vwc: serde_json::Value = serde_json::from_str(&self.kubectl_ok([
+            "get",
+            "validatingwebhookconfiguration",
+            name,
+            "-o",
+            "json",
+        ]))
+        .unwrap_or_else(|e| panic!("ValidatingWebhookConfiguration {name} is not JSON: {e}"));
+        let b64 = vwc["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .filter(|b64| !b64.is_empty())?;
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(b64.into())
+            .unwrap_or_else(|e| panic!("caBundle of {name} is not base64 ({e}): {b64}"));
+        Some(bytes.0)
+    }
+
     /// Applies `crds/` (once per test binary) and waits until every CRD in it is established,
     /// so the tests can create ApiSecurityPolicies.
     pub fn install_crds(&self) {

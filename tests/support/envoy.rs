@@ -24,12 +24,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 // ---------------------------------------------------------------- upstream
 
 /// The echo upstream: every request is answered 200 with `{method, path, headers, body_len}`.
@@ -175,8 +169,8 @@ impl Gateway {
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_dir = ca_dir.unwrap_or_else(|| dir.path().join("ca"));
-        let port = free_port();
-        let admin_port = free_port();
+        let port = super::tools::free_port();
+        let admin_port = super::tools::free_port();
         render_into(dir.path(), &ca_dir, port, admin_port, upstream, manifests);
         let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log");
         let child = Command::new(tool("envoy"))

@@ -5,12 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::cluster::ControlPlane;
-use super::tools::tool;
-
-/// The repository root.
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use super::tools::{root, tool};
 
 /// The local operator's log file under the control plane's state directory.
 pub fn operator_log_path(cp: &ControlPlane) -> PathBuf {

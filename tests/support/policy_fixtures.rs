@@ -1,6 +1,6 @@
 //! Invalid `ApiSecurityPolicy` fixtures, one or more per invariant: used by the local CEL + Rust
-//! test (`tests/policy_invariants.rs`) and by the real-apiserver test
-//! (`tests/policy_invariants_apiserver.rs`), so all three judges see the same objects.
+//! test (`tests/offline/policy_invariants.rs`) and by the real-apiserver test
+//! (`tests/cluster/policy_invariants_apiserver.rs`), so all three judges see the same objects.
 
 use apiguard::api::invariants::{self as inv, Invariant};
 use serde_json::{Value, json};

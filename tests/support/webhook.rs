@@ -1,6 +1,6 @@
 //! Webhook test support: AdmissionReview bodies, realistic objects, a test PKI (rcgen) and a
 //! TLS HTTP client (tokio-rustls + hyper). Included by the `webhook_*` tests and the webhook
-//! benchmark with `#[path = ...] mod webhook_support;`.
+//! benchmark (through `support/mod.rs`).
 #![allow(dead_code)]
 
 use apiguard::admin::AdmissionMetrics;
@@ -504,11 +504,8 @@ impl MockApiserver {
 }
 
 /// A loopback address nothing listens on right now.
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], super::tools::free_port()))
 }
 
 /// Plain HTTP GET (the admin server); `None` when the connection fails.

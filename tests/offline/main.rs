@@ -1,0 +1,30 @@
+//! The offline tier: everything that needs no control plane — the rules and their fixtures,
+//! rendering (checked by a real Envoy), the CLI, the webhook's handler and TLS server, the
+//! controller against a mocked apiserver, the chart rendered by helm, certificates checked by
+//! openssl and rustls, and the docs' drift tests. One test binary: the crate is linked once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod chart_render;
+mod controller_mock;
+mod crd;
+mod docs;
+mod envoy_gateway;
+mod envoy_mtls;
+mod envoy_render_cli;
+mod envoy_validate;
+mod examples;
+mod identity_mtls;
+mod identity_openssl;
+mod identity_rotation;
+mod lint_cli;
+mod policy_invariants;
+mod readme;
+mod rules_fixtures;
+mod rules_props;
+mod webhook_props;
+mod webhook_router;
+mod webhook_run;
+mod webhook_tls;
+mod webhook_view;
