@@ -91,9 +91,11 @@ async fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
         .await;
         // The result counter is bumped when the reconcile returns, just after its status
         // write: wait (bounded) for the leader's count rather than racing it.
-        eventually(Duration::from_secs(10), "the leader counted a reconcile", || async {
-            (leader.reconciles() > 0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the leader counted a reconcile",
+            || async { (leader.reconciles() > 0).then_some(()) },
+        )
         .await;
         assert_eq!(follower.reconciles(), 0, "the follower reconciled");
         assert!(leader.health.is_leader() && !follower.health.is_leader());
@@ -120,9 +122,11 @@ async fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
             ready(&client, &ns, "two").await.then_some(())
         })
         .await;
-        eventually(Duration::from_secs(10), "the new leader counted a reconcile", || async {
-            (follower.reconciles() > 0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the new leader counted a reconcile",
+            || async { (follower.reconciles() > 0).then_some(()) },
+        )
         .await;
         // Converged without duplicates: exactly one gateway ConfigMap per policy, plus the
         // namespace's trust bundle.
