@@ -481,4 +481,164 @@ mod tests {
         };
         assert_eq!(fingerprint(&cm, &ours).as_deref(), Some("7"));
     }
+
+    mod child_set {
+        //! A [`ChildSet`] against a scripted apiserver (tower-test): what it applies, refuses
+        //! and prunes.
+        use super::super::super::{Config, ContextSettings, InputStores};
+        use super::*;
+        use crate::api::ApiSecurityPolicySpec;
+        use crate::controller::{ControllerMetrics, EnvoyRenderer, Health};
+        use axum::http::{Method, Request, Response};
+        use kube::client::Body;
+        use kube::runtime::reflector::{self, store::Writer};
+        use kube::runtime::watcher;
+        use std::sync::Arc;
+        use tower_test::mock;
+
+        fn policy() -> ApiSecurityPolicy {
+            let spec: ApiSecurityPolicySpec = serde_json::from_value(serde_json::json!({
+                "target": {"service": "api", "port": 8080},
+                "exposure": "Internal",
+            }))
+            .unwrap();
+            let mut p = ApiSecurityPolicy::new("payments", spec);
+            p.metadata.namespace = Some("shop".into());
+            p.metadata.uid = Some("p-uid".into());
+            p
+        }
+
+        /// Metadata of an object labelled for the policy; controlled by it when `owned`.
+        fn cached<K: ChildKind>(
+            name: &str,
+            owner: Option<&OwnerReference>,
+        ) -> PartialObjectMeta<K> {
+            PartialObjectMeta {
+                types: None,
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("shop".into()),
+                    uid: Some(format!("{name}-uid")),
+                    labels: Some(BTreeMap::from([
+                        (POLICY.to_string(), "payments".to_string()),
+                        (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+                    ])),
+                    owner_references: owner.map(|o| vec![o.clone()]),
+                    ..Default::default()
+                },
+                _phantom: Default::default(),
+            }
+        }
+
+        fn store<K: ChildKind>(
+            objects: Vec<PartialObjectMeta<K>>,
+        ) -> (Store<PartialObjectMeta<K>>, Writer<PartialObjectMeta<K>>) {
+            let (reader, mut writer) = reflector::store();
+            for o in objects {
+                writer.apply_watcher_event(&watcher::Event::Apply(o));
+            }
+            (reader, writer)
+        }
+
+        fn named<K: Resource<DynamicType = ()> + Default>(name: &str) -> K {
+            let mut o = K::default();
+            o.meta_mut().name = Some(name.into());
+            o
+        }
+
+        #[tokio::test]
+        async fn applies_what_is_added_refuses_foreign_objects_and_prunes_the_rest() {
+            let p = policy();
+            let owner = p.controller_owner_ref(&()).unwrap();
+            let (config_maps, _cw) = store::<ConfigMap>(vec![cached("payments-apiguard", None)]);
+            let (secrets, _sw) = store::<Secret>(vec![cached("old", Some(&owner))]);
+            let (deployments, _dw) = store::<Deployment>(vec![]);
+            let (services, _svw) = store::<Service>(vec![]);
+            let (network_policies, _nw) = store::<NetworkPolicy>(vec![
+                cached("keep", Some(&owner)),
+                cached("old", Some(&owner)),
+            ]);
+            let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let server = tokio::spawn(async move {
+                let mut calls = Vec::new();
+                while let Some((req, send)) = handle.next_request().await {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect_bytes().await.unwrap();
+                    calls.push(format!("{} {}", parts.method, parts.uri.path()));
+                    let reply = if parts.method == Method::PATCH {
+                        body.to_vec()
+                    } else {
+                        serde_json::to_vec(&serde_json::json!({"kind": "Status",
+                            "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 200}))
+                        .unwrap()
+                    };
+                    send.send_response(Response::builder().body(Body::from(reply)).unwrap());
+                }
+                calls
+            });
+            let ctx = Context::new(ContextSettings {
+                client: kube::Client::new(svc, "default"),
+                config: Config {
+                    operator_namespace: "apiguard-system".into(),
+                    trust_domain: "cluster.local".into(),
+                    ca_secret: "apiguard-ca".into(),
+                    leaf_lifetime: time::Duration::hours(24),
+                    concurrency: Config::DEFAULT_CONCURRENCY,
+                    debounce: Config::DEFAULT_DEBOUNCE,
+                    ca_rotation_propagation: Config::DEFAULT_CA_ROTATION_PROPAGATION,
+                },
+                renderer: Arc::new(EnvoyRenderer::default()),
+                policies: reflector::store().0,
+                children: ChildStores {
+                    config_maps,
+                    secrets,
+                    deployments,
+                    services,
+                    network_policies,
+                },
+                inputs: InputStores {
+                    services: reflector::store().0,
+                    pods: reflector::store().0,
+                },
+                ca_secret: reflector::store().0,
+                recorder: None,
+                metrics: Arc::new(ControllerMetrics::default()),
+                health: Arc::new(Health::default()),
+            });
+            let mut children = ChildSet::new(&ctx, &p, &owner);
+            // Someone else's ConfigMap under the gateway's name: refused, not written.
+            children
+                .add(Group::Gateway, named::<ConfigMap>("payments-apiguard"))
+                .await;
+            children
+                .add(Group::Network, named::<NetworkPolicy>("keep"))
+                .await;
+            assert_eq!(children.count(Group::Gateway), 1);
+            assert_eq!(children.count(Group::Network), 1);
+            assert_eq!(children.count(Group::Certificates), 0);
+            assert_eq!(children.failures(), 0);
+            let gateway = children.verdict(Group::Gateway, Reason::Programmed, "ok".into());
+            assert_eq!(gateway.reason, Reason::NotOwned);
+            assert!(
+                gateway.message.contains("ConfigMap shop/payments-apiguard"),
+                "{}",
+                gateway.message
+            );
+            let network = children.verdict(Group::Network, Reason::Applied, "ok".into());
+            assert_eq!(network, Verdict::ok(Reason::Applied, "ok"));
+            // What was added stays, whatever its kind; the rest of the policy's objects go.
+            assert_eq!(children.prune_orphans().await.unwrap(), 2);
+            drop(children);
+            drop(ctx);
+            let calls = server.await.unwrap();
+            assert_eq!(
+                calls,
+                [
+                    "PATCH /apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/keep",
+                    "DELETE /api/v1/namespaces/shop/secrets/old",
+                    "DELETE /apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/old",
+                ]
+            );
+        }
+    }
 }
