@@ -20,6 +20,92 @@ pub const ALL: [&str; 5] = [
     READY,
 ];
 
+/// Why a condition has its status: the bounded set of CamelCase reasons reconcile writes
+/// (docs/controller.md lists them; also the Event reason). Compare these, never their strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Accepted=True.
+    Accepted,
+    /// Accepted=False: the spec breaks an invariant.
+    Invalid,
+    /// Accepted=False: an older policy targets the same Service.
+    Conflict,
+    /// Programmed=False while the policy is not accepted.
+    NotAccepted,
+    /// Programmed, CertificatesReady and NetworkIsolated wait for acceptance.
+    Pending,
+    /// The target Service does not exist.
+    TargetNotFound,
+    /// A SPIFFE ID could not be formed from the namespace and service account.
+    InvalidIdentity,
+    /// A Secret the spec names is missing or incomplete.
+    ReferenceNotFound,
+    /// A leaf certificate could not be issued.
+    IssueFailed,
+    /// The renderer refused the policy.
+    RenderFailed,
+    /// A child exists and is not the policy's.
+    NotOwned,
+    /// A child could not be applied.
+    ApplyFailed,
+    /// Programmed=True.
+    Programmed,
+    /// CertificatesReady=True.
+    Issued,
+    /// NetworkIsolated=True.
+    Applied,
+    /// NetworkIsolated=False on purpose (`network.isolation: None`).
+    IsolationDisabled,
+    /// Ready=True.
+    Ready,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 17] = [
+        Reason::Accepted,
+        Reason::Invalid,
+        Reason::Conflict,
+        Reason::NotAccepted,
+        Reason::Pending,
+        Reason::TargetNotFound,
+        Reason::InvalidIdentity,
+        Reason::ReferenceNotFound,
+        Reason::IssueFailed,
+        Reason::RenderFailed,
+        Reason::NotOwned,
+        Reason::ApplyFailed,
+        Reason::Programmed,
+        Reason::Issued,
+        Reason::Applied,
+        Reason::IsolationDisabled,
+        Reason::Ready,
+    ];
+
+    /// The reason as written in a condition.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "Accepted",
+            Reason::Invalid => "Invalid",
+            Reason::Conflict => "Conflict",
+            Reason::NotAccepted => "NotAccepted",
+            Reason::Pending => "Pending",
+            Reason::TargetNotFound => "TargetNotFound",
+            Reason::InvalidIdentity => "InvalidIdentity",
+            Reason::ReferenceNotFound => "ReferenceNotFound",
+            Reason::IssueFailed => "IssueFailed",
+            Reason::RenderFailed => "RenderFailed",
+            Reason::NotOwned => "NotOwned",
+            Reason::ApplyFailed => "ApplyFailed",
+            Reason::Programmed => "Programmed",
+            Reason::Issued => "Issued",
+            Reason::Applied => "Applied",
+            Reason::IsolationDisabled => "IsolationDisabled",
+            Reason::Ready => "Ready",
+        }
+    }
+}
+
 /// `True`, `False` or `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -42,27 +128,27 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub state: State,
-    /// CamelCase reason (bounded set; also used as a metric/Event reason).
-    pub reason: &'static str,
+    /// Why (bounded set; also the Event reason).
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Verdict {
-    pub fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn ok(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::True,
             reason,
             message: message.into(),
         }
     }
-    pub fn fail(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn fail(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::False,
             reason,
             message: message.into(),
         }
     }
-    pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn unknown(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::Unknown,
             reason,
@@ -96,7 +182,7 @@ impl Outcome {
         .find(|(_, v)| v.state != State::True);
         match blocking {
             None => Verdict::ok(
-                READY,
+                Reason::Ready,
                 "gateway, certificates and network rules are in place",
             ),
             Some((kind, v)) => Verdict {
@@ -143,7 +229,7 @@ pub fn conditions(
             Condition {
                 type_: type_.to_string(),
                 status: v.state.as_str().to_string(),
-                reason: v.reason.to_string(),
+                reason: v.reason.as_str().to_string(),
                 message: v.message,
                 observed_generation: generation,
                 last_transition_time,
@@ -232,8 +318,9 @@ pub struct EventSummary {
 /// Summarizes `transitions` for an Event; `None` when nothing changed. NetworkIsolated turning
 /// False is expected (not a warning) when isolation is disabled on purpose.
 pub fn event_summary(transitions: &[Transition], isolation_disabled: bool) -> Option<EventSummary> {
-    let unexpected =
-        |t: &&Transition| t.to == "False" && !(t.type_ == NETWORK_ISOLATED && isolation_disabled);
+    let unexpected = |t: &&Transition| {
+        t.to == State::False.as_str() && !(t.type_ == NETWORK_ISOLATED && isolation_disabled)
+    };
     let first = transitions.first()?;
     let failing = transitions.iter().find(unexpected);
     let reason = failing
@@ -260,7 +347,7 @@ pub fn event_summary(transitions: &[Transition], isolation_disabled: bool) -> Op
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
+        .any(|c| c.type_ == type_ && c.status == State::True.as_str())
 }
 
 #[cfg(test)]
@@ -326,10 +413,10 @@ mod tests {
 
     fn all_ok() -> Outcome {
         Outcome {
-            accepted: Verdict::ok("Accepted", "valid"),
-            programmed: Verdict::ok("Programmed", "applied"),
-            certificates: Verdict::ok("Issued", "2 certificates"),
-            network: Verdict::ok("Applied", "1 NetworkPolicy"),
+            accepted: Verdict::ok(Reason::Accepted, "valid"),
+            programmed: Verdict::ok(Reason::Programmed, "applied"),
+            certificates: Verdict::ok(Reason::Issued, "2 certificates"),
+            network: Verdict::ok(Reason::Applied, "1 NetworkPolicy"),
             isolation_disabled: false,
         }
     }
@@ -338,18 +425,18 @@ mod tests {
     fn ready_needs_every_aspect_and_names_the_first_blocker() {
         assert_eq!(all_ok().ready().state, State::True);
         let mut o = all_ok();
-        o.programmed = Verdict::fail("TargetNotFound", "Service shop/payments not found");
-        o.network = Verdict::unknown("TargetNotFound", "waiting");
+        o.programmed = Verdict::fail(Reason::TargetNotFound, "Service shop/payments not found");
+        o.network = Verdict::unknown(Reason::TargetNotFound, "waiting");
         let r = o.ready();
         assert_eq!(r.state, State::False);
-        assert_eq!(r.reason, "TargetNotFound");
+        assert_eq!(r.reason, Reason::TargetNotFound);
         assert_eq!(r.message, "Programmed: Service shop/payments not found");
     }
 
     #[test]
     fn disabled_isolation_does_not_block_ready() {
         let mut o = all_ok();
-        o.network = Verdict::fail("IsolationDisabled", "network.isolation is None");
+        o.network = Verdict::fail(Reason::IsolationDisabled, "network.isolation is None");
         assert_eq!(o.ready().state, State::False);
         o.isolation_disabled = true;
         assert_eq!(o.ready().state, State::True);
@@ -361,12 +448,12 @@ mod tests {
         assert!(first.iter().all(|c| c.last_transition_time == t(100)));
         // Same statuses, new message and generation: times stay.
         let mut o = all_ok();
-        o.programmed = Verdict::ok("Programmed", "applied again");
+        o.programmed = Verdict::ok(Reason::Programmed, "applied again");
         let second = conditions(&o, &first, Some(2), &t(200));
         assert!(second.iter().all(|c| c.last_transition_time == t(100)));
         assert!(second.iter().all(|c| c.observed_generation == Some(2)));
         // A status change moves only that condition's time (and Ready's).
-        o.certificates = Verdict::fail("IssueFailed", "CA expired");
+        o.certificates = Verdict::fail(Reason::IssueFailed, "CA expired");
         let third = conditions(&o, &second, Some(2), &t(300));
         let time_of = |ty: &str| {
             third
@@ -403,12 +490,22 @@ mod tests {
     }
 
     #[test]
+    fn reasons_are_written_as_their_names() {
+        for r in Reason::ALL {
+            assert_eq!(r.as_str(), format!("{r:?}"));
+        }
+    }
+
+    #[test]
     fn transitions_list_status_changes_only() {
         let before = conditions(&all_ok(), &[], Some(1), &t(1));
         assert_eq!(transitions(&[], &before).len(), 5);
         assert!(transitions(&before, &before).is_empty());
         let mut o = all_ok();
-        o.accepted = Verdict::fail("Conflict", "older policy shop/a targets Service shop/api");
+        o.accepted = Verdict::fail(
+            Reason::Conflict,
+            "older policy shop/a targets Service shop/api",
+        );
         let after = conditions(&o, &before, Some(1), &t(2));
         let tr = transitions(&before, &after);
         let types: Vec<_> = tr.iter().map(|t| t.type_.as_str()).collect();

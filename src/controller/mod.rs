@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
@@ -32,7 +30,7 @@ use serde::de::DeserializeOwned;
 
 pub use gateway::{EnvoyRenderer, GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
 pub use metrics::{ControllerMetrics, Health};
-pub use reconcile::{ChildStores, Config, Context, InputStores};
+pub use reconcile::{ChildStores, Config, Context, ContextSettings, InputStores};
 
 use crate::api::ApiSecurityPolicy;
 use crate::api::names::labels::{MANAGED_BY, MANAGED_BY_VALUE};
@@ -325,6 +323,170 @@ fn policies_referencing_secret(
         .collect()
 }
 
+/// How a child kind's changes re-trigger policies: the policy its controller ownerRef names.
+fn owned_trigger<K>(
+    controller: Controller<ApiSecurityPolicy>,
+    stream: impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+    _policies: &Store<ApiSecurityPolicy>,
+) -> Controller<ApiSecurityPolicy>
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    controller.owns_stream(stream)
+}
+
+/// How ConfigMap changes re-trigger policies: [`config_map_owners`] (the shared trust bundle
+/// also triggers the namespace's current anchor).
+fn config_map_trigger(
+    controller: Controller<ApiSecurityPolicy>,
+    stream: impl futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>>
+    + Send
+    + 'static,
+    policies: &Store<ApiSecurityPolicy>,
+) -> Controller<ApiSecurityPolicy> {
+    let policies = policies.clone();
+    controller.watches_stream(stream, move |cm| config_map_owners(&policies, &cm))
+}
+
+/// The CA Secret: its cache, and a stream that ticks on every change.
+fn watch_ca_secret(
+    client: &kube::Client,
+    config: &Config,
+) -> (
+    Store<Secret>,
+    impl futures::Stream<Item = ()> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store::<Secret>();
+    let stream = watcher(
+        Api::<Secret>::namespaced(client.clone(), &config.operator_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", config.ca_secret)),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    (reader, stream)
+}
+
+/// Every Service (the targets), cached without status or managedFields.
+fn watch_services(
+    client: &kube::Client,
+) -> (
+    Store<Service>,
+    impl futures::Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store::<Service>();
+    let stream = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(slim_service)
+    .reflect(writer)
+    .touched_objects();
+    (reader, stream)
+}
+
+/// Every Pod reduced to labels and service account ([`pod_identity_changes`]).
+fn watch_pods(
+    client: &kube::Client,
+) -> (
+    Store<Pod>,
+    impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store::<Pod>();
+    let stream = pod_identity_changes(Api::<Pod>::all(client.clone()), reader.clone(), writer);
+    (reader, stream)
+}
+
+/// The controller over the policies, cached without managedFields or kubectl's last-applied
+/// copy.
+fn policy_controller(client: &kube::Client, config: &Config) -> Controller<ApiSecurityPolicy> {
+    let (reader, writer) = reflector::store::<ApiSecurityPolicy>();
+    let stream = watcher(
+        Api::<ApiSecurityPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p: &mut ApiSecurityPolicy| slim_meta(&mut p.metadata))
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(stream, reader).with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(config.concurrency)
+            .debounce(config.debounce),
+    )
+}
+
+/// Adds the triggers of what policies read: their target Service, the pods behind it, the
+/// other policies, the Secrets they name, and the CA Secret.
+fn with_input_triggers(
+    controller: Controller<ApiSecurityPolicy>,
+    client: &kube::Client,
+    services: (
+        Store<Service>,
+        impl futures::Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
+    ),
+    pods: impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+    ca: impl futures::Stream<Item = ()> + Send + 'static,
+) -> Controller<ApiSecurityPolicy> {
+    let policies = controller.store();
+    let by_service = policies.clone();
+    let by_policy = policies.clone();
+    let by_secret = policies.clone();
+    let by_pod = policies;
+    let (services_for_pods, service_stream) = services;
+    controller
+        // A policy waiting for its Service reconciles when the Service appears or changes.
+        .watches_stream(service_stream, move |svc| {
+            policies_targeting(&by_service, svc.namespace(), &svc.name_any())
+        })
+        // A new pod behind the target, or a new service account: a new target certificate.
+        .watches_stream(pods, move |pod| {
+            policies_selecting(&by_pod, &services_for_pods, &pod)
+        })
+        // When a policy goes away or changes target, the others on its Service re-decide
+        // the conflict, and a deleted bundle anchor hands the trust bundle on.
+        .watches_stream(
+            policy_events(Api::<ApiSecurityPolicy>::all(client.clone())),
+            move |p| policies_affected_by(&by_policy, &p),
+        )
+        // Secrets a policy names (API keys, JWKS, serving certificate): metadata only.
+        .watches_stream(
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |s| policies_referencing_secret(&by_secret, s.namespace(), &s.name_any()),
+        )
+        .reconcile_all_on(ca)
+}
+
+/// Marks `health` ready once every cache has listed.
+async fn mark_synced(
+    health: Arc<Health>,
+    policies: Store<ApiSecurityPolicy>,
+    children: ChildStores,
+    inputs: InputStores,
+    ca_secret: Store<Secret>,
+) {
+    let (policies_ok, children_ok, others) = tokio::join!(
+        policies.wait_until_ready(),
+        children.wait_until_ready(),
+        futures::future::join_all([
+            ca_secret.wait_until_ready().boxed(),
+            inputs.services.wait_until_ready().boxed(),
+            inputs.pods.wait_until_ready().boxed(),
+        ]),
+    );
+    if policies_ok.is_ok() && children_ok && others.iter().all(Result::is_ok) {
+        health.set_caches_synced();
+        tracing::info!("controller caches synced");
+    }
+}
+
 /// Runs the reconcile loop until `stop` resolves (graceful: running reconciles finish).
 /// Marks `health` ready once every cache has synced.
 pub async fn run_controller(
@@ -336,139 +498,34 @@ pub async fn run_controller(
     reporter: Reporter,
     stop: Shutdown,
 ) {
-    let policies_api = Api::<ApiSecurityPolicy>::all(client.clone());
-    let (config_maps, cm_stream) = child_reflector::<ConfigMap>(&client);
-    let (secrets, secret_stream) = child_reflector::<Secret>(&client);
-    let (deployments, deploy_stream) = child_reflector::<Deployment>(&client);
-    let (services, svc_stream) = child_reflector::<Service>(&client);
-    let (network_policies, np_stream) = child_reflector::<NetworkPolicy>(&client);
-
-    // The CA Secret: cached, and any change re-reconciles every policy.
-    let (ca_reader, ca_writer) = reflector::store::<Secret>();
-    let ca_stream = watcher(
-        Api::<Secret>::namespaced(client.clone(), &config.operator_namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", config.ca_secret)),
-    )
-    .default_backoff()
-    .reflect(ca_writer)
-    .touched_objects()
-    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
-
-    // Every Service (the targets), and every Pod reduced to labels + service account.
-    let (target_reader, target_writer) = reflector::store::<Service>();
-    let target_services = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim_service)
-    .reflect(target_writer)
-    .touched_objects();
-    let (pod_reader, pod_writer) = reflector::store::<Pod>();
-    let pod_stream = pod_identity_changes(
-        Api::<Pod>::all(client.clone()),
-        pod_reader.clone(),
-        pod_writer,
-    );
-
-    // The policies, cached without managedFields or kubectl's last-applied copy.
-    let (policy_reader, policy_writer) = reflector::store::<ApiSecurityPolicy>();
-    let policy_stream = watcher(policies_api.clone(), watcher::Config::default())
-        .default_backoff()
-        .modify(|p: &mut ApiSecurityPolicy| slim_meta(&mut p.metadata))
-        .reflect(policy_writer)
-        .applied_objects();
-    let controller = Controller::for_stream(policy_stream, policy_reader).with_config(
-        kube::runtime::controller::Config::default()
-            .concurrency(config.concurrency)
-            .debounce(config.debounce),
-    );
+    let (ca_secret, ca_stream) = watch_ca_secret(&client, &config);
+    let (services, service_stream) = watch_services(&client);
+    let (pods, pod_stream) = watch_pods(&client);
+    let controller = policy_controller(&client, &config);
     let policies = controller.store();
-    let by_service = policies.clone();
-    let by_policy = policies.clone();
-    let by_secret = policies.clone();
-    let by_config_map = policies.clone();
-    let by_pod = policies.clone();
-    let services_for_pods = target_reader.clone();
-    let controller = controller
-        .watches_stream(cm_stream, move |cm| config_map_owners(&by_config_map, &cm))
-        .owns_stream(secret_stream)
-        .owns_stream(deploy_stream)
-        .owns_stream(svc_stream)
-        .owns_stream(np_stream)
-        // A policy waiting for its Service reconciles when the Service appears or changes.
-        .watches_stream(target_services, move |svc| {
-            policies_targeting(&by_service, svc.namespace(), &svc.name_any())
-        })
-        // A new pod behind the target, or a new service account: a new target certificate.
-        .watches_stream(pod_stream, move |pod| {
-            policies_selecting(&by_pod, &services_for_pods, &pod)
-        })
-        // When a policy goes away or changes target, the others on its Service re-decide
-        // the conflict, and a deleted bundle anchor hands the trust bundle on.
-        .watches_stream(policy_events(policies_api), move |p| {
-            policies_affected_by(&by_policy, &p)
-        })
-        // Secrets a policy names (API keys, JWKS, serving certificate): metadata only.
-        .watches_stream(
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .touched_objects(),
-            move |s| policies_referencing_secret(&by_secret, s.namespace(), &s.name_any()),
-        )
-        .reconcile_all_on(ca_stream)
-        .graceful_shutdown_on(stop);
-
-    let children = ChildStores {
-        config_maps,
-        secrets,
-        deployments,
-        services,
-        network_policies,
-    };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
+    let (children, controller) = ChildStores::watch(&client, controller, &policies);
+    let controller = with_input_triggers(
+        controller,
+        &client,
+        (services.clone(), service_stream),
+        pod_stream,
+        ca_stream,
+    )
+    .graceful_shutdown_on(stop);
+    let inputs = InputStores { services, pods };
+    let ctx = Arc::new(Context::new(ContextSettings {
+        client: client.clone(),
         config,
         renderer,
-        policies.clone(),
-        children.clone(),
-        InputStores {
-            services: target_reader.clone(),
-            pods: pod_reader.clone(),
-        },
-        ca_reader.clone(),
-        Some(Recorder::new(client, reporter)),
+        policies: policies.clone(),
+        children: children.clone(),
+        inputs: inputs.clone(),
+        ca_secret: ca_secret.clone(),
+        recorder: Some(Recorder::new(client, reporter)),
         metrics,
-        health.clone(),
-    ));
-
-    let synced = {
-        let health = health.clone();
-        async move {
-            let waits = [
-                policies.wait_until_ready().boxed(),
-                children.config_maps.wait_until_ready().boxed(),
-                children.secrets.wait_until_ready().boxed(),
-                children.deployments.wait_until_ready().boxed(),
-                children.services.wait_until_ready().boxed(),
-                children.network_policies.wait_until_ready().boxed(),
-                ca_reader.wait_until_ready().boxed(),
-                target_reader.wait_until_ready().boxed(),
-                pod_reader.wait_until_ready().boxed(),
-            ];
-            if futures::future::join_all(waits)
-                .await
-                .iter()
-                .all(Result::is_ok)
-            {
-                health.set_caches_synced();
-                tracing::info!("controller caches synced");
-            }
-        }
-    };
+        health: health.clone(),
+    }));
+    let synced = mark_synced(health, policies, children, inputs, ca_secret);
     let run = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use apiguard::api::{ApiSecurityPolicy, ApiSecurityPolicySpec};
 use apiguard::controller::gateway::{GatewayInput, GatewayObjects, GatewayRenderer, RenderError};
-use apiguard::controller::reconcile::{self, ChildStores, Config, Context, InputStores};
+use apiguard::controller::reconcile::{
+    self, ChildStores, Config, Context, ContextSettings, InputStores,
+};
 use apiguard::controller::{ControllerMetrics, Health};
 use apiguard::identity::CertificateAuthority;
 use apiguard::identity::secrets::ca_secret;
@@ -222,9 +224,9 @@ fn harness(objects: Vec<(String, Value)>) -> Harness {
     let (services, _svw) = reflector::store();
     let (network_policies, np_writer) = reflector::store::<PartialObjectMeta<NetworkPolicy>>();
     let metrics = Arc::new(ControllerMetrics::default());
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(Context::new(ContextSettings {
         client,
-        Config {
+        config: Config {
             operator_namespace: OP_NS.into(),
             trust_domain: "cluster.local".into(),
             ca_secret: "apiguard-ca".into(),
@@ -233,24 +235,24 @@ fn harness(objects: Vec<(String, Value)>) -> Harness {
             debounce: apiguard::controller::Config::DEFAULT_DEBOUNCE,
             ca_rotation_propagation: apiguard::controller::Config::DEFAULT_CA_ROTATION_PROPAGATION,
         },
-        Arc::new(TestRenderer),
+        renderer: Arc::new(TestRenderer),
         policies,
-        ChildStores {
+        children: ChildStores {
             config_maps,
             secrets,
             deployments,
             services,
             network_policies,
         },
-        InputStores {
+        inputs: InputStores {
             services: services_in,
             pods: pods_in,
         },
-        ca_reader,
-        None,
-        metrics.clone(),
-        Arc::new(Health::default()),
-    ));
+        ca_secret: ca_reader,
+        recorder: None,
+        metrics: metrics.clone(),
+        health: Arc::new(Health::default()),
+    }));
     Harness {
         ctx,
         api,

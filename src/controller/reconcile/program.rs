@@ -1,0 +1,493 @@
+//! Programming an accepted policy, phase by phase, each returning values: inputs (target,
+//! CA) -> identities -> references -> certificates -> render -> apply -> prune -> conditions.
+//! A phase that cannot go on returns a [`Stop`]: one condition fails for a reason, and the
+//! aspects after it wait (Unknown) for the same reason.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use time::OffsetDateTime;
+
+use super::children::{ChildSet, Group};
+use super::inputs::{self, References};
+use super::{Context, Error, RESYNC};
+use crate::api::names::{gateway_identity_secret_name, gateway_name, target_identity_secret_name};
+use crate::api::{ApiSecurityPolicy, CertificateStatus, EastWestMtls, GatewayStatus, Isolation};
+use crate::controller::certs::{self, Leaf};
+use crate::controller::conditions::{Outcome, Reason, State, Verdict};
+use crate::controller::gateway::{GatewayInput, GatewayObjects, ServingCertificate};
+use crate::controller::ownership;
+use crate::identity::secrets::{leaf_secret, trust_bundle_configmap};
+use crate::identity::{CertificateAuthority, ExpectedIdentity, IssuedLeaf, SpiffeId};
+
+/// Which condition a [`Stop`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aspect {
+    Programmed,
+    Certificates,
+}
+
+/// Why programming stopped before applying anything.
+#[derive(Debug)]
+pub(super) struct Stop {
+    aspect: Aspect,
+    reason: Reason,
+    message: String,
+}
+
+impl Stop {
+    /// `Programmed` fails; certificates and network wait.
+    pub(super) fn programmed(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            aspect: Aspect::Programmed,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// `CertificatesReady` fails; gateway and network wait.
+    fn certificates(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            aspect: Aspect::Certificates,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn outcome(self, accepted: Verdict, isolation_disabled: bool) -> Outcome {
+        let failed = Verdict::fail(self.reason, self.message.clone());
+        let waiting = Verdict::unknown(self.reason, self.message);
+        let (programmed, certificates) = match self.aspect {
+            Aspect::Programmed => (failed, waiting.clone()),
+            Aspect::Certificates => (waiting.clone(), failed),
+        };
+        Outcome {
+            accepted,
+            programmed,
+            certificates,
+            network: waiting,
+            isolation_disabled,
+        }
+    }
+}
+
+/// Why a phase did not return: a condition to report, or an error to retry.
+#[derive(Debug)]
+pub(super) enum Halt {
+    Stop(Stop),
+    Failed(Error),
+}
+
+impl From<Stop> for Halt {
+    fn from(s: Stop) -> Self {
+        Halt::Stop(s)
+    }
+}
+
+impl From<Error> for Halt {
+    fn from(e: Error) -> Self {
+        Halt::Failed(e)
+    }
+}
+
+/// What reconciling a policy produced, for its status, metrics and next look.
+pub(super) struct Programmed {
+    pub(super) outcome: Outcome,
+    pub(super) gateway_status: Option<GatewayStatus>,
+    pub(super) cert_status: Vec<CertificateStatus>,
+    /// notAfter (Unix seconds) of each certificate, by identity kind.
+    pub(super) expiries: Vec<(&'static str, i64)>,
+    pub(super) requeue: Duration,
+    /// Children that could not be applied.
+    pub(super) failures: usize,
+}
+
+impl Programmed {
+    /// Nothing applied: only the conditions say something.
+    pub(super) fn nothing_applied(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            gateway_status: None,
+            cert_status: Vec::new(),
+            expiries: Vec::new(),
+            requeue: RESYNC,
+            failures: 0,
+        }
+    }
+}
+
+/// Programs an accepted policy (`owner`: its controller reference).
+pub(super) async fn program(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+    owner: &OwnerReference,
+    accepted: Verdict,
+    now: OffsetDateTime,
+) -> Result<Programmed, Error> {
+    let isolation_disabled = policy.spec.network().isolation == Isolation::None;
+    match phases(ctx, policy, owner, now).await {
+        Ok(done) => Ok(conditions(policy, accepted, isolation_disabled, done, now)),
+        Err(Halt::Stop(stop)) => Ok(Programmed::nothing_applied(
+            stop.outcome(accepted, isolation_disabled),
+        )),
+        Err(Halt::Failed(e)) => Err(e),
+    }
+}
+
+/// What the phases up to pruning leave for the conditions.
+struct Done<'a> {
+    children: ChildSet<'a>,
+    certificates: Certificates,
+    config_hash: String,
+    gateway_service: String,
+}
+
+async fn phases<'a>(
+    ctx: &'a Context,
+    policy: &'a ApiSecurityPolicy,
+    owner: &'a OwnerReference,
+    now: OffsetDateTime,
+) -> Result<Done<'a>, Halt> {
+    let target = inputs::target(ctx, policy)?;
+    let ca = ctx.ca(now)?;
+    let pods = ctx.inputs.pods.state();
+    let target_sa = inputs::target_service_account(&target, pods.iter().map(|p| p.as_ref()));
+    let identities = identities(ctx, policy, &target_sa)?;
+    let references = inputs::fetch_references(ctx, policy).await?;
+    let certificates =
+        certificates(ctx, policy, &target, &identities, &references, &ca, now).await?;
+    let bundle = ca.roots_pem();
+    let rendered = render(
+        ctx,
+        policy,
+        &target,
+        &identities,
+        &references,
+        &certificates,
+        &bundle,
+    )?;
+    let config_hash = rendered.config_hash.clone();
+    let gateway_service = rendered.gateway_service.clone();
+    let children = apply(ctx, policy, owner, rendered, &certificates, &bundle).await;
+    children.prune_orphans().await?;
+    Ok(Done {
+        children,
+        certificates,
+        config_hash,
+        gateway_service,
+    })
+}
+
+/// The SPIFFE IDs of the gateway and of the target's service account.
+struct Identities {
+    gateway: SpiffeId,
+    target: SpiffeId,
+}
+
+fn identities(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+    target_sa: &str,
+) -> Result<Identities, Stop> {
+    let ns = policy.namespace().unwrap_or_default();
+    let td = &ctx.config.trust_domain;
+    let gateway = SpiffeId::new(td, &ns, &gateway_name(&policy.name_any()));
+    let target = SpiffeId::new(td, &ns, target_sa);
+    match (gateway, target) {
+        (Ok(gateway), Ok(target)) => Ok(Identities { gateway, target }),
+        (Err(e), _) | (_, Err(e)) => {
+            Err(Stop::certificates(Reason::InvalidIdentity, e.to_string()))
+        }
+    }
+}
+
+/// A leaf of one workload identity and the Secret that stores it.
+struct IdentityLeaf {
+    /// `gateway` or `workload` (the metric label).
+    kind: &'static str,
+    secret: String,
+    /// The Secret's metadata as this reconcile read it (`None`: it does not exist).
+    existing: Option<ObjectMeta>,
+    leaf: Leaf,
+}
+
+/// The policy's leaves: the gateway's, and the target's unless east-west mTLS is disabled.
+struct Certificates {
+    gateway: IdentityLeaf,
+    workload: Option<IdentityLeaf>,
+}
+
+impl Certificates {
+    fn all(&self) -> impl Iterator<Item = &IdentityLeaf> {
+        std::iter::once(&self.gateway).chain(self.workload.as_ref())
+    }
+}
+
+/// Keeps each stored leaf that is still good, or issues a new one.
+async fn certificates(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+    target: &Service,
+    ids: &Identities,
+    refs: &References,
+    ca: &CertificateAuthority,
+    now: OffsetDateTime,
+) -> Result<Certificates, Halt> {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    // Without a user-supplied serving certificate the gateway leaf also serves `hosts`.
+    let mut gateway_dns = certs::service_dns_names(&gateway_name(&name), &ns);
+    if refs.serving.is_none() {
+        gateway_dns.extend(policy.spec.hosts.iter().cloned());
+    }
+    let expected_gateway = ExpectedIdentity {
+        spiffe_id: ids.gateway.clone(),
+        dns_names: gateway_dns,
+    };
+    let gateway = leaf(
+        ctx,
+        &ns,
+        "gateway",
+        gateway_identity_secret_name(&name),
+        &expected_gateway,
+        ca,
+        now,
+    )
+    .await?;
+    let workload = if policy.spec.east_west().mtls != EastWestMtls::Disabled {
+        let expected_target = ExpectedIdentity {
+            spiffe_id: ids.target.clone(),
+            dns_names: certs::service_dns_names(&target.name_any(), &ns),
+        };
+        let secret = target_identity_secret_name(&name);
+        Some(leaf(ctx, &ns, "workload", secret, &expected_target, ca, now).await?)
+    } else {
+        None
+    };
+    Ok(Certificates { gateway, workload })
+}
+
+/// Reads the Secret of one identity and keeps or issues its leaf.
+async fn leaf(
+    ctx: &Context,
+    ns: &str,
+    kind: &'static str,
+    secret: String,
+    expected: &ExpectedIdentity,
+    ca: &CertificateAuthority,
+    now: OffsetDateTime,
+) -> Result<IdentityLeaf, Halt> {
+    let existing = inputs::read_secret(ctx, ns, &secret).await?;
+    let lifetime = ctx.config.leaf_lifetime;
+    let leaf = certs::plan_leaf(existing.as_ref(), expected, ca, lifetime, now)
+        .map_err(|e| Stop::certificates(Reason::IssueFailed, e.to_string()))?;
+    Ok(IdentityLeaf {
+        kind,
+        secret,
+        existing: existing.map(|s| s.metadata),
+        leaf,
+    })
+}
+
+/// The gateway and network objects, from the pure renderer.
+fn render(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+    target: &Service,
+    ids: &Identities,
+    refs: &References,
+    certificates: &Certificates,
+    bundle: &str,
+) -> Result<GatewayObjects, Stop> {
+    let gateway_leaf = &certificates.gateway.leaf;
+    let serving = refs.serving.clone().unwrap_or_else(|| ServingCertificate {
+        cert_pem: gateway_leaf.cert_pem.clone(),
+        key_pem: gateway_leaf.key_pem.clone(),
+    });
+    ctx.renderer
+        .render(&GatewayInput {
+            policy,
+            target,
+            gateway_leaf,
+            target_identity: &ids.target,
+            trust_bundle_pem: bundle,
+            serving: &serving,
+            // The operator's roots verify client certificates whenever the renderer asks for
+            // them (`tls.clientCertificate`, or implied by `authentication.mtls.allowedClients`).
+            client_ca_pem: Some(bundle),
+            upstream_mtls: certificates.workload.is_some(),
+            api_keys: &refs.api_keys,
+            jwks_from_secret: &refs.jwks,
+        })
+        .map_err(|e| Stop::programmed(Reason::RenderFailed, e.to_string()))
+}
+
+/// Applies every child: certificates first (the gateway mounts them), then the gateway, then
+/// the network.
+async fn apply<'a>(
+    ctx: &'a Context,
+    policy: &'a ApiSecurityPolicy,
+    owner: &'a OwnerReference,
+    rendered: GatewayObjects,
+    certificates: &Certificates,
+    bundle: &str,
+) -> ChildSet<'a> {
+    let ns = policy.namespace().unwrap_or_default();
+    let mut children = ChildSet::new(ctx, policy, owner);
+    for l in certificates.all() {
+        children.already_read::<Secret>(&l.secret, l.existing.clone());
+    }
+    for s in rendered.secrets {
+        children.add(Group::Gateway, s).await;
+    }
+    for l in certificates.all() {
+        let secret = leaf_secret(&l.secret, &ns, &leaf_as_issued(&l.leaf), None);
+        children.add(Group::Certificates, secret).await;
+    }
+    children
+        .add_shared(
+            Group::Certificates,
+            trust_bundle(ctx, policy, owner, bundle),
+        )
+        .await;
+    for cm in rendered.config_maps {
+        children.add(Group::Gateway, cm).await;
+    }
+    for d in rendered.deployments {
+        children.add(Group::Gateway, d).await;
+    }
+    for s in rendered.services {
+        children.add(Group::Gateway, s).await;
+    }
+    for np in rendered.network_policies {
+        children.add(Group::Network, np).await;
+    }
+    children
+}
+
+/// The namespace's trust bundle, shared by every policy in it. Its one owner reference is the
+/// namespace's oldest policy (`bundle_anchor`): the ConfigMap lives as long as that policy, and
+/// when it goes, the next oldest takes the bundle over (the policy watch maps a deletion to the
+/// new anchor).
+fn trust_bundle(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+    owner: &OwnerReference,
+    bundle: &str,
+) -> k8s_openapi::api::core::v1::ConfigMap {
+    let ns = policy.namespace().unwrap_or_default();
+    let mut cm = trust_bundle_configmap(&ns, bundle, None);
+    let all = ctx.policies.state();
+    let anchor = ownership::bundle_anchor(&ns, all.iter().map(|p| p.as_ref()))
+        .and_then(|p| p.controller_owner_ref(&()))
+        .unwrap_or_else(|| owner.clone());
+    cm.metadata.owner_references = Some(vec![OwnerReference {
+        controller: Some(false),
+        ..anchor
+    }]);
+    cm
+}
+
+/// Verdicts, status details, and the next look at the certificates.
+fn conditions(
+    policy: &ApiSecurityPolicy,
+    accepted: Verdict,
+    isolation_disabled: bool,
+    done: Done<'_>,
+    now: OffsetDateTime,
+) -> Programmed {
+    let Done {
+        children,
+        certificates,
+        config_hash,
+        gateway_service,
+    } = done;
+    let ns = policy.namespace().unwrap_or_default();
+    let programmed = children.verdict(
+        Group::Gateway,
+        Reason::Programmed,
+        format!("gateway Service {ns}/{gateway_service} configured (config {config_hash})"),
+    );
+    let gateway_status = (programmed.state == State::True).then_some(GatewayStatus {
+        service: gateway_service,
+        config_hash,
+    });
+    let leaves: Vec<&IdentityLeaf> = certificates.all().collect();
+    let earliest_renewal = leaves.iter().map(|l| l.leaf.renew_at).min();
+    let certificates_verdict = children.verdict(
+        Group::Certificates,
+        Reason::Issued,
+        format!(
+            "{} certificate(s) valid; next renewal at {}",
+            leaves.len(),
+            earliest_renewal.map(not_after_rfc3339).unwrap_or_default()
+        ),
+    );
+    let mut cert_status = Vec::new();
+    let mut expiries = Vec::new();
+    for l in &leaves {
+        cert_status.push(CertificateStatus {
+            spiffe_id: l.leaf.spiffe_id.uri(),
+            secret: l.secret.clone(),
+            not_after: not_after_rfc3339(l.leaf.not_after),
+        });
+        expiries.push((l.kind, l.leaf.not_after.unix_timestamp()));
+        if let Some(reason) = l.leaf.reissued {
+            tracing::info!(
+                policy.namespace = ns,
+                policy.name = policy.name_any(),
+                spiffe_id = l.leaf.spiffe_id.uri(),
+                reason = reason.as_str(),
+                "issued certificate"
+            );
+        }
+    }
+    let requeue = earliest_renewal.map_or(RESYNC, |at| RESYNC.min(certs::until(at, now)));
+    let network = if isolation_disabled {
+        Verdict::fail(
+            Reason::IsolationDisabled,
+            "spec.network.isolation is None: the API's pods accept traffic from anywhere",
+        )
+    } else {
+        children.verdict(
+            Group::Network,
+            Reason::Applied,
+            format!(
+                "{} NetworkPolicy object(s) isolate the API's pods",
+                children.count(Group::Network)
+            ),
+        )
+    };
+    Programmed {
+        outcome: Outcome {
+            accepted,
+            programmed,
+            certificates: certificates_verdict,
+            network,
+            isolation_disabled,
+        },
+        gateway_status,
+        cert_status,
+        expiries,
+        requeue,
+        failures: children.failures(),
+    }
+}
+
+fn not_after_rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn leaf_as_issued(leaf: &Leaf) -> IssuedLeaf {
+    IssuedLeaf {
+        cert_pem: leaf.cert_pem.clone(),
+        key_pem: leaf.key_pem.clone(),
+        ca_bundle_pem: leaf.ca_pem.clone(),
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        spiffe_id: leaf.spiffe_id.clone(),
+    }
+}
