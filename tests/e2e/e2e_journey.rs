@@ -181,7 +181,23 @@ fn a_user_installs_apiguard_and_insecure_manifests_are_refused() {
             // Ingress once its cache has the policy created just before it.
             let real = poll_until(
                 Duration::from_secs(15),
-                || apply_file(cp, &file, false),
+                || {
+                    let answer = apply_file(cp, &file, false);
+                    if answer.ok {
+                        // Admitted before the cache had the policy: remove the Ingress so the
+                        // next attempt creates it again (re-applying an unchanged object sends
+                        // the apiserver nothing, and the webhook would never be asked again).
+                        cp.kubectl_ok([
+                            "delete",
+                            "ingress",
+                            "payments-direct",
+                            "-n",
+                            "shop",
+                            "--ignore-not-found",
+                        ]);
+                    }
+                    answer
+                },
                 |a| !a.ok,
             );
             assert_refused(&real, rule, &name);
