@@ -200,7 +200,7 @@ fn make_pass_through(gateway: &Gateway) {
         .expect("vhost")
         .remove("typed_per_filter_config");
     hcm.as_object_mut().expect("hcm").remove("access_log");
-    apiguard::render::cli::write_atomic(
+    apiguard::cli::render::write_atomic(
         &path,
         serde_json::to_string_pretty(&lds).expect("json").as_bytes(),
         0o644,

@@ -3,7 +3,7 @@
 //! Every object of the run is reviewed against a view built from all objects of the same run
 //! (so an Ingress is checked against the ApiSecurityPolicies and Services next to it). Output
 //! as text, JSON (`{"findings":[...],"skipped":[...],"errors":[...],"summary":{...}}`) or
-//! SARIF 2.1.0 ([`report`]). What is read, skipped or refused is decided in [`load`]. Exit
+//! SARIF 2.1.0 ([`report`]). What is read, skipped or refused is decided in [`mod@load`]. Exit
 //! codes: 0 no deny-level finding, 1 at least one, 2 usage error or a file that could not be
 //! linted (the report still covers every other file).
 

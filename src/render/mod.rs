@@ -9,9 +9,9 @@
 //! - [`envoy`]: bootstrap + file-based dynamic resources (LDS/CDS with `watched_directory`).
 //! - [`network`]: NetworkPolicies around the target's pods.
 //! - [`objects`]: ConfigMap, Secret, Deployment and Service of the gateway.
-//! - [`cli`]: `apiguard render`.
+//!
+//! The `apiguard render` subcommand lives with the command line, in `crate::cli::render`.
 
-pub mod cli;
 pub mod envoy;
 pub mod network;
 pub mod objects;

@@ -4,7 +4,7 @@
 
 use super::objects::{gateway_pod_labels, meta};
 use super::{RenderError, policy_ref};
-use crate::api::{ApiSecurityPolicy, Isolation};
+use crate::api::{ApiSecurityPolicy, Isolation, Network};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -24,162 +24,18 @@ pub fn target_network_policy(
     policy: &ApiSecurityPolicy,
     service: &Service,
 ) -> Result<Option<NetworkPolicy>, RenderError> {
-    let spec = &policy.spec;
-    let network = spec.network();
-    let invalid = |field: &str, message: String| RenderError::Invalid {
-        policy: policy_ref(policy),
-        field: field.to_string(),
-        message,
-    };
-    let selector = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.clone())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            invalid(
-                "spec.target.service",
-                format!(
-                    "Service {} has no pod selector; its pods cannot be isolated",
-                    spec.target.service
-                ),
-            )
-        })?;
-    let ns = policy
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let target_port = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .and_then(|ports| {
-            ports.iter().find(|p| match &spec.target.port {
-                IntOrString::Int(n) => p.port == *n,
-                IntOrString::String(name) => p.name.as_deref() == Some(name),
-            })
-        })
-        .map(|p| p.target_port.clone().unwrap_or(IntOrString::Int(p.port)))
-        .ok_or_else(|| {
-            invalid(
-                "spec.target.port",
-                format!("Service {} has no such port", spec.target.service),
-            )
-        })?;
-
+    let selector = target_pod_selector(policy, service)?;
+    let target_port = target_pod_port(policy, service)?;
+    let network = policy.spec.network();
+    let ingress = (network.isolation == Isolation::Strict)
+        .then(|| vec![ingress_from_gateway_and_callers(policy, target_port)]);
+    let egress = egress_rules(policy, &network)?;
     let mut types = Vec::new();
-    let mut ingress = None;
-    if network.isolation == Isolation::Strict {
+    if ingress.is_some() {
         types.push("Ingress".to_string());
-        let mut from = vec![NetworkPolicyPeer {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(gateway_pod_labels(policy)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }];
-        // NetworkPolicies cannot select by service account: callers are admitted by namespace
-        // here, and the service account is checked by east-west mTLS (SPIFFE ID).
-        let mut namespaces: Vec<String> = spec
-            .east_west()
-            .allowed_callers
-            .iter()
-            .map(|c| c.namespace.clone().unwrap_or_else(|| ns.clone()))
-            .collect();
-        namespaces.sort();
-        namespaces.dedup();
-        for caller_ns in namespaces {
-            from.push(NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        "kubernetes.io/metadata.name".to_string(),
-                        caller_ns,
-                    )])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-        }
-        ingress = Some(vec![NetworkPolicyIngressRule {
-            from: Some(from),
-            ports: Some(vec![NetworkPolicyPort {
-                port: Some(target_port),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        }]);
     }
-
-    let mut egress = None;
-    if !network.egress_allow_cidrs.is_empty() {
+    if egress.is_some() {
         types.push("Egress".to_string());
-        let except = |cidr: &str| -> Option<Vec<String>> {
-            if !network.deny_metadata_egress {
-                return None;
-            }
-            let v6 = cidr.contains(':');
-            let m = if v6 { METADATA_V6 } else { METADATA_V4 };
-            Some(vec![m.to_string()]).filter(|_| cidr_contains(cidr, m))
-        };
-        let mut to = Vec::new();
-        for (i, c) in network.egress_allow_cidrs.iter().enumerate() {
-            if !c.contains('/') {
-                return Err(invalid(
-                    &format!("spec.network.egressAllowCIDRs[{i}]"),
-                    format!("{c:?} is not a CIDR"),
-                ));
-            }
-            to.push(NetworkPolicyPeer {
-                ip_block: Some(IPBlock {
-                    cidr: c.clone(),
-                    except: except(c),
-                }),
-                ..Default::default()
-            });
-        }
-        let dns_ports = ["UDP", "TCP"]
-            .iter()
-            .map(|p| NetworkPolicyPort {
-                port: Some(IntOrString::Int(53)),
-                protocol: Some(p.to_string()),
-                ..Default::default()
-            })
-            .collect();
-        egress = Some(vec![
-            NetworkPolicyEgressRule {
-                to: Some(to),
-                ports: None,
-            },
-            NetworkPolicyEgressRule {
-                to: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(LabelSelector::default()),
-                    ..Default::default()
-                }]),
-                ports: Some(dns_ports),
-            },
-        ]);
-    } else if network.deny_metadata_egress {
-        types.push("Egress".to_string());
-        egress = Some(vec![NetworkPolicyEgressRule {
-            to: Some(vec![
-                NetworkPolicyPeer {
-                    ip_block: Some(IPBlock {
-                        cidr: "0.0.0.0/0".into(),
-                        except: Some(vec![METADATA_V4.into()]),
-                    }),
-                    ..Default::default()
-                },
-                NetworkPolicyPeer {
-                    ip_block: Some(IPBlock {
-                        cidr: "::/0".into(),
-                        except: Some(vec![METADATA_V6.into()]),
-                    }),
-                    ..Default::default()
-                },
-            ]),
-            ports: None,
-        }]);
     }
     if types.is_empty() {
         return Ok(None);
@@ -196,6 +52,218 @@ pub fn target_network_policy(
             egress,
         }),
     }))
+}
+
+fn invalid(policy: &ApiSecurityPolicy, field: &str, message: String) -> RenderError {
+    RenderError::Invalid {
+        policy: policy_ref(policy),
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// The target Service's pod selector (the target's pods); an error when it has none.
+fn target_pod_selector(
+    policy: &ApiSecurityPolicy,
+    service: &Service,
+) -> Result<BTreeMap<String, String>, RenderError> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                policy,
+                "spec.target.service",
+                format!(
+                    "Service {} has no pod selector; its pods cannot be isolated",
+                    policy.spec.target.service
+                ),
+            )
+        })
+}
+
+/// The pods' port behind the Service port `spec.target.port` (its `targetPort`, else the port).
+fn target_pod_port(
+    policy: &ApiSecurityPolicy,
+    service: &Service,
+) -> Result<IntOrString, RenderError> {
+    let spec = &policy.spec;
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| {
+            ports.iter().find(|p| match &spec.target.port {
+                IntOrString::Int(n) => p.port == *n,
+                IntOrString::String(name) => p.name.as_deref() == Some(name),
+            })
+        })
+        .map(|p| p.target_port.clone().unwrap_or(IntOrString::Int(p.port)))
+        .ok_or_else(|| {
+            invalid(
+                policy,
+                "spec.target.port",
+                format!("Service {} has no such port", spec.target.service),
+            )
+        })
+}
+
+/// Ingress to the target port from the gateway pods and from the namespaces of
+/// `eastWest.allowedCallers` (sorted, deduplicated).
+fn ingress_from_gateway_and_callers(
+    policy: &ApiSecurityPolicy,
+    target_port: IntOrString,
+) -> NetworkPolicyIngressRule {
+    let mut from = vec![NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(gateway_pod_labels(policy)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    from.extend(caller_namespaces(policy).into_iter().map(namespace_peer));
+    NetworkPolicyIngressRule {
+        from: Some(from),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(target_port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// The namespaces of `eastWest.allowedCallers` (the policy's own when a caller names none),
+/// sorted and deduplicated. NetworkPolicies cannot select by service account: callers are
+/// admitted by namespace here, and the service account is checked by east-west mTLS (SPIFFE ID).
+fn caller_namespaces(policy: &ApiSecurityPolicy) -> Vec<String> {
+    let ns = policy
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut namespaces: Vec<String> = policy
+        .spec
+        .east_west()
+        .allowed_callers
+        .iter()
+        .map(|c| c.namespace.clone().unwrap_or_else(|| ns.clone()))
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
+/// Every pod of namespace `ns`.
+fn namespace_peer(ns: String) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                ns,
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Egress: only `network.egressAllowCIDRs` and DNS when CIDRs are listed; else everything but
+/// the metadata endpoints when `denyMetadataEgress`; else None (egress not restricted).
+fn egress_rules(
+    policy: &ApiSecurityPolicy,
+    network: &Network,
+) -> Result<Option<Vec<NetworkPolicyEgressRule>>, RenderError> {
+    if !network.egress_allow_cidrs.is_empty() {
+        Ok(Some(vec![
+            allowed_cidrs_egress(policy, network)?,
+            dns_egress(),
+        ]))
+    } else if network.deny_metadata_egress {
+        Ok(Some(vec![all_but_metadata_egress()]))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Egress to each of `network.egressAllowCIDRs`, minus the metadata endpoint it contains when
+/// `denyMetadataEgress`.
+fn allowed_cidrs_egress(
+    policy: &ApiSecurityPolicy,
+    network: &Network,
+) -> Result<NetworkPolicyEgressRule, RenderError> {
+    let except = |cidr: &str| -> Option<Vec<String>> {
+        if !network.deny_metadata_egress {
+            return None;
+        }
+        let v6 = cidr.contains(':');
+        let m = if v6 { METADATA_V6 } else { METADATA_V4 };
+        Some(vec![m.to_string()]).filter(|_| cidr_contains(cidr, m))
+    };
+    let mut to = Vec::new();
+    for (i, c) in network.egress_allow_cidrs.iter().enumerate() {
+        if !c.contains('/') {
+            return Err(invalid(
+                policy,
+                &format!("spec.network.egressAllowCIDRs[{i}]"),
+                format!("{c:?} is not a CIDR"),
+            ));
+        }
+        to.push(NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: c.clone(),
+                except: except(c),
+            }),
+            ..Default::default()
+        });
+    }
+    Ok(NetworkPolicyEgressRule {
+        to: Some(to),
+        ports: None,
+    })
+}
+
+/// DNS (port 53, UDP and TCP) to any namespace.
+fn dns_egress() -> NetworkPolicyEgressRule {
+    let dns_ports = ["UDP", "TCP"]
+        .iter()
+        .map(|p| NetworkPolicyPort {
+            port: Some(IntOrString::Int(53)),
+            protocol: Some(p.to_string()),
+            ..Default::default()
+        })
+        .collect();
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }]),
+        ports: Some(dns_ports),
+    }
+}
+
+/// Egress anywhere (IPv4 and IPv6) except the cloud metadata endpoints.
+fn all_but_metadata_egress() -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(vec![
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: "0.0.0.0/0".into(),
+                    except: Some(vec![METADATA_V4.into()]),
+                }),
+                ..Default::default()
+            },
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: "::/0".into(),
+                    except: Some(vec![METADATA_V6.into()]),
+                }),
+                ..Default::default()
+            },
+        ]),
+        ports: None,
+    }
 }
 
 /// Whether `outer` (CIDR) contains `inner` (CIDR); false when either does not parse.

@@ -65,14 +65,29 @@ pub struct GatewayObjects {
     pub service: Service,
 }
 
+/// The ConfigMap, Secret, Deployment and Service of a rendered policy's gateway.
 pub fn gateway_objects(
     policy: &ApiSecurityPolicy,
     rendered: &RenderedGateway,
     options: &RenderOptions,
 ) -> Result<GatewayObjects, RenderError> {
-    // One projected volume holds the ConfigMap's and the Secret's files: the kubelet swaps it
-    // as a whole, so a renewal never shows Envoy a new certificate next to an old key (two
-    // volumes are updated one after the other, and Envoy would reject or miss the change).
+    check_one_files_directory(policy, options)?;
+    Ok(GatewayObjects {
+        config_map: gateway_config_map(policy, rendered),
+        secret: gateway_secret(policy, rendered),
+        deployment: gateway_deployment(policy, rendered, options),
+        service: gateway_service(policy),
+    })
+}
+
+/// One projected volume holds the ConfigMap's and the Secret's files: the kubelet swaps it as a
+/// whole, so a renewal never shows Envoy a new certificate next to an old key (two volumes are
+/// updated one after the other, and Envoy would reject or miss the change). So the options must
+/// put both kinds of files in one directory.
+fn check_one_files_directory(
+    policy: &ApiSecurityPolicy,
+    options: &RenderOptions,
+) -> Result<(), RenderError> {
     if options.config_dir != options.secret_dir {
         return Err(RenderError::Invalid {
             policy: policy_ref(policy),
@@ -83,18 +98,26 @@ pub fn gateway_objects(
             ),
         });
     }
-    let name = policy.gateway_name();
-    let mut cm_meta = meta(policy, name.clone(), "gateway");
-    cm_meta.annotations = Some(BTreeMap::from([(
+    Ok(())
+}
+
+/// ConfigMap `<policy>-apiguard`: the plain files, annotated with the config hash.
+fn gateway_config_map(policy: &ApiSecurityPolicy, rendered: &RenderedGateway) -> ConfigMap {
+    let mut metadata = meta(policy, policy.gateway_name(), "gateway");
+    metadata.annotations = Some(BTreeMap::from([(
         CONFIG_HASH.to_string(),
         rendered.config_hash.clone(),
     )]));
-    let config_map = ConfigMap {
-        metadata: cm_meta,
+    ConfigMap {
+        metadata,
         data: Some(rendered.config_files()),
         ..Default::default()
-    };
-    let secret = Secret {
+    }
+}
+
+/// Secret `<policy>-apiguard-secrets`: private keys and API keys.
+fn gateway_secret(policy: &ApiSecurityPolicy, rendered: &RenderedGateway) -> Secret {
+    Secret {
         metadata: meta(policy, policy.gateway_secrets_name(), "gateway"),
         type_: Some("Opaque".into()),
         data: Some(
@@ -105,26 +128,77 @@ pub fn gateway_objects(
                 .collect(),
         ),
         ..Default::default()
-    };
-    let bootstrap_hash = super::hash_files(
+    }
+}
+
+/// Hash of the bootstrap file alone: a pod template annotation, so a changed bootstrap (which
+/// Envoy reads only at start) rolls the pods.
+fn bootstrap_hash(rendered: &RenderedGateway) -> String {
+    super::hash_files(
         rendered
             .files
             .get(envoy::BOOTSTRAP_FILE)
             .map(|f| (envoy::BOOTSTRAP_FILE, f.contents.as_str()))
             .into_iter(),
-    );
+    )
+}
+
+/// Deployment `<policy>-apiguard`: the Envoy pods.
+fn gateway_deployment(
+    policy: &ApiSecurityPolicy,
+    rendered: &RenderedGateway,
+    options: &RenderOptions,
+) -> Deployment {
     let pod_labels = gateway_pod_labels(policy);
-    let port = i32::from(options.listen_port);
-    let probe = |initial: i32| Probe {
-        tcp_socket: Some(TCPSocketAction {
-            port: IntOrString::String("https".into()),
+    Deployment {
+        metadata: meta(policy, policy.gateway_name(), "gateway"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(options.replicas),
+            selector: LabelSelector {
+                match_labels: Some(pod_labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        BOOTSTRAP_HASH.to_string(),
+                        bootstrap_hash(rendered),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(gateway_pod_spec(policy, options)),
+            },
             ..Default::default()
         }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(10),
         ..Default::default()
-    };
-    let container = Container {
+    }
+}
+
+/// The gateway pod: no service account token, no service links, non-root, one Envoy container.
+fn gateway_pod_spec(policy: &ApiSecurityPolicy, options: &RenderOptions) -> PodSpec {
+    PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            // The volume's group: Envoy (uid/gid 101) reads the 0440 files.
+            fs_group: Some(101),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        containers: vec![envoy_container(options)],
+        volumes: Some(vec![files_volume(policy), tmp_volume()]),
+        ..Default::default()
+    }
+}
+
+/// The Envoy container: serves `bootstrap.yaml` of the files directory on port `https`.
+fn envoy_container(options: &RenderOptions) -> Container {
+    Container {
         name: "envoy".into(),
         image: Some(options.envoy_image.clone()),
         args: Some(vec![
@@ -136,29 +210,13 @@ pub fn gateway_objects(
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("https".into()),
-            container_port: port,
+            container_port: i32::from(options.listen_port),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        readiness_probe: Some(probe(1)),
-        liveness_probe: Some(probe(10)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(101),
-            run_as_group: Some(101),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            privileged: Some(false),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        readiness_probe: Some(https_probe(1)),
+        liveness_probe: Some(https_probe(10)),
+        security_context: Some(envoy_security_context()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "gateway".into(),
@@ -173,83 +231,90 @@ pub fn gateway_objects(
             },
         ]),
         ..Default::default()
-    };
-    let deployment = Deployment {
-        metadata: meta(policy, name.clone(), "gateway"),
-        spec: Some(DeploymentSpec {
-            replicas: Some(options.replicas),
-            selector: LabelSelector {
-                match_labels: Some(pod_labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels.clone()),
-                    annotations: Some(BTreeMap::from([(
-                        BOOTSTRAP_HASH.to_string(),
-                        bootstrap_hash,
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        // The volume's group: Envoy (uid/gid 101) reads the 0440 files.
-                        fs_group: Some(101),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "gateway".into(),
-                            projected: Some(ProjectedVolumeSource {
-                                // Owner root, group fsGroup (Envoy's): keys readable by Envoy
-                                // and nobody else.
-                                default_mode: Some(0o440),
-                                sources: Some(vec![
-                                    VolumeProjection {
-                                        config_map: Some(ConfigMapProjection {
-                                            name: name.clone(),
-                                            ..Default::default()
-                                        }),
-                                        ..Default::default()
-                                    },
-                                    VolumeProjection {
-                                        secret: Some(SecretProjection {
-                                            name: policy.gateway_secrets_name(),
-                                            ..Default::default()
-                                        }),
-                                        ..Default::default()
-                                    },
-                                ]),
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Default::default()
-                        },
-                    ]),
-                    ..Default::default()
-                }),
-            },
+    }
+}
+
+/// A TCP probe of the `https` port every 10 seconds, starting after `initial` seconds.
+fn https_probe(initial: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("https".into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+/// Envoy as uid/gid 101, read-only root, no privilege escalation, no capabilities.
+fn envoy_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(101),
+        run_as_group: Some(101),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        privileged: Some(false),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// Volume `gateway`: the ConfigMap's and the Secret's files projected into one volume (see
+/// [`check_one_files_directory`]).
+fn files_volume(policy: &ApiSecurityPolicy) -> Volume {
+    Volume {
+        name: "gateway".into(),
+        projected: Some(ProjectedVolumeSource {
+            // Owner root, group fsGroup (Envoy's): keys readable by Envoy and nobody else.
+            default_mode: Some(0o440),
+            sources: Some(vec![
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: policy.gateway_name(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: policy.gateway_secrets_name(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Volume `tmp`: the writable `/tmp` of a read-only root filesystem.
+fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+/// Service `<policy>-apiguard`: port 443 (`https`), or 80 (`http`) when TLS is disabled, to the
+/// gateway pods' `https` port.
+fn gateway_service(policy: &ApiSecurityPolicy) -> Service {
     let tls = !policy.spec.tls().is_disabled();
-    let service = Service {
-        metadata: meta(policy, name, "gateway"),
+    Service {
+        metadata: meta(policy, policy.gateway_name(), "gateway"),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(pod_labels),
+            selector: Some(gateway_pod_labels(policy)),
             ports: Some(vec![ServicePort {
                 name: Some(if tls { "https" } else { "http" }.into()),
                 port: if tls { 443 } else { 80 },
@@ -260,13 +325,7 @@ pub fn gateway_objects(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    Ok(GatewayObjects {
-        config_map,
-        secret,
-        deployment,
-        service,
-    })
+    }
 }
 
 #[cfg(test)]

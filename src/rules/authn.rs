@@ -279,6 +279,9 @@ impl RouteBackend<'_> {
     }
 }
 
+/// A route rule: its `name` (when set) and its backends.
+type RouteRule<'v> = (Option<&'v str>, Vec<RouteBackend<'v>>);
+
 /// `gateway.networking.k8s.io` HTTPRoute and GRPCRoute.
 pub fn review_route(
     object: &Value,
@@ -288,76 +291,16 @@ pub fn review_route(
     out: &mut Vec<Finding>,
 ) {
     let ns = obj.namespace_or_default().to_string();
-    let mut parents: Vec<Parent> = Vec::new();
-    let mut rules: Vec<(Option<&str>, Vec<RouteBackend<'_>>)> = Vec::new();
-    let labels: Vec<(&str, &str)>;
-    {
+    let (labels, parents, rules) = {
         let mut r = Reader::new(obj, out);
-        labels = r.labels(object);
+        let labels = r.labels(object);
         let Some(spec) = r.object(object, "spec", "spec") else {
             return;
         };
-        for (i, p) in r
-            .array(spec, "parentRefs", "spec.parentRefs")
-            .iter()
-            .enumerate()
-        {
-            let base = format!("spec.parentRefs[{i}]");
-            let kind = r
-                .str(p, "kind", &format!("{base}.kind"))
-                .unwrap_or("Gateway");
-            let Some(name) = r.str(p, "name", &format!("{base}.name")) else {
-                continue;
-            };
-            let namespace = r
-                .str(p, "namespace", &format!("{base}.namespace"))
-                .unwrap_or(&ns)
-                .to_string();
-            let section = r
-                .str(p, "sectionName", &format!("{base}.sectionName"))
-                .filter(|s| !s.is_empty())
-                .map(str::to_string);
-            if kind == "Gateway" {
-                parents.push(Parent {
-                    namespace,
-                    name: name.to_string(),
-                    section,
-                });
-            }
-        }
-        for (i, rule) in r.array(spec, "rules", "spec.rules").iter().enumerate() {
-            let name = r
-                .str(rule, "name", &format!("spec.rules[{i}].name"))
-                .filter(|n| !n.is_empty());
-            let mut backends = Vec::new();
-            for (j, b) in r
-                .array(rule, "backendRefs", &format!("spec.rules[{i}].backendRefs"))
-                .iter()
-                .enumerate()
-            {
-                let base = format!("spec.rules[{i}].backendRefs[{j}]");
-                let kind = r
-                    .str(b, "kind", &format!("{base}.kind"))
-                    .unwrap_or("Service");
-                let group = r.str(b, "group", &format!("{base}.group")).unwrap_or("");
-                let Some(name) = r.str(b, "name", &format!("{base}.name")) else {
-                    continue;
-                };
-                let namespace = r
-                    .str(b, "namespace", &format!("{base}.namespace"))
-                    .unwrap_or(&ns)
-                    .to_string();
-                backends.push(RouteBackend {
-                    field: format!("{base}.name"),
-                    namespace,
-                    kind,
-                    group,
-                    name,
-                });
-            }
-            rules.push((name, backends));
-        }
-    }
+        let parents = read_parent_gateways(&mut r, spec, &ns);
+        let rules = read_rules(&mut r, spec, &ns);
+        (labels, parents, rules)
+    };
     let attachments = RouteAttachments::of(
         view,
         &RouteTarget {
@@ -390,6 +333,89 @@ pub fn review_route(
         }
     }
     out.extend(found);
+}
+
+/// The route's parent Gateways (`spec.parentRefs` of kind Gateway; the route's namespace when
+/// a ref names none).
+fn read_parent_gateways(r: &mut Reader<'_>, spec: &Value, ns: &str) -> Vec<Parent> {
+    let mut parents = Vec::new();
+    for (i, p) in r
+        .array(spec, "parentRefs", "spec.parentRefs")
+        .iter()
+        .enumerate()
+    {
+        let base = format!("spec.parentRefs[{i}]");
+        let kind = r
+            .str(p, "kind", &format!("{base}.kind"))
+            .unwrap_or("Gateway");
+        let Some(name) = r.str(p, "name", &format!("{base}.name")) else {
+            continue;
+        };
+        let namespace = r
+            .str(p, "namespace", &format!("{base}.namespace"))
+            .unwrap_or(ns)
+            .to_string();
+        let section = r
+            .str(p, "sectionName", &format!("{base}.sectionName"))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        if kind == "Gateway" {
+            parents.push(Parent {
+                namespace,
+                name: name.to_string(),
+                section,
+            });
+        }
+    }
+    parents
+}
+
+/// `spec.rules`, each with its name and backends.
+fn read_rules<'v>(r: &mut Reader<'_>, spec: &'v Value, ns: &str) -> Vec<RouteRule<'v>> {
+    let mut rules = Vec::new();
+    for (i, rule) in r.array(spec, "rules", "spec.rules").iter().enumerate() {
+        let name = r
+            .str(rule, "name", &format!("spec.rules[{i}].name"))
+            .filter(|n| !n.is_empty());
+        rules.push((name, read_backends(r, rule, i, ns)));
+    }
+    rules
+}
+
+/// The `backendRefs` of rule `i` (the route's namespace when a ref names none).
+fn read_backends<'v>(
+    r: &mut Reader<'_>,
+    rule: &'v Value,
+    i: usize,
+    ns: &str,
+) -> Vec<RouteBackend<'v>> {
+    let mut backends = Vec::new();
+    for (j, b) in r
+        .array(rule, "backendRefs", &format!("spec.rules[{i}].backendRefs"))
+        .iter()
+        .enumerate()
+    {
+        let base = format!("spec.rules[{i}].backendRefs[{j}]");
+        let kind = r
+            .str(b, "kind", &format!("{base}.kind"))
+            .unwrap_or("Service");
+        let group = r.str(b, "group", &format!("{base}.group")).unwrap_or("");
+        let Some(name) = r.str(b, "name", &format!("{base}.name")) else {
+            continue;
+        };
+        let namespace = r
+            .str(b, "namespace", &format!("{base}.namespace"))
+            .unwrap_or(ns)
+            .to_string();
+        backends.push(RouteBackend {
+            field: format!("{base}.name"),
+            namespace,
+            kind,
+            group,
+            name,
+        });
+    }
+    backends
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ pub fn review_istio_virtual_service(object: &Value, obj: &ObjectRef, out: &mut V
 
 /// Gateway API (v1.3+) HTTPRoute `CORS` filters (HTTPCORSFilter): `spec.rules[].filters[]`
 /// and `spec.rules[].backendRefs[].filters[]` with `type: CORS` (or no type) and a `cors`
-/// mapping. Called from the HTTPRoute dispatch next to [`super::authn::review_http_route`].
+/// mapping. Called from the HTTPRoute dispatch next to [`super::authn::review_route`].
 pub fn review_route_cors_filters(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
     let mut found = Vec::new();
     {

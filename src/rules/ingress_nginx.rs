@@ -119,6 +119,8 @@ fn tls_covers(tls_host: &str, host: &str) -> bool {
     }
 }
 
+/// An Ingress: its annotations, TLS coverage of its default backend and hosts (APG005), and
+/// its backends (APG003/APG004/APG010).
 pub fn review(
     object: &Value,
     obj: &ObjectRef,
@@ -127,7 +129,7 @@ pub fn review(
     out: &mut Vec<Finding>,
 ) {
     let mut found = Vec::new();
-    let mut backends: Vec<(String, IngressBackend<'_>)> = Vec::new();
+    let mut backends = Vec::new();
     let annotations;
     {
         let mut r = Reader::new(obj, out);
@@ -137,83 +139,8 @@ pub fn review(
         if gke_tls {
             gke_plaintext(obj, &annotations, view, &mut found);
         }
-
-        let Some(spec) = r.object(object, "spec", "spec") else {
-            out.extend(found);
-            return;
-        };
-        let mut tls_hosts = Vec::new();
-        let tls = r.array(spec, "tls", "spec.tls");
-        for (i, t) in tls.iter().enumerate() {
-            tls_hosts.extend(r.strings(t, "hosts", &format!("spec.tls[{i}].hosts")));
-        }
-        let has_tls = !tls.is_empty() || gke_tls;
-        // `defaultBackend` (v1) or `backend` (v1beta1).
-        for key in ["defaultBackend", "backend"] {
-            let path = format!("spec.{key}");
-            let Some(b) = r.object(spec, key, &path) else {
-                continue;
-            };
-            if let Some(backend) = backend_of(&mut r, b, &path) {
-                backends.push(backend);
-            }
-            if !has_tls {
-                found.push(Finding::new(
-                    RuleId::Apg005,
-                    obj,
-                    "spec.tls",
-                    "is empty, so the default backend is served over plaintext HTTP",
-                    "add spec.tls with the host names and a certificate Secret",
-                ));
-            }
-        }
-        for (i, rule) in r.array(spec, "rules", "spec.rules").iter().enumerate() {
-            let base = format!("spec.rules[{i}]");
-            if !rule.is_object() {
-                r.wrong_type(&base, "a mapping", rule);
-                continue;
-            }
-            let host = r.str(rule, "host", &format!("{base}.host"));
-            let covered = gke_tls
-                || match host {
-                    Some(h) => tls_hosts.iter().any(|t| tls_covers(t, h)),
-                    None => !tls.is_empty(),
-                };
-            if !covered {
-                let (field, what) = match host {
-                    Some(h) => (
-                        format!("{base}.host"),
-                        format!("host {h:?} is not listed in any spec.tls[].hosts"),
-                    ),
-                    None => (
-                        base.clone(),
-                        "a rule without host is served while spec.tls is empty".to_string(),
-                    ),
-                };
-                found.push(Finding::new(
-                    RuleId::Apg005,
-                    obj,
-                    field,
-                    format!("{what}, so it is served over plaintext HTTP"),
-                    "list the host in spec.tls[].hosts with a certificate Secret",
-                ));
-            }
-            let Some(http) = r.object(rule, "http", &format!("{base}.http")) else {
-                continue;
-            };
-            for (j, p) in r
-                .array(http, "paths", &format!("{base}.http.paths"))
-                .iter()
-                .enumerate()
-            {
-                let ppath = format!("{base}.http.paths[{j}]");
-                let Some(b) = r.object(p, "backend", &format!("{ppath}.backend")) else {
-                    continue;
-                };
-                if let Some(backend) = backend_of(&mut r, b, &format!("{ppath}.backend")) {
-                    backends.push(backend);
-                }
-            }
+        if let Some(spec) = r.object(object, "spec", "spec") {
+            backends = review_spec(&mut r, obj, spec, gke_tls, &mut found);
         }
     }
     let route = RouteAuth {
@@ -225,6 +152,135 @@ pub fn review(
         check_backend(obj, view, ns, backend.as_ref(), field, route, &mut found);
     }
     out.extend(found);
+}
+
+/// The hosts an Ingress serves over HTTPS.
+struct TlsHosts<'v> {
+    /// Every `spec.tls[].hosts` entry.
+    hosts: Vec<&'v str>,
+    /// `spec.tls` has entries.
+    listed: bool,
+    /// A GKE load balancer terminates TLS for every host ([`gke_certificates`]).
+    gke: bool,
+}
+
+impl TlsHosts<'_> {
+    /// Whether the Ingress has TLS at all.
+    fn any(&self) -> bool {
+        self.listed || self.gke
+    }
+
+    /// Whether a rule for `host` (None: a rule without host) is served over HTTPS.
+    fn covers(&self, host: Option<&str>) -> bool {
+        self.gke
+            || match host {
+                Some(h) => self.hosts.iter().any(|t| tls_covers(t, h)),
+                None => self.listed,
+            }
+    }
+}
+
+/// `spec`: TLS coverage of the default backend and of every rule (APG005); returns every
+/// backend with the field path of its name.
+fn review_spec<'v>(
+    r: &mut Reader<'_>,
+    obj: &ObjectRef,
+    spec: &'v Value,
+    gke_tls: bool,
+    found: &mut Vec<Finding>,
+) -> Vec<(String, IngressBackend<'v>)> {
+    let mut backends = Vec::new();
+    let tls = r.array(spec, "tls", "spec.tls");
+    let mut hosts = Vec::new();
+    for (i, t) in tls.iter().enumerate() {
+        hosts.extend(r.strings(t, "hosts", &format!("spec.tls[{i}].hosts")));
+    }
+    let tls = TlsHosts {
+        hosts,
+        listed: !tls.is_empty(),
+        gke: gke_tls,
+    };
+    // `defaultBackend` (v1) or `backend` (v1beta1).
+    for key in ["defaultBackend", "backend"] {
+        let path = format!("spec.{key}");
+        let Some(b) = r.object(spec, key, &path) else {
+            continue;
+        };
+        if let Some(backend) = backend_of(r, b, &path) {
+            backends.push(backend);
+        }
+        if !tls.any() {
+            found.push(Finding::new(
+                RuleId::Apg005,
+                obj,
+                "spec.tls",
+                "is empty, so the default backend is served over plaintext HTTP",
+                "add spec.tls with the host names and a certificate Secret",
+            ));
+        }
+    }
+    for (i, rule) in r.array(spec, "rules", "spec.rules").iter().enumerate() {
+        review_rule(r, obj, rule, i, &tls, &mut backends, found);
+    }
+    backends
+}
+
+/// `spec.rules[i]`: its host covered by TLS (APG005), and its paths' backends (into `backends`).
+fn review_rule<'v>(
+    r: &mut Reader<'_>,
+    obj: &ObjectRef,
+    rule: &'v Value,
+    i: usize,
+    tls: &TlsHosts<'_>,
+    backends: &mut Vec<(String, IngressBackend<'v>)>,
+    found: &mut Vec<Finding>,
+) {
+    let base = format!("spec.rules[{i}]");
+    if !rule.is_object() {
+        r.wrong_type(&base, "a mapping", rule);
+        return;
+    }
+    let host = r.str(rule, "host", &format!("{base}.host"));
+    if !tls.covers(host) {
+        found.push(plaintext_rule(obj, &base, host));
+    }
+    let Some(http) = r.object(rule, "http", &format!("{base}.http")) else {
+        return;
+    };
+    for (j, p) in r
+        .array(http, "paths", &format!("{base}.http.paths"))
+        .iter()
+        .enumerate()
+    {
+        let ppath = format!("{base}.http.paths[{j}]");
+        let Some(b) = r.object(p, "backend", &format!("{ppath}.backend")) else {
+            continue;
+        };
+        if let Some(backend) = backend_of(r, b, &format!("{ppath}.backend")) {
+            backends.push(backend);
+        }
+    }
+}
+
+/// APG005 for the rule at `base` (with `host`, or without) that no TLS entry covers.
+fn plaintext_rule(obj: &ObjectRef, base: &str, host: Option<&str>) -> Finding {
+    let (field, what) = match host {
+        Some(h) => (
+            format!("{base}.host"),
+            format!("host {h:?} is not listed in any spec.tls[].hosts"),
+        ),
+        None => (
+            base.to_string(),
+            "a rule without host is served while spec.tls is empty".to_string(),
+        ),
+    };
+    Finding::new(
+        RuleId::Apg005,
+        obj,
+        field,
+        format!("{what}, so it is served over plaintext HTTP"),
+        "list the host in spec.tls[].hosts with a certificate Secret",
+    )
 }
 
 /// An Ingress backend: a Service (`service.name` in v1, `serviceName` in v1beta1) or another

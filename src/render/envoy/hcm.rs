@@ -16,46 +16,10 @@ use crate::render::{CLIENT_ID_HEADER, RenderError};
 /// The HTTP filter chain, in the order of the module docs.
 fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
     let spec = ctx.spec;
-    let validation = spec.request_validation();
-    let mut filters = Vec::new();
-    let lua = |name: &str, code: &str| HttpFilter {
-        name: name.to_string(),
-        typed_config: Some(Any::Lua(Lua {
-            default_source_code: DataSource::inline(code.trim_start()),
-        })),
-        config_discovery: None,
-        disabled: false,
-    };
-    let filter = |name: &str, config: Any| HttpFilter {
-        name: name.to_string(),
-        typed_config: Some(config),
-        config_discovery: None,
-        disabled: false,
-    };
-    filters.push(lua(lua::OUTCOME_FILTER, lua::OUTCOME));
-
-    // Headers only the gateway may set: forwarded claims, the API-key client id.
-    let mut trusted: Vec<String> = vec![CLIENT_ID_HEADER.to_string()];
-    if let Some(jwt) = ctx.jwt() {
-        for p in &jwt.providers {
-            for fc in &p.forward_claims {
-                trusted.push(fc.header.to_ascii_lowercase());
-            }
-        }
-    }
-    trusted.sort();
-    trusted.dedup();
-    filters.push(filter(
-        "envoy.filters.http.header_mutation",
-        Any::HeaderMutation(HeaderMutation {
-            mutations: Mutations {
-                request_mutations: trusted
-                    .iter()
-                    .map(|h| HeaderMutationRule { remove: h.clone() })
-                    .collect(),
-            },
-        }),
-    ));
+    let mut filters = vec![
+        lua_filter(lua::OUTCOME_FILTER, lua::OUTCOME),
+        strip_trusted_headers(ctx),
+    ];
     if spec.cors.is_some() {
         filters.push(filter(CORS_FILTER, Any::Cors(Empty {})));
     }
@@ -66,58 +30,120 @@ fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
         ));
     }
     if ctx.api_keys().is_some() {
-        filters.push(HttpFilter {
-            name: API_KEY_FILTER.into(),
-            typed_config: None,
-            config_discovery: Some(ExtensionConfigSource {
-                config_source: ConfigSource {
-                    path_config_source: PathConfigSource {
-                        path: ctx.secret_path(API_KEYS_FILE),
-                        watched_directory: WatchedDirectory {
-                            path: ctx.opts().secret_dir.trim_end_matches('/').to_string(),
-                        },
-                    },
-                    resource_api_version: "V3",
-                },
-                type_urls: vec![API_KEY_TYPE_URL],
-            }),
-            // Enabled per route on the routes that take API keys.
-            disabled: true,
-        });
+        filters.push(api_key_filter(ctx));
     }
     filters.push(filter(RBAC_FILTER, Any::Rbac(Rbac::default())));
-    filters.push(lua(lua::AUTHZ_FILTER, lua::AUTHZ));
+    filters.push(lua_filter(lua::AUTHZ_FILTER, lua::AUTHZ));
     if !spec.rate_limits.is_empty() {
-        filters.push(filter(
-            RATELIMIT_FILTER,
-            Any::LocalRateLimit(LocalRateLimit {
-                stat_prefix: "apiguard_ratelimit".into(),
-                token_bucket: None,
-                filter_enabled: None,
-                filter_enforced: None,
-                descriptors: Vec::new(),
-                rate_limits: Vec::new(),
-                max_dynamic_descriptors: None,
-                always_consume_default_token_bucket: None,
-            }),
-        ));
+        filters.push(local_ratelimit_filter());
     }
-    if let Some(max) = validation.max_body_bytes {
-        let max = u32::try_from(max).map_err(|_| {
-            ctx.invalid(
-                "spec.requestValidation.maxBodyBytes",
-                "must be at most 4294967295",
-            )
-        })?;
-        filters.push(filter(
-            BUFFER_FILTER,
-            Any::Buffer(Buffer {
-                max_request_bytes: u64::from(max),
-            }),
-        ));
+    if let Some(max) = spec.request_validation().max_body_bytes {
+        filters.push(buffer_filter(ctx, max)?);
     }
     filters.push(filter("envoy.filters.http.router", Any::Router(Empty {})));
     Ok(filters)
+}
+
+/// An enabled filter with its config.
+fn filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_string(),
+        typed_config: Some(config),
+        config_discovery: None,
+        disabled: false,
+    }
+}
+
+/// A Lua filter running `code`.
+fn lua_filter(name: &str, code: &str) -> HttpFilter {
+    filter(
+        name,
+        Any::Lua(Lua {
+            default_source_code: DataSource::inline(code.trim_start()),
+        }),
+    )
+}
+
+/// `header_mutation`: removes the client-sent copies of the headers only the gateway may set
+/// (forwarded claims, the API-key client id).
+fn strip_trusted_headers(ctx: &Ctx<'_>) -> HttpFilter {
+    let mut trusted: Vec<String> = vec![CLIENT_ID_HEADER.to_string()];
+    if let Some(jwt) = ctx.jwt() {
+        for p in &jwt.providers {
+            for fc in &p.forward_claims {
+                trusted.push(fc.header.to_ascii_lowercase());
+            }
+        }
+    }
+    trusted.sort();
+    trusted.dedup();
+    filter(
+        "envoy.filters.http.header_mutation",
+        Any::HeaderMutation(HeaderMutation {
+            mutations: Mutations {
+                request_mutations: trusted
+                    .iter()
+                    .map(|h| HeaderMutationRule { remove: h.clone() })
+                    .collect(),
+            },
+        }),
+    )
+}
+
+/// `api_key_auth`, its config (the keys) from the watched secret file (ECDS); disabled here and
+/// enabled per route on the routes that take API keys.
+fn api_key_filter(ctx: &Ctx<'_>) -> HttpFilter {
+    HttpFilter {
+        name: API_KEY_FILTER.into(),
+        typed_config: None,
+        config_discovery: Some(ExtensionConfigSource {
+            config_source: ConfigSource {
+                path_config_source: PathConfigSource {
+                    path: ctx.secret_path(API_KEYS_FILE),
+                    watched_directory: WatchedDirectory {
+                        path: ctx.opts().secret_dir.trim_end_matches('/').to_string(),
+                    },
+                },
+                resource_api_version: "V3",
+            },
+            type_urls: vec![API_KEY_TYPE_URL],
+        }),
+        // Enabled per route on the routes that take API keys.
+        disabled: true,
+    }
+}
+
+/// `local_ratelimit` without limits of its own (the routes configure it).
+fn local_ratelimit_filter() -> HttpFilter {
+    filter(
+        RATELIMIT_FILTER,
+        Any::LocalRateLimit(LocalRateLimit {
+            stat_prefix: "apiguard_ratelimit".into(),
+            token_bucket: None,
+            filter_enabled: None,
+            filter_enforced: None,
+            descriptors: Vec::new(),
+            rate_limits: Vec::new(),
+            max_dynamic_descriptors: None,
+            always_consume_default_token_bucket: None,
+        }),
+    )
+}
+
+/// `buffer`: requests with a body over `max` bytes get 413.
+fn buffer_filter(ctx: &Ctx<'_>, max: u64) -> Result<HttpFilter, RenderError> {
+    let max = u32::try_from(max).map_err(|_| {
+        ctx.invalid(
+            "spec.requestValidation.maxBodyBytes",
+            "must be at most 4294967295",
+        )
+    })?;
+    Ok(filter(
+        BUFFER_FILTER,
+        Any::Buffer(Buffer {
+            max_request_bytes: u64::from(max),
+        }),
+    ))
 }
 
 pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderError> {

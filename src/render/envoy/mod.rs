@@ -132,6 +132,28 @@ fn route_authn(ctx: &Ctx<'_>, rule: &AuthorizationRule) -> RouteAuthn {
     RouteAuthn { jwt, api_key, mtls }
 }
 
+/// The gateway's files by name.
+type Files = BTreeMap<String, RenderedFile>;
+
+/// The `version_info` of every discovery file.
+const DISCOVERY_VERSION: &str = "apiguard";
+
+/// A file for the ConfigMap.
+fn plain(contents: String) -> RenderedFile {
+    RenderedFile {
+        contents,
+        secret: false,
+    }
+}
+
+/// A file for the Secret (private keys, API keys).
+fn secret(contents: String) -> RenderedFile {
+    RenderedFile {
+        contents,
+        secret: true,
+    }
+}
+
 /// Renders the gateway files for one policy.
 pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
     let spec = &input.policy.spec;
@@ -141,103 +163,122 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
         policy: policy_ref(input.policy),
         audit: spec.mode == PolicyMode::Audit,
     };
-    let mut files = BTreeMap::new();
-    let plain = |s: String| RenderedFile {
-        contents: s,
-        secret: false,
-    };
-    let secret = |s: String| RenderedFile {
-        contents: s,
-        secret: true,
-    };
-
-    let tls = spec.tls();
-    if !tls.is_disabled() {
-        let id = input.identity;
-        if id.server_cert_pem.is_empty() || id.server_key_pem.is_empty() {
-            return Err(ctx.invalid(
-                "spec.tls",
-                "the gateway serves TLS but no server certificate and key were given",
-            ));
-        }
-        files.insert(SERVER_CERT_FILE.into(), plain(id.server_cert_pem.clone()));
-        files.insert(SERVER_KEY_FILE.into(), secret(id.server_key_pem.clone()));
-        if client_cert_mode(&ctx) != ClientCertificate::None {
-            let ca = id.client_ca_pem.clone().ok_or_else(|| {
-                ctx.invalid(
-                    "spec.tls.clientCertificate",
-                    "client certificates are requested but no client CA bundle was given",
-                )
-            })?;
-            files.insert(CLIENT_CA_FILE.into(), plain(ca));
-        }
+    let mut files = Files::new();
+    insert_server_certificates(&ctx, &mut files)?;
+    insert_upstream_certificates(&ctx, &mut files)?;
+    let lds = listener_file(&ctx, &files)?;
+    files.insert(LDS_FILE.into(), plain(lds));
+    let cds = clusters_file(&ctx, &files)?;
+    files.insert(CDS_FILE.into(), plain(cds));
+    if let Some(keys) = ctx.api_keys() {
+        files.insert(API_KEYS_FILE.into(), secret(api_keys_file(&ctx, keys)?));
     }
-    if spec.east_west().mtls != EastWestMtls::Disabled {
-        let up = input.identity.upstream.as_ref().ok_or_else(|| {
+    files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
+    Ok(RenderedGateway::new(files))
+}
+
+/// Unless TLS is disabled: the server certificate and key, and the client CA bundle when
+/// client certificates are requested (each an error when not given).
+fn insert_server_certificates(ctx: &Ctx<'_>, files: &mut Files) -> Result<(), RenderError> {
+    if ctx.spec.tls().is_disabled() {
+        return Ok(());
+    }
+    let id = ctx.input.identity;
+    if id.server_cert_pem.is_empty() || id.server_key_pem.is_empty() {
+        return Err(ctx.invalid(
+            "spec.tls",
+            "the gateway serves TLS but no server certificate and key were given",
+        ));
+    }
+    files.insert(SERVER_CERT_FILE.into(), plain(id.server_cert_pem.clone()));
+    files.insert(SERVER_KEY_FILE.into(), secret(id.server_key_pem.clone()));
+    if client_cert_mode(ctx) != ClientCertificate::None {
+        let ca = id.client_ca_pem.clone().ok_or_else(|| {
             ctx.invalid(
-                "spec.eastWest.mtls",
-                "east-west mTLS is on but no upstream certificate, key and trust bundle were given",
+                "spec.tls.clientCertificate",
+                "client certificates are requested but no client CA bundle was given",
             )
         })?;
-        files.insert(UPSTREAM_CERT_FILE.into(), plain(up.cert_pem.clone()));
-        files.insert(UPSTREAM_KEY_FILE.into(), secret(up.key_pem.clone()));
-        files.insert(UPSTREAM_CA_FILE.into(), plain(up.trust_bundle_pem.clone()));
+        files.insert(CLIENT_CA_FILE.into(), plain(ca));
     }
+    Ok(())
+}
 
-    let version = "apiguard".to_string();
-    // Certificates only (their keys change with them): see `certificates_metadata`.
-    let certificates = |files: &BTreeMap<String, RenderedFile>, names: &[&str]| {
-        let present: Vec<(&str, &str)> = names
-            .iter()
-            .filter_map(|n| files.get(*n).map(|f| (*n, f.contents.as_str())))
-            .collect();
-        (!present.is_empty()).then(|| certificates_metadata(present.into_iter()))
-    };
-    let mut listener = build_listener(&ctx)?;
-    listener.metadata = certificates(&files, &[SERVER_CERT_FILE, CLIENT_CA_FILE]);
+/// Unless east-west mTLS is disabled: the upstream certificate, key and trust bundle (an error
+/// when not given).
+fn insert_upstream_certificates(ctx: &Ctx<'_>, files: &mut Files) -> Result<(), RenderError> {
+    if ctx.spec.east_west().mtls == EastWestMtls::Disabled {
+        return Ok(());
+    }
+    let up = ctx.input.identity.upstream.as_ref().ok_or_else(|| {
+        ctx.invalid(
+            "spec.eastWest.mtls",
+            "east-west mTLS is on but no upstream certificate, key and trust bundle were given",
+        )
+    })?;
+    files.insert(UPSTREAM_CERT_FILE.into(), plain(up.cert_pem.clone()));
+    files.insert(UPSTREAM_KEY_FILE.into(), secret(up.key_pem.clone()));
+    files.insert(UPSTREAM_CA_FILE.into(), plain(up.trust_bundle_pem.clone()));
+    Ok(())
+}
+
+/// The metadata naming the certificates among `names` present in `files` (None: none is).
+/// Certificates only (their keys change with them): see `certificates_metadata`.
+fn certificates(files: &Files, names: &[&str]) -> Option<Metadata> {
+    let present: Vec<(&str, &str)> = names
+        .iter()
+        .filter_map(|n| files.get(*n).map(|f| (*n, f.contents.as_str())))
+        .collect();
+    (!present.is_empty()).then(|| certificates_metadata(present.into_iter()))
+}
+
+/// LDS: the listener, carrying its server and client CA certificates' metadata.
+fn listener_file(ctx: &Ctx<'_>, files: &Files) -> Result<String, RenderError> {
+    let mut listener = build_listener(ctx)?;
+    listener.metadata = certificates(files, &[SERVER_CERT_FILE, CLIENT_CA_FILE]);
     let lds = DiscoveryResponse {
-        version_info: version.clone(),
+        version_info: DISCOVERY_VERSION.to_string(),
         resources: vec![Any::Listener(listener)],
     };
-    files.insert(LDS_FILE.into(), plain(to_json(&ctx, "listener", &lds)?));
+    to_json(ctx, "listener", &lds)
+}
 
-    let mut clusters = build_clusters(&ctx)?;
-    let upstream = certificates(&files, &[UPSTREAM_CERT_FILE, UPSTREAM_CA_FILE]);
+/// CDS: the clusters, the target's carrying its upstream certificates' metadata.
+fn clusters_file(ctx: &Ctx<'_>, files: &Files) -> Result<String, RenderError> {
+    let mut clusters = build_clusters(ctx)?;
+    let upstream = certificates(files, &[UPSTREAM_CERT_FILE, UPSTREAM_CA_FILE]);
     for c in clusters.iter_mut().filter(|c| c.name == TARGET_CLUSTER) {
         c.metadata = upstream.clone();
     }
     let cds = DiscoveryResponse {
-        version_info: version.clone(),
+        version_info: DISCOVERY_VERSION.to_string(),
         resources: clusters
             .into_iter()
             .map(|c| Any::Cluster(Box::new(c)))
             .collect(),
     };
-    files.insert(CDS_FILE.into(), plain(to_json(&ctx, "clusters", &cds)?));
+    to_json(ctx, "clusters", &cds)
+}
 
-    if let Some(keys) = ctx.api_keys() {
-        let ext = DiscoveryResponse {
-            version_info: version,
-            resources: vec![Any::TypedExtensionConfig(TypedExtensionConfig {
-                name: API_KEY_FILTER.into(),
-                typed_config: Box::new(Any::ApiKeyAuth(build_api_key_auth(&ctx, keys)?)),
-            })],
-        };
-        files.insert(
-            API_KEYS_FILE.into(),
-            secret(to_json(&ctx, "API keys", &ext)?),
-        );
-    }
+/// ECDS: the `api_key_auth` filter config with the keys.
+fn api_keys_file(ctx: &Ctx<'_>, keys: &ApiKeyAuthentication) -> Result<String, RenderError> {
+    let ext = DiscoveryResponse {
+        version_info: DISCOVERY_VERSION.to_string(),
+        resources: vec![Any::TypedExtensionConfig(TypedExtensionConfig {
+            name: API_KEY_FILTER.into(),
+            typed_config: Box::new(Any::ApiKeyAuth(build_api_key_auth(ctx, keys)?)),
+        })],
+    };
+    to_json(ctx, "API keys", &ext)
+}
 
-    let bootstrap = build_bootstrap(&ctx);
-    let bootstrap_yaml =
-        serde_saphyr::to_string(&bootstrap).map_err(|e| RenderError::Serialize {
-            policy: ctx.policy.clone(),
-            what: "bootstrap".into(),
-            message: e.to_string(),
-        })?;
-    files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_yaml));
-    Ok(RenderedGateway::new(files))
+/// The bootstrap, as YAML.
+fn bootstrap_file(ctx: &Ctx<'_>) -> Result<String, RenderError> {
+    serde_saphyr::to_string(&build_bootstrap(ctx)).map_err(|e| RenderError::Serialize {
+        policy: ctx.policy.clone(),
+        what: "bootstrap".into(),
+        message: e.to_string(),
+    })
 }
 
 fn to_json<T: serde::Serialize>(ctx: &Ctx<'_>, what: &str, v: &T) -> Result<String, RenderError> {

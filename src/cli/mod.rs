@@ -1,4 +1,10 @@
 //! The `apiguard` command line: a thin edge over the library.
+//!
+//! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`). The
+//! `identity` subcommand's code is still in `crate::identity::cli`; it moves here as
+//! `cli/identity.rs` (`crate::cli::identity`).
+
+pub mod render;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,7 +30,7 @@ pub enum Command {
     Lint(crate::lint::LintArgs),
     /// Compile policies into the Envoy gateway: print the objects the controller would apply,
     /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
-    Render(crate::render::cli::RenderArgs),
+    Render(render::RenderArgs),
     /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
     Run(Box<crate::run::RunArgs>),
 }
@@ -52,7 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lint(args) => Ok(crate::lint::run(&args)),
         Command::Render(args) => {
-            crate::render::cli::run(args)?;
+            render::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => crate::run::run(*args),

@@ -1,11 +1,6 @@
 //! `apiguard render`: the renderer offline. Without `--envoy-dir` it prints every object the
 //! controller would apply; with it, it writes a directory `envoy -c DIR/bootstrap.yaml` serves.
 
-use super::envoy::{self as envoy_render, BOOTSTRAP_FILE};
-use super::{
-    GatewayIdentity, RenderInput, RenderOptions, RenderedGateway, UpstreamIdentity, network,
-    objects, render_gateway,
-};
 use crate::api::validate::validate_spec;
 use crate::api::{ApiSecurityPolicy, EastWestMtls};
 use crate::identity::ca::PemSource;
@@ -14,6 +9,11 @@ use crate::identity::{
     issue_leaf,
 };
 use crate::manifest::{Manifest, load_paths};
+use crate::render::envoy::{self as envoy_render, BOOTSTRAP_FILE};
+use crate::render::{
+    GatewayIdentity, RenderInput, RenderOptions, RenderedGateway, UpstreamIdentity, network,
+    objects, render_gateway,
+};
 use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -186,6 +186,8 @@ pub struct RenderedPolicy {
     pub gateway: RenderedGateway,
 }
 
+/// Renders the policy of `manifest` with what it references from `inputs`, certificates from
+/// `ca`.
 fn render_one(
     args: &RenderArgs,
     inputs: &Inputs,
@@ -193,16 +195,42 @@ fn render_one(
     ca: &CertificateAuthority,
     now: OffsetDateTime,
 ) -> anyhow::Result<RenderedPolicy> {
-    let policy: ApiSecurityPolicy = serde_json::from_value(manifest.object.clone())
-        .with_context(|| format!("{}: not a valid ApiSecurityPolicy", manifest.source))?;
+    let policy = valid_policy(manifest)?;
     let ns = policy
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let name = policy.metadata.name.clone().unwrap_or_default();
+    let service = target_service(inputs, manifest, &policy, &ns)?;
+    let api_keys = api_keys(inputs, &policy, &ns)?;
+    let jwks = jwks_from_secrets(inputs, &policy, &ns)?;
+    let options = render_options(args)?;
+    let identity = gateway_identity(args, inputs, ca, &policy, &service, &ns, now)?;
+    let input = RenderInput {
+        policy: &policy,
+        target_service: &service,
+        identity: &identity,
+        api_keys: &api_keys,
+        jwks_from_secret: &jwks,
+        options: &options,
+    };
+    let rendered = render_gateway(&input).with_context(|| format!("{}", manifest.source))?;
+    Ok(RenderedPolicy {
+        policy,
+        service,
+        options,
+        gateway: rendered,
+    })
+}
+
+/// The policy of `manifest`, if it parses and passes the spec checks (every violation listed).
+fn valid_policy(manifest: &Manifest) -> anyhow::Result<ApiSecurityPolicy> {
+    let policy: ApiSecurityPolicy = serde_json::from_value(manifest.object.clone())
+        .with_context(|| format!("{}: not a valid ApiSecurityPolicy", manifest.source))?;
     let violations = validate_spec(&policy.spec);
     if !violations.is_empty() {
+        let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
         let list = violations
             .iter()
             .map(|v| format!("  {}: {}", v.field, v.message()))
@@ -213,50 +241,81 @@ fn render_one(
             manifest.source
         );
     }
-    let spec = &policy.spec;
-    let svc_manifest = inputs
-        .find("Service", &ns, &spec.target.service)
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: policy {ns}/{name} targets Service {ns}/{} which was not given (-f)",
-                manifest.source,
-                spec.target.service
-            )
-        })?;
-    let service: Service =
-        serde_json::from_value(svc_manifest.object.clone()).with_context(|| {
-            format!(
-                "{}: Service {ns}/{}",
-                svc_manifest.source, spec.target.service
-            )
-        })?;
+    Ok(policy)
+}
 
-    let mut api_keys = BTreeMap::new();
-    if let Some(k) = spec
+/// The policy's target Service, from the given files.
+fn target_service(
+    inputs: &Inputs,
+    manifest: &Manifest,
+    policy: &ApiSecurityPolicy,
+    ns: &str,
+) -> anyhow::Result<Service> {
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let target = &policy.spec.target.service;
+    let svc_manifest = inputs.find("Service", ns, target).ok_or_else(|| {
+        anyhow!(
+            "{}: policy {ns}/{name} targets Service {ns}/{target} which was not given (-f)",
+            manifest.source,
+        )
+    })?;
+    serde_json::from_value(svc_manifest.object.clone())
+        .with_context(|| format!("{}: Service {ns}/{target}", svc_manifest.source))
+}
+
+/// API-key client id -> key, from the Secret `authentication.apiKeys.secretRef` (empty without
+/// API keys).
+fn api_keys(
+    inputs: &Inputs,
+    policy: &ApiSecurityPolicy,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    match policy
+        .spec
         .authentication
         .as_ref()
         .and_then(|a| a.api_keys.as_ref())
     {
-        api_keys = inputs.secret_data(&ns, &k.secret_ref.name)?;
+        Some(k) => inputs.secret_data(ns, &k.secret_ref.name),
+        None => Ok(BTreeMap::new()),
     }
+}
+
+/// JWT provider name -> JWKS document, for the providers whose JWKS is in a Secret.
+fn jwks_from_secrets(
+    inputs: &Inputs,
+    policy: &ApiSecurityPolicy,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut jwks = BTreeMap::new();
-    if let Some(jwt) = spec.authentication.as_ref().and_then(|a| a.jwt.as_ref()) {
-        for p in &jwt.providers {
-            if let Some(r) = &p.jwks.secret_ref {
-                let data = inputs.secret_data(&ns, &r.name)?;
-                let doc = data.get(&r.key).ok_or_else(|| {
-                    anyhow!(
-                        "Secret {ns}/{} has no key {:?} (provider {})",
-                        r.name,
-                        r.key,
-                        p.name
-                    )
-                })?;
-                jwks.insert(p.name.clone(), doc.clone());
-            }
+    let Some(jwt) = policy
+        .spec
+        .authentication
+        .as_ref()
+        .and_then(|a| a.jwt.as_ref())
+    else {
+        return Ok(jwks);
+    };
+    for p in &jwt.providers {
+        if let Some(r) = &p.jwks.secret_ref {
+            let data = inputs.secret_data(ns, &r.name)?;
+            let doc = data.get(&r.key).ok_or_else(|| {
+                anyhow!(
+                    "Secret {ns}/{} has no key {:?} (provider {})",
+                    r.name,
+                    r.key,
+                    p.name
+                )
+            })?;
+            jwks.insert(p.name.clone(), doc.clone());
         }
     }
+    Ok(jwks)
+}
 
+/// The render options of the flags; with `--envoy-dir`, config and secret files go there
+/// (absolute).
+fn render_options(args: &RenderArgs) -> anyhow::Result<RenderOptions> {
     let (listen_address, listen_port) = split_addr(&args.listen, "--listen")?;
     let (admin_address, admin_port) = split_addr(&args.admin, "--admin")?;
     let mut options = RenderOptions {
@@ -277,11 +336,26 @@ fn render_one(
         options.config_dir = abs.clone();
         options.secret_dir = abs;
     }
+    Ok(options)
+}
 
+/// The gateway's certificates, issued by `ca` now: a server leaf for the policy's hosts, the
+/// gateway Service's names and `localhost`, reused as the client certificate towards the target
+/// unless east-west mTLS is disabled.
+fn gateway_identity(
+    args: &RenderArgs,
+    inputs: &Inputs,
+    ca: &CertificateAuthority,
+    policy: &ApiSecurityPolicy,
+    service: &Service,
+    ns: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<GatewayIdentity> {
+    let spec = &policy.spec;
     let gateway = policy.gateway_name();
-    let gateway_id = SpiffeId::new(&args.trust_domain, &ns, &gateway)
+    let gateway_id = SpiffeId::new(&args.trust_domain, ns, &gateway)
         .map_err(|e| anyhow!("gateway SPIFFE ID: {e}"))?;
-    let mut server = LeafRequest::new(gateway_id.clone());
+    let mut server = LeafRequest::new(gateway_id);
     server.dns_names = spec.hosts.clone();
     server.dns_names.push(format!("{gateway}.{ns}.svc"));
     server
@@ -292,8 +366,8 @@ fn render_one(
     let upstream = if spec.east_west().mtls == EastWestMtls::Disabled {
         None
     } else {
-        let sa = inputs.service_account(&ns, &service);
-        let target = SpiffeId::new(&args.trust_domain, &ns, &sa)
+        let sa = inputs.service_account(ns, service);
+        let target = SpiffeId::new(&args.trust_domain, ns, &sa)
             .map_err(|e| anyhow!("target SPIFFE ID: {e}"))?;
         Some(UpstreamIdentity {
             cert_pem: leaf.cert_pem.clone(),
@@ -302,26 +376,11 @@ fn render_one(
             target_spiffe_id: target.uri(),
         })
     };
-    let identity = GatewayIdentity {
+    Ok(GatewayIdentity {
         server_cert_pem: leaf.cert_pem.clone(),
         server_key_pem: leaf.key_pem.clone(),
         client_ca_pem: Some(ca.roots_pem()),
         upstream,
-    };
-    let input = RenderInput {
-        policy: &policy,
-        target_service: &service,
-        identity: &identity,
-        api_keys: &api_keys,
-        jwks_from_secret: &jwks,
-        options: &options,
-    };
-    let rendered = render_gateway(&input).with_context(|| format!("{}", manifest.source))?;
-    Ok(RenderedPolicy {
-        policy,
-        service,
-        options,
-        gateway: rendered,
     })
 }
 
