@@ -1,9 +1,10 @@
 //! The `apiguard` command line: a thin edge over the library.
 //!
-//! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`). The
-//! `identity` subcommand's code is still in `crate::identity::cli`; it moves here as
-//! `cli/identity.rs` (`crate::cli::identity`).
+//! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`) and
+//! [`identity`] (`apiguard identity init-ca|issue`). The other subcommands are one call into
+//! their module (`lint`, `run`, `api`).
 
+pub mod identity;
 pub mod render;
 
 use clap::{Parser, Subcommand};
@@ -24,7 +25,7 @@ pub enum Command {
     /// Offline CA and workload certificate tools (the controller's code paths).
     Identity {
         #[command(subcommand)]
-        cmd: crate::identity::cli::IdentityCommand,
+        cmd: identity::IdentityCommand,
     },
     /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
     Lint(crate::lint::LintArgs),
@@ -53,7 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Identity { cmd } => {
-            crate::identity::cli::run(cmd)?;
+            identity::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Lint(args) => Ok(crate::lint::run(&args)),

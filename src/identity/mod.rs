@@ -2,7 +2,7 @@
 //!
 //! The operator's CA (a self-signed ECDSA P-256 root it generates, or a CA/intermediate the
 //! user brings) issues short-lived leaf certificates whose only identity is a SPIFFE URI SAN
-//! `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`. Everything here except [`cli`] is a pure function
+//! `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`. Everything here is a pure function
 //! of its inputs: the current time is always passed in (`now`), and the only randomness is
 //! the generation of fresh private keys.
 //!
@@ -13,7 +13,6 @@
 //! - [`ca_rotation`]: what the CA Secret must become as a requested rotation proceeds.
 //! - [`serving`]: the webhook's own serving certificate (DNS/IP SANs) and when to renew it.
 //! - [`secrets`]: the Secret/ConfigMap builders and parsers (the CA read back from its Secret).
-//! - [`cli`]: `apiguard identity init-ca|issue`, the same code paths offline.
 //!
 //! The apiserver side (CA bootstrap, the rotation driver, the webhook's serving certificate)
 //! is `crate::certs`.
@@ -21,7 +20,6 @@
 pub mod bundle;
 pub mod ca;
 pub mod ca_rotation;
-pub mod cli;
 pub mod issue;
 mod pem;
 pub mod rotation;

@@ -2,9 +2,9 @@
 //! conditions), server-side apply the children, prune, write status.
 //!
 //! - this module: the context, errors, and one reconcile: accept -> program -> status.
-//! - [`program`]: the phases that program an accepted policy.
-//! - [`inputs`]: the target Service and its service account, the Secrets the spec names.
-//! - [`children`]: the child kinds, and the child set that applies and prunes them.
+//! - `program`: the phases that program an accepted policy.
+//! - `inputs`: the target Service and its service account, the Secrets the spec names.
+//! - `children`: the child kinds, and the child set that applies and prunes them.
 
 mod children;
 mod inputs;

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use time::{Duration, OffsetDateTime};
 
-use super::ca::PemSource;
-use super::{CertificateAuthority, LeafRequest, SpiffeId, issue_leaf, rfc3339};
+use crate::identity::ca::PemSource;
+use crate::identity::{CertificateAuthority, LeafRequest, SpiffeId, issue_leaf, rfc3339};
 
 /// Offline CA and certificate tools.
+// The argument docs are `--help` text, where `<trustDomain>` reads as meant; not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, clap::Subcommand)]
 pub enum IdentityCommand {
     /// Generate a self-signed ECDSA P-256 root CA: writes DIR/ca.crt and DIR/ca.key (0600).
