@@ -88,7 +88,7 @@ pub struct AdmissionMetrics {
 
 /// Upper bounds (seconds) of the admission duration histogram: the review itself is expected
 /// to take tens of microseconds, so the buckets are fine at the low end.
-pub const DURATION_BUCKETS: [f64; 14] = [
+pub(crate) const DURATION_BUCKETS: [f64; 14] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.5, 1.0,
 ];
@@ -134,18 +134,18 @@ pub struct Readiness {
 }
 
 /// A liveness check: `Err(problem)` makes `/healthz` answer 503.
-pub type LivenessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type LivenessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Handle a component uses to declare itself ready (or not ready again).
 #[derive(Clone)]
 pub struct ReadyHandle(Arc<AtomicBool>);
 
 impl ReadyHandle {
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.0.store(ready, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
@@ -174,7 +174,7 @@ impl Readiness {
     }
 
     /// The problems the liveness checks report (empty: alive).
-    pub fn liveness_problems(&self) -> Vec<String> {
+    pub(crate) fn liveness_problems(&self) -> Vec<String> {
         let checks = self
             .liveness
             .lock()
@@ -184,7 +184,7 @@ impl Readiness {
     }
 
     /// Names of the components that are not ready yet (empty: the process is ready).
-    pub fn not_ready(&self) -> Vec<&'static str> {
+    pub(crate) fn not_ready(&self) -> Vec<&'static str> {
         self.components
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -25,7 +25,7 @@ pub struct RequestLabels {
 }
 
 /// The counter family; clone it into the layer and the registry.
-pub type RequestCounter = Family<RequestLabels, Counter>;
+pub(crate) type RequestCounter = Family<RequestLabels, Counter>;
 
 /// Registers `apiguard_kube_requests_total` and returns it.
 pub fn register(mut sink: impl MetricSink) -> RequestCounter {
@@ -39,7 +39,7 @@ pub fn register(mut sink: impl MetricSink) -> RequestCounter {
 }
 
 /// The verb of one request, as the apiserver's audit log would name it (coarsely).
-pub fn verb_of<B>(req: &Request<B>) -> &'static str {
+pub(crate) fn verb_of<B>(req: &Request<B>) -> &'static str {
     let query = req.uri().query().unwrap_or_default();
     let watch = query
         .split('&')
@@ -62,7 +62,7 @@ pub fn verb_of<B>(req: &Request<B>) -> &'static str {
 
 /// A tower layer counting requests into a [`RequestCounter`].
 #[derive(Clone)]
-pub struct CountRequests(pub RequestCounter);
+pub(crate) struct CountRequests(pub RequestCounter);
 
 impl<S> Layer<S> for CountRequests {
     type Service = Counted<S>;
@@ -75,7 +75,7 @@ impl<S> Layer<S> for CountRequests {
 }
 
 #[derive(Clone)]
-pub struct Counted<S> {
+pub(crate) struct Counted<S> {
     inner: S,
     counter: RequestCounter,
 }
@@ -110,7 +110,7 @@ where
 }
 
 /// The client of `apiguard run`: in-cluster service account or KUBECONFIG, counted.
-pub async fn counted_client(counter: RequestCounter) -> Result<kube::Client, kube::Error> {
+pub(crate) async fn counted_client(counter: RequestCounter) -> Result<kube::Client, kube::Error> {
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;

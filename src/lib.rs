@@ -5,6 +5,8 @@
 //! `webhook`, and `certs` for every certificate loop) that fetch inputs, call the core and
 //! write results.
 
+#![warn(unreachable_pub)]
+
 pub mod api;
 pub mod catalog;
 pub mod certs;

@@ -194,7 +194,7 @@ fn is_manifest_file(path: &Path) -> bool {
 
 /// Every manifest file under `paths`: files as given, directories recursed (sorted, only
 /// `.yaml`, `.yml` and `.json`), `-` for stdin.
-pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+pub(crate) fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" || p.is_file() {
@@ -241,7 +241,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 }
 
 /// Reads one input (`-` is stdin): its display name and its text.
-pub fn read_input(path: &Path) -> Result<(String, String), LoadError> {
+pub(crate) fn read_input(path: &Path) -> Result<(String, String), LoadError> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -260,7 +260,7 @@ pub fn read_input(path: &Path) -> Result<(String, String), LoadError> {
     Ok((name, text))
 }
 
-/// Loads every manifest under `paths` (see [`expand_paths`]).
+/// Loads every manifest under `paths` (see `expand_paths`).
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Manifest>, LoadError> {
     let mut out = Vec::new();
     for p in expand_paths(paths)? {

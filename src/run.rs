@@ -124,7 +124,7 @@ pub struct RunArgs {
     #[arg(long, env = "APIGUARD_GATEWAY_REPLICAS", default_value_t = 2)]
     pub gateway_replicas: i32,
     /// Name of the operator CA Secret in the operator namespace (created when absent).
-    #[arg(long, env = "APIGUARD_CA_SECRET", default_value = "apiguard-ca")]
+    #[arg(long, env = "APIGUARD_CA_SECRET", default_value = crate::identity::secrets::DEFAULT_CA_SECRET)]
     pub ca_secret: String,
     /// Policies reconciled at once (0: unbounded).
     #[arg(long, env = "APIGUARD_CONTROLLER_CONCURRENCY", default_value_t = crate::controller::Config::DEFAULT_CONCURRENCY)]
@@ -147,7 +147,7 @@ pub struct RunArgs {
 
 /// Where the webhook's serving certificate comes from.
 #[derive(Debug, Clone)]
-pub enum ServingSource {
+pub(crate) enum ServingSource {
     /// PEM files (cert-manager or any other issuer mounts them), re-read on change.
     Files(PathBuf, PathBuf),
     /// Issued and kept current by apiguard itself, in a Secret.
@@ -155,7 +155,7 @@ pub enum ServingSource {
 }
 
 /// Default operator namespace when neither the flag nor `POD_NAMESPACE` says otherwise.
-pub const DEFAULT_OPERATOR_NAMESPACE: &str = "apiguard-system";
+pub(crate) const DEFAULT_OPERATOR_NAMESPACE: &str = "apiguard-system";
 
 impl RunArgs {
     /// The operator namespace: the flag, else `$POD_NAMESPACE`, else `apiguard-system`.
@@ -173,7 +173,7 @@ impl RunArgs {
 
     /// Where the webhook's serving certificate comes from (`None`: no webhook); a usage error
     /// says what to pass.
-    pub fn serving_source(&self) -> Result<Option<ServingSource>, String> {
+    pub(crate) fn serving_source(&self) -> Result<Option<ServingSource>, String> {
         if self.no_webhook {
             return Ok(None);
         }
@@ -237,14 +237,14 @@ impl RunArgs {
 
     /// `--leaf-lifetime` as a certificate lifetime: 1 h to 1 year (shorter would renew almost
     /// at once, as certificates are backdated 5 minutes against clock skew).
-    pub fn leaf_lifetime_checked(&self) -> Option<time::Duration> {
+    pub(crate) fn leaf_lifetime_checked(&self) -> Option<time::Duration> {
         time::Duration::try_from(self.leaf_lifetime)
             .ok()
             .filter(|l| *l >= time::Duration::HOUR && *l <= time::Duration::days(365))
     }
 
     /// The rule engine settings these flags select.
-    pub fn engine_config(&self) -> EngineConfig {
+    pub(crate) fn engine_config(&self) -> EngineConfig {
         let mut exempt: std::collections::BTreeSet<String> = self
             .exempt_namespaces
             .iter()
@@ -261,7 +261,7 @@ impl RunArgs {
 }
 
 /// Install the global tracing subscriber (`RUST_LOG` filters, default `info`).
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a terminal: escape codes would litter collected logs.

@@ -7,13 +7,13 @@ use std::time::Duration;
 #[error(
     "invalid duration {input:?}: expected <number><unit> pairs with unit ms, s, m or h, e.g. 30s, 5m, 1h30m"
 )]
-pub struct DurationError {
+pub(crate) struct DurationError {
     pub input: String,
 }
 
 /// Parses `<number><unit>` pairs (units `ms`, `s`, `m`, `h`), matching the CRD pattern
 /// [`super::policy::DURATION_PATTERN`].
-pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let err = || DurationError {
         input: input.to_string(),
     };
@@ -50,26 +50,6 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// Formats a duration the way policies write it (largest units first, e.g. `1h30m`).
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    if !ms.is_multiple_of(1000) {
-        return format!("{ms}ms");
-    }
-    let mut secs = d.as_secs();
-    let mut out = String::new();
-    for (unit, len) in [("h", 3600), ("m", 60), ("s", 1)] {
-        if secs >= len {
-            out.push_str(&format!("{}{unit}", secs / len));
-            secs %= len;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,13 +75,6 @@ mod tests {
     fn rejects(#[case] input: &str) {
         let e = parse_duration(input).unwrap_err();
         assert!(e.to_string().contains(input));
-    }
-
-    #[test]
-    fn format_round_trips() {
-        for s in ["1h30m", "5m", "30s", "250ms", "24h"] {
-            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
-        }
     }
 
     #[test]

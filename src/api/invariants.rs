@@ -23,7 +23,7 @@ pub struct Invariant {
 
 impl Invariant {
     /// The CRD validation rule for this invariant.
-    pub fn to_rule(&self) -> Rule {
+    pub(crate) fn to_rule(self) -> Rule {
         Rule::new(self.cel).message(self.message)
     }
 }
@@ -31,12 +31,12 @@ impl Invariant {
 /// The grammar of a route path: `/`, `/*`, or `/`-separated segments that are literals or
 /// `{param}` templates, optionally ending in `/*` (prefix match). Used by the CEL rule and the
 /// Rust check alike.
-pub const PATH_TEMPLATE_PATTERN: &str =
+pub(crate) const PATH_TEMPLATE_PATTERN: &str =
     r"^(/|/\*|(/([A-Za-z0-9._~!$&'()+,;=:@%-]+|\{[A-Za-z_][A-Za-z0-9_]*\}))+(/\*)?)$";
 
 /// Headers a forwarded claim must never overwrite: they carry routing, framing or identity
 /// that the gateway or the upstream trusts.
-pub const RESERVED_HEADERS: &[&str] = &[
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "authorization",
     "host",
     "content-length",

@@ -13,7 +13,7 @@ pub use policy::*;
 use kube::CustomResourceExt;
 
 /// Every CRD apiguard owns, as multi-document YAML (the source of `crds/` and the chart's CRDs).
-pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
+pub(crate) fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
     let crds = [ApiSecurityPolicy::crd()];
     let mut out = String::new();
     for crd in &crds {

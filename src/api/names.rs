@@ -14,23 +14,23 @@ pub fn gateway_name(policy_name: &str) -> String {
 }
 
 /// `<policy>-apiguard-secrets`: the gateway's Secret (private keys, API keys).
-pub fn gateway_secrets_name(policy_name: &str) -> String {
+pub(crate) fn gateway_secrets_name(policy_name: &str) -> String {
     format!("{policy_name}-apiguard-secrets")
 }
 
 /// `<policy>-apiguard-target`: the NetworkPolicy isolating the target's pods.
-pub fn target_network_policy_name(policy_name: &str) -> String {
+pub(crate) fn target_network_policy_name(policy_name: &str) -> String {
     format!("{policy_name}-apiguard-target")
 }
 
 /// `<policy>-apiguard-gateway-identity`: Secret with the gateway's workload certificate.
-pub fn gateway_identity_secret_name(policy_name: &str) -> String {
+pub(crate) fn gateway_identity_secret_name(policy_name: &str) -> String {
     format!("{policy_name}-apiguard-gateway-identity")
 }
 
 /// `<policy>-apiguard-target-identity`: Secret with the target service account's workload
 /// certificate.
-pub fn target_identity_secret_name(policy_name: &str) -> String {
+pub(crate) fn target_identity_secret_name(policy_name: &str) -> String {
     format!("{policy_name}-apiguard-target-identity")
 }
 
@@ -44,12 +44,12 @@ impl ApiSecurityPolicy {
     }
 
     /// `<name>-apiguard-secrets` ([`gateway_secrets_name`]).
-    pub fn gateway_secrets_name(&self) -> String {
+    pub(crate) fn gateway_secrets_name(&self) -> String {
         gateway_secrets_name(self.metadata.name.as_deref().unwrap_or(""))
     }
 
     /// `<name>-apiguard-target` ([`target_network_policy_name`]).
-    pub fn target_network_policy_name(&self) -> String {
+    pub(crate) fn target_network_policy_name(&self) -> String {
         target_network_policy_name(self.metadata.name.as_deref().unwrap_or(""))
     }
 }
@@ -62,53 +62,53 @@ pub mod labels {
     //! Two keys say which part of apiguard an object belongs to, and both stay, each for the
     //! objects it has always been on:
     //!
-    //! - [`COMPONENT`] (`apiguard.dev/component`) is on a policy's rendered objects (the gateway
+    //! - `COMPONENT` (`apiguard.dev/component`) is on a policy's rendered objects (the gateway
     //!   ConfigMap, Secret, Deployment and Service, the target NetworkPolicy) and **in the gateway Deployment's `spec.selector`** and the
     //!   pod template. A Deployment's selector is immutable: moving the gateway to another key
     //!   would make every apply to a Deployment an older version created fail. So this key is
     //!   *the* component label of everything per policy.
-    //! - [`APP_COMPONENT`] (`app.kubernetes.io/component`) is on the workload-identity objects
+    //! - `APP_COMPONENT` (`app.kubernetes.io/component`) is on the workload-identity objects
     //!   (the CA Secret, leaf certificate Secrets, the trust bundle ConfigMap, the webhook
     //!   serving certificate Secret), as docs/certificates.md documents and the cluster tests
     //!   select them (`app.kubernetes.io/component=workload-identity`). apiguard itself finds
-    //!   these by name, not by this label, so nothing requires it to match [`COMPONENT`], while
+    //!   these by name, not by this label, so nothing requires it to match `COMPONENT`, while
     //!   moving them would silently break a user's selections.
     //!
-    //! The controller recognises its children by [`MANAGED_BY`] = [`MANAGED_BY_VALUE`] and
+    //! The controller recognises its children by `MANAGED_BY` = `MANAGED_BY_VALUE` and
     //! [`POLICY`] only (watch selectors, adoption, pruning), so neither component key decides
     //! what it adopts or prunes, and what an older version labelled is still recognised.
 
     /// Standard label on everything apiguard writes; its value is [`MANAGED_BY_VALUE`].
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub(crate) const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     /// The value of [`MANAGED_BY`].
-    pub const MANAGED_BY_VALUE: &str = "apiguard";
+    pub(crate) const MANAGED_BY_VALUE: &str = "apiguard";
     /// The owning policy's name, on every per-policy child.
     pub const POLICY: &str = "apiguard.dev/policy";
     /// Component of a policy's rendered objects; part of the gateway Deployment's (immutable)
     /// selector. See the module docs for why there are two component keys.
-    pub const COMPONENT: &str = "apiguard.dev/component";
+    pub(crate) const COMPONENT: &str = "apiguard.dev/component";
     /// Component of the workload-identity objects (CA, leaf and serving certificate Secrets,
     /// trust bundle ConfigMap). See the module docs for why there are two component keys.
-    pub const APP_COMPONENT: &str = "app.kubernetes.io/component";
+    pub(crate) const APP_COMPONENT: &str = "app.kubernetes.io/component";
 }
 
 /// Annotation keys apiguard writes on its children.
 pub mod annotations {
     /// On the gateway ConfigMap: the hash of all the gateway's configuration files.
-    pub const CONFIG_HASH: &str = "apiguard.dev/config-hash";
+    pub(crate) const CONFIG_HASH: &str = "apiguard.dev/config-hash";
     /// On the gateway pod template: the hash of the bootstrap (the only file whose change
     /// needs a restart).
-    pub const BOOTSTRAP_HASH: &str = "apiguard.dev/bootstrap-hash";
+    pub(crate) const BOOTSTRAP_HASH: &str = "apiguard.dev/bootstrap-hash";
     /// On a leaf certificate Secret: its SPIFFE ID (label values cannot hold `/` and `:`).
-    pub const SPIFFE_ID: &str = "apiguard.dev/spiffe-id";
+    pub(crate) const SPIFFE_ID: &str = "apiguard.dev/spiffe-id";
     /// On a certificate Secret: the certificate's `notAfter` (RFC 3339).
-    pub const NOT_AFTER: &str = "apiguard.dev/not-after";
+    pub(crate) const NOT_AFTER: &str = "apiguard.dev/not-after";
 }
 
 /// Server-side apply field managers.
 pub mod field_managers {
     /// The field manager of every controller write to a policy's children and status.
-    pub const CONTROLLER: &str = "apiguard";
+    pub(crate) const CONTROLLER: &str = "apiguard";
     /// The field manager of the webhook's `caBundle` apply to its
     /// ValidatingWebhookConfiguration.
     pub const WEBHOOK_CA_BUNDLE: &str = "apiguard-webhook-ca";

@@ -3,6 +3,10 @@
 //! Doc comments on every field become the CRD's descriptions (`kubectl explain asp.spec...`).
 //! Invariants that need no cluster state are attached as CEL rules from [`super::invariants`].
 
+// kube's `KubeSchema` derive copies each struct into a private module to build its schema;
+// `unreachable_pub` reports those copies at the originals, which are exported (`crate::api`).
+#![allow(unreachable_pub)]
+
 use super::invariants as inv;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -11,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Pattern of a duration field: one or more `<number><unit>` with unit `ms`, `s`, `m` or `h`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 
 /// The desired security of one API: how it is exposed, who may call which route, and the
 /// gateway, certificates and network rules apiguard derives from that.
@@ -117,7 +121,7 @@ pub enum Exposure {
 
 impl Exposure {
     /// Public and Partner APIs are served to the outside world through the gateway.
-    pub fn is_external(self) -> bool {
+    pub(crate) fn is_external(self) -> bool {
         matches!(self, Exposure::Public | Exposure::Partner)
     }
 }
@@ -156,7 +160,7 @@ pub struct TlsSpec {
 }
 
 impl TlsSpec {
-    pub fn is_disabled(&self) -> bool {
+    pub(crate) fn is_disabled(&self) -> bool {
         self.mode == TlsMode::Disabled
     }
 }
@@ -792,7 +796,7 @@ impl ApiSecurityPolicySpec {
     pub fn request_validation(&self) -> RequestValidation {
         self.request_validation.clone().unwrap_or_default()
     }
-    pub fn east_west(&self) -> EastWest {
+    pub(crate) fn east_west(&self) -> EastWest {
         self.east_west.clone().unwrap_or_default()
     }
     pub fn network(&self) -> Network {
@@ -808,7 +812,7 @@ impl ApiSecurityPolicySpec {
             .map(|a| a.rules.as_slice())
             .unwrap_or(&[])
     }
-    pub fn default_action(&self) -> DefaultAction {
+    pub(crate) fn default_action(&self) -> DefaultAction {
         self.authorization
             .as_ref()
             .map(|a| a.default_action)

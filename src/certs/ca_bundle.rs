@@ -10,7 +10,7 @@ use crate::api::names::field_managers::WEBHOOK_CA_BUNDLE;
 /// The apiserver refused or failed a read or apply of the ValidatingWebhookConfiguration.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} ValidatingWebhookConfiguration {name}: {source}")]
-pub struct CaBundleError {
+pub(crate) struct CaBundleError {
     action: &'static str,
     name: String,
     #[source]
@@ -18,7 +18,7 @@ pub struct CaBundleError {
 }
 
 /// Whether any webhook of `vwc` does not carry exactly `bundle_pem` as its `caBundle`.
-pub fn ca_bundle_outdated(vwc: &ValidatingWebhookConfiguration, bundle_pem: &str) -> bool {
+pub(crate) fn ca_bundle_outdated(vwc: &ValidatingWebhookConfiguration, bundle_pem: &str) -> bool {
     vwc.webhooks.iter().flatten().any(|hook| {
         hook.client_config
             .ca_bundle
@@ -57,7 +57,7 @@ pub fn ca_bundle_apply(
 
 /// What [`ensure_ca_bundle`] found or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CaBundleOutcome {
+pub(crate) enum CaBundleOutcome {
     /// Every webhook already trusts the CA.
     Current,
     /// The `caBundle`s were applied.
@@ -68,7 +68,7 @@ pub enum CaBundleOutcome {
 }
 
 /// Makes every webhook of ValidatingWebhookConfiguration `name` trust `bundle_pem`.
-pub async fn ensure_ca_bundle(
+pub(crate) async fn ensure_ca_bundle(
     client: kube::Client,
     name: &str,
     bundle_pem: &str,

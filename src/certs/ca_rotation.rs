@@ -184,7 +184,7 @@ impl RotationTarget<'_> {
 
 /// Drives CA rotations of Secret `namespace/name` until `stop` resolves: on every change of
 /// the Secret (e.g. the user's `apiguard.dev/rotate=requested`) and when the current step is
-/// due, plans ([`crate::identity::ca_rotation::plan`]) and writes the Secret conditionally,
+/// due, plans (`plan`) and writes the Secret conditionally,
 /// recording each step (and an ignored request or an unusable state) as an Event on the
 /// Secret. Run by the leader only.
 pub async fn drive_ca_rotation(

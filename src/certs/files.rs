@@ -55,7 +55,7 @@ impl ReloadingCert {
     }
 
     /// The resolver the files feed (what the TLS server is given).
-    pub fn resolver(&self) -> Arc<SwappableCert> {
+    pub(crate) fn resolver(&self) -> Arc<SwappableCert> {
         self.cert.clone()
     }
 
@@ -71,7 +71,7 @@ impl ReloadingCert {
     /// Returns `Ok(true)` when a new certificate was installed. On an error (for example a
     /// rotation caught halfway, with the new certificate but the old key) the certificate in
     /// force stays, and the next call tries again.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+    pub(crate) fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let cert = read(&self.cert_path)?;
         let key = read(&self.key_path)?;
         self.cert
@@ -106,7 +106,7 @@ impl ReloadingCert {
     }
 }
 
-/// Serves what [`ReloadingCert::resolver`] serves.
+/// Serves what `resolver` serves.
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.cert.resolve(client_hello)

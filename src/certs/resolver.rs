@@ -139,7 +139,7 @@ impl SwappableCert {
 
     /// [`Self::install`] from a Secret's `tls.crt`/`tls.key`; `source` (`Secret ns/name`)
     /// names it in errors.
-    pub fn install_from_secret(
+    pub(crate) fn install_from_secret(
         &self,
         cert_pem: &[u8],
         key_pem: &[u8],

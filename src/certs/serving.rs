@@ -4,11 +4,11 @@
 //! 1. makes sure the operator CA exists ([`super::ca::ensure_ca`]: create-or-adopt,
 //!    race-free);
 //! 2. makes sure the serving Secret holds a good certificate for the wanted names
-//!    ([`super::serving_secret::ensure_serving_secret`]), safe against racing replicas;
+//!    (`ensure_serving_secret`), safe against racing replicas;
 //! 3. serves that certificate, swapped in without a restart when the Secret changes
 //!    ([`SwappableCert`]);
 //! 4. server-side applies `webhooks[].clientConfig.caBundle` of the named
-//!    ValidatingWebhookConfiguration ([`super::ca_bundle::ensure_ca_bundle`]) whenever it
+//!    ValidatingWebhookConfiguration (`ensure_ca_bundle`) whenever it
 //!    differs from the CA's roots.
 //!
 //! The Secret and the webhook configuration are watched by name, and looked at again at the
@@ -83,7 +83,7 @@ impl ServingMetrics {
 
 /// One look: ensure the Secret, serve its certificate, ensure the `caBundle`. Returns when
 /// to look again at the latest.
-pub async fn reconcile_once(
+pub(crate) async fn reconcile_once(
     client: kube::Client,
     config: &ServingConfig,
     cert: &SwappableCert,

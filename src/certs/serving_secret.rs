@@ -21,10 +21,10 @@ use crate::identity::serving::{
 use crate::identity::{CertificateAuthority, IssueError};
 
 /// Default name of the serving certificate Secret in the operator namespace.
-pub const DEFAULT_SERVING_SECRET: &str = "apiguard-webhook-tls";
+pub(crate) const DEFAULT_SERVING_SECRET: &str = "apiguard-webhook-tls";
 /// How often the Secret, the CA and the webhook configuration are looked at even without a
 /// watch event (a missed event, a CA replaced by hand).
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
 /// What the managed serving certificate is made of.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub struct ServingConfig {
 /// Why the serving certificate could not be ensured. Messages name the Secret or the
 /// ValidatingWebhookConfiguration.
 #[derive(Debug, thiserror::Error)]
-pub enum ServingError {
+pub(crate) enum ServingError {
     #[error("operator CA for the webhook serving certificate: {0}")]
     Ca(#[from] CaSecretError),
     #[error("issuing the webhook serving certificate for Secret {namespace}/{name}: {source}")]
@@ -88,7 +88,7 @@ pub enum ServingError {
 
 /// What [`ensure_serving_secret`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretOutcome {
+pub(crate) enum SecretOutcome {
     /// The stored certificate was good.
     Kept,
     /// This replica wrote a new certificate, for this reason.
@@ -97,7 +97,7 @@ pub enum SecretOutcome {
 
 /// A serving certificate as read from (or written to) its Secret.
 #[derive(Clone)]
-pub struct ServingMaterial {
+pub(crate) struct ServingMaterial {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     /// The CA's roots: the `caBundle` the webhook configuration must hold.
@@ -121,7 +121,7 @@ const MAX_ATTEMPTS: usize = 5;
 
 /// Ensures the CA and the serving Secret (creating or renewing it, safe against other replicas
 /// doing the same), and returns the certificate to serve.
-pub async fn ensure_serving_secret(
+pub(crate) async fn ensure_serving_secret(
     client: kube::Client,
     config: &ServingConfig,
     now: OffsetDateTime,

@@ -179,7 +179,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
 }
 
 /// One policy with everything it needs, rendered.
-pub struct RenderedPolicy {
+pub(crate) struct RenderedPolicy {
     pub policy: ApiSecurityPolicy,
     pub service: Service,
     pub options: RenderOptions,
@@ -386,7 +386,11 @@ fn gateway_identity(
 
 /// Writes a rendered gateway into `dir`: certificates and keys first, then clusters, then the
 /// listener, then the bootstrap, each atomically.
-pub fn write_envoy_dir(dir: &Path, gateway: &RenderedGateway, ca_pem: &str) -> anyhow::Result<()> {
+pub(crate) fn write_envoy_dir(
+    dir: &Path,
+    gateway: &RenderedGateway,
+    ca_pem: &str,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let rank = |name: &str| match name {
         envoy_render::LDS_FILE => 3,

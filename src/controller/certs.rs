@@ -39,7 +39,7 @@ impl std::fmt::Debug for Leaf {
 }
 
 /// The DNS names of `service` in `namespace` (short and cluster-qualified forms).
-pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+pub(crate) fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
         format!("{service}.{namespace}.svc"),
         format!("{service}.{namespace}.svc.cluster.local"),
@@ -48,7 +48,7 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
 
 /// Keeps the leaf stored in `existing` if it is still good for `expected` at `now`, otherwise
 /// issues a new one from `ca`.
-pub fn plan_leaf(
+pub(crate) fn plan_leaf(
     existing: Option<&Secret>,
     expected: &ExpectedIdentity,
     ca: &CertificateAuthority,

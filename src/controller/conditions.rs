@@ -5,11 +5,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{ApiSecurityPolicyStatus, CertificateStatus, GatewayStatus};
 
-pub const ACCEPTED: &str = "Accepted";
-pub const PROGRAMMED: &str = "Programmed";
-pub const CERTIFICATES_READY: &str = "CertificatesReady";
-pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
-pub const READY: &str = "Ready";
+pub(crate) const ACCEPTED: &str = "Accepted";
+pub(crate) const PROGRAMMED: &str = "Programmed";
+pub(crate) const CERTIFICATES_READY: &str = "CertificatesReady";
+pub(crate) const NETWORK_ISOLATED: &str = "NetworkIsolated";
+pub(crate) const READY: &str = "Ready";
 
 /// Every condition type, in the order they are written.
 pub const ALL: [&str; 5] = [
@@ -198,7 +198,7 @@ impl Outcome {
     }
 
     /// The verdicts in [`ALL`] order.
-    pub fn verdicts(&self) -> [(&'static str, Verdict); 5] {
+    pub(crate) fn verdicts(&self) -> [(&'static str, Verdict); 5] {
         [
             (ACCEPTED, self.accepted.clone()),
             (PROGRAMMED, self.programmed.clone()),
@@ -307,7 +307,7 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition>
 /// The one Event that reports the transitions of one reconcile (a new policy turns five
 /// conditions True at once: one Event, not five).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventSummary {
+pub(crate) struct EventSummary {
     pub warning: bool,
     /// The first unexpected failure's reason; else the Ready condition's; else the first's.
     pub reason: String,
@@ -317,7 +317,10 @@ pub struct EventSummary {
 
 /// Summarizes `transitions` for an Event; `None` when nothing changed. NetworkIsolated turning
 /// False is expected (not a warning) when isolation is disabled on purpose.
-pub fn event_summary(transitions: &[Transition], isolation_disabled: bool) -> Option<EventSummary> {
+pub(crate) fn event_summary(
+    transitions: &[Transition],
+    isolation_disabled: bool,
+) -> Option<EventSummary> {
     let unexpected = |t: &&Transition| {
         t.to == State::False.as_str() && !(t.type_ == NETWORK_ISOLATED && isolation_disabled)
     };
@@ -344,7 +347,7 @@ pub fn event_summary(transitions: &[Transition], isolation_disabled: bool) -> Op
 }
 
 /// Whether condition `type_` is True.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub(crate) fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == type_ && c.status == State::True.as_str())

@@ -39,7 +39,7 @@ impl LeaderConfig {
 /// Competes for the Lease until `shutdown`; each time this replica becomes the holder,
 /// runs `leading(stop)` where `stop` resolves when the Lease is lost or on shutdown. The
 /// Lease is released on shutdown so another replica takes over at once.
-pub async fn lead<F, Fut>(
+pub(crate) async fn lead<F, Fut>(
     client: kube::Client,
     config: &LeaderConfig,
     shutdown: Shutdown,

@@ -22,12 +22,12 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConditionLabel {
+pub(crate) struct ConditionLabel {
     pub condition: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CertificateLabel {
+pub(crate) struct CertificateLabel {
     /// `gateway` or `workload`.
     pub identity: &'static str,
 }
@@ -120,7 +120,7 @@ impl ControllerMetrics {
     }
 
     /// Forgets a deleted policy.
-    pub fn forget_policy(&self, key: &str, now_unix: i64) {
+    pub(crate) fn forget_policy(&self, key: &str, now_unix: i64) {
         let mut facts = self.facts.lock().unwrap_or_else(|e| e.into_inner());
         facts.remove(key);
         self.recompute(&facts, now_unix);
@@ -187,7 +187,7 @@ impl Health {
         }
     }
 
-    pub fn set_leader(&self, leader: bool) {
+    pub(crate) fn set_leader(&self, leader: bool) {
         self.leader.store(leader, Ordering::SeqCst);
         if !leader {
             self.caches_synced.store(false, Ordering::SeqCst);
@@ -196,11 +196,11 @@ impl Health {
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
     }
-    pub fn set_caches_synced(&self) {
+    pub(crate) fn set_caches_synced(&self) {
         self.caches_synced.store(true, Ordering::SeqCst);
     }
     /// The controller loop ended while it should be running.
-    pub fn set_stopped(&self) {
+    pub(crate) fn set_stopped(&self) {
         self.stopped.store(true, Ordering::SeqCst);
     }
 

@@ -36,9 +36,9 @@ use crate::api::ApiSecurityPolicy;
 use crate::api::names::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 
 /// A shutdown signal that can be awaited from several places.
-pub type Shutdown = Shared<BoxFuture<'static, ()>>;
+pub(crate) type Shutdown = Shared<BoxFuture<'static, ()>>;
 
-/// Turns any future into a [`Shutdown`].
+/// Turns any future into a `Shutdown`.
 pub fn shutdown_on(f: impl std::future::Future<Output = ()> + Send + 'static) -> Shutdown {
     f.boxed().shared()
 }
@@ -489,7 +489,7 @@ async fn mark_synced(
 
 /// Runs the reconcile loop until `stop` resolves (graceful: running reconciles finish).
 /// Marks `health` ready once every cache has synced.
-pub async fn run_controller(
+pub(crate) async fn run_controller(
     client: kube::Client,
     config: Config,
     renderer: Arc<dyn GatewayRenderer>,

@@ -21,7 +21,7 @@ fn age_key(p: &ApiSecurityPolicy) -> (Option<i64>, String) {
 /// The policy that already holds `policy`'s target Service, if it is not `policy` itself.
 /// `others` are all policies known (any namespace; the policy itself may be among them).
 /// Policies being deleted give the Service up.
-pub fn conflicting_winner<'a>(
+pub(crate) fn conflicting_winner<'a>(
     policy: &ApiSecurityPolicy,
     others: impl IntoIterator<Item = &'a ApiSecurityPolicy>,
 ) -> Option<&'a ApiSecurityPolicy> {
@@ -53,7 +53,7 @@ pub fn conflicting_winner<'a>(
 /// (creationTimestamp, then name). Every policy computes the same answer, so the bundle has one
 /// owner reference that changes only when that policy goes, instead of a list of every policy
 /// (which changed, and re-triggered every owner, with each new policy).
-pub fn bundle_anchor<'a>(
+pub(crate) fn bundle_anchor<'a>(
     namespace: &str,
     policies: impl IntoIterator<Item = &'a ApiSecurityPolicy>,
 ) -> Option<&'a ApiSecurityPolicy> {
@@ -69,7 +69,7 @@ pub fn bundle_anchor<'a>(
 }
 
 /// Whether `owner` is this policy's controller reference.
-pub fn is_controller_ref_of(owner: &OwnerReference, policy_uid: &str) -> bool {
+pub(crate) fn is_controller_ref_of(owner: &OwnerReference, policy_uid: &str) -> bool {
     owner.controller == Some(true) && owner.uid == policy_uid && owner.kind == "ApiSecurityPolicy"
 }
 
@@ -103,7 +103,7 @@ pub fn ownership(existing: Option<&ObjectMeta>, policy_uid: &str) -> Ownership {
 
 /// Ownership of a namespace-wide object apiguard shares between policies (the trust bundle):
 /// ours when labelled as managed by apiguard.
-pub fn shared_ownership(existing: Option<&ObjectMeta>) -> Ownership {
+pub(crate) fn shared_ownership(existing: Option<&ObjectMeta>) -> Ownership {
     match existing {
         None => Ownership::Absent,
         Some(m)
@@ -120,7 +120,7 @@ pub fn shared_ownership(existing: Option<&ObjectMeta>) -> Ownership {
 
 /// Whether an object found by label may be pruned for this policy: it carries the policy's
 /// label *and* the policy's controller ownerRef, and is not in `desired`.
-pub fn prunable(
+pub(crate) fn prunable(
     meta: &ObjectMeta,
     policy_name: &str,
     policy_uid: &str,

@@ -74,7 +74,7 @@ impl TrustedRoot {
 
     /// The same issuer without the roots `other` has (e.g. a CA loaded from a Secret whose
     /// `ca.crt` also holds the roots of the CA it rotates to or from).
-    pub fn without_roots_of(&self, other: &TrustedRoot) -> Self {
+    pub(crate) fn without_roots_of(&self, other: &TrustedRoot) -> Self {
         Self {
             roots: self
                 .roots
@@ -101,13 +101,8 @@ impl TrustedRoot {
     }
 
     /// SHA-256 fingerprint of the issuing certificate these roots anchor.
-    pub fn issuer_fingerprint(&self) -> &str {
+    pub(crate) fn issuer_fingerprint(&self) -> &str {
         &self.issuer_fingerprint
-    }
-
-    /// Expiry of the issuing certificate (no leaf it signs outlives it).
-    pub fn issuer_not_after(&self) -> OffsetDateTime {
-        self.issuer_not_after
     }
 }
 

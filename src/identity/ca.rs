@@ -138,7 +138,6 @@ pub struct CertificateAuthority {
     subject: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-    subject_key_id: Vec<u8>,
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -165,7 +164,7 @@ impl CertificateAuthority {
     }
 
     /// [`CertificateAuthority::generate`] with a caller-supplied key.
-    pub fn generate_with_key(
+    pub(crate) fn generate_with_key(
         key: KeyPair,
         now: OffsetDateTime,
         lifetime: Duration,
@@ -324,8 +323,6 @@ impl CertificateAuthority {
                 not_after,
             });
         }
-        let subject_key_id = subject_key_id(&parsed)
-            .unwrap_or_else(|| CertificateParams::default().key_identifier(&key));
         let issuer =
             Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| CaError::InvalidCertificate {
                 source_name: cert_name,
@@ -339,7 +336,6 @@ impl CertificateAuthority {
             subject,
             not_before,
             not_after,
-            subject_key_id,
         })
     }
 
@@ -359,7 +355,7 @@ impl CertificateAuthority {
     }
 
     /// PEM of the issuing certificate followed by its intermediates (what goes in `tls.crt`).
-    pub fn cert_chain_pem(&self) -> String {
+    pub(crate) fn cert_chain_pem(&self) -> String {
         let mut out = self.cert_pem();
         out.push_str(&self.chain_pem());
         out
@@ -367,7 +363,7 @@ impl CertificateAuthority {
 
     /// PEM of the intermediates above the issuer (empty when the issuer is a root or signed
     /// directly by one).
-    pub fn chain_pem(&self) -> String {
+    pub(crate) fn chain_pem(&self) -> String {
         self.chain
             .iter()
             .map(|der| pem::encode_certificate(der))
@@ -376,7 +372,7 @@ impl CertificateAuthority {
 
     /// What a leaf carries after its own certificate: the issuer when it is an intermediate,
     /// then the intermediates above it. Empty for a root issuer.
-    pub fn leaf_chain_pem(&self) -> String {
+    pub(crate) fn leaf_chain_pem(&self) -> String {
         if self.roots.contains(&self.cert_der) {
             return String::new();
         }
@@ -409,18 +405,13 @@ impl CertificateAuthority {
     }
 
     /// Start of the issuer's validity.
-    pub fn not_before(&self) -> OffsetDateTime {
+    pub(crate) fn not_before(&self) -> OffsetDateTime {
         self.not_before
     }
 
     /// End of the issuer's validity; no leaf outlives it.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
-    }
-
-    /// The issuer's subject key identifier (the leaves' authority key identifier).
-    pub fn subject_key_id(&self) -> &[u8] {
-        &self.subject_key_id
     }
 
     /// Lowercase hex SHA-256 of the issuing certificate's DER.
@@ -484,19 +475,19 @@ pub(crate) fn validity(cert: &X509Certificate<'_>) -> (OffsetDateTime, OffsetDat
     )
 }
 
-pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.iter_extensions()
-        .find_map(|ext| match ext.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
-                Some(id.0.to_vec())
-            }
-            _ => None,
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+        cert.iter_extensions()
+            .find_map(|ext| match ext.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+    }
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -516,7 +507,7 @@ mod tests {
         let ku = parsed.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
         assert!(is_self_signed(&parsed));
-        assert_eq!(subject_key_id(&parsed).unwrap(), ca.subject_key_id());
+        assert!(subject_key_id(&parsed).is_some_and(|id| !id.is_empty()));
     }
 
     #[test]
@@ -542,7 +533,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(loaded.fingerprint(), ca.fingerprint());
-        assert_eq!(loaded.subject_key_id(), ca.subject_key_id());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | Draining     | the new CA                   | `previous.crt` (roots)  | old + new roots | `{"state":"Draining","oldRemovedAt":..}`     |
 //!
 //! so [`super::secrets::ca_from_secret`] always yields the issuing CA with every trusted root.
-//! [`plan`] reads the Secret, walks [`RotationState`] forward to `now` and says what the
+//! `plan` reads the Secret, walks [`RotationState`] forward to `now` and says what the
 //! Secret must become (if anything) and when to look again.
 
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ use crate::api::names::annotations::NOT_AFTER;
 /// Annotation the user sets to `requested` on the CA Secret to start a rotation.
 pub const ROTATE_ANNOTATION: &str = "apiguard.dev/rotate";
 /// The value of [`ROTATE_ANNOTATION`] that starts a rotation.
-pub const ROTATE_REQUESTED: &str = "requested";
+pub(crate) const ROTATE_REQUESTED: &str = "requested";
 /// Annotation holding the state of a rotation in progress (JSON).
 pub const STATE_ANNOTATION: &str = "apiguard.dev/ca-rotation";
 /// Data key of the next CA's certificate while its root is being added.
@@ -70,7 +70,7 @@ enum Persisted {
 /// Why the CA Secret's rotation state cannot be used. Nothing is written in that case: the
 /// current CA keeps issuing.
 #[derive(Debug, thiserror::Error)]
-pub enum CaRotationError {
+pub(crate) enum CaRotationError {
     /// The issuing CA or a required key of the Secret is unusable.
     #[error(transparent)]
     Secret(Box<SecretError>),
@@ -110,7 +110,7 @@ impl From<CaError> for CaRotationError {
 
 /// What [`plan`] decided.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The state the Secret is in after the plan ("Stable", "AddingRoot", "Draining").
     pub state: &'static str,
     /// The state it was in before.
@@ -128,7 +128,7 @@ pub struct Plan {
 /// comes from `generate`, called only then), moves a rotation in progress forward, or nothing.
 /// `old_leaves_not_after`: the latest `notAfter` seen on a leaf signed by the old CA, if known
 /// (the old root is kept at least that long).
-pub fn plan(
+pub(crate) fn plan(
     secret: &Secret,
     now: OffsetDateTime,
     settings: RotationSettings,

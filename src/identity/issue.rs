@@ -190,7 +190,7 @@ pub struct LeafRequest {
     pub spiffe_id: SpiffeId,
     /// DNS SANs, e.g. `payments.shop.svc` and `payments.shop.svc.cluster.local`.
     pub dns_names: Vec<String>,
-    /// Requested lifetime from `now` (default [`super::DEFAULT_LEAF_LIFETIME`]); capped at the
+    /// Requested lifetime from `now` (default `DEFAULT_LEAF_LIFETIME`); capped at the
     /// issuer's expiry.
     pub lifetime: Duration,
 }
@@ -218,7 +218,7 @@ pub struct IssuedLeaf {
     /// Trusted roots PEM (`ca.crt`). During a CA rotation the controller replaces this with
     /// the rotation's bundle.
     pub ca_bundle_pem: String,
-    /// Start of validity (backdated by [`super::CLOCK_SKEW_ALLOWANCE`]).
+    /// Start of validity (backdated by `CLOCK_SKEW_ALLOWANCE`).
     pub not_before: OffsetDateTime,
     /// End of validity (never after the issuer's).
     pub not_after: OffsetDateTime,

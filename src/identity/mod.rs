@@ -32,20 +32,20 @@ pub use issue::{IssueError, IssuedLeaf, LeafRequest, SpiffeId, SpiffeIdError, is
 pub use rotation::{Decision, ExpectedIdentity, ReissueReason, StoredSecret, decide};
 
 /// Secret/ConfigMap data key of the certificate (leaf first, then intermediates).
-pub const TLS_CRT: &str = "tls.crt";
+pub(crate) const TLS_CRT: &str = "tls.crt";
 /// Secret data key of the PKCS#8 private key.
-pub const TLS_KEY: &str = "tls.key";
+pub(crate) const TLS_KEY: &str = "tls.key";
 /// Secret/ConfigMap data key of the trusted roots.
-pub const CA_CRT: &str = "ca.crt";
+pub(crate) const CA_CRT: &str = "ca.crt";
 
 /// Default trust domain when none is configured.
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub(crate) const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Default leaf lifetime: 24 hours.
-pub const DEFAULT_LEAF_LIFETIME: time::Duration = time::Duration::hours(24);
+pub(crate) const DEFAULT_LEAF_LIFETIME: time::Duration = time::Duration::hours(24);
 /// Default lifetime of a generated root: 10 years.
 pub const DEFAULT_CA_LIFETIME: time::Duration = time::Duration::days(3650);
 /// How far `notBefore` is backdated so peers with a slightly slow clock accept a fresh leaf.
-pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
+pub(crate) const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
 
 /// `t` as RFC 3339 (`2026-01-01T00:00:00Z`), for messages, annotations and CLI output.
 pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {

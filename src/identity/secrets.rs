@@ -17,9 +17,9 @@ use crate::api::names::annotations::{NOT_AFTER, SPIFFE_ID};
 use crate::api::names::labels::{APP_COMPONENT, MANAGED_BY, MANAGED_BY_VALUE};
 
 /// Default name of the CA Secret in the operator namespace.
-pub const DEFAULT_CA_SECRET: &str = "apiguard-ca";
+pub(crate) const DEFAULT_CA_SECRET: &str = "apiguard-ca";
 /// Secret type of every Secret written here.
-pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+pub(crate) const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
 fn labels(component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -63,7 +63,7 @@ pub fn leaf_secret(
 }
 
 /// The trust bundle ConfigMap `apiguard-trust-bundle` (`ca.crt` = every trusted root).
-pub fn trust_bundle_configmap(
+pub(crate) fn trust_bundle_configmap(
     namespace: &str,
     bundle_pem: &str,
     owner: Option<OwnerReference>,

@@ -3,7 +3,7 @@
 //! Secret that holds it.
 //!
 //! Pure: the stored bytes, the wanted names, the CA and `now` go in; a [`Decision`] or an
-//! [`IssuedServing`] comes out. `apiguard run` (`crate::certs::serving`) does the I/O.
+//! `IssuedServing` comes out. `apiguard run` (`crate::certs::serving`) does the I/O.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -29,10 +29,8 @@ use super::{CA_CRT, CertificateAuthority, TLS_CRT, TLS_KEY, ca, pem, rfc3339};
 use crate::api::names::annotations::NOT_AFTER;
 use crate::api::names::labels::{APP_COMPONENT, MANAGED_BY, MANAGED_BY_VALUE};
 
-/// Default lifetime of the webhook serving certificate: 90 days (renewed after 60).
-pub const DEFAULT_SERVING_LIFETIME: Duration = Duration::days(90);
 /// `app.kubernetes.io/component` of the serving certificate Secret.
-pub const SERVING_COMPONENT: &str = "webhook-serving-certificate";
+pub(crate) const SERVING_COMPONENT: &str = "webhook-serving-certificate";
 
 /// The names the webhook is reached by: the certificate's SANs, exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -64,7 +62,7 @@ impl fmt::Display for ServingNames {
 
 /// A newly issued serving certificate. `Debug` does not print the private key.
 #[derive(Clone, PartialEq, Eq)]
-pub struct IssuedServing {
+pub(crate) struct IssuedServing {
     /// Certificate PEM followed by any intermediates (`tls.crt`).
     pub cert_pem: String,
     /// PKCS#8 private key PEM (`tls.key`).
@@ -86,7 +84,7 @@ impl fmt::Debug for IssuedServing {
 }
 
 /// Issues a TLS server certificate for `names`, signed by `ca`, with a fresh ECDSA P-256 key.
-pub fn issue_serving(
+pub(crate) fn issue_serving(
     ca: &CertificateAuthority,
     names: &ServingNames,
     lifetime: Duration,
@@ -97,7 +95,7 @@ pub fn issue_serving(
 }
 
 /// [`issue_serving`] with a caller-supplied key.
-pub fn issue_serving_with_key(
+pub(crate) fn issue_serving_with_key(
     ca: &CertificateAuthority,
     names: &ServingNames,
     lifetime: Duration,
@@ -143,7 +141,7 @@ pub fn issue_serving_with_key(
 /// Decides whether the stored serving certificate can be kept: present, parseable, key and
 /// certificate match, SANs exactly `names`, signed by `ca`, valid now, `ca.crt` equal to the
 /// CA's roots, and not yet two thirds through its lifetime.
-pub fn decide_serving(
+pub(crate) fn decide_serving(
     stored: &StoredSecret<'_>,
     names: &ServingNames,
     ca: &CertificateAuthority,
@@ -214,7 +212,7 @@ fn ip_from_bytes(raw: &[u8]) -> Option<IpAddr> {
 }
 
 /// `notBefore`/`notAfter` of the first certificate in a PEM chain (`None`: not parseable).
-pub fn serving_validity(cert_pem: &[u8]) -> Option<(OffsetDateTime, OffsetDateTime)> {
+pub(crate) fn serving_validity(cert_pem: &[u8]) -> Option<(OffsetDateTime, OffsetDateTime)> {
     let chain = pem::certificates(cert_pem).ok()?;
     let (_, leaf) = X509Certificate::from_der(chain.first()?).ok()?;
     Some(ca::validity(&leaf))
@@ -222,7 +220,7 @@ pub fn serving_validity(cert_pem: &[u8]) -> Option<(OffsetDateTime, OffsetDateTi
 
 /// The `kubernetes.io/tls` Secret holding the serving certificate (`tls.crt`, `tls.key`,
 /// `ca.crt`), labelled as apiguard's.
-pub fn serving_secret(name: &str, namespace: &str, issued: &IssuedServing) -> Secret {
+pub(crate) fn serving_secret(name: &str, namespace: &str, issued: &IssuedServing) -> Secret {
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
     Secret {
         metadata: ObjectMeta {
@@ -249,7 +247,7 @@ pub fn serving_secret(name: &str, namespace: &str, issued: &IssuedServing) -> Se
 }
 
 /// [`decide_serving`] over a Secret as read from the apiserver (`None`: absent).
-pub fn decide_secret(
+pub(crate) fn decide_secret(
     secret: Option<&Secret>,
     names: &ServingNames,
     ca: &CertificateAuthority,
@@ -292,7 +290,7 @@ mod tests {
     #[test]
     fn issues_a_server_certificate_for_exactly_the_names() {
         let ca = ca();
-        let issued = issue_serving(&ca, &names(), DEFAULT_SERVING_LIFETIME, NOW).unwrap();
+        let issued = issue_serving(&ca, &names(), Duration::days(90), NOW).unwrap();
         assert_eq!(issued.not_before, NOW - Duration::minutes(5));
         assert_eq!(issued.not_after, NOW + Duration::days(90));
         assert_eq!(issued.ca_bundle_pem, ca.roots_pem());

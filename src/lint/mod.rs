@@ -96,7 +96,7 @@ pub struct Run {
 /// Reviews every manifest against a view of all of them, counting what exemptions left out.
 /// The objects are reviewed on every core (the view is read-only); the findings keep the
 /// manifests' order.
-pub fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
+pub(crate) fn lint_run(manifests: &[Manifest], config: &EngineConfig) -> Run {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(manifests.len() / MIN_OBJECTS_PER_THREAD)

@@ -96,7 +96,7 @@ fn skip_tally(inputs: &Inputs) -> String {
 }
 
 /// One finding as JSON.
-pub fn finding_json(lf: &LintFinding) -> Value {
+pub(crate) fn finding_json(lf: &LintFinding) -> Value {
     let f = &lf.finding;
     json!({
         "rule": f.rule.id(),

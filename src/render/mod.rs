@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 /// The header that carries the authenticated API-key client id to the upstream (and into RBAC
 /// and the access log). Client-sent copies are removed before authentication.
-pub const CLIENT_ID_HEADER: &str = "x-apiguard-client-id";
+pub(crate) const CLIENT_ID_HEADER: &str = "x-apiguard-client-id";
 
 /// Certificates and keys the gateway uses, as PEM strings fetched by the caller.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -167,7 +167,7 @@ impl RenderedGateway {
         Self { files, config_hash }
     }
     /// Files for the ConfigMap.
-    pub fn config_files(&self) -> BTreeMap<String, String> {
+    pub(crate) fn config_files(&self) -> BTreeMap<String, String> {
         self.files
             .iter()
             .filter(|(_, f)| !f.secret)
@@ -185,7 +185,7 @@ impl RenderedGateway {
 }
 
 /// The canonical hash of a set of files: length-prefixed names and contents, in the given order.
-pub fn hash_files<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn hash_files<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut h = Sha256::new();
     for (name, contents) in files {
         h.update((name.len() as u64).to_be_bytes());

@@ -15,12 +15,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 /// Cloud metadata endpoints (SSRF targets).
-pub const METADATA_V4: &str = "169.254.169.254/32";
-pub const METADATA_V6: &str = "fd00:ec2::254/128";
+pub(crate) const METADATA_V4: &str = "169.254.169.254/32";
+pub(crate) const METADATA_V6: &str = "fd00:ec2::254/128";
 
 /// The NetworkPolicy for the target's pods, or None when the policy asks for no isolation
 /// and no egress rules.
-pub fn target_network_policy(
+pub(crate) fn target_network_policy(
     policy: &ApiSecurityPolicy,
     service: &Service,
 ) -> Result<Option<NetworkPolicy>, RenderError> {

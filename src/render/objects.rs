@@ -32,7 +32,7 @@ pub fn labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
 }
 
 /// Labels that select the gateway's pods (the Deployment's selector and NetworkPolicy peers).
-pub fn gateway_pod_labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
+pub(crate) fn gateway_pod_labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String> {
     let mut l = labels(policy);
     l.insert(COMPONENT.to_string(), "gateway".to_string());
     l
@@ -40,7 +40,7 @@ pub fn gateway_pod_labels(policy: &ApiSecurityPolicy) -> BTreeMap<String, String
 
 /// The policy as owner (controller) of generated objects; None for a policy not read from a
 /// cluster (no uid), e.g. in `apiguard render`.
-pub fn owner_reference(policy: &ApiSecurityPolicy) -> Option<OwnerReference> {
+pub(crate) fn owner_reference(policy: &ApiSecurityPolicy) -> Option<OwnerReference> {
     policy.controller_owner_ref(&())
 }
 
@@ -66,7 +66,7 @@ pub struct GatewayObjects {
 }
 
 /// The ConfigMap, Secret, Deployment and Service of a rendered policy's gateway.
-pub fn gateway_objects(
+pub(crate) fn gateway_objects(
     policy: &ApiSecurityPolicy,
     rendered: &RenderedGateway,
     options: &RenderOptions,

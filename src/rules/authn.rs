@@ -24,13 +24,14 @@ use serde_json::Value;
 use std::sync::Arc;
 
 /// The SecurityPolicy fields that authenticate requests.
-pub const SECURITY_POLICY_AUTH: &[&str] = &["jwt", "apiKeyAuth", "basicAuth", "oidc", "extAuth"];
+pub(crate) const SECURITY_POLICY_AUTH: &[&str] =
+    &["jwt", "apiKeyAuth", "basicAuth", "oidc", "extAuth"];
 
 const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Whether an Envoy Gateway SecurityPolicy authenticates requests: an authentication method
 /// is set, and a JWT that is `optional: true` (requests without a token pass) does not count.
-pub fn security_policy_authenticates(sp: &Value) -> bool {
+pub(crate) fn security_policy_authenticates(sp: &Value) -> bool {
     let Some(spec) = sp.get("spec").and_then(Value::as_object) else {
         return false;
     };
@@ -42,7 +43,7 @@ pub fn security_policy_authenticates(sp: &Value) -> bool {
 }
 
 /// Whether an Envoy Gateway ClientTrafficPolicy requires client certificates.
-pub fn client_traffic_policy_requires_client_certificates(ctp: &Value) -> bool {
+pub(crate) fn client_traffic_policy_requires_client_certificates(ctp: &Value) -> bool {
     ctp.pointer("/spec/tls/clientValidation")
         .and_then(Value::as_object)
         .is_some_and(|v| v.get("optional").and_then(Value::as_bool) != Some(true))
@@ -51,14 +52,14 @@ pub fn client_traffic_policy_requires_client_certificates(ctp: &Value) -> bool {
 /// How a policy attaches to an object: to all of it, or to one section of it (a route rule's
 /// or a Gateway listener's name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attachment {
+pub(crate) enum Attachment {
     Whole,
     Section(String),
 }
 
 /// The attachments of a policy (`targetRef`, `targetRefs[]`, `targetSelectors[]`) to the
 /// object `kind`/`name` with `labels`.
-pub fn attachments(
+pub(crate) fn attachments(
     policy: &Value,
     kind: &str,
     name: &str,
@@ -157,7 +158,7 @@ fn all_of(policies: &[&Value], check: fn(&Value) -> bool) -> bool {
 
 /// A parent Gateway of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parent {
+pub(crate) struct Parent {
     pub namespace: String,
     pub name: String,
     /// The listener the route attaches to (`None`: every listener of the Gateway).
@@ -182,7 +183,7 @@ fn gateway_satisfies(
 }
 
 /// The route as the attachment rules see it.
-pub struct RouteTarget<'a> {
+pub(crate) struct RouteTarget<'a> {
     pub namespace: &'a str,
     pub kind: &'a str,
     pub name: &'a str,
@@ -192,7 +193,7 @@ pub struct RouteTarget<'a> {
 
 /// The policies attached to a route and to each of its parent Gateways, looked up once per
 /// route (every rule is then decided from them).
-pub struct RouteAttachments {
+pub(crate) struct RouteAttachments {
     route: Vec<(Arc<Value>, Attachment)>,
     parents: Vec<ParentAttachments>,
 }
@@ -206,7 +207,7 @@ struct ParentAttachments {
 }
 
 impl RouteAttachments {
-    pub fn of(view: &dyn ClusterView, route: &RouteTarget<'_>) -> Self {
+    pub(crate) fn of(view: &dyn ClusterView, route: &RouteTarget<'_>) -> Self {
         let on_gateway = |kind: Related, parent: &Parent| {
             attached(view, kind, &parent.namespace, "Gateway", &parent.name, &[])
         };
@@ -237,7 +238,7 @@ impl RouteAttachments {
 
     /// Whether requests to the route rule named `rule` (`None`: a rule without a name) are
     /// authenticated through every parent Gateway.
-    pub fn rule_authenticated(&self, rule: Option<&str>) -> bool {
+    pub(crate) fn rule_authenticated(&self, rule: Option<&str>) -> bool {
         let route_level = most_specific(&self.route, rule);
         if self.parents.is_empty() {
             return all_of(&route_level, security_policy_authenticates);
@@ -283,7 +284,7 @@ impl RouteBackend<'_> {
 type RouteRule<'v> = (Option<&'v str>, Vec<RouteBackend<'v>>);
 
 /// `gateway.networking.k8s.io` HTTPRoute and GRPCRoute.
-pub fn review_route(
+pub(crate) fn review_route(
     object: &Value,
     obj: &ObjectRef,
     view: &dyn ClusterView,

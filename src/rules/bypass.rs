@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What a backend Service is, relative to the policies of its namespace.
-pub enum Backend {
+pub(crate) enum Backend {
     /// The gateway Service of this policy (the right way in).
     Gateway(Arc<ApiSecurityPolicy>),
     /// This policy's target Service, or a Service selecting its pods (a bypass).
@@ -27,7 +27,10 @@ fn policy_name(p: &ApiSecurityPolicy) -> &str {
 
 /// Whether two label selectors can select the same pods: both non-empty and one contained
 /// in the other (every pod the narrower one selects is also selected by the wider one).
-pub fn selectors_overlap(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selectors_overlap(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> bool {
     let subset = |x: &BTreeMap<String, String>, y: &BTreeMap<String, String>| {
         x.iter().all(|(k, v)| y.get(k) == Some(v))
     };
@@ -48,7 +51,7 @@ fn target_selector(
 
 /// Classifies the Service `name` in `namespace` (with `selector` when the Service's spec is
 /// known).
-pub fn classify(
+pub(crate) fn classify(
     view: &dyn ClusterView,
     namespace: &str,
     name: &str,
@@ -85,7 +88,7 @@ pub fn classify(
 
 /// What protects a route as a whole, independent of its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteAuth {
+pub(crate) struct RouteAuth {
     /// The route itself authenticates (ingress-nginx auth annotations, an Envoy Gateway
     /// SecurityPolicy with an authentication method).
     pub authenticated: bool,
@@ -95,7 +98,7 @@ pub struct RouteAuth {
 
 /// What a route backend points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendRef<'a> {
+pub(crate) enum BackendRef<'a> {
     /// A core Service.
     Service(&'a str),
     /// A multi-cluster `ServiceImport` (multicluster.x-k8s.io): the Services of that name
@@ -128,7 +131,7 @@ impl BackendRef<'_> {
 /// Checks one route backend (Ingress, HTTPRoute or GRPCRoute): APG010 for the gateway of an
 /// Internal/Private API, APG004 for a bypass, and APG003 for an unprotected backend when the
 /// route has no authentication of its own and is not marked public.
-pub fn check_backend(
+pub(crate) fn check_backend(
     obj: &ObjectRef,
     view: &dyn ClusterView,
     namespace: &str,
@@ -192,7 +195,7 @@ fn is_external_type(t: Option<&str>) -> bool {
 }
 
 /// A `v1` Service of type LoadBalancer or NodePort.
-pub fn review_service(
+pub(crate) fn review_service(
     object: &Value,
     obj: &ObjectRef,
     view: &dyn ClusterView,
@@ -261,7 +264,7 @@ pub fn review_service(
 
 /// APG004/APG010 seen from the policy: its target Service, or its own gateway Service when the
 /// API is Internal/Private, is exposed outside the cluster.
-pub fn review_policy(
+pub(crate) fn review_policy(
     policy: &ApiSecurityPolicy,
     obj: &ObjectRef,
     view: &dyn ClusterView,

@@ -12,12 +12,12 @@ use super::{Finding, ObjectRef, RuleId};
 use serde_json::Value;
 
 /// An origin that matches every origin.
-pub fn is_match_all_origin(origin: &str) -> bool {
+pub(crate) fn is_match_all_origin(origin: &str) -> bool {
     matches!(origin.trim(), "*" | ".*" | "https://*" | "http://*")
 }
 
 /// A regular expression (Istio `regex`) that matches every origin.
-pub fn is_match_all_regex(re: &str) -> bool {
+pub(crate) fn is_match_all_regex(re: &str) -> bool {
     let re = re.trim();
     let inner = re.strip_prefix('^').unwrap_or(re);
     let inner = inner.strip_suffix('$').unwrap_or(inner);
@@ -37,7 +37,7 @@ pub fn is_match_all_regex(re: &str) -> bool {
 
 /// An origin that must never receive credentialed responses: `null` (sandboxed frames,
 /// `file://`) or plaintext `http://` other than loopback.
-pub fn is_untrusted_for_credentials(origin: &str) -> bool {
+pub(crate) fn is_untrusted_for_credentials(origin: &str) -> bool {
     let o = origin.trim();
     o == "null"
         || (o.starts_with("http://")
@@ -69,7 +69,11 @@ pub(crate) fn credentials_finding(obj: &ObjectRef, field: &str, origin: &str) ->
 }
 
 /// `gateway.envoyproxy.io/v1alpha1` SecurityPolicy `spec.cors`.
-pub fn review_envoy_security_policy(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_envoy_security_policy(
+    object: &Value,
+    obj: &ObjectRef,
+    out: &mut Vec<Finding>,
+) {
     let mut r = Reader::new(obj, out);
     let Some(spec) = r.object(object, "spec", "spec") else {
         return;
@@ -98,7 +102,11 @@ pub fn review_envoy_security_policy(object: &Value, obj: &ObjectRef, out: &mut V
 }
 
 /// `networking.istio.io` VirtualService `spec.http[].corsPolicy`.
-pub fn review_istio_virtual_service(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_istio_virtual_service(
+    object: &Value,
+    obj: &ObjectRef,
+    out: &mut Vec<Finding>,
+) {
     let mut found = Vec::new();
     {
         let mut r = Reader::new(obj, out);
@@ -177,7 +185,7 @@ pub fn review_istio_virtual_service(object: &Value, obj: &ObjectRef, out: &mut V
 /// Gateway API (v1.3+) HTTPRoute `CORS` filters (HTTPCORSFilter): `spec.rules[].filters[]`
 /// and `spec.rules[].backendRefs[].filters[]` with `type: CORS` (or no type) and a `cors`
 /// mapping. Called from the HTTPRoute dispatch next to [`super::authn::review_route`].
-pub fn review_route_cors_filters(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_route_cors_filters(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
     let mut found = Vec::new();
     {
         let mut r = Reader::new(obj, out);

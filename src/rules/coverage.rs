@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// A reviewer: the object, its reference, the cluster view, whether the route is marked
 /// `apiguard.dev/public`, and where findings go.
-pub type Reviewer = fn(&Value, &ObjectRef, &dyn ClusterView, bool, &mut Vec<Finding>);
+pub(crate) type Reviewer = fn(&Value, &ObjectRef, &dyn ClusterView, bool, &mut Vec<Finding>);
 
 /// What a rule reads of a kind.
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +273,7 @@ pub fn find(group: &str, kind: &str) -> Option<&'static Coverage> {
 /// Whether any rule reads a document of this group and kind with this text, either to review
 /// it or while reviewing another object (a [`super::Related`] kind, a Service or a policy in
 /// the view).
-pub fn is_read(group: &str, kind: &str, text: &str) -> bool {
+pub(crate) fn is_read(group: &str, kind: &str, text: &str) -> bool {
     find(group, kind).is_some_and(|c| c.needs_text.is_none_or(|t| text.contains(t)))
         || super::Related::ALL
             .iter()

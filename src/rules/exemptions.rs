@@ -15,18 +15,18 @@ use super::{Finding, ObjectRef, RuleId};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-pub const EXEMPT_ANNOTATION: &str = "apiguard.dev/exempt";
-pub const PUBLIC_ANNOTATION: &str = "apiguard.dev/public";
+pub(crate) const EXEMPT_ANNOTATION: &str = "apiguard.dev/exempt";
+pub(crate) const PUBLIC_ANNOTATION: &str = "apiguard.dev/public";
 
 /// A problem in an `apiguard.dev/exempt` annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExemptionError {
+pub(crate) struct ExemptionError {
     pub entry: String,
     pub problem: String,
 }
 
 /// Parses an `apiguard.dev/exempt` value into rule -> reason, with the entries that are wrong.
-pub fn parse_exemptions(value: &str) -> (BTreeMap<RuleId, String>, Vec<ExemptionError>) {
+pub(crate) fn parse_exemptions(value: &str) -> (BTreeMap<RuleId, String>, Vec<ExemptionError>) {
     let mut ok = BTreeMap::new();
     let mut errors = Vec::new();
     for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
@@ -56,7 +56,7 @@ fn is_route(obj: &ObjectRef) -> bool {
 }
 
 /// Whether the object is a route deliberately marked public (with a reason).
-pub fn public_route(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) -> bool {
+pub(crate) fn public_route(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) -> bool {
     if !is_route(obj) {
         return false;
     }

@@ -3,7 +3,7 @@
 //! -> APG005, `proxy-ssl-protocols` -> APG006, snippets -> APG011, `auth-*` as the route's own
 //! authentication), TLS coverage of every host (APG005; `spec.tls`, or GKE's Google-managed or
 //! pre-shared certificates with their HTTP-to-HTTPS redirect), and the backends
-//! (APG003/APG004/APG010, through [`super::bypass::check_backend`]). Also the ingress-nginx
+//! (APG003/APG004/APG010, through `check_backend`). Also the ingress-nginx
 //! controller's ConfigMap (`ssl-protocols` -> APG006).
 
 use super::bypass::{BackendRef, RouteAuth, check_backend};
@@ -14,10 +14,10 @@ use super::json::{Reader, annotation_field};
 use super::{ClusterView, Finding, ObjectRef, Related, RuleId};
 use serde_json::Value;
 
-pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+pub(crate) const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
 /// Snippet annotations that inject raw nginx (or ModSecurity) configuration (APG011).
-pub const SNIPPETS: &[&str] = &[
+pub(crate) const SNIPPETS: &[&str] = &[
     "configuration-snippet",
     "server-snippet",
     "auth-snippet",
@@ -26,13 +26,13 @@ pub const SNIPPETS: &[&str] = &[
 ];
 
 /// GKE Ingress: Google-managed certificates (names of ManagedCertificate objects).
-pub const GKE_MANAGED_CERTIFICATES: &str = "networking.gke.io/managed-certificates";
+pub(crate) const GKE_MANAGED_CERTIFICATES: &str = "networking.gke.io/managed-certificates";
 /// GKE Ingress: certificates uploaded to the Google Cloud project.
-pub const GKE_PRE_SHARED_CERT: &str = "ingress.gcp.kubernetes.io/pre-shared-cert";
+pub(crate) const GKE_PRE_SHARED_CERT: &str = "ingress.gcp.kubernetes.io/pre-shared-cert";
 /// GKE Ingress: `"false"` removes the plaintext HTTP forwarding rule.
-pub const GKE_ALLOW_HTTP: &str = "kubernetes.io/ingress.allow-http";
+pub(crate) const GKE_ALLOW_HTTP: &str = "kubernetes.io/ingress.allow-http";
 /// GKE Ingress: the FrontendConfig (same namespace) with the HTTP-to-HTTPS redirect.
-pub const GKE_FRONTEND_CONFIG: &str = "networking.gke.io/v1beta1.FrontendConfig";
+pub(crate) const GKE_FRONTEND_CONFIG: &str = "networking.gke.io/v1beta1.FrontendConfig";
 
 fn exact<'v>(annotations: &[(&'v str, &'v str)], key: &str) -> Option<&'v str> {
     annotations
@@ -102,7 +102,7 @@ fn ann<'v>(annotations: &[(&'v str, &'v str)], name: &str) -> Option<&'v str> {
 
 /// Whether the Ingress authenticates requests itself (external auth, basic/digest auth, or
 /// required client certificates).
-pub fn authenticates(annotations: &[(&str, &str)]) -> bool {
+pub(crate) fn authenticates(annotations: &[(&str, &str)]) -> bool {
     ann(annotations, "auth-url").is_some_and(|v| !v.trim().is_empty())
         || ann(annotations, "auth-type").is_some_and(|v| !v.trim().is_empty())
         || ann(annotations, "auth-tls-verify-client").is_some_and(|v| v.trim() == "on")
@@ -414,7 +414,7 @@ fn is_ingress_nginx_config(obj: &ObjectRef, labels: &[(&str, &str)]) -> bool {
 
 /// `v1` ConfigMap of the ingress-nginx controller: `data.ssl-protocols` sets the TLS versions
 /// of every HTTPS server it serves (APG006).
-pub fn review_controller_config(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_controller_config(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
     let mut r = Reader::new(obj, out);
     let labels = r.labels(object);
     if !is_ingress_nginx_config(obj, &labels) {

@@ -12,10 +12,10 @@ use super::{Finding, ObjectRef, RuleId};
 use serde_json::Value;
 
 /// Istio server port protocols that carry plaintext HTTP.
-pub const PLAINTEXT_HTTP_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "GRPC-WEB"];
+pub(crate) const PLAINTEXT_HTTP_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "GRPC-WEB"];
 
 /// Whether an Istio `port.protocol` carries plaintext HTTP (case-insensitive, as Istio parses it).
-pub fn is_plaintext_http_protocol(protocol: &str) -> bool {
+pub(crate) fn is_plaintext_http_protocol(protocol: &str) -> bool {
     let p = protocol.trim();
     PLAINTEXT_HTTP_PROTOCOLS
         .iter()
@@ -35,7 +35,7 @@ fn port_number(r: &mut Reader<'_>, port: &Value, path: &str) -> Option<u64> {
 }
 
 /// `networking.istio.io` (any version) Gateway `spec.servers[]`.
-pub fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
     let mut found = Vec::new();
     {
         let mut r = Reader::new(obj, out);

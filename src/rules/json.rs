@@ -4,10 +4,10 @@
 //! (no indexing, no unwrap on user data).
 
 use super::{Finding, ObjectRef, RuleId};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A human name for a JSON value's type, for messages.
-pub fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -19,18 +19,18 @@ pub fn type_name(v: &Value) -> &'static str {
 }
 
 /// Reads fields of one object, reporting wrong types as APG014 findings into `out`.
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     pub obj: &'a ObjectRef,
     pub out: &'a mut Vec<Finding>,
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(obj: &'a ObjectRef, out: &'a mut Vec<Finding>) -> Self {
+    pub(crate) fn new(obj: &'a ObjectRef, out: &'a mut Vec<Finding>) -> Self {
         Reader { obj, out }
     }
 
     /// Records that the field at `path` has the wrong type.
-    pub fn wrong_type(&mut self, path: &str, expected: &str, found: &Value) {
+    pub(crate) fn wrong_type(&mut self, path: &str, expected: &str, found: &Value) {
         self.out.push(Finding::new(
             RuleId::Apg014,
             self.obj,
@@ -44,18 +44,18 @@ impl<'a> Reader<'a> {
     }
 
     /// The field `key` of `parent` (absent, null, or a non-mapping parent: `None`).
-    pub fn get<'v>(&self, parent: &'v Value, key: &str) -> Option<&'v Value> {
+    pub(crate) fn get<'v>(&self, parent: &'v Value, key: &str) -> Option<&'v Value> {
         parent.as_object()?.get(key).filter(|v| !v.is_null())
     }
 
     /// A string field; another type is reported.
-    pub fn str<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> Option<&'v str> {
+    pub(crate) fn str<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> Option<&'v str> {
         let v = self.get(parent, key)?;
         self.as_str(v, path)
     }
 
     /// A string value; another type is reported.
-    pub fn as_str<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v str> {
+    pub(crate) fn as_str<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v str> {
         match v {
             Value::String(s) => Some(s),
             Value::Null => None,
@@ -67,7 +67,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A boolean field; another type is reported.
-    pub fn bool(&mut self, parent: &Value, key: &str, path: &str) -> Option<bool> {
+    pub(crate) fn bool(&mut self, parent: &Value, key: &str, path: &str) -> Option<bool> {
         match self.get(parent, key)? {
             Value::Bool(b) => Some(*b),
             other => {
@@ -78,7 +78,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A list field (absent: empty); another type is reported.
-    pub fn array<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> &'v [Value] {
+    pub(crate) fn array<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> &'v [Value] {
         match self.get(parent, key) {
             None => &[],
             Some(Value::Array(items)) => items,
@@ -90,7 +90,12 @@ impl<'a> Reader<'a> {
     }
 
     /// A mapping field; another type is reported.
-    pub fn object<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> Option<&'v Value> {
+    pub(crate) fn object<'v>(
+        &mut self,
+        parent: &'v Value,
+        key: &str,
+        path: &str,
+    ) -> Option<&'v Value> {
         match self.get(parent, key)? {
             v @ Value::Object(_) => Some(v),
             other => {
@@ -101,7 +106,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A list of strings (absent: empty); non-strings are reported and skipped.
-    pub fn strings<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> Vec<&'v str> {
+    pub(crate) fn strings<'v>(&mut self, parent: &'v Value, key: &str, path: &str) -> Vec<&'v str> {
         let mut out = Vec::new();
         for (i, v) in self.array(parent, key, path).iter().enumerate() {
             if let Some(s) = self.as_str(v, &format!("{path}[{i}]")) {
@@ -112,12 +117,12 @@ impl<'a> Reader<'a> {
     }
 
     /// `metadata.annotations` as string pairs; non-string values are reported and skipped.
-    pub fn annotations<'v>(&mut self, object: &'v Value) -> Vec<(&'v str, &'v str)> {
+    pub(crate) fn annotations<'v>(&mut self, object: &'v Value) -> Vec<(&'v str, &'v str)> {
         self.string_map(object, "annotations")
     }
 
     /// `metadata.labels` as string pairs; non-string values are reported and skipped.
-    pub fn labels<'v>(&mut self, object: &'v Value) -> Vec<(&'v str, &'v str)> {
+    pub(crate) fn labels<'v>(&mut self, object: &'v Value) -> Vec<(&'v str, &'v str)> {
         self.string_map(object, "labels")
     }
 
@@ -142,17 +147,6 @@ impl<'a> Reader<'a> {
 }
 
 /// The field path of an annotation, e.g. `metadata.annotations[apiguard.dev/exempt]`.
-pub fn annotation_field(key: &str) -> String {
+pub(crate) fn annotation_field(key: &str) -> String {
     format!("metadata.annotations[{key}]")
-}
-
-/// `metadata.annotations[key]` if it is a string (no reporting; for lookups that must not
-/// duplicate findings).
-pub fn annotation<'v>(object: &'v Value, key: &str) -> Option<&'v str> {
-    object
-        .get("metadata")?
-        .get("annotations")?
-        .as_object()
-        .and_then(|m: &Map<String, Value>| m.get(key))?
-        .as_str()
 }

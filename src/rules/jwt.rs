@@ -22,12 +22,12 @@ fn has_scheme(url: &str, prefix: &str) -> bool {
 }
 
 /// An `https://` URL.
-pub fn is_https_url(url: &str) -> bool {
+pub(crate) fn is_https_url(url: &str) -> bool {
     has_scheme(url, "https://")
 }
 
 /// A plaintext `http://` URL (loopback included, as in the policy invariants).
-pub fn is_plaintext_http_url(url: &str) -> bool {
+pub(crate) fn is_plaintext_http_url(url: &str) -> bool {
     has_scheme(url, "http://")
 }
 
@@ -71,7 +71,11 @@ fn check_https(
 const JWKS_PROBLEM: &str = "keys fetched over plaintext can be replaced by an attacker, who can then mint tokens this gateway accepts";
 
 /// `security.istio.io` (any version) RequestAuthentication `spec.jwtRules[]`.
-pub fn review_request_authentication(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_request_authentication(
+    object: &Value,
+    obj: &ObjectRef,
+    out: &mut Vec<Finding>,
+) {
     let mut found = Vec::new();
     {
         let mut r = Reader::new(obj, out);
@@ -108,7 +112,11 @@ pub fn review_request_authentication(object: &Value, obj: &ObjectRef, out: &mut 
 
 /// `gateway.envoyproxy.io/v1alpha1` SecurityPolicy `spec.jwt.providers[]` (issuer,
 /// `remoteJWKS.uri`) and `spec.oidc.provider` (issuer, authorization and token endpoints).
-pub fn review_envoy_security_policy(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_envoy_security_policy(
+    object: &Value,
+    obj: &ObjectRef,
+    out: &mut Vec<Finding>,
+) {
     let mut found = Vec::new();
     {
         let mut r = Reader::new(obj, out);

@@ -61,7 +61,7 @@ impl ObjectRef {
 
     /// The namespace used to look up related objects: `default` when the object has none
     /// (as `kubectl apply` would do for a namespaced object).
-    pub fn namespace_or_default(&self) -> &str {
+    pub(crate) fn namespace_or_default(&self) -> &str {
         self.namespace.as_deref().unwrap_or("default")
     }
 }
@@ -134,7 +134,7 @@ impl Finding {
     }
 
     /// The same finding with another severity.
-    pub fn with_severity(mut self, severity: Severity) -> Self {
+    pub(crate) fn with_severity(mut self, severity: Severity) -> Self {
         self.severity = severity;
         self
     }
@@ -179,7 +179,7 @@ impl Related {
     ];
 
     /// API group and kind.
-    pub fn group_kind(self) -> (&'static str, &'static str) {
+    pub(crate) fn group_kind(self) -> (&'static str, &'static str) {
         match self {
             Related::SecurityPolicy => ("gateway.envoyproxy.io", "SecurityPolicy"),
             Related::ClientTrafficPolicy => ("gateway.envoyproxy.io", "ClientTrafficPolicy"),
@@ -244,7 +244,8 @@ impl std::str::FromStr for AdmissionMode {
 }
 
 /// The namespaces exempt by default (the operator's own namespace is added by the caller).
-pub const DEFAULT_EXEMPT_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+pub(crate) const DEFAULT_EXEMPT_NAMESPACES: &[&str] =
+    &["kube-system", "kube-public", "kube-node-lease"];
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,7 +269,7 @@ impl Default for EngineConfig {
 
 /// The namespace of `object` (`default` when absent) when `config` exempts it: its object
 /// gets no findings.
-pub fn exempt_namespace<'a>(object: &'a Value, config: &EngineConfig) -> Option<&'a str> {
+pub(crate) fn exempt_namespace<'a>(object: &'a Value, config: &EngineConfig) -> Option<&'a str> {
     let ns = object
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// Largest request body limit APG013 accepts without a warning.
-pub const MAX_BODY_BYTES_LIMIT: u64 = 10 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES_LIMIT: u64 = 10 * 1024 * 1024;
 
 /// Words that make a route a sensitive flow (APG008), matched against path segments.
-pub const SENSITIVE_WORDS: &[&str] = &[
+pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "login", "signin", "token", "signup", "register", "password", "reset", "otp", "checkout",
     "payment", "transfer",
 ];
@@ -148,7 +148,7 @@ fn audiences(spec: &ApiSecurityPolicySpec, obj: &ObjectRef, out: &mut Vec<Findin
 
 /// Whether a path names a sensitive flow: a segment (ignoring `-`, `_` and `.`) contains one
 /// of [`SENSITIVE_WORDS`].
-pub fn is_sensitive_path(path: &str) -> bool {
+pub(crate) fn is_sensitive_path(path: &str) -> bool {
     path.split('/').any(|seg| {
         if seg.starts_with('{') {
             return false;

@@ -7,7 +7,7 @@ use super::{Finding, ObjectRef, RuleId};
 use serde_json::Value;
 
 /// `gateway.networking.k8s.io/v1` Gateway: a listener with `protocol: HTTP` serves plaintext.
-pub fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
     let mut found = Vec::new();
     {
         let mut r = Reader::new(obj, out);
@@ -42,7 +42,7 @@ pub fn review_gateway(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
 
 /// A TLS version string below 1.2 (`1.0`, `1.1`, `TLSv1`, `TLSv1.1`, `TLSv1_0`, Istio's
 /// `TLSV1_0`/`TLSV1_1`, SSL), compared ASCII case-insensitively.
-pub fn is_weak_tls_version(v: &str) -> bool {
+pub(crate) fn is_weak_tls_version(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_uppercase().as_str(),
         "1.0"
@@ -60,7 +60,11 @@ pub fn is_weak_tls_version(v: &str) -> bool {
 }
 
 /// `gateway.envoyproxy.io/v1alpha1` ClientTrafficPolicy `spec.tls.minVersion`.
-pub fn review_client_traffic_policy(object: &Value, obj: &ObjectRef, out: &mut Vec<Finding>) {
+pub(crate) fn review_client_traffic_policy(
+    object: &Value,
+    obj: &ObjectRef,
+    out: &mut Vec<Finding>,
+) {
     let mut r = Reader::new(obj, out);
     let Some(spec) = r.object(object, "spec", "spec") else {
         return;

@@ -43,7 +43,7 @@ impl InMemoryView {
     }
 
     /// Adds everything `other` holds, as if its objects had been added after this view's.
-    pub fn merge(&mut self, other: InMemoryView) {
+    pub(crate) fn merge(&mut self, other: InMemoryView) {
         for (ns, mut policies) in other.policies {
             self.policies.entry(ns).or_default().append(&mut policies);
         }

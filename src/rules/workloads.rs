@@ -14,7 +14,7 @@ static CORS_ENV_NAME: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Whether an env var name configures allowed CORS origins.
-pub fn is_cors_origin_env(name: &str) -> bool {
+pub(crate) fn is_cors_origin_env(name: &str) -> bool {
     CORS_ENV_NAME.is_match(name)
 }
 

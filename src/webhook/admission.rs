@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The only AdmissionReview version apiguard answers (v1beta1 left Kubernetes in 1.22).
-pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+pub(crate) const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Why a request body got no AdmissionReview answer (HTTP 400, or 500 for [`ReviewError::Encode`]).
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +35,14 @@ pub enum ReviewError {
 
 impl ReviewError {
     /// Whether the request (not the webhook) is at fault.
-    pub fn is_bad_request(&self) -> bool {
+    pub(crate) fn is_bad_request(&self) -> bool {
         !matches!(self, ReviewError::Encode(_))
     }
 }
 
 /// The metric label for a kind: a kind the rules review (`rules::coverage::KINDS`) or
 /// `other` (labels stay bounded).
-pub fn kind_label(kind: &str) -> &'static str {
+pub(crate) fn kind_label(kind: &str) -> &'static str {
     rules::coverage::KINDS
         .iter()
         .flat_map(|c| c.kinds.iter())

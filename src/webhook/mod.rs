@@ -28,10 +28,10 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 /// Default largest request body: the apiserver's own limit for an object is 3 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Default deadline of one request (the apiserver's webhook timeout defaults to 10 s; answer
 /// well before it).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Limits applied to every webhook request.
 #[derive(Debug, Clone, Copy)]

@@ -39,7 +39,7 @@ use program::Programmed;
 
 /// How long to wait before looking again when nothing schedules an earlier look (a safety
 /// net against missed watch events; certificates requeue at their own renew time).
-pub const RESYNC: Duration = Duration::from_secs(3600);
+pub(crate) const RESYNC: Duration = Duration::from_secs(3600);
 
 /// Controller settings (from `apiguard run` flags).
 #[derive(Debug, Clone)]
@@ -200,7 +200,7 @@ pub enum Error {
 
 impl Error {
     /// Bounded metric label.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Error::Read { .. } => "read_failed",
             Error::Apply { .. } | Error::ChildrenFailed(_) => "apply_failed",
@@ -269,12 +269,16 @@ pub async fn reconcile(policy: Arc<ApiSecurityPolicy>, ctx: Arc<Context>) -> Res
 }
 
 /// Delay before retry `attempt` (1-based): 1 s doubling up to 5 minutes.
-pub fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
 /// Backs off per object after an error (exponentially, reset by a success).
-pub fn error_policy(policy: Arc<ApiSecurityPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    policy: Arc<ApiSecurityPolicy>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let key = policy_key(&policy);
     let attempt = {
         let mut f = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());

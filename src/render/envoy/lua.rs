@@ -5,15 +5,13 @@
 //! metadata. Lua also records the request's decision for the access log.
 
 /// Name of the ownership/decision filter; its route metadata lives under this key.
-pub const AUTHZ_FILTER: &str = "apiguard.authz";
+pub(crate) const AUTHZ_FILTER: &str = "apiguard.authz";
 /// Name of the filter that fills in the decision of requests denied before `AUTHZ_FILTER`.
-pub const OUTCOME_FILTER: &str = "apiguard.outcome";
-/// Dynamic metadata namespace of the decision (`%DYNAMIC_METADATA(apiguard:decision)%`).
-pub const DECISION_NAMESPACE: &str = "apiguard";
+pub(crate) const OUTCOME_FILTER: &str = "apiguard.outcome";
 
 /// Runs after jwt_authn and rbac. Route metadata: `owner_segment` (1-based path segment of
 /// the owner parameter), `owner_claim`, `audit` (record instead of deny).
-pub const AUTHZ: &str = r#"
+pub(crate) const AUTHZ: &str = r#"
 function envoy_on_request(handle)
   local meta = handle:metadata()
   local info = handle:streamInfo():dynamicMetadata()
@@ -63,7 +61,7 @@ end
 
 /// Runs first, on the response only: a request that never reached `AUTHZ_FILTER` was answered
 /// by an earlier filter or a direct response (401, 403, 404, 413, 415, 429, CORS preflight).
-pub const OUTCOME: &str = r#"
+pub(crate) const OUTCOME: &str = r#"
 function envoy_on_request(handle)
 end
 function envoy_on_response(handle)

@@ -43,14 +43,14 @@ use types::*;
 
 pub const BOOTSTRAP_FILE: &str = "bootstrap.yaml";
 pub const LDS_FILE: &str = "lds.json";
-pub const CDS_FILE: &str = "cds.json";
-pub const API_KEYS_FILE: &str = "apikeys.json";
-pub const SERVER_CERT_FILE: &str = "server.crt";
-pub const SERVER_KEY_FILE: &str = "server.key";
-pub const CLIENT_CA_FILE: &str = "client-ca.crt";
-pub const UPSTREAM_CERT_FILE: &str = "upstream.crt";
-pub const UPSTREAM_KEY_FILE: &str = "upstream.key";
-pub const UPSTREAM_CA_FILE: &str = "upstream-ca.crt";
+pub(crate) const CDS_FILE: &str = "cds.json";
+pub(crate) const API_KEYS_FILE: &str = "apikeys.json";
+pub(crate) const SERVER_CERT_FILE: &str = "server.crt";
+pub(crate) const SERVER_KEY_FILE: &str = "server.key";
+pub(crate) const CLIENT_CA_FILE: &str = "client-ca.crt";
+pub(crate) const UPSTREAM_CERT_FILE: &str = "upstream.crt";
+pub(crate) const UPSTREAM_KEY_FILE: &str = "upstream.key";
+pub(crate) const UPSTREAM_CA_FILE: &str = "upstream-ca.crt";
 
 const TARGET_CLUSTER: &str = "target";
 const LISTENER_NAME: &str = "gateway";

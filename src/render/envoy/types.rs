@@ -90,7 +90,7 @@ pub struct Empty {}
 // ---------------------------------------------------------------- bootstrap
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Bootstrap {
+pub(crate) struct Bootstrap {
     pub node: Node,
     pub admin: Admin,
     pub dynamic_resources: DynamicResources,
@@ -98,12 +98,12 @@ pub struct Bootstrap {
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct OverloadManager {
+pub(crate) struct OverloadManager {
     pub resource_monitors: Vec<ResourceMonitor>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct ResourceMonitor {
+pub(crate) struct ResourceMonitor {
     pub name: &'static str,
     pub typed_config: Any,
 }
@@ -114,7 +114,7 @@ pub struct DownstreamConnectionsConfig {
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Node {
+pub(crate) struct Node {
     pub id: String,
     pub cluster: String,
 }
@@ -125,7 +125,7 @@ pub struct Admin {
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct DynamicResources {
+pub(crate) struct DynamicResources {
     pub lds_config: ConfigSource,
     pub cds_config: ConfigSource,
 }
@@ -149,7 +149,7 @@ pub struct WatchedDirectory {
 
 /// A file-based xDS response: what `path_config_source` files contain.
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct DiscoveryResponse {
+pub(crate) struct DiscoveryResponse {
     pub version_info: String,
     pub resources: Vec<Any>,
 }
@@ -262,18 +262,6 @@ impl HeaderMatcher {
             invert_match: false,
         }
     }
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct HeaderValueOption {
-    pub header: HeaderValue,
-    pub append_action: &'static str,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct HeaderValue {
-    pub key: String,
-    pub value: String,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
