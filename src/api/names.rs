@@ -103,6 +103,15 @@ pub mod annotations {
     pub(crate) const SPIFFE_ID: &str = "apiguard.dev/spiffe-id";
     /// On a certificate Secret: the certificate's `notAfter` (RFC 3339).
     pub(crate) const NOT_AFTER: &str = "apiguard.dev/not-after";
+    /// Set by the user to `requested` on the CA Secret to start a CA rotation.
+    pub const ROTATE_CA: &str = "apiguard.dev/rotate";
+    /// On the CA Secret: the state of a CA rotation in progress (JSON).
+    pub const CA_ROTATION_STATE: &str = "apiguard.dev/ca-rotation";
+    /// On any reviewed object: `APGxxx=reason`, exempting it from a rule (recorded as a
+    /// warning).
+    pub(crate) const EXEMPT: &str = "apiguard.dev/exempt";
+    /// On an Ingress, HTTPRoute or GRPCRoute: `"<reason>"` marks it deliberately public.
+    pub(crate) const PUBLIC: &str = "apiguard.dev/public";
 }
 
 /// Server-side apply field managers.

@@ -28,14 +28,12 @@ use super::{
     CA_CRT, CertificateAuthority, RotationState, RotationStep, TLS_CRT, TLS_KEY, TrustedRoot,
     rfc3339,
 };
-use crate::api::names::annotations::NOT_AFTER;
+use crate::api::names::annotations::{
+    CA_ROTATION_STATE as STATE_ANNOTATION, NOT_AFTER, ROTATE_CA as ROTATE_ANNOTATION,
+};
 
-/// Annotation the user sets to `requested` on the CA Secret to start a rotation.
-pub const ROTATE_ANNOTATION: &str = "apiguard.dev/rotate";
-/// The value of [`ROTATE_ANNOTATION`] that starts a rotation.
+/// The value of the `apiguard.dev/rotate` annotation that starts a rotation.
 pub(crate) const ROTATE_REQUESTED: &str = "requested";
-/// Annotation holding the state of a rotation in progress (JSON).
-pub const STATE_ANNOTATION: &str = "apiguard.dev/ca-rotation";
 /// Data key of the next CA's certificate while its root is being added.
 pub const NEXT_CRT: &str = "next.crt";
 /// Data key of the next CA's private key while its root is being added.

@@ -9,7 +9,6 @@
 //! that is not a plain scalar) or anything fails to parse, [`parse`] answers `None` and the
 //! caller takes the general path, which gives the same objects and names the error.
 
-use super::load::{is_content, is_doc_marker};
 use crate::manifest::{Manifest, Source, push_object};
 use crate::rules::coverage;
 use serde::Deserialize;
@@ -157,6 +156,17 @@ fn scalar(rest: &str) -> Option<&str> {
                 "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
             ));
     (simple && string).then_some(text)
+}
+
+/// A YAML document marker line (`---`, optionally followed by content).
+pub(super) fn is_doc_marker(line: &str) -> bool {
+    line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
+}
+
+/// A line that is part of a document's content (not blank, a comment, a directive or `...`).
+pub(super) fn is_content(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') && t != "..."
 }
 
 #[cfg(test)]

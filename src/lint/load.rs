@@ -10,6 +10,7 @@
 //!
 //! Files are read and parsed on every core; the result is in the walk's (sorted) order.
 
+use super::fast::{is_content, is_doc_marker};
 use crate::manifest::{self, LoadError, Manifest};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -410,15 +411,6 @@ fn plain_yaml_message(message: &str) -> String {
     format!(
         "the key {key:?} appears twice in the same mapping{location}; keep one (YAML allows each key once per mapping, and tools disagree on which copy wins)"
     )
-}
-
-pub(super) fn is_doc_marker(line: &str) -> bool {
-    line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
-}
-
-pub(super) fn is_content(line: &str) -> bool {
-    let t = line.trim();
-    !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') && t != "..."
 }
 
 /// The first content line (1-based) of every non-empty YAML document, in document order

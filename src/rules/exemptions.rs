@@ -15,8 +15,9 @@ use super::{Finding, ObjectRef, RuleId};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-pub(crate) const EXEMPT_ANNOTATION: &str = "apiguard.dev/exempt";
-pub(crate) const PUBLIC_ANNOTATION: &str = "apiguard.dev/public";
+pub(crate) use crate::api::names::annotations::{
+    EXEMPT as EXEMPT_ANNOTATION, PUBLIC as PUBLIC_ANNOTATION,
+};
 
 /// A problem in an `apiguard.dev/exempt` annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,12 +17,13 @@ use crate::support::cluster::{eventually, with_temp_ns};
 use crate::support::controller::{OPERATOR_NS, Operator};
 use apiguard::api::ApiSecurityPolicy;
 use apiguard::api::names::TRUST_BUNDLE_CONFIGMAP;
+use apiguard::api::names::annotations::{
+    CA_ROTATION_STATE as STATE_ANNOTATION, ROTATE_CA as ROTATE_ANNOTATION,
+};
 use apiguard::identity::CertificateAuthority;
 use apiguard::identity::bundle::latest_not_after_signed_by;
 use apiguard::identity::ca::PemSource;
-use apiguard::identity::ca_rotation::{
-    NEXT_CRT, NEXT_KEY, PREVIOUS_CRT, ROTATE_ANNOTATION, STATE_ANNOTATION,
-};
+use apiguard::identity::ca_rotation::{NEXT_CRT, NEXT_KEY, PREVIOUS_CRT};
 use apiguard::identity::secrets::ca_from_secret;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;

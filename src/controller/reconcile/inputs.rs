@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
-use super::program::{Halt, Stop};
+use super::halt::{Halt, Stop};
 use super::{Context, Error};
 use crate::api::ApiSecurityPolicy;
 use crate::controller::conditions::Reason;

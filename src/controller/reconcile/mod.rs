@@ -5,8 +5,10 @@
 //! - `program`: the phases that program an accepted policy.
 //! - `inputs`: the target Service and its service account, the Secrets the spec names.
 //! - `children`: the child kinds, and the child set that applies and prunes them.
+//! - `halt`: how a phase stops early (a condition to report, or an error to retry).
 
 mod children;
+mod halt;
 mod inputs;
 mod program;
 

@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use time::OffsetDateTime;
 
 use super::children::{ChildSet, Group};
+use super::halt::{Halt, Stop};
 use super::inputs::{self, References};
 use super::{Context, Error, RESYNC};
 use crate::api::names::{gateway_identity_secret_name, gateway_name, target_identity_secret_name};
@@ -21,76 +22,6 @@ use crate::controller::gateway::{GatewayInput, GatewayObjects, ServingCertificat
 use crate::controller::ownership;
 use crate::identity::secrets::{leaf_secret, trust_bundle_configmap};
 use crate::identity::{CertificateAuthority, ExpectedIdentity, IssuedLeaf, SpiffeId};
-
-/// Which condition a [`Stop`] fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Aspect {
-    Programmed,
-    Certificates,
-}
-
-/// Why programming stopped before applying anything.
-#[derive(Debug)]
-pub(super) struct Stop {
-    aspect: Aspect,
-    reason: Reason,
-    message: String,
-}
-
-impl Stop {
-    /// `Programmed` fails; certificates and network wait.
-    pub(super) fn programmed(reason: Reason, message: impl Into<String>) -> Self {
-        Self {
-            aspect: Aspect::Programmed,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// `CertificatesReady` fails; gateway and network wait.
-    fn certificates(reason: Reason, message: impl Into<String>) -> Self {
-        Self {
-            aspect: Aspect::Certificates,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    fn outcome(self, accepted: Verdict, isolation_disabled: bool) -> Outcome {
-        let failed = Verdict::fail(self.reason, self.message.clone());
-        let waiting = Verdict::unknown(self.reason, self.message);
-        let (programmed, certificates) = match self.aspect {
-            Aspect::Programmed => (failed, waiting.clone()),
-            Aspect::Certificates => (waiting.clone(), failed),
-        };
-        Outcome {
-            accepted,
-            programmed,
-            certificates,
-            network: waiting,
-            isolation_disabled,
-        }
-    }
-}
-
-/// Why a phase did not return: a condition to report, or an error to retry.
-#[derive(Debug)]
-pub(super) enum Halt {
-    Stop(Stop),
-    Failed(Error),
-}
-
-impl From<Stop> for Halt {
-    fn from(s: Stop) -> Self {
-        Halt::Stop(s)
-    }
-}
-
-impl From<Error> for Halt {
-    fn from(e: Error) -> Self {
-        Halt::Failed(e)
-    }
-}
 
 /// What reconciling a policy produced, for its status, metrics and next look.
 pub(super) struct Programmed {

@@ -2,7 +2,6 @@
 
 use super::access_log::access_log_format;
 use super::jwt::build_jwt;
-use super::listener::client_cert_mode;
 use super::lua;
 use super::routes::build_routes;
 use super::types::*;
@@ -169,7 +168,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
         UnderscoreHeaders::Allow => "ALLOW",
     };
     let client_certs =
-        client_cert_mode(ctx) != ClientCertificate::None && !ctx.spec.tls().is_disabled();
+        ctx.client_cert_mode() != ClientCertificate::None && !ctx.spec.tls().is_disabled();
     Ok(HttpConnectionManager {
         stat_prefix: "apiguard".into(),
         codec_type: "AUTO",

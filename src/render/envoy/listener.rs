@@ -7,14 +7,6 @@ use super::{CLIENT_CA_FILE, Ctx, LISTENER_NAME, SERVER_CERT_FILE, SERVER_KEY_FIL
 use crate::api::{ClientCertificate, TlsVersion};
 use crate::render::RenderError;
 
-pub(super) fn client_cert_mode(ctx: &Ctx<'_>) -> ClientCertificate {
-    let tls = ctx.spec.tls();
-    match tls.client_certificate {
-        ClientCertificate::None if !ctx.allowed_clients().is_empty() => ClientCertificate::Required,
-        m => m,
-    }
-}
-
 fn tls_version(v: TlsVersion) -> &'static str {
     match v {
         TlsVersion::Tls10 => "TLSv1_0",
@@ -36,7 +28,7 @@ pub(super) fn build_listener(ctx: &Ctx<'_>) -> Result<Listener, RenderError> {
                 "TLS versions below TLSv1_2 are insecure (APG006)",
             ));
         }
-        let mode = client_cert_mode(ctx);
+        let mode = ctx.client_cert_mode();
         let validation_context =
             (mode != ClientCertificate::None).then(|| CertificateValidationContext {
                 trusted_ca: DataSource::file(ctx.config_path(CLIENT_CA_FILE)),

@@ -37,7 +37,7 @@ use crate::render::{
 use api_key::build_api_key_auth;
 use bootstrap::build_bootstrap;
 use clusters::{build_clusters, certificates_metadata};
-use listener::{build_listener, client_cert_mode};
+use listener::build_listener;
 use std::collections::BTreeMap;
 use types::*;
 
@@ -107,6 +107,16 @@ impl Ctx<'_> {
             .and_then(|a| a.mtls.as_ref())
             .map(|m| m.allowed_clients.as_slice())
             .unwrap_or(&[])
+    }
+    /// The listener's client-certificate mode: `allowedClients` makes a certificate required.
+    fn client_cert_mode(&self) -> crate::api::ClientCertificate {
+        use crate::api::ClientCertificate;
+        match self.spec.tls().client_certificate {
+            ClientCertificate::None if !self.allowed_clients().is_empty() => {
+                ClientCertificate::Required
+            }
+            m => m,
+        }
     }
 }
 
@@ -192,7 +202,7 @@ fn insert_server_certificates(ctx: &Ctx<'_>, files: &mut Files) -> Result<(), Re
     }
     files.insert(SERVER_CERT_FILE.into(), plain(id.server_cert_pem.clone()));
     files.insert(SERVER_KEY_FILE.into(), secret(id.server_key_pem.clone()));
-    if client_cert_mode(ctx) != ClientCertificate::None {
+    if ctx.client_cert_mode() != ClientCertificate::None {
         let ca = id.client_ca_pem.clone().ok_or_else(|| {
             ctx.invalid(
                 "spec.tls.clientCertificate",

@@ -1,0 +1,75 @@
+//! How a reconcile phase stops early: a [`Stop`] (a condition to report) or an error to
+//! retry, together a [`Halt`]. Shared by the phases (`program`) and the input reads (`inputs`).
+
+use super::Error;
+use crate::controller::conditions::{Outcome, Reason, Verdict};
+
+/// Which condition a [`Stop`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aspect {
+    Programmed,
+    Certificates,
+}
+
+/// Why programming stopped before applying anything.
+#[derive(Debug)]
+pub(super) struct Stop {
+    aspect: Aspect,
+    reason: Reason,
+    message: String,
+}
+
+impl Stop {
+    /// `Programmed` fails; certificates and network wait.
+    pub(super) fn programmed(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            aspect: Aspect::Programmed,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// `CertificatesReady` fails; gateway and network wait.
+    pub(super) fn certificates(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            aspect: Aspect::Certificates,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn outcome(self, accepted: Verdict, isolation_disabled: bool) -> Outcome {
+        let failed = Verdict::fail(self.reason, self.message.clone());
+        let waiting = Verdict::unknown(self.reason, self.message);
+        let (programmed, certificates) = match self.aspect {
+            Aspect::Programmed => (failed, waiting.clone()),
+            Aspect::Certificates => (waiting.clone(), failed),
+        };
+        Outcome {
+            accepted,
+            programmed,
+            certificates,
+            network: waiting,
+            isolation_disabled,
+        }
+    }
+}
+
+/// Why a phase did not return: a condition to report, or an error to retry.
+#[derive(Debug)]
+pub(super) enum Halt {
+    Stop(Stop),
+    Failed(Error),
+}
+
+impl From<Stop> for Halt {
+    fn from(s: Stop) -> Self {
+        Halt::Stop(s)
+    }
+}
+
+impl From<Error> for Halt {
+    fn from(e: Error) -> Self {
+        Halt::Failed(e)
+    }
+}
