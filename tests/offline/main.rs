@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod architecture;
 mod chart_render;
 mod controller_mock;
 mod crd;
