@@ -9,7 +9,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use time::OffsetDateTime;
 
-use super::watch::watch_by_name;
 use crate::identity::ca_rotation::{CaRotationError, Plan, RotationSettings, plan};
 use crate::identity::secrets::rotation_patch;
 use crate::identity::{CertificateAuthority, DEFAULT_CA_LIFETIME, rfc3339};
@@ -182,8 +181,9 @@ impl RotationTarget<'_> {
     }
 }
 
-/// Drives CA rotations of Secret `namespace/name` until `stop` resolves: on every change of
-/// the Secret (e.g. the user's `apiguard.dev/rotate=requested`) and when the current step is
+/// Drives CA rotations of Secret `namespace/name` until `stop` resolves or `changes` ends: on
+/// every change of the Secret (`changes` ticks; the controller's watch of the CA Secret feeds
+/// it, e.g. the user's `apiguard.dev/rotate=requested`), at start, and when the current step is
 /// due, plans (`plan`) and writes the Secret conditionally,
 /// recording each step (and an ignored request or an unusable state) as an Event on the
 /// Secret. Run by the leader only.
@@ -193,12 +193,14 @@ pub async fn drive_ca_rotation(
     name: &str,
     settings: RotationSettings,
     recorder: Option<Recorder>,
+    changes: impl futures::Stream<Item = ()>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, namespace);
-    let mut changes = watch_by_name(api.clone(), "Secret", name);
+    let mut changes = std::pin::pin!(changes);
     let mut stop = std::pin::pin!(stop);
-    let mut due: Option<OffsetDateTime> = None;
+    // A step at start: a rotation requested or due while no leader ran is carried on.
+    let mut due = rotation_step(&api, namespace, name, settings, recorder.as_ref()).await;
     loop {
         let wait = due.map(|t| {
             let d = t - OffsetDateTime::now_utc();

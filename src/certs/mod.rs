@@ -10,7 +10,7 @@
 //! - [`serving_secret`]: the operator-managed serving certificate Secret.
 //! - [`ca_bundle`]: the `caBundle` of the ValidatingWebhookConfiguration.
 //! - [`serving`]: the serving-certificate loop every replica runs ([`serving::run`]).
-//! - `watch`: the one watch-by-name the loops share.
+//! - `watch`: the serving loop's watch of an object by name.
 
 pub mod ca;
 pub mod ca_bundle;

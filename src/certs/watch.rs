@@ -1,5 +1,5 @@
-//! The one watch of an object by name that every certificate loop here uses (the CA Secret,
-//! the serving Secret, the ValidatingWebhookConfiguration).
+//! The watch of an object by name the serving loop uses (the serving Secret and the
+//! ValidatingWebhookConfiguration).
 
 use futures::StreamExt;
 use kube::api::Api;

@@ -348,10 +348,12 @@ fn config_map_trigger(
     controller.watches_stream(stream, move |cm| config_map_owners(&policies, &cm))
 }
 
-/// The CA Secret: its cache, and a stream that ticks on every change.
+/// The CA Secret: its cache, and a stream that ticks on every change (also sent to `changed`,
+/// for the CA rotation driver: the leader watches the CA Secret once).
 fn watch_ca_secret(
     client: &kube::Client,
     config: &Config,
+    changed: tokio::sync::watch::Sender<()>,
 ) -> (
     Store<Secret>,
     impl futures::Stream<Item = ()> + Send + 'static,
@@ -364,7 +366,10 @@ fn watch_ca_secret(
     .default_backoff()
     .reflect(writer)
     .touched_objects()
-    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())))
+    .inspect(move |()| {
+        changed.send_replace(());
+    });
     (reader, stream)
 }
 
@@ -498,7 +503,9 @@ pub(crate) async fn run_controller(
     reporter: Reporter,
     stop: Shutdown,
 ) {
-    let (ca_secret, ca_stream) = watch_ca_secret(&client, &config);
+    let (ca_changed, ca_changes) = tokio::sync::watch::channel(());
+    let (ca_secret, ca_stream) = watch_ca_secret(&client, &config, ca_changed);
+    let rotation = drive_ca_rotation(&client, &config, &reporter, ca_changes, stop.clone());
     let (services, service_stream) = watch_services(&client);
     let (pods, pod_stream) = watch_pods(&client);
     let controller = policy_controller(&client, &config);
@@ -534,7 +541,36 @@ pub(crate) async fn run_controller(
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
         });
-    tokio::join!(synced, run);
+    tokio::join!(synced, run, rotation);
+}
+
+/// The leader also drives CA rotations (state kept in the CA Secret, so the next leader
+/// carries on), woken by the controller's own watch of the CA Secret (`changes`).
+fn drive_ca_rotation(
+    client: &kube::Client,
+    config: &Config,
+    reporter: &Reporter,
+    changes: tokio::sync::watch::Receiver<()>,
+    stop: Shutdown,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let client = client.clone();
+    let namespace = config.operator_namespace.clone();
+    let name = config.ca_secret.clone();
+    let settings = crate::identity::ca_rotation::RotationSettings {
+        propagation: time::Duration::try_from(config.ca_rotation_propagation)
+            .unwrap_or(time::Duration::MAX),
+        max_leaf_lifetime: config.leaf_lifetime,
+    };
+    let recorder = Some(Recorder::new(client.clone(), reporter.clone()));
+    let changes = futures::stream::unfold(changes, |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
+    async move {
+        crate::certs::drive_ca_rotation(
+            client, &namespace, &name, settings, recorder, changes, stop,
+        )
+        .await
+    }
 }
 
 /// Everything `apiguard run` passes to the controller.
@@ -581,30 +617,9 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
                 )
                 .await?;
                 tracing::info!(ca.fingerprint = %ca.fingerprint(), origin = ?origin, "leading; reconciling policies");
-                // The leader also drives CA rotations (state kept in the CA Secret, so the
-                // next leader carries on); the controller follows every CA Secret change.
-                let rotation = {
-                    let client = client.clone();
-                    let namespace = config.operator_namespace.clone();
-                    let name = config.ca_secret.clone();
-                    let settings = crate::identity::ca_rotation::RotationSettings {
-                        propagation: time::Duration::try_from(config.ca_rotation_propagation)
-                            .unwrap_or(time::Duration::MAX),
-                        max_leaf_lifetime: config.leaf_lifetime,
-                    };
-                    let lost = lost.clone();
-                    let recorder = Some(Recorder::new(client.clone(), reporter.clone()));
-                    async move {
-                        crate::certs::drive_ca_rotation(
-                            client, &namespace, &name, settings, recorder, lost,
-                        )
-                        .await
-                    }
-                };
-                tokio::join!(
-                    run_controller(client, config, renderer, metrics, health.clone(), reporter, lost),
-                    rotation
-                );
+                // The controller also drives CA rotations, on its own watch of the CA Secret.
+                run_controller(client, config, renderer, metrics, health.clone(), reporter, lost)
+                    .await;
                 health.set_leader(false);
                 Ok::<(), RunError>(())
             }

@@ -196,7 +196,7 @@ fn uses(modules: &BTreeMap<String, PathBuf>) -> BTreeMap<String, BTreeSet<String
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
-            if !ident(before.as_ref()) && !before.is_some_and(|c| c == ':') {
+            if !ident(before.as_ref()) && before.is_none_or(|c| c != ':') {
                 found.push(rest.trim_end_matches(':').to_string());
             }
             from = at + prefix.len();

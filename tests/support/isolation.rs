@@ -6,8 +6,8 @@
 //! webhooks are cluster-wide and the operator namespace holds one CA. [`enter`] is a lock that
 //! any number of tests of the same group hold together; a test of another group waits until
 //! the group is empty. When a different group takes over, the cluster-wide state a group may
-//! have left behind (webhook registrations, the operator namespace's Secrets, ConfigMaps,
-//! Leases, Events) is removed, so each module starts as it did on its own control plane.
+//! have left behind (webhook registrations, ApiSecurityPolicies, the operator namespace's
+//! Secrets, ConfigMaps, Leases, Events) is removed, so each module starts as it did on its own control plane.
 //!
 //! Objects a group needs for all its tests (an in-process operator) live in the group
 //! ([`shared`]) and are dropped when its last test ends, before the next group starts.
@@ -114,8 +114,9 @@ pub fn shared<T: Any + Send + Sync>(init: impl FnOnce() -> T) -> Arc<T> {
 }
 
 /// Removes what a group may leave behind that would change another group's results: webhook
-/// registrations (a fail-closed one pointing at a stopped server refuses every write) and the
-/// operator namespace's CA, serving certificate, Leases, Events and helm release records.
+/// registrations (a fail-closed one pointing at a stopped server refuses every write), the
+/// ApiSecurityPolicies (the next operator would reconcile and count them) and the operator
+/// namespace's CA, serving certificate, Leases, Events and helm release records.
 fn reset_shared_cluster_state() {
     let cp = control_plane();
     cp.kubectl_ok([
@@ -125,6 +126,20 @@ fn reset_shared_cluster_state() {
         "--ignore-not-found",
         "--wait=false",
     ]);
+    // Policies another module left (their namespaces may still be terminating) would be
+    // reconciled, counted and reported by this module's operators.
+    let policies = cp.kubectl([
+        "delete",
+        "apisecuritypolicies.apiguard.dev",
+        "--all",
+        "--all-namespaces",
+        "--ignore-not-found",
+    ]);
+    let stderr = String::from_utf8_lossy(&policies.stderr);
+    assert!(
+        policies.status.success() || stderr.contains("doesn't have a resource type"),
+        "deleting the policies another module left: {stderr}"
+    );
     cp.kubectl_ok([
         "delete",
         "secrets,configmaps,leases,events",
