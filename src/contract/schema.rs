@@ -167,6 +167,9 @@ pub(crate) fn violations(
     prefix: &str,
     out: &mut Vec<FieldError>,
 ) {
+    if validator.is_valid(value) {
+        return;
+    }
     for error in validator.iter_errors(value) {
         if out.len() >= MAX_ERRORS {
             return;
