@@ -46,7 +46,7 @@ pub struct ContractOptions {
 /// A compiled contract: every operation with its validators, built once.
 #[derive(Debug)]
 pub struct Contract {
-    doc: document::Document,
+    shapes: shape::Shapes,
     options: ContractOptions,
     operations: Vec<Operation>,
 }
@@ -126,10 +126,13 @@ impl Contract {
         let components = Components {
             request: components(&doc, Direction::Request),
             response: components(&doc, Direction::Response),
+            shapes: Default::default(),
         };
         let operations = compile_operations(&doc, &components)?;
+        let mut shapes = components.shapes.into_inner();
+        shapes.done();
         Ok(Contract {
-            doc,
+            shapes,
             options: options.clone(),
             operations,
         })

@@ -4,8 +4,10 @@
 use super::document::{ContractError, Document, push_token, resolve};
 use super::params::{Param, compile_params};
 use super::schema::{Direction, compile};
+use super::shape::{ShapeId, Shapes};
 use jsonschema::Validator;
 use serde_json::Value;
+use std::cell::RefCell;
 
 /// The HTTP methods an OpenAPI path item may declare.
 const METHODS: [&str; 8] = [
@@ -28,8 +30,8 @@ enum Segment {
 pub(crate) struct Media {
     /// `application/json`, `application/*`, `*/*` (lower case, no parameters).
     pub(crate) range: String,
-    /// The raw schema (for [`super::shape`]); `None` when there is none.
-    pub(crate) schema: Option<Value>,
+    /// The compiled shape (for [`super::shape`]); `None` when there is no schema.
+    pub(crate) shape: Option<ShapeId>,
     /// The compiled validator, for JSON media types with a schema.
     pub(crate) validator: Option<Validator>,
 }
@@ -71,6 +73,8 @@ pub(crate) struct Operation {
 pub(crate) struct Components {
     pub(crate) request: Value,
     pub(crate) response: Value,
+    /// The shapes of every body and response schema.
+    pub(crate) shapes: RefCell<Shapes>,
 }
 
 /// Every operation of the document, in document order.
@@ -124,10 +128,10 @@ fn compile_operation(
     })?;
     let params = compile_params(doc, &components.request, item, op, pointer)?;
     let body = match op.get("requestBody") {
-        Some(body) => Some(compile_body(doc, &components.request, body, pointer)?),
+        Some(body) => Some(compile_body(doc, components, body, pointer)?),
         None => None,
     };
-    let responses = compile_responses(doc, &components.response, op, pointer)?;
+    let responses = compile_responses(doc, components, op, pointer)?;
     Ok(Operation {
         name: format!("{} {template}", method.to_ascii_uppercase()),
         method: method.to_ascii_uppercase(),
@@ -140,7 +144,7 @@ fn compile_operation(
 
 fn compile_body(
     doc: &Document,
-    components: &Value,
+    components: &Components,
     body: &Value,
     pointer: &str,
 ) -> Result<Body, ContractError> {
@@ -153,7 +157,7 @@ fn compile_body(
 
 fn compile_responses(
     doc: &Document,
-    components: &Value,
+    components: &Components,
     op: &Value,
     pointer: &str,
 ) -> Result<Vec<ResponseSpec>, ContractError> {
@@ -193,11 +197,15 @@ fn status_key(code: &str) -> Option<StatusKey> {
 /// The `content` map of a request body or response.
 fn compile_content(
     doc: &Document,
-    components: &Value,
+    all: &Components,
     holder: &Value,
     direction: Direction,
     pointer: &str,
 ) -> Result<Vec<Media>, ContractError> {
+    let (components, shapes) = match direction {
+        Direction::Request => (&all.request, &all.shapes),
+        Direction::Response => (&all.response, &all.shapes),
+    };
     let mut out = Vec::new();
     let Some(content) = holder.get("content").and_then(Value::as_object) else {
         return Ok(out);
@@ -206,8 +214,9 @@ fn compile_content(
         let mut at = format!("{pointer}/content");
         push_token(&mut at, range);
         let range = essence(range);
-        let schema = media.get("schema").cloned();
-        let validator = match &schema {
+        let schema = media.get("schema");
+        let shape = schema.map(|s| shapes.borrow_mut().build(doc, &[s]));
+        let validator = match schema {
             Some(schema) if is_json(&range) || range.ends_with("/*") => {
                 let at = format!("{at}/schema");
                 Some(compile(doc, schema, components, direction, &at)?)
@@ -216,7 +225,7 @@ fn compile_content(
         };
         out.push(Media {
             range,
-            schema,
+            shape,
             validator,
         });
     }

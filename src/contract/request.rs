@@ -5,7 +5,7 @@ use super::operations::{Operation, is_json, select_media};
 use super::params::In;
 use super::problem::{FieldError, Problem};
 use super::schema::{Direction, violations};
-use super::shape::{Policy, strip};
+use super::shape::Policy;
 use super::{Contract, OperationRef, Request, RequestCheck, UnknownProperties};
 use serde_json::Value;
 
@@ -67,19 +67,13 @@ impl Contract {
             errors.push(FieldError::new("body", "json"));
             return;
         };
-        if let Some(schema) = &media.schema {
+        if let Some(shape) = media.shape {
             let policy = Policy {
                 direction: Direction::Request,
                 undeclared: self.options.unknown_properties == UnknownProperties::Reject,
             };
-            strip(
-                &self.doc,
-                &[schema],
-                &mut value,
-                &mut "body".to_string(),
-                policy,
-                errors,
-            );
+            self.shapes
+                .strip(shape, &mut value, &mut "body".to_string(), policy, errors);
         }
         if let Some(validator) = &media.validator {
             violations(validator, &value, "body", errors);

@@ -4,7 +4,7 @@
 use super::operations::{Operation, ResponseSpec, StatusKey, is_json, select_media};
 use super::problem::FieldError;
 use super::schema::{Direction, violations};
-use super::shape::{Policy, strip};
+use super::shape::Policy;
 use super::{Contract, OperationRef, ResponseCheck, Unchecked};
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ impl Contract {
             return ResponseCheck::unchecked(Unchecked::NotJson);
         };
         let media = response_for(op, status).and_then(|r| select_media(&r.media, content_type));
-        let Some((media, schema)) = media.and_then(|m| m.schema.as_ref().map(|s| (m, s))) else {
+        let Some((media, shape)) = media.and_then(|m| m.shape.map(|s| (m, s))) else {
             return ResponseCheck::unchecked(Unchecked::NoSchema);
         };
         let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
@@ -44,9 +44,8 @@ impl Contract {
             direction: Direction::Response,
             undeclared: true,
         };
-        strip(
-            &self.doc,
-            &[schema],
+        self.shapes.strip(
+            shape,
             &mut value,
             &mut "body".to_string(),
             policy,

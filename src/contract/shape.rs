@@ -12,9 +12,14 @@ use super::document::{Document, push_token, resolve};
 use super::problem::FieldError;
 use super::schema::{Direction, is_marked};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt::Write as _;
 
 /// How many nested composition levels are followed for one value (against `$ref` cycles).
 const MAX_DEPTH: usize = 16;
+
+/// Most shapes compiled for one document (a bigger one leaves the rest open).
+const MAX_SHAPES: usize = 20_000;
 
 /// What to do with undeclared properties.
 #[derive(Debug, Clone, Copy)]
@@ -33,80 +38,175 @@ struct Declared<'a> {
     open: bool,
 }
 
-/// Walks `value` against `schemas`, removing what must go, reporting it at `location`.
-pub(crate) fn strip(
-    doc: &Document,
-    schemas: &[&Value],
-    value: &mut Value,
-    location: &mut String,
-    policy: Policy,
-    out: &mut Vec<FieldError>,
-) {
-    match value {
-        Value::Object(map) => strip_object(doc, schemas, map, location, policy, out),
-        Value::Array(items) => {
-            let mut item_schemas = Vec::new();
-            for s in schemas {
-                collect_items(doc, s, &mut item_schemas, 0);
-            }
-            if item_schemas.is_empty() {
-                return;
-            }
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = location.len();
-                location.push('/');
-                location.push_str(&i.to_string());
-                strip(doc, &item_schemas, item, location, policy, out);
-                location.truncate(len);
-            }
-        }
-        _ => {}
-    }
+/// One index into [`Shapes`].
+pub(crate) type ShapeId = usize;
+
+/// A declared property: whether every schema declaring it marks it, and its own shape.
+#[derive(Debug)]
+struct Prop {
+    name: String,
+    read_only: bool,
+    write_only: bool,
+    shape: ShapeId,
 }
 
-fn strip_object(
-    doc: &Document,
-    schemas: &[&Value],
-    map: &mut Map<String, Value>,
-    location: &mut String,
-    policy: Policy,
-    out: &mut Vec<FieldError>,
-) {
-    let mut declared = Declared::default();
-    for s in schemas {
-        collect(doc, s, &mut declared, 0);
-    }
-    if schemas.is_empty() {
-        declared.open = true;
-    }
-    let keyword = policy.direction.forbidden_keyword();
-    let mut removed = Vec::new();
-    for (name, child) in map.iter_mut() {
-        let len = location.len();
-        push_token(location, name);
-        let own: Vec<&Value> = declared
-            .properties
+/// What a set of schemas declares, compiled: the walk at request time reads only this.
+#[derive(Debug)]
+struct Node {
+    props: Vec<Prop>,
+    open: bool,
+    additional: Option<ShapeId>,
+    items: Option<ShapeId>,
+}
+
+const OPEN: Node = Node {
+    props: Vec::new(),
+    open: true,
+    additional: None,
+    items: None,
+};
+
+/// Every compiled shape of a document (cyclic `$ref`s are cycles of ids).
+#[derive(Debug, Default)]
+pub(crate) struct Shapes {
+    nodes: Vec<Node>,
+    /// The shape of each set of schemas (by address in the document), while compiling.
+    memo: HashMap<Vec<usize>, ShapeId>,
+}
+
+impl Shapes {
+    /// The shape of the value `schemas` (all in `doc`) apply to, compiled once.
+    pub(crate) fn build(&mut self, doc: &Document, schemas: &[&Value]) -> ShapeId {
+        let mut key: Vec<usize> = schemas
             .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, s)| *s)
+            .map(|s| std::ptr::from_ref(*s) as usize)
             .collect();
-        if own.is_empty() {
-            if policy.undeclared && !declared.open {
-                out.push(FieldError::new(location.clone(), undeclared_reason(policy)));
-                removed.push(name.clone());
-            } else {
-                strip(doc, &declared.additional, child, location, policy, out);
-            }
-        } else if own.iter().all(|s| is_marked(doc, s, keyword)) {
-            out.push(FieldError::new(location.clone(), keyword));
-            removed.push(name.clone());
-        } else {
-            strip(doc, &own, child, location, policy, out);
+        key.sort_unstable();
+        key.dedup();
+        if let Some(id) = self.memo.get(&key) {
+            return *id;
         }
-        location.truncate(len);
+        let id = self.nodes.len();
+        self.nodes.push(OPEN);
+        self.memo.insert(key, id);
+        if id >= MAX_SHAPES || schemas.is_empty() {
+            return id;
+        }
+        let mut declared = Declared::default();
+        for s in schemas {
+            collect(doc, s, &mut declared, 0);
+        }
+        let mut props: Vec<Prop> = Vec::new();
+        for (name, _) in &declared.properties {
+            if props.iter().any(|p| p.name == *name) {
+                continue;
+            }
+            let own: Vec<&Value> = declared
+                .properties
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, s)| *s)
+                .collect();
+            props.push(Prop {
+                name: name.to_string(),
+                read_only: own.iter().all(|s| is_marked(doc, s, "readOnly")),
+                write_only: own.iter().all(|s| is_marked(doc, s, "writeOnly")),
+                shape: self.build(doc, &own),
+            });
+        }
+        let additional =
+            (!declared.additional.is_empty()).then(|| self.build(doc, &declared.additional));
+        let mut items = Vec::new();
+        for s in schemas {
+            collect_items(doc, s, &mut items, 0);
+        }
+        let items = (!items.is_empty()).then(|| self.build(doc, &items));
+        self.nodes[id] = Node {
+            props,
+            open: declared.open,
+            additional,
+            items,
+        };
+        id
     }
-    for name in removed {
-        map.remove(&name);
+
+    /// The memo is for compiling only.
+    pub(crate) fn done(&mut self) {
+        self.memo = HashMap::new();
+    }
+
+    /// Walks `value` against shape `id`, removing what must go, reporting it at `location`.
+    pub(crate) fn strip(
+        &self,
+        id: ShapeId,
+        value: &mut Value,
+        location: &mut String,
+        policy: Policy,
+        out: &mut Vec<FieldError>,
+    ) {
+        let Some(node) = self.nodes.get(id) else {
+            return;
+        };
+        match value {
+            Value::Object(map) => self.strip_object(node, map, location, policy, out),
+            Value::Array(items) => {
+                let Some(item_shape) = node.items else {
+                    return;
+                };
+                for (i, item) in items.iter_mut().enumerate() {
+                    let len = location.len();
+                    let _ = write!(location, "/{i}");
+                    self.strip(item_shape, item, location, policy, out);
+                    location.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn strip_object(
+        &self,
+        node: &Node,
+        map: &mut Map<String, Value>,
+        location: &mut String,
+        policy: Policy,
+        out: &mut Vec<FieldError>,
+    ) {
+        let mut removed = Vec::new();
+        for (name, child) in map.iter_mut() {
+            let len = location.len();
+            push_token(location, name);
+            match node.props.iter().find(|p| p.name == *name) {
+                None if policy.undeclared && !node.open => {
+                    out.push(FieldError::new(location.clone(), undeclared_reason(policy)));
+                    removed.push(name.clone());
+                }
+                None => {
+                    if let Some(additional) = node.additional {
+                        self.strip(additional, child, location, policy, out);
+                    }
+                }
+                Some(prop) => {
+                    let forbidden = match policy.direction {
+                        Direction::Request => prop.read_only,
+                        Direction::Response => prop.write_only,
+                    };
+                    if forbidden {
+                        out.push(FieldError::new(
+                            location.clone(),
+                            policy.direction.forbidden_keyword(),
+                        ));
+                        removed.push(name.clone());
+                    } else {
+                        self.strip(prop.shape, child, location, policy, out);
+                    }
+                }
+            }
+            location.truncate(len);
+        }
+        for name in removed {
+            map.remove(&name);
+        }
     }
 }
 
