@@ -152,6 +152,10 @@ pub(crate) fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
 /// Appends `/token` to a JSON pointer, escaping `~` and `/`.
 pub(crate) fn push_token(pointer: &mut String, token: &str) {
     pointer.push('/');
+    if !token.contains(['~', '/']) {
+        pointer.push_str(token);
+        return;
+    }
     for c in token.chars() {
         match c {
             '~' => pointer.push_str("~0"),
