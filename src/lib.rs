@@ -11,6 +11,7 @@ pub mod api;
 pub mod catalog;
 pub mod certs;
 pub mod cli;
+pub mod contract;
 pub mod controller;
 pub mod identity;
 pub mod kube_client;

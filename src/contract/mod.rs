@@ -1,0 +1,147 @@
+//! The API contract: an OpenAPI 3.0.x or 3.1.x document compiled once, against which the
+//! runtime sensor checks requests (refusing what the contract does not allow, with a
+//! problem+json body) and redacts responses (removing what the contract does not declare).
+//!
+//! Pure: no I/O. `document` parses and resolves `$ref`s (errors name the JSON pointer),
+//! `schema` rewrites schemas per direction and compiles one validator per operation and media
+//! type, `shape` removes undeclared and `readOnly`/`writeOnly` properties, `operations` and
+//! `params` hold the compiled operations and match paths, `request` and `response` check
+//! messages, `problem` is the problem+json body. See `docs/contract.md`.
+
+mod document;
+mod operations;
+mod params;
+mod problem;
+mod request;
+mod response;
+mod schema;
+mod shape;
+#[cfg(test)]
+mod tests;
+
+pub use document::ContractError;
+pub use problem::{FieldError, Problem};
+
+use operations::{Components, Operation, compile_operations};
+use schema::{Direction, components};
+
+/// What the contract does with a request property its schema does not declare.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnknownProperties {
+    /// Refuse it (`unknownProperty`): an object schema without `additionalProperties` is
+    /// closed for requests (mass assignment).
+    #[default]
+    Reject,
+    /// Let it through.
+    Allow,
+}
+
+/// How a document is enforced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContractOptions {
+    /// Requests only; responses always lose undeclared properties.
+    pub unknown_properties: UnknownProperties,
+}
+
+/// A compiled contract: every operation with its validators, built once.
+#[derive(Debug)]
+pub struct Contract {
+    shapes: shape::Shapes,
+    options: ContractOptions,
+    operations: Vec<Operation>,
+}
+
+/// One request, as the sensor sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    /// `GET`, `PATCH` (any case).
+    pub method: &'a str,
+    /// The path, percent-encoded as received (a `?query` part is ignored).
+    pub path: &'a str,
+    /// The raw query string, without `?` (`limit=10&x=y`), empty when none.
+    pub query: &'a str,
+    /// The request headers (names in any case).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The `content-type` header.
+    pub content_type: Option<&'a str>,
+    /// The body, when there is one.
+    pub body: Option<&'a [u8]>,
+}
+
+/// One operation of a compiled contract, for [`Contract::redact_response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OperationRef(usize);
+
+/// The verdict on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestCheck {
+    /// No operation matches its method and path.
+    Undeclared,
+    /// It matches `operation` and keeps its contract.
+    Allowed { operation: OperationRef },
+    /// It matches `operation` and breaks its contract.
+    Refused {
+        operation: OperationRef,
+        problem: Problem,
+    },
+}
+
+/// Why a response was not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchecked {
+    /// Larger than the limit.
+    TooLarge,
+    /// Not a JSON content type.
+    NotJson,
+    /// No schema for its operation, status and content type.
+    NoSchema,
+}
+
+/// What redacting a response did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseCheck {
+    /// The new body, when properties were removed.
+    pub body: Option<Vec<u8>>,
+    /// The removed properties (`writeOnly` or `undeclared`).
+    pub removed: Vec<FieldError>,
+    /// Other violations of the schema (reported, not enforced).
+    pub violations: Vec<FieldError>,
+    /// Set when the body was not checked, and why.
+    pub unchecked: Option<Unchecked>,
+}
+
+impl ResponseCheck {
+    fn unchecked(why: Unchecked) -> Self {
+        ResponseCheck {
+            unchecked: Some(why),
+            ..Default::default()
+        }
+    }
+}
+
+impl Contract {
+    /// Parses and compiles a document (YAML or JSON): every validator is built here, once.
+    pub fn compile(text: &str, options: &ContractOptions) -> Result<Contract, ContractError> {
+        let doc = document::parse(text)?;
+        let components = Components {
+            request: components(&doc, Direction::Request),
+            response: components(&doc, Direction::Response),
+            shapes: Default::default(),
+        };
+        let operations = compile_operations(&doc, &components)?;
+        let mut shapes = components.shapes.into_inner();
+        shapes.done();
+        Ok(Contract {
+            shapes,
+            options: options.clone(),
+            operations,
+        })
+    }
+
+    /// The operation's method and path template: `PATCH /users/{id}`.
+    pub fn operation_name(&self, operation: OperationRef) -> &str {
+        self.operations
+            .get(operation.0)
+            .map_or("", |op| op.name.as_str())
+    }
+}
