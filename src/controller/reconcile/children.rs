@@ -258,9 +258,9 @@ impl<'a> ChildSet<'a> {
         let uid = policy.uid().unwrap_or_default();
         let name = policy.name_any();
         let desired = self.recorded_names::<K>();
-        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let api: Api<K> = Api::namespaced(self.ctx.settings.client.clone(), &ns);
         let mut deleted = 0;
-        for obj in K::store(&self.ctx.children).state() {
+        for obj in K::store(&self.ctx.settings.children).state() {
             let meta = &obj.metadata;
             if meta.namespace.as_deref() != Some(ns.as_str())
                 || !ownership::prunable(meta, &name, &uid, &desired)
@@ -363,11 +363,11 @@ async fn apply_one<K: ChildKind>(
     let kind = kind_of::<K>();
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<K> = Api::namespaced(ctx.settings.client.clone(), &ns);
     let key = applied_key::<K>(&ns, &name);
     let cached = match just_read {
         Some(read) => Some(read),
-        None => K::store(&ctx.children)
+        None => K::store(&ctx.settings.children)
             .get(&ObjectRef::new(&name).within(&ns))
             .map(|m| Some(m.metadata.clone())),
     };

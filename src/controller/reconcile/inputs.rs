@@ -19,7 +19,7 @@ use crate::controller::gateway::ServingCertificate;
 pub(super) fn target(ctx: &Context, policy: &ApiSecurityPolicy) -> Result<Service, Stop> {
     let ns = policy.namespace().unwrap_or_default();
     let service = &policy.spec.target.service;
-    ctx.inputs
+    ctx.settings.inputs
         .services
         .get(&ObjectRef::new(service).within(&ns))
         .map(|s| s.as_ref().clone())
@@ -72,7 +72,7 @@ pub(super) async fn read_secret(
     ns: &str,
     name: &str,
 ) -> Result<Option<Secret>, Error> {
-    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+    Api::<Secret>::namespaced(ctx.settings.client.clone(), ns)
         .get_opt(name)
         .await
         .map_err(|e| Error::Read {

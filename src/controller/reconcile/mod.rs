@@ -82,19 +82,9 @@ pub struct InputStores {
     pub pods: Store<Pod>,
 }
 
-/// What reconcile shares between calls.
+/// What reconcile shares between calls: what it was built from, and what it remembers.
 pub struct Context {
-    pub client: kube::Client,
-    pub config: Config,
-    pub renderer: Arc<dyn GatewayRenderer>,
-    pub policies: Store<ApiSecurityPolicy>,
-    pub children: ChildStores,
-    pub inputs: InputStores,
-    /// Cache of the CA Secret in the operator namespace.
-    pub ca_secret: Store<Secret>,
-    pub recorder: Option<Recorder>,
-    pub metrics: Arc<ControllerMetrics>,
-    pub health: Arc<Health>,
+    pub settings: ContextSettings,
     /// (content hash, fingerprint) of each child as last applied: an unchanged child whose
     /// fingerprint is still the one our write produced is not sent again.
     applied: Mutex<HashMap<String, (u64, String)>>,
@@ -122,29 +112,8 @@ pub struct ContextSettings {
 
 impl Context {
     pub fn new(settings: ContextSettings) -> Self {
-        let ContextSettings {
-            client,
-            config,
-            renderer,
-            policies,
-            children,
-            inputs,
-            ca_secret,
-            recorder,
-            metrics,
-            health,
-        } = settings;
         Self {
-            client,
-            config,
-            renderer,
-            policies,
-            children,
-            inputs,
-            ca_secret,
-            recorder,
-            metrics,
-            health,
+            settings,
             applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             ca: Mutex::new(None),
@@ -217,14 +186,15 @@ impl Error {
 
 impl Context {
     fn ca(&self, now: OffsetDateTime) -> Result<Arc<CertificateAuthority>, Error> {
-        let ns = &self.config.operator_namespace;
-        let name = &self.config.ca_secret;
+        let ns = &self.settings.config.operator_namespace;
+        let name = &self.settings.config.ca_secret;
         let ca_err = |message: String| Error::Ca {
             namespace: ns.clone(),
             name: name.clone(),
             message,
         };
         let secret = self
+            .settings
             .ca_secret
             .get(&ObjectRef::new(name).within(ns))
             .ok_or_else(|| ca_err("not found (the operator creates it at start-up)".into()))?;
@@ -241,7 +211,7 @@ impl Context {
     }
 
     async fn publish(&self, policy: &ApiSecurityPolicy, ev: KubeEvent) {
-        if let Some(recorder) = &self.recorder
+        if let Some(recorder) = &self.settings.recorder
             && let Err(e) = recorder.publish(&ev, &policy.object_ref(&())).await
         {
             tracing::warn!(error = %e, reason = ev.reason, "could not publish Event");
@@ -253,9 +223,9 @@ impl Context {
 pub async fn reconcile(policy: Arc<ApiSecurityPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = policy_key(&policy);
     let start = Instant::now();
-    ctx.health.started(&key, start);
+    ctx.settings.health.started(&key, start);
     let result = reconcile_inner(&policy, &ctx, OffsetDateTime::now_utc()).await;
-    ctx.health.finished(&key);
+    ctx.settings.health.finished(&key);
     let label = match &result {
         Ok(_) => {
             ctx.failures
@@ -266,7 +236,7 @@ pub async fn reconcile(policy: Arc<ApiSecurityPolicy>, ctx: Arc<Context>) -> Res
         }
         Err(e) => e.metric_label(),
     };
-    ctx.metrics.reconciled(label, start.elapsed());
+    ctx.settings.metrics.reconciled(label, start.elapsed());
     result
 }
 
@@ -318,13 +288,21 @@ async fn reconcile_inner(
     let key = policy_key(policy);
     if policy.metadata.deletion_timestamp.is_some() {
         // Children go with it through their ownerRefs (garbage collection).
-        ctx.metrics.forget_policy(&key, now.unix_timestamp());
+        ctx.settings
+            .metrics
+            .forget_policy(&key, now.unix_timestamp());
         return Ok(Action::await_change());
     }
     // Answers from caches that have not listed yet would be wrong (TargetNotFound, the
     // "default" service account): wait for them (immediate once synced).
-    if ctx.inputs.services.wait_until_ready().await.is_err()
-        || ctx.inputs.pods.wait_until_ready().await.is_err()
+    if ctx
+        .settings
+        .inputs
+        .services
+        .wait_until_ready()
+        .await
+        .is_err()
+        || ctx.settings.inputs.pods.wait_until_ready().await.is_err()
     {
         return Err(Error::CachesClosed);
     }
@@ -356,7 +334,8 @@ async fn reconcile_inner(
         &time_of(now),
     );
     update_status(ctx, policy, &status, outcome.isolation_disabled).await?;
-    ctx.metrics
+    ctx.settings
+        .metrics
         .observe_policy(&key, &status.conditions, expiries, now.unix_timestamp());
     if failures > 0 {
         return Err(Error::ChildrenFailed(failures));
@@ -369,7 +348,7 @@ fn accept(ctx: &Context, policy: &ApiSecurityPolicy) -> Verdict {
     let ns = policy.namespace().unwrap_or_default();
     let spec = &policy.spec;
     let violations = validate_spec(spec);
-    let all_policies = ctx.policies.state();
+    let all_policies = ctx.settings.policies.state();
     let winner = conflicting_winner(policy, all_policies.iter().map(|p| p.as_ref()));
     if !violations.is_empty() {
         let msgs: Vec<String> = violations
@@ -463,7 +442,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
-    let api: Api<ApiSecurityPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<ApiSecurityPolicy> = Api::namespaced(ctx.settings.client.clone(), &ns);
     let body = serde_json::json!({
         "apiVersion": ApiSecurityPolicy::api_version(&()),
         "kind": ApiSecurityPolicy::kind(&()),

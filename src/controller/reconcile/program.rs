@@ -83,7 +83,7 @@ async fn phases<'a>(
 ) -> Result<Done<'a>, Halt> {
     let target = inputs::target(ctx, policy)?;
     let ca = ctx.ca(now)?;
-    let pods = ctx.inputs.pods.state();
+    let pods = ctx.settings.inputs.pods.state();
     let target_sa = inputs::target_service_account(&target, pods.iter().map(|p| p.as_ref()));
     let identities = identities(ctx, policy, &target_sa)?;
     let references = inputs::fetch_references(ctx, policy).await?;
@@ -123,7 +123,7 @@ fn identities(
     target_sa: &str,
 ) -> Result<Identities, Stop> {
     let ns = policy.namespace().unwrap_or_default();
-    let td = &ctx.config.trust_domain;
+    let td = &ctx.settings.config.trust_domain;
     let gateway = SpiffeId::new(td, &ns, &gateway_name(&policy.name_any()));
     let target = SpiffeId::new(td, &ns, target_sa);
     match (gateway, target) {
@@ -211,7 +211,7 @@ async fn leaf(
     now: OffsetDateTime,
 ) -> Result<IdentityLeaf, Halt> {
     let existing = inputs::read_secret(ctx, ns, &secret).await?;
-    let lifetime = ctx.config.leaf_lifetime;
+    let lifetime = ctx.settings.config.leaf_lifetime;
     let leaf = certs::plan_leaf(existing.as_ref(), expected, ca, lifetime, now)
         .map_err(|e| Stop::certificates(Reason::IssueFailed, e.to_string()))?;
     Ok(IdentityLeaf {
@@ -237,7 +237,8 @@ fn render(
         cert_pem: gateway_leaf.cert_pem.clone(),
         key_pem: gateway_leaf.key_pem.clone(),
     });
-    ctx.renderer
+    ctx.settings
+        .renderer
         .render(&GatewayInput {
             policy,
             target,
@@ -310,7 +311,7 @@ fn trust_bundle(
 ) -> k8s_openapi::api::core::v1::ConfigMap {
     let ns = policy.namespace().unwrap_or_default();
     let mut cm = trust_bundle_configmap(&ns, bundle, None);
-    let all = ctx.policies.state();
+    let all = ctx.settings.policies.state();
     let anchor = ownership::bundle_anchor(&ns, all.iter().map(|p| p.as_ref()))
         .and_then(|p| p.controller_owner_ref(&()))
         .unwrap_or_else(|| owner.clone());
