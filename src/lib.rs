@@ -19,6 +19,7 @@ pub mod lint;
 pub mod manifest;
 pub mod render;
 pub mod rules;
+pub mod sensor;
 
 pub mod admin;
 pub mod run;

@@ -93,6 +93,11 @@ pub struct ApiSecurityPolicySpec {
     /// Access logging by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,
+    /// The API's OpenAPI contract, enforced at the gateway by the runtime sensor: request
+    /// shapes (path and query parameters, required headers, content type, JSON bodies, mass
+    /// assignment) and response redaction (excessive data exposure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<OpenApi>,
 }
 
 /// The Service that implements the API.
@@ -744,6 +749,96 @@ impl Default for Audit {
             include_claims: Vec::new(),
         }
     }
+}
+
+/// The OpenAPI contract of the API and how the gateway's sensor enforces it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenApi {
+    /// Where the OpenAPI 3.0.x or 3.1.x document (YAML or JSON, local `$ref`s only) comes from.
+    pub source: OpenApiSource,
+    /// Requests that break the contract: Enforce (default) refuses them with 400 (415 for the
+    /// content type) and a problem+json body; Audit logs the would-be refusal and lets them
+    /// through; Off does not check requests.
+    #[serde(default)]
+    pub requests: RequestContractMode,
+    /// JSON responses: Redact removes `writeOnly` and undeclared properties before the client
+    /// sees them; Audit (default) only logs and counts what Redact would remove; Off does not
+    /// look at responses.
+    #[serde(default)]
+    pub responses: ResponseContractMode,
+    /// Request properties an object schema does not declare (and that does not say
+    /// `additionalProperties`): Reject (default; mass assignment) or Allow.
+    #[serde(default)]
+    pub unknown_properties: UnknownPropertiesMode,
+    /// JSON responses larger than this many bytes pass unchecked (counted). Default 1048576.
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_response_bytes: u64,
+}
+
+pub(crate) fn default_max_response_bytes() -> u64 {
+    1_048_576
+}
+
+/// Where the OpenAPI document comes from: exactly one of `configMapRef` and `inline`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenApiSource {
+    /// A key of a ConfigMap in the policy's namespace holding the document. The ConfigMap is
+    /// watched: editing it re-renders the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyReference>,
+    /// The document itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1048576))]
+    pub inline: Option<String>,
+}
+
+/// A key of a ConfigMap in the policy's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyReference {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the document.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What the sensor does with a request that breaks the contract.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RequestContractMode {
+    /// Refuse it (default).
+    #[default]
+    Enforce,
+    /// Log the would-be refusal and let it through.
+    Audit,
+    /// Do not check requests.
+    Off,
+}
+
+/// What the sensor does with a JSON response that carries more than the contract declares.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ResponseContractMode {
+    /// Remove `writeOnly` and undeclared properties.
+    Redact,
+    /// Log and count what would be removed (default).
+    #[default]
+    Audit,
+    /// Do not look at responses.
+    Off,
+}
+
+/// Request properties that an object schema does not declare.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnknownPropertiesMode {
+    /// Refuse them (default).
+    #[default]
+    Reject,
+    /// Let them through.
+    Allow,
 }
 
 /// Observed state of the policy, written by the controller.
