@@ -10,9 +10,9 @@
 //!   ServiceMonitor);
 //! - side by side with the kyverno CLI: `apiguard lint DIR --format json` and
 //!   `kyverno apply benches/kyverno/apg001-apg011.yaml --resource DIR` (a ClusterPolicy
-//!   equivalent to APG001 + APG011) on the same files, one after the other in the same run. The
-//!   kyverno binary is `$APIGUARD_KYVERNO` (`tests/tools.sh kyverno && source
-//!   target/tools/env.sh`). Both get the full corpus (kyverno takes about 2.5 minutes for it);
+//!   equivalent to APG001 + APG011) on the same files, one after the other in the same run, for
+//!   both corpora (reviewed kinds only, then repository-shaped). The kyverno binary is `$APIGUARD_KYVERNO` (`tests/tools.sh kyverno && source
+//!   target/tools/env.sh`). Both get the full corpora (kyverno takes about 2.5 minutes for each);
 //!   `APIGUARD_BENCH_KYVERNO_OBJECTS=N` gives both the first N objects instead, for a quicker run.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does one tiny smoke iteration;
@@ -428,8 +428,9 @@ fn main() {
         objects,
         "apiguard lint (reviewed kinds only)",
     );
+    let repository_manifests = as_manifests(repository_corpus(objects));
     let repository = tempfile::tempdir().expect("temp dir");
-    write_corpus(repository.path(), &as_manifests(repository_corpus(objects)));
+    write_corpus(repository.path(), &repository_manifests);
     cli_once(
         exe,
         repository.path(),
@@ -437,7 +438,7 @@ fn main() {
         "apiguard lint (repository-shaped) ",
     );
 
-    // Side by side with kyverno, on the same files.
+    // Side by side with kyverno, on the same files: both corpora.
     let Some(kyverno) = kyverno else {
         println!("side by side with kyverno: skipped (APIGUARD_KYVERNO is not an existing file)");
         return;
@@ -453,14 +454,26 @@ fn main() {
     } else {
         objects
     };
-    if n == objects {
-        side_by_side(exe, &kyverno, &manifests, dir.path());
-    } else {
+    if n < objects {
         println!(
-            "(APIGUARD_BENCH_KYVERNO_OBJECTS: the side-by-side corpus is the first {n} of the {objects} objects)"
+            "(APIGUARD_BENCH_KYVERNO_OBJECTS: each side-by-side corpus is the first {n} of the {objects} objects)"
         );
-        let small = tempfile::tempdir().expect("temp dir");
-        write_corpus(small.path(), &manifests[..n]);
-        side_by_side(exe, &kyverno, &manifests[..n], small.path());
+    }
+    for (label, corpus, dir) in [
+        ("reviewed kinds only", &manifests, dir.path()),
+        (
+            "repository-shaped",
+            &repository_manifests,
+            repository.path(),
+        ),
+    ] {
+        println!("[{label}]");
+        if n == objects {
+            side_by_side(exe, &kyverno, corpus, dir);
+        } else {
+            let small = tempfile::tempdir().expect("temp dir");
+            write_corpus(small.path(), &corpus[..n]);
+            side_by_side(exe, &kyverno, &corpus[..n], small.path());
+        }
     }
 }

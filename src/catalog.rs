@@ -82,7 +82,7 @@ catalog! {
     Apg013 => "APG013", "unbounded-request-body", Warn,
         "A Public/Partner policy without `requestValidation.maxBodyBytes`, or above 10 MiB";
     Apg014 => "APG014", "invalid-policy", Deny,
-        "Semantic errors the schema cannot express: duplicate names, bad path templates, `ownership.pathParam` not in the path, a rate limit of 0, unknown provider references, a claim forwarded into a reserved header";
+        "Semantic errors the schema cannot express: duplicate names, bad path templates, `ownership.pathParam` not in the path, a rate limit of 0, unknown provider references, a claim forwarded into a reserved header; in every reviewed kind, a field the rules read that has the wrong type";
 }
 
 impl fmt::Display for RuleId {

@@ -106,28 +106,28 @@ pub const TLS_MIN_VERSION: Invariant = Invariant {
     rule: RuleId::Apg006,
     scope: "spec.tls",
     cel: "!has(self.minVersion) || self.minVersion == 'TLSv1_2' || self.minVersion == 'TLSv1_3'",
-    message: "APG006: spec.tls.minVersion must be TLSv1_2 or TLSv1_3; TLS 1.0 and 1.1 are broken",
+    message: "APG006: spec.tls.minVersion must be TLSv1_2 or TLSv1_3 (TLS 1.0 and 1.1 are broken); set spec.tls.minVersion to TLSv1_2 or TLSv1_3",
 };
 
 pub const JWT_ISSUER_HTTPS: Invariant = Invariant {
     rule: RuleId::Apg007,
     scope: "spec.authentication.jwt.providers[]",
     cel: "self.issuer.startsWith('https://')",
-    message: "APG007: spec.authentication.jwt.providers[].issuer must be an https:// URL; tokens from a plaintext issuer can be forged in transit",
+    message: "APG007: spec.authentication.jwt.providers[].issuer must be an https:// URL (tokens from a plaintext issuer can be forged in transit); use the provider's https:// issuer URL",
 };
 
 pub const JWKS_URI_HTTPS: Invariant = Invariant {
     rule: RuleId::Apg007,
     scope: "spec.authentication.jwt.providers[].jwks",
     cel: "!has(self.uri) || self.uri.startsWith('https://')",
-    message: "APG007: spec.authentication.jwt.providers[].jwks.uri must be an https:// URL; keys fetched over plaintext can be replaced by an attacker",
+    message: "APG007: spec.authentication.jwt.providers[].jwks.uri must be an https:// URL (keys fetched over plaintext can be replaced by an attacker); serve the JWKS over https://, or use jwks.inline or jwks.secretRef",
 };
 
 pub const JWKS_ONE_SOURCE: Invariant = Invariant {
     rule: RuleId::Apg014,
     scope: "spec.authentication.jwt.providers[].jwks",
     cel: "(has(self.uri) ? 1 : 0) + (has(self.inline) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) == 1",
-    message: "APG014: spec.authentication.jwt.providers[].jwks must set exactly one of uri, inline or secretRef",
+    message: "APG014: spec.authentication.jwt.providers[].jwks must set exactly one of uri, inline or secretRef; keep one of them and remove the others",
 };
 
 pub const UNIQUE_PROVIDER_NAMES: Invariant = Invariant {
@@ -155,7 +155,7 @@ pub const PATH_TEMPLATES: Invariant = Invariant {
     rule: RuleId::Apg014,
     scope: "spec.authorization.rules[].match, spec.rateLimits[].match",
     cel: "!has(self.paths) || self.paths.all(p, p.matches('^(/|/\\\\*|(/([A-Za-z0-9._~!$&\\'()+,;=:@%-]+|\\\\{[A-Za-z_][A-Za-z0-9_]*\\\\}))+(/\\\\*)?)$'))",
-    message: "APG014: match.paths[] (spec.authorization.rules[] and spec.rateLimits[]) must be an exact path (/orders), a prefix (/orders/*) or a template with {param} segments (/users/{userId}/orders)",
+    message: "APG014: match.paths[] (spec.authorization.rules[] and spec.rateLimits[]) must be an exact path, a prefix or a template with {param} segments; write it as /orders, /orders/* or /users/{userId}/orders",
 };
 
 pub const OWNERSHIP_PARAM_IN_PATHS: Invariant = Invariant {
@@ -169,7 +169,7 @@ pub const RULE_PUBLIC_OR_ALLOW: Invariant = Invariant {
     rule: RuleId::Apg014,
     scope: "spec.authorization.rules[]",
     cel: "!has(self.public) || !self.public || (!has(self.allow) && !has(self.ownership))",
-    message: "APG014: spec.authorization.rules[] with public: true must not also set allow or ownership (a public route has no identity to check); split it into two rules",
+    message: "APG014: spec.authorization.rules[] must not set allow or ownership when public is true (a public route has no identity to check); split it into two rules",
 };
 
 pub const UNIQUE_RATE_LIMIT_NAMES: Invariant = Invariant {
@@ -183,14 +183,14 @@ pub const RATE_LIMIT_POSITIVE: Invariant = Invariant {
     rule: RuleId::Apg014,
     scope: "spec.rateLimits[].limit",
     cel: "self.requests > 0",
-    message: "APG014: spec.rateLimits[].limit.requests must be greater than 0; to block a route, leave it out of spec.authorization.rules",
+    message: "APG014: spec.rateLimits[].limit.requests must be greater than 0; set limit.requests to at least 1 (to block a route, leave it out of spec.authorization.rules)",
 };
 
 pub const RATE_LIMIT_ONE_KEY: Invariant = Invariant {
     rule: RuleId::Apg014,
     scope: "spec.rateLimits[].by",
     cel: "(has(self.claim) ? 1 : 0) + (has(self.clientIP) ? 1 : 0) + (has(self.apiKey) ? 1 : 0) + (has(self.header) ? 1 : 0) == 1",
-    message: "APG014: spec.rateLimits[].by must set exactly one of claim, clientIP, apiKey or header",
+    message: "APG014: spec.rateLimits[].by must set exactly one of claim, clientIP, apiKey or header; keep one key and remove the others",
 };
 
 pub const PROVIDER_REFERENCES: Invariant = Invariant {

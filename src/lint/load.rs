@@ -393,23 +393,29 @@ pub(crate) fn parse_input(name: &str, text: &str) -> Result<Vec<Manifest>, LintE
 /// The parser's message, with its duplicate-key wording (which names a parser option) replaced
 /// by what the user did: the key, and that a mapping may hold it once.
 fn plain_yaml_message(message: &str) -> String {
-    const MARKER: &str = "duplicate mapping key: ";
+    const MARKER: &str = "duplicate mapping key";
     let Some(at) = message.find(MARKER) else {
         return message.to_string();
     };
+    // `duplicate mapping key: name, set DuplicateKeyPolicy ...` for a plain key; without the
+    // key for a complex one (a mapping or a sequence used as a key).
     let key = message[at + MARKER.len()..]
-        .split([',', '\n'])
-        .next()
-        .unwrap_or("")
-        .trim();
+        .strip_prefix(": ")
+        .and_then(|rest| rest.split([',', '\n']).next())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
     let location = message[..at]
         .rfind("line ")
         .map(|i| message[i..at].trim().trim_end_matches(':'))
         .filter(|l| !l.is_empty())
         .map(|l| format!(" (at {l})"))
         .unwrap_or_default();
+    let what = match key {
+        Some(key) => format!("the key {key:?}"),
+        None => "a (complex) key".to_string(),
+    };
     format!(
-        "the key {key:?} appears twice in the same mapping{location}; keep one (YAML allows each key once per mapping, and tools disagree on which copy wins)"
+        "{what} appears twice in the same mapping{location}; keep one (YAML allows each key once per mapping, and tools disagree on which copy wins)"
     )
 }
 
@@ -481,7 +487,22 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("\"name\" appears twice"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
         assert!(!e.to_ascii_lowercase().contains("policy"), "{e}");
+        let complex = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  ? [a]\n  : x\n  ? [a]\n  : y\n";
+        if let Err(e) = parse_input("cm.yaml", complex) {
+            let e = e.to_string();
+            assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_in_json_are_an_error_too() {
+        let text =
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "name": "b"}}"#;
+        let e = parse_input("svc.json", text).unwrap_err().to_string();
+        assert!(e.starts_with("svc.json"), "{e}");
+        assert!(e.contains("\"name\" appears twice"), "{e}");
     }
 
     fn verdict(text: &str) -> Option<SkipReason> {

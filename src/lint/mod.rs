@@ -26,7 +26,9 @@ pub enum Format {
     /// Readable in a terminal.
     #[default]
     Text,
-    /// `{"findings":[{"rule","severity","kind","namespace","name","message","exempted","file"}]}`.
+    /// One JSON object: `findings` (each with `rule`, `severity`, `kind`, `namespace`, `name`,
+    /// `field`, `message`, `remediation`, `exempted`, `file`), `skipped` (paths not linted and
+    /// why), `errors` (files that failed to parse) and `summary` (counts).
     Json,
     /// SARIF 2.1.0, for code-scanning tools.
     Sarif,

@@ -269,14 +269,7 @@ struct RouteBackend<'v> {
 
 impl RouteBackend<'_> {
     fn as_ref(&self) -> BackendRef<'_> {
-        match (self.group, self.kind) {
-            ("", "Service") => BackendRef::Service(self.name),
-            ("multicluster.x-k8s.io", "ServiceImport") => BackendRef::ServiceImport(self.name),
-            (_, kind) => BackendRef::Other {
-                kind,
-                name: self.name,
-            },
-        }
+        BackendRef::of(self.group, self.kind, self.name)
     }
 }
 

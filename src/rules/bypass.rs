@@ -101,7 +101,7 @@ pub(crate) struct RouteAuth {
 pub(crate) enum BackendRef<'a> {
     /// A core Service.
     Service(&'a str),
-    /// A multi-cluster `ServiceImport` (multicluster.x-k8s.io): the Services of that name
+    /// A multi-cluster `ServiceImport` (multicluster.x-k8s.io, net.gke.io): the Services of that name
     /// exported from every cluster of the set, this one included.
     ServiceImport(&'a str),
     /// Anything else (an Envoy Gateway `Backend`, a storage bucket resource, ...): no policy
@@ -109,7 +109,20 @@ pub(crate) enum BackendRef<'a> {
     Other { kind: &'a str, name: &'a str },
 }
 
-impl BackendRef<'_> {
+impl<'a> BackendRef<'a> {
+    /// The backend an object reference (`group`, `kind`, `name`) points at. ServiceImports of
+    /// the Multi-Cluster Services API (`multicluster.x-k8s.io`) and of GKE (`net.gke.io`) are
+    /// the Services of that name.
+    pub(crate) fn of(group: &str, kind: &'a str, name: &'a str) -> BackendRef<'a> {
+        match (group, kind) {
+            ("", "Service") => BackendRef::Service(name),
+            ("multicluster.x-k8s.io" | "net.gke.io", "ServiceImport") => {
+                BackendRef::ServiceImport(name)
+            }
+            (_, kind) => BackendRef::Other { kind, name },
+        }
+    }
+
     fn describe(&self, namespace: &str) -> String {
         match self {
             BackendRef::Service(name) => format!("Service {namespace}/{name}"),

@@ -90,7 +90,7 @@ pub const KINDS: &[Coverage] = &[
             },
             Reads {
                 rules: &[Apg005],
-                fields: "`spec.tls[].hosts`, `spec.rules[].host`; annotations `nginx.ingress.kubernetes.io/ssl-redirect`, `networking.gke.io/managed-certificates`, `ingress.gcp.kubernetes.io/pre-shared-cert`, `kubernetes.io/ingress.allow-http`, `networking.gke.io/v1beta1.FrontendConfig` (and that FrontendConfig's `spec.redirectToHttps.enabled`)",
+                fields: "`spec.tls[].hosts`, `spec.rules[].host`, `spec.defaultBackend` (v1beta1 `spec.backend`); annotations `nginx.ingress.kubernetes.io/ssl-redirect`, `networking.gke.io/managed-certificates`, `ingress.gcp.kubernetes.io/pre-shared-cert`, `kubernetes.io/ingress.allow-http`, `networking.gke.io/v1beta1.FrontendConfig` (and that FrontendConfig's `spec.redirectToHttps.enabled`)",
             },
             Reads {
                 rules: &[Apg006],

@@ -287,14 +287,18 @@ fn plaintext_rule(obj: &ObjectRef, base: &str, host: Option<&str>) -> Finding {
 /// resource (`resource`, e.g. a storage bucket).
 enum IngressBackend<'v> {
     Service(&'v str),
-    Resource { kind: &'v str, name: &'v str },
+    Resource {
+        group: &'v str,
+        kind: &'v str,
+        name: &'v str,
+    },
 }
 
 impl IngressBackend<'_> {
     fn as_ref(&self) -> BackendRef<'_> {
         match self {
             IngressBackend::Service(name) => BackendRef::Service(name),
-            IngressBackend::Resource { kind, name } => BackendRef::Other { kind, name },
+            IngressBackend::Resource { group, kind, name } => BackendRef::of(group, kind, name),
         }
     }
 }
@@ -319,9 +323,12 @@ fn backend_of<'v>(
     let kind = r
         .str(resource, "kind", &format!("{path}.resource.kind"))
         .unwrap_or("resource");
+    let group = r
+        .str(resource, "apiGroup", &format!("{path}.resource.apiGroup"))
+        .unwrap_or("");
     let field = format!("{path}.resource.name");
     r.str(resource, "name", &field)
-        .map(|name| (field, IngressBackend::Resource { kind, name }))
+        .map(|name| (field, IngressBackend::Resource { group, kind, name }))
 }
 
 fn annotation_rules(obj: &ObjectRef, annotations: &[(&str, &str)], out: &mut Vec<Finding>) {

@@ -6,7 +6,6 @@
 
 use super::bypass;
 use super::{ClusterView, Finding, ObjectRef, RuleId, Severity};
-use crate::api::invariants::{self as inv, Invariant};
 use crate::api::validate::validate_spec;
 use crate::api::{ApiSecurityPolicy, ApiSecurityPolicySpec, Isolation, RouteMatch};
 use serde::Deserialize;
@@ -42,17 +41,8 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
             .strip_prefix(v.invariant.rule.id())
             .and_then(|t| t.strip_prefix(": "))
             .unwrap_or(text);
-        let remediation = invariant_remediation(&v.invariant, body);
-        out.push(Finding {
-            rule: v.invariant.rule,
-            severity: v.invariant.rule.severity(),
-            object: obj.clone(),
-            message: format!("{}: {} {}: {}", v.invariant.rule.id(), obj, v.field, body),
-            problem: invariant_problem(&v.field, body),
-            field: v.field,
-            remediation,
-            exemption: None,
-        });
+        let (problem, fix) = split_invariant(&v.field, body);
+        out.push(Finding::new(v.invariant.rule, obj, v.field, problem, fix));
     }
     audiences(spec, obj, out);
     if spec.exposure.is_external() {
@@ -87,40 +77,60 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
     bypass::review_policy(&policy, obj, view, out);
 }
 
-/// What is wrong, from an invariant's message: without the fix after `; ` and without the
-/// field path it starts with when that path is (a parent of) `field`, which reports print on
-/// its own.
-fn invariant_problem(field: &str, body: &str) -> String {
-    let problem = body.split_once("; ").map_or(body, |(p, _)| p).trim();
-    if let Some((first, rest)) = problem.split_once(' ')
-        && (field == first
-            || field.starts_with(&format!("{first}["))
-            || field.starts_with(&format!("{first}.")))
-    {
-        return rest.trim_start().to_string();
-    }
-    problem.to_string()
+/// An invariant's message (`<field> <what is wrong>; <fix>`) split into what is wrong and the
+/// fix, without the field path it starts with when that path names `field` (concrete indices
+/// or `[]`) or one of its parents: reports print the field on their own. Every invariant's
+/// message has a fix after its first `; ` (a test checks).
+fn split_invariant(field: &str, body: &str) -> (String, String) {
+    let (problem, fix) = body.split_once("; ").unwrap_or((body, ""));
+    (
+        strip_field(field, problem.trim()).to_string(),
+        fix.trim().to_string(),
+    )
 }
 
-/// The fix for an invariant: the part of its message after `; ` when that is an instruction,
-/// otherwise an explicit one.
-fn invariant_remediation(invariant: &Invariant, body: &str) -> String {
-    if *invariant == inv::JWT_ISSUER_HTTPS {
-        return "use the provider's https:// issuer URL".into();
+/// `problem` without a leading field path that names `field` or a parent of it, and without a
+/// parenthetical that follows it (`match.paths[] (spec.authorization.rules[] ...) must ...`).
+fn strip_field<'a>(field: &str, problem: &'a str) -> &'a str {
+    let Some((first, rest)) = problem.split_once(' ') else {
+        return problem;
+    };
+    let generic = generic_path(field);
+    let names_field = generic == first
+        || generic.starts_with(&format!("{first}["))
+        || generic.starts_with(&format!("{first}."))
+        || generic.ends_with(&format!(".{first}"))
+        || generic.contains(&format!(".{first}."))
+        || generic.contains(&format!(".{first}["));
+    if !names_field {
+        return problem;
     }
-    if *invariant == inv::JWKS_URI_HTTPS {
-        return "serve the JWKS over https://, or use jwks.inline or jwks.secretRef".into();
+    let rest = rest.trim_start();
+    match rest.strip_prefix('(').and_then(|r| r.split_once(") ")) {
+        Some((_, after)) => after.trim_start(),
+        None => rest,
     }
-    if *invariant == inv::TLS_MIN_VERSION {
-        return "set spec.tls.minVersion to TLSv1_2 or TLSv1_3".into();
+}
+
+/// A field path with every index written `[]` (`rules[2].name` -> `rules[].name`).
+fn generic_path(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
     }
-    if *invariant == inv::RATE_LIMIT_POSITIVE {
-        return "set limit.requests to at least 1; to block a route, leave it out of spec.authorization.rules".into();
-    }
-    body.split_once("; ")
-        .map(|(_, fix)| fix)
-        .unwrap_or(body)
-        .to_string()
+    out
 }
 
 fn audiences(spec: &ApiSecurityPolicySpec, obj: &ObjectRef, out: &mut Vec<Finding>) {
@@ -235,24 +245,50 @@ fn sensitive_flows(spec: &ApiSecurityPolicySpec, obj: &ObjectRef, out: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::invariants as inv;
 
+    /// Every invariant's message is `<field> <what is wrong>; <fix>`: split for the field the
+    /// message names (indices made concrete), the problem starts with what is wrong, not with
+    /// the field again, and the fix is an instruction that is not the problem again.
     #[test]
-    fn every_invariant_has_a_remediation_that_is_an_instruction() {
+    fn every_invariant_splits_into_a_problem_and_an_instruction() {
         for i in inv::ALL {
-            let body = i
-                .message
-                .split_once(": ")
-                .map(|(_, b)| b)
-                .unwrap_or(i.message);
-            let fix = invariant_remediation(i, body);
+            let body = i.message.split_once(": ").map_or(i.message, |(_, b)| b);
+            let field = body.split(' ').next().unwrap().replace("[]", "[0]");
+            let (problem, fix) = split_invariant(&field, body);
+            let verb = problem.split_whitespace().next().unwrap_or("");
+            assert!(
+                ["must", "may", "needs", "is"].contains(&verb),
+                "{}: problem {problem:?}",
+                i.message
+            );
             let first = fix.split_whitespace().next().unwrap_or("");
             assert!(
                 first.starts_with(char::is_lowercase)
                     && !["keys", "tokens", "tls"].contains(&first),
-                "{}: {fix}",
+                "{}: fix {fix:?}",
                 i.message
             );
+            assert!(!problem.contains(&fix), "{}", i.message);
         }
+    }
+
+    #[test]
+    fn the_field_is_stripped_in_any_index_form() {
+        let body =
+            "spec.authentication.jwt.providers[].issuer must be an https:// URL (why); use https";
+        let (problem, fix) = split_invariant("spec.authentication.jwt.providers[3].issuer", body);
+        assert_eq!(problem, "must be an https:// URL (why)");
+        assert_eq!(fix, "use https");
+        let paths = "match.paths[] (spec.authorization.rules[] and spec.rateLimits[]) must be exact; write /a";
+        let (problem, _) = split_invariant("spec.rateLimits[1].match.paths[0]", paths);
+        assert_eq!(problem, "must be exact");
+        let other = "spec.hosts must be empty unless spec.exposure is Public; remove the hosts";
+        assert_eq!(
+            split_invariant("spec.tls", other).0,
+            "spec.hosts must be empty unless spec.exposure is Public"
+        );
+        assert_eq!(generic_path("a.b[12].c[0]"), "a.b[].c[]");
     }
 
     #[test]

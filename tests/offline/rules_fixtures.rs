@@ -51,6 +51,9 @@ fn rule_fixtures() {
                 "{rule_dir:?}/{file}: expected no {rule} finding, got {findings:#?}"
             );
         }
+        for lf in &findings {
+            says_field_and_fix_once(&lf.finding, file);
+        }
         let snap: Vec<Snap> = findings
             .into_iter()
             .map(|lf| Snap {
@@ -66,6 +69,59 @@ fn rule_fixtures() {
             .collect();
         insta::assert_yaml_snapshot!(snap);
     });
+}
+
+/// The message names the field once (what is wrong does not start with the field again, in
+/// any index form, or a parent of it), says the fix once, and has no double space.
+fn says_field_and_fix_once(finding: &apiguard::rules::Finding, file: &str) {
+    let generic: String = {
+        let mut in_index = false;
+        finding
+            .field
+            .chars()
+            .filter(|c| {
+                let keep = !in_index || *c == ']';
+                in_index = (in_index || *c == '[') && *c != ']';
+                keep
+            })
+            .collect()
+    };
+    let first = finding.problem.split(' ').next().unwrap_or("");
+    for form in [finding.field.as_str(), generic.as_str()] {
+        let names_field = form == first
+            || form.starts_with(&format!("{first}."))
+            || form.starts_with(&format!("{first}["));
+        assert!(
+            !(first.contains('.') && names_field),
+            "{file}: the problem repeats the field {}: {:?}",
+            finding.field,
+            finding.message
+        );
+    }
+    assert!(
+        !finding.remediation.is_empty(),
+        "{file}: no fix: {:?}",
+        finding.message
+    );
+    assert_eq!(
+        finding
+            .message
+            .matches(finding.remediation.as_str())
+            .count(),
+        1,
+        "{file}: the fix is not said exactly once: {:?}",
+        finding.message
+    );
+    assert!(
+        !finding.problem.contains(finding.remediation.as_str()),
+        "{file}: the problem holds the fix: {:?}",
+        finding.message
+    );
+    assert!(
+        !finding.message.contains("  "),
+        "{file}: double space: {:?}",
+        finding.message
+    );
 }
 
 #[test]
