@@ -172,7 +172,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_field() {
-        let wrong_kind = "apiVersion: apiguard.dev/v1alpha1\nkind: Other\npolicy: {namespace: a, name: b}\n";
+        let wrong_kind =
+            "apiVersion: apiguard.dev/v1alpha1\nkind: Other\npolicy: {namespace: a, name: b}\n";
         let err = SensorConfig::from_yaml("/etc/gw/sensor.yaml", wrong_kind).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -181,7 +182,10 @@ mod tests {
         let unknown = "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: a, name: b}\nextra: 1\n";
         let err = SensorConfig::from_yaml("/etc/gw/sensor.yaml", unknown).unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("/etc/gw/sensor.yaml: not a sensor config"), "{text}");
+        assert!(
+            text.starts_with("/etc/gw/sensor.yaml: not a sensor config"),
+            "{text}"
+        );
         assert!(text.contains("extra"), "{text}");
     }
 }
