@@ -2,7 +2,7 @@
 //!
 //! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`) and
 //! [`identity`] (`apiguard identity init-ca|issue`). The other subcommands are one call into
-//! their module (`lint`, `run`, `api`).
+//! their module (`lint`, `run`, `api`, `sensor`).
 
 pub mod identity;
 pub mod render;
@@ -34,6 +34,9 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Run the operator: controller, admission webhook and admin server (flags turn parts off).
     Run(Box<crate::run::RunArgs>),
+    /// The gateway's runtime sidecar: Envoy's ext_proc server checking requests and responses
+    /// against the API's OpenAPI contract (sensor.yaml, reloaded on change).
+    Sensor(crate::sensor::SensorArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -63,5 +66,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => crate::run::run(*args),
+        Command::Sensor(args) => crate::sensor::run(args),
     }
 }

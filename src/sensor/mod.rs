@@ -2,6 +2,28 @@
 //! (ext_proc) to check requests and responses against the API's OpenAPI contract.
 //!
 //! `config` is the contract between the renderer and the sensor: the `sensor.yaml` file and
-//! the request attributes Envoy sends. See `docs/sensor.md`.
+//! the request attributes Envoy sends. The rest is split like the crate, a pure core and thin
+//! edges:
+//!
+//! - core: `context` (the exchange's request, principal and response), `pipeline` (stages
+//!   returning actions and events), `contract_stage` (the OpenAPI checks and redaction),
+//!   `load` (`sensor.yaml` text → pipeline), `ext_proc` (Envoy's messages ↔ the pipeline,
+//!   synchronous);
+//! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
+//!   swapping the pipeline), `observe` (metrics and decision log lines).
+//!
+//! See `docs/sensor.md`.
 
 pub mod config;
+mod context;
+mod contract_stage;
+mod ext_proc;
+mod load;
+mod observe;
+mod pipeline;
+mod reload;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use server::{SensorArgs, run};

@@ -24,6 +24,8 @@ mod policy_invariants;
 mod readme;
 mod rules_fixtures;
 mod rules_props;
+mod sensor_cli;
+mod sensor_envoy;
 mod webhook_props;
 mod webhook_router;
 mod webhook_run;

@@ -1,0 +1,58 @@
+//! From the text of `sensor.yaml` to a [`Pipeline`]: the config parsed, the contract compiled
+//! once, the stages built in order.
+//!
+//! Pure: the caller reads the file.
+
+use super::config::SensorConfig;
+use super::contract_stage::{ContractStage, RequestMode};
+use super::pipeline::{Pipeline, Stage};
+use crate::api::{PolicyMode, UnknownPropertiesMode};
+use crate::contract::{Contract, ContractError, ContractOptions, UnknownProperties};
+
+/// Request bodies larger than this are not buffered by the sensor (Envoy's own buffer limit,
+/// 1 MiB by default, is smaller; this only bounds what a misconfigured Envoy can make us hold).
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// A `sensor.yaml` that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error(transparent)]
+    Config(#[from] super::config::SensorConfigError),
+    /// `error` names the JSON pointer in the document.
+    #[error("{file}: the OpenAPI document does not compile: {error}")]
+    Contract { file: String, error: ContractError },
+}
+
+/// Parses and compiles `text`, read from `file` (named in errors).
+pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
+    let config = SensorConfig::from_yaml(file, text)?;
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    let mut max_response_bytes = 0;
+    if let Some(openapi) = &config.openapi {
+        let options = ContractOptions {
+            unknown_properties: match openapi.unknown_properties {
+                UnknownPropertiesMode::Reject => UnknownProperties::Reject,
+                UnknownPropertiesMode::Allow => UnknownProperties::Allow,
+            },
+        };
+        let contract = Contract::compile(&openapi.document, &options).map_err(|error| {
+            LoadError::Contract {
+                file: file.to_string(),
+                error,
+            }
+        })?;
+        max_response_bytes = usize::try_from(openapi.max_response_bytes).unwrap_or(usize::MAX);
+        stages.push(Box::new(ContractStage {
+            contract,
+            requests: RequestMode::new(openapi.requests, config.mode == PolicyMode::Audit),
+            responses: openapi.responses,
+            max_response_bytes,
+        }));
+    }
+    Ok(Pipeline {
+        policy: format!("{}/{}", config.policy.namespace, config.policy.name),
+        stages,
+        max_request_bytes: MAX_REQUEST_BYTES,
+        max_response_bytes,
+    })
+}

@@ -1,0 +1,198 @@
+//! The sensor's metrics and decision log lines: the edge that records the pipeline's
+//! [`Event`]s. Labels come from fixed sets (and the one policy the sensor serves); log lines
+//! carry locations and reasons, never values from the traffic.
+
+use super::pipeline::{Event, RequestVerdict, ResponseVerdict};
+use crate::admin::Metrics;
+use crate::contract::FieldError;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) policy: String,
+    /// `allowed`, `refused`, `audited`, `undeclared`, `unchecked`.
+    pub(crate) decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResponseLabels {
+    pub(crate) policy: String,
+    /// `clean`, `redacted`, `would_redact`, `too_large`, `unchecked`.
+    pub(crate) action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    /// `loaded` or `failed`.
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PointLabels {
+    /// `request_headers`, `request_body`, `response_headers`, `response_body`.
+    pub(crate) point: &'static str,
+}
+
+/// Upper bounds (seconds) of the processing-time histogram: one message is expected to take
+/// microseconds (headers) to a few milliseconds (a large JSON body).
+const PROCESSING_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+    0.2,
+];
+
+/// The sensor's metrics. Cloning is cheap: clones update the same series.
+#[derive(Clone)]
+pub(crate) struct SensorMetrics {
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) responses: Family<ResponseLabels, Counter>,
+    pub(crate) reloads: Family<ResultLabels, Counter>,
+    pub(crate) processing: Family<PointLabels, Histogram>,
+    /// gRPC streams that ended with an error from Envoy's side (reset, bad message).
+    pub(crate) stream_errors: Counter,
+}
+
+impl SensorMetrics {
+    pub(crate) fn register(metrics: &Metrics) -> Self {
+        let this = SensorMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            reloads: Family::default(),
+            processing: Family::new_with_constructor(|| Histogram::new(PROCESSING_BUCKETS)),
+            stream_errors: Counter::default(),
+        };
+        metrics.register(
+            "apiguard_sensor_requests",
+            "Requests checked against the API contract, by policy and decision",
+            this.requests.clone(),
+        );
+        metrics.register(
+            "apiguard_sensor_responses",
+            "Responses of declared operations checked against the API contract, by policy and action",
+            this.responses.clone(),
+        );
+        metrics.register(
+            "apiguard_sensor_config_reloads",
+            "Loads of sensor.yaml, by result (a failed load keeps the last good config)",
+            this.reloads.clone(),
+        );
+        metrics.register(
+            "apiguard_sensor_processing_seconds",
+            "Time to process one ext_proc message, by point of the exchange",
+            this.processing.clone(),
+        );
+        metrics.register(
+            "apiguard_sensor_stream_errors",
+            "ext_proc streams that ended with an error",
+            this.stream_errors.clone(),
+        );
+        this
+    }
+
+    /// Counts and logs what the stages did.
+    pub(crate) fn record(&self, policy: &str, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::Request {
+                    operation,
+                    verdict,
+                    errors,
+                } => {
+                    self.requests
+                        .get_or_create(&RequestLabels {
+                            policy: policy.to_string(),
+                            decision: verdict.label(),
+                        })
+                        .inc();
+                    log_request(policy, operation.as_deref(), *verdict, errors);
+                }
+                Event::Response {
+                    operation,
+                    status,
+                    verdict,
+                    removed,
+                    violations,
+                } => {
+                    self.responses
+                        .get_or_create(&ResponseLabels {
+                            policy: policy.to_string(),
+                            action: verdict.label(),
+                        })
+                        .inc();
+                    log_response(policy, operation, *status, *verdict, removed, violations);
+                }
+            }
+        }
+    }
+}
+
+/// `body/role:readOnly,query/limit:maximum`.
+fn locations(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}:{}", e.location, e.reason))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn log_request(
+    policy: &str,
+    operation: Option<&str>,
+    verdict: RequestVerdict,
+    errors: &[FieldError],
+) {
+    let operation = operation.unwrap_or("");
+    match verdict {
+        RequestVerdict::Refused => tracing::info!(
+            policy,
+            operation,
+            decision = verdict.label(),
+            locations = %locations(errors),
+            "contract: request refused"
+        ),
+        RequestVerdict::Audited => tracing::warn!(
+            policy,
+            operation,
+            decision = verdict.label(),
+            locations = %locations(errors),
+            "contract: request would be refused (audit); let through"
+        ),
+        _ => tracing::debug!(
+            policy,
+            operation,
+            decision = verdict.label(),
+            "contract: request"
+        ),
+    }
+}
+
+fn log_response(
+    policy: &str,
+    operation: &str,
+    status: u16,
+    verdict: ResponseVerdict,
+    removed: &[FieldError],
+    violations: &[FieldError],
+) {
+    if removed.is_empty() && violations.is_empty() && verdict != ResponseVerdict::TooLarge {
+        tracing::debug!(
+            policy,
+            operation,
+            status,
+            action = verdict.label(),
+            "contract: response"
+        );
+        return;
+    }
+    tracing::info!(
+        policy,
+        operation,
+        status,
+        action = verdict.label(),
+        removed = %locations(removed),
+        violations = %locations(violations),
+        "contract: response"
+    );
+}

@@ -1,0 +1,223 @@
+//! `apiguard sensor`: the flags, the ext_proc gRPC server (h2c, for Envoy on loopback), the
+//! admin server, the config's reload loop, and a graceful stop on SIGTERM.
+
+use super::config::DEFAULT_SENSOR_ADDR;
+use super::ext_proc::ExchangeStream;
+use super::observe::{PointLabels, ResultLabels, SensorMetrics};
+use super::reload::ConfigFile;
+use crate::admin::{self, AdminState, Metrics, Readiness};
+use crate::run::{LogFormat, init_logging};
+use anyhow::Context;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures::Stream;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How often `sensor.yaml` is re-read.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How long open exchanges get to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Flags of `apiguard sensor`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SensorArgs {
+    /// The sensor.yaml to serve (written by the renderer); re-read when its content changes.
+    #[arg(long, env = "APIGUARD_SENSOR_CONFIG")]
+    pub config: PathBuf,
+    /// Where Envoy reaches the ext_proc gRPC server (plaintext HTTP/2: keep it on loopback).
+    #[arg(long, env = "APIGUARD_SENSOR_LISTEN", default_value = DEFAULT_SENSOR_ADDR)]
+    pub listen: SocketAddr,
+    /// The admin server: /healthz, /readyz, /metrics.
+    #[arg(
+        long,
+        env = "APIGUARD_SENSOR_ADMIN_ADDR",
+        default_value = "0.0.0.0:9003"
+    )]
+    pub admin_addr: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "APIGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Runs `apiguard sensor` until SIGTERM; a config that does not load is an error naming the
+/// file (and the JSON pointer of a contract that does not compile).
+pub fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let config = Arc::new(ConfigFile::load(&args.config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::new());
+    let ready = readiness.component("sensor");
+    let sensor_metrics = SensorMetrics::register(&metrics);
+    sensor_metrics
+        .reloads
+        .get_or_create(&ResultLabels { result: "loaded" })
+        .inc();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        config = %args.config.display(),
+        policy = %config.current().policy,
+        "sensor ext_proc server listening"
+    );
+    let (stop, stopping) = watch::channel(false);
+    let state = AdminState { metrics, readiness };
+    let mut admin = tokio::spawn(admin::serve(args.admin_addr, state, stopped(&stopping)));
+    let watcher = tokio::spawn(config.clone().watch(
+        RELOAD_INTERVAL,
+        sensor_metrics.clone(),
+        stopped(&stopping),
+    ));
+    let service = ExternalProcessorServer::new(Processor {
+        config,
+        metrics: sensor_metrics,
+    });
+    let mut grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stopped(&stopping),
+            ),
+    );
+    ready.set_ready(true);
+    let result = tokio::select! {
+        _ = termination_signal() => Ok(()),
+        r = &mut admin => Err(match r {
+            Ok(Err(e)) => anyhow::anyhow!("admin server on {} (--admin-addr): {e}", args.admin_addr),
+            _ => anyhow::anyhow!("admin server stopped"),
+        }),
+        r = &mut grpc => Err(match r {
+            Ok(Err(e)) => anyhow::anyhow!("gRPC server: {e}"),
+            _ => anyhow::anyhow!("gRPC server stopped"),
+        }),
+    };
+    ready.set_ready(false);
+    let _ = stop.send(true);
+    // Open exchanges finish (bounded); then the rest stops. A task that already ended (the
+    // one that made select! return) is not awaited again.
+    if !grpc.is_finished() {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut grpc).await;
+    }
+    if !admin.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut admin).await;
+    }
+    let _ = watcher.await;
+    result
+}
+
+/// Resolves once `stop` is sent (or its sender is gone).
+fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the sensor");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The ExternalProcessor service: each stream gets the config in force when it opens.
+struct Processor {
+    config: Arc<ConfigFile>,
+    metrics: SensorMetrics,
+}
+
+type Answers = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for Processor {
+    type ProcessStream = Answers;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        let state = (
+            request.into_inner(),
+            ExchangeStream::new(self.config.current()),
+            self.metrics.clone(),
+        );
+        let answers =
+            futures::stream::unfold(state, |(mut inbound, mut stream, metrics)| async move {
+                loop {
+                    let message = match inbound.message().await {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return None,
+                        Err(status) => {
+                            metrics.stream_errors.inc();
+                            tracing::debug!(error = %status, "ext_proc stream ended with an error");
+                            return None;
+                        }
+                    };
+                    let started = Instant::now();
+                    let handled = stream.handle(message);
+                    if let Some(point) = handled.point {
+                        metrics
+                            .processing
+                            .get_or_create(&PointLabels {
+                                point: point.label(),
+                            })
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    metrics.record(stream.policy(), &handled.events);
+                    if let Some(answer) = handled.answer {
+                        return Some((Ok(answer), (inbound, stream, metrics)));
+                    }
+                }
+            });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::config::SENSOR_ADMIN_PORT;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SensorArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_gateway_pod() {
+        let cli = Cli::try_parse_from(["sensor", "--config", "x.yaml"]).unwrap();
+        assert_eq!(cli.args.listen.to_string(), DEFAULT_SENSOR_ADDR);
+        assert_eq!(cli.args.admin_addr.port(), SENSOR_ADMIN_PORT);
+    }
+}

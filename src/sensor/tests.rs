@@ -1,0 +1,670 @@
+//! The sensor's pipeline driven through its ext_proc translation with Envoy's own messages:
+//! table tests of each decision, and properties (no message sequence, body or byte string
+//! makes it panic).
+
+use super::ext_proc::{ExchangeStream, Handled};
+use super::load::compile;
+use super::pipeline::{
+    Action, Event, Exchange, Pipeline, Reply, RequestVerdict, ResponseVerdict, Stage,
+};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
+    ProtocolConfiguration, body_mutation,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const USERS: &str = r#"
+openapi: 3.1.0
+info: {title: Users, version: "1"}
+paths:
+  /users/{id}:
+    parameters:
+      - {name: id, in: path, required: true, schema: {type: string}}
+    get:
+      responses:
+        '200':
+          description: the user
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/User'}
+    patch:
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/User'}
+      responses:
+        '200':
+          description: the updated user
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/User'}
+components:
+  schemas:
+    User:
+      type: object
+      properties:
+        id: {type: string, readOnly: true}
+        name: {type: string}
+        role: {type: string, readOnly: true}
+        password: {type: string, writeOnly: true}
+"#;
+
+/// A sensor.yaml for the users API with `extra` lines under `openapi:` and a policy `mode`.
+fn sensor_yaml(mode: &str, openapi: &str) -> String {
+    let document = serde_json::to_string(USERS).unwrap();
+    format!(
+        "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {{namespace: shop, name: users}}\nmode: {mode}\nopenapi:\n  document: {document}\n{openapi}"
+    )
+}
+
+fn pipeline(mode: &str, openapi: &str) -> Arc<Pipeline> {
+    Arc::new(compile("sensor.yaml", &sensor_yaml(mode, openapi)).unwrap())
+}
+
+fn enforce_redact() -> Arc<Pipeline> {
+    pipeline("Enforce", "  requests: Enforce\n  responses: Redact\n")
+}
+
+fn header_map(pairs: &[(&str, &str)]) -> Option<HeaderMap> {
+    Some(HeaderMap {
+        headers: pairs
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: k.to_string(),
+                raw_value: v.as_bytes().to_vec(),
+                ..HeaderValue::default()
+            })
+            .collect(),
+    })
+}
+
+fn buffered() -> Option<ProtocolConfiguration> {
+    Some(ProtocolConfiguration {
+        request_body_mode: BodySendMode::Buffered as i32,
+        response_body_mode: BodySendMode::Buffered as i32,
+        send_body_without_waiting_for_header_response: false,
+    })
+}
+
+fn request_headers(
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    eos: bool,
+) -> ProcessingRequest {
+    let mut pairs = vec![(":method", method), (":path", path), (":authority", "api")];
+    pairs.extend_from_slice(extra);
+    ProcessingRequest {
+        protocol_config: buffered(),
+        request: Some(Message::RequestHeaders(HttpHeaders {
+            headers: header_map(&pairs),
+            end_of_stream: eos,
+            ..HttpHeaders::default()
+        })),
+        ..ProcessingRequest::default()
+    }
+}
+
+fn body(message: fn(HttpBody) -> Message, bytes: &[u8]) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(message(HttpBody {
+            body: bytes.to_vec(),
+            end_of_stream: true,
+            ..HttpBody::default()
+        })),
+        ..ProcessingRequest::default()
+    }
+}
+
+fn response_headers(status: &str, content_type: &str) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(Message::ResponseHeaders(HttpHeaders {
+            headers: header_map(&[(":status", status), ("content-type", content_type)]),
+            end_of_stream: false,
+            ..HttpHeaders::default()
+        })),
+        ..ProcessingRequest::default()
+    }
+}
+
+fn answer(handled: &Handled) -> &Answer {
+    handled
+        .answer
+        .as_ref()
+        .and_then(|a| a.response.as_ref())
+        .expect("an answer")
+}
+
+fn is_continue(handled: &Handled) -> bool {
+    match answer(handled) {
+        Answer::RequestHeaders(h) | Answer::ResponseHeaders(h) => h.response.is_none(),
+        Answer::RequestBody(b) | Answer::ResponseBody(b) => b.response.is_none(),
+        _ => false,
+    }
+}
+
+/// The immediate response's status, content type and JSON body.
+fn immediate(handled: &Handled) -> (i32, String, Value) {
+    let Answer::ImmediateResponse(r) = answer(handled) else {
+        panic!("not an immediate response: {:?}", handled.answer);
+    };
+    let headers = r.headers.as_ref().unwrap();
+    let ct = headers
+        .set_headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "content-type")
+        .map(|h| String::from_utf8(h.raw_value.clone()).unwrap())
+        .unwrap();
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    (
+        r.status.unwrap().code,
+        ct,
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+fn request_verdicts(events: &[Event]) -> Vec<RequestVerdict> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Request { verdict, .. } => Some(*verdict),
+            Event::Response { .. } => None,
+        })
+        .collect()
+}
+
+fn response_verdict(handled: &Handled) -> ResponseVerdict {
+    handled
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Response { verdict, .. } => Some(*verdict),
+            Event::Request { .. } => None,
+        })
+        .expect("a response event")
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// Sends a PATCH /users/7 with `body` and `content_type`; returns the body message's handling.
+fn patch(stream: &mut ExchangeStream, content_type: &str, body_bytes: &[u8]) -> Handled {
+    let headers = stream.handle(request_headers(
+        "PATCH",
+        "/users/7",
+        &[("content-type", content_type)],
+        false,
+    ));
+    assert!(is_continue(&headers), "headers wait for the body");
+    assert!(headers.events.is_empty());
+    stream.handle(body(Message::RequestBody, body_bytes))
+}
+
+#[test]
+fn a_valid_patch_continues() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = patch(&mut stream, "application/json", br#"{"name":"Ann"}"#);
+    assert!(is_continue(&handled), "{:?}", handled.answer);
+    assert_eq!(request_verdicts(&handled.events), [RequestVerdict::Allowed]);
+}
+
+#[test]
+fn mass_assignment_is_refused_with_a_problem_that_echoes_nothing() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = patch(&mut stream, "application/json", br#"{"role":"admin"}"#);
+    let (status, ct, problem) = immediate(&handled);
+    assert_eq!((status, ct.as_str()), (400, "application/problem+json"));
+    assert_eq!(
+        problem["errors"],
+        json!([{"location": "body/role", "reason": "readOnly"}])
+    );
+    assert!(!problem.to_string().contains("admin"), "{problem}");
+    assert_eq!(request_verdicts(&handled.events), [RequestVerdict::Refused]);
+}
+
+#[test]
+fn a_wrong_content_type_is_415() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = patch(&mut stream, "text/plain", b"name=Ann");
+    let (status, ct, problem) = immediate(&handled);
+    assert_eq!((status, ct.as_str()), (415, "application/problem+json"));
+    assert_eq!(problem["errors"][0]["location"], "header/content-type");
+}
+
+#[test]
+fn audit_lets_the_would_be_refusal_through_and_reports_it() {
+    for (mode, openapi) in [
+        ("Enforce", "  requests: Audit\n"),
+        ("Audit", "  requests: Enforce\n"),
+    ] {
+        let mut stream = ExchangeStream::new(pipeline(mode, openapi));
+        let handled = patch(&mut stream, "application/json", br#"{"role":"admin"}"#);
+        assert!(is_continue(&handled), "{mode} {openapi}");
+        let Some(Event::Request {
+            verdict, errors, ..
+        }) = handled.events.first()
+        else {
+            panic!("no event");
+        };
+        assert_eq!(*verdict, RequestVerdict::Audited);
+        assert_eq!(errors[0].location, "body/role");
+    }
+}
+
+#[test]
+fn requests_off_checks_nothing_but_still_finds_the_operation() {
+    let mut stream = ExchangeStream::new(pipeline(
+        "Enforce",
+        "  requests: Off\n  responses: Redact\n",
+    ));
+    let handled = patch(&mut stream, "text/plain", b"anything");
+    assert!(is_continue(&handled));
+    assert_eq!(
+        request_verdicts(&handled.events),
+        [RequestVerdict::Unchecked]
+    );
+    stream.handle(response_headers("200", "application/json"));
+    let handled = stream.handle(body(
+        Message::ResponseBody,
+        br#"{"name":"a","passwordHash":"x"}"#,
+    ));
+    assert_eq!(response_verdict(&handled), ResponseVerdict::Redacted);
+}
+
+/// Sends a GET /users/7 (headers only) and a 200 JSON response with `response`.
+fn get_with_response(stream: &mut ExchangeStream, response: &[u8]) -> Handled {
+    let handled = stream.handle(request_headers("GET", "/users/7", &[], true));
+    assert!(is_continue(&handled));
+    assert_eq!(request_verdicts(&handled.events), [RequestVerdict::Allowed]);
+    let handled = stream.handle(response_headers("200", "application/json"));
+    assert!(is_continue(&handled));
+    stream.handle(body(Message::ResponseBody, response))
+}
+
+const LEAKY: &[u8] = br#"{"id":"7","name":"Ann","password":"pw","passwordHash":"$2b$10$abc"}"#;
+
+#[test]
+fn redact_replaces_the_body_and_its_content_length() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = get_with_response(&mut stream, LEAKY);
+    let Answer::ResponseBody(response) = answer(&handled) else {
+        panic!("{:?}", handled.answer);
+    };
+    let common = response.response.as_ref().unwrap();
+    let Some(body_mutation::Mutation::Body(new)) = common
+        .body_mutation
+        .as_ref()
+        .and_then(|m| m.mutation.clone())
+    else {
+        panic!("no body mutation");
+    };
+    let value: Value = serde_json::from_slice(&new).unwrap();
+    assert_eq!(value, json!({"id": "7", "name": "Ann"}));
+    let length = common.header_mutation.as_ref().unwrap().set_headers[0]
+        .header
+        .clone()
+        .unwrap();
+    assert_eq!(length.key, "content-length");
+    assert_eq!(length.raw_value, new.len().to_string().into_bytes());
+    assert_eq!(response_verdict(&handled), ResponseVerdict::Redacted);
+}
+
+#[test]
+fn responses_audit_reports_without_changing_the_body() {
+    let mut stream = ExchangeStream::new(pipeline("Enforce", "  responses: Audit\n"));
+    let handled = get_with_response(&mut stream, LEAKY);
+    assert!(is_continue(&handled));
+    let Some(Event::Response {
+        verdict, removed, ..
+    }) = handled.events.first()
+    else {
+        panic!("{:?}", handled.events);
+    };
+    assert_eq!(*verdict, ResponseVerdict::WouldRedact);
+    let locations: Vec<&str> = removed.iter().map(|e| e.location.as_str()).collect();
+    assert_eq!(locations, ["body/password", "body/passwordHash"]);
+}
+
+#[test]
+fn a_response_larger_than_max_response_bytes_passes_unchecked() {
+    let mut stream = ExchangeStream::new(pipeline(
+        "Enforce",
+        "  responses: Redact\n  maxResponseBytes: 16\n",
+    ));
+    let handled = get_with_response(&mut stream, LEAKY);
+    assert!(is_continue(&handled));
+    assert_eq!(response_verdict(&handled), ResponseVerdict::TooLarge);
+}
+
+#[test]
+fn a_request_without_a_body_is_checked_at_its_headers() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    // A PATCH whose headers end the stream: no body message will come, so the check runs
+    // now (the body is required and has no content type: 415).
+    let handled = stream.handle(request_headers("PATCH", "/users/7", &[], true));
+    let (status, _, problem) = immediate(&handled);
+    assert_eq!(status, 415);
+    assert_eq!(problem["errors"][0]["location"], "header/content-type");
+    // A GET: only headers, allowed.
+    let handled = stream.handle(request_headers("GET", "/users/7?x=1", &[], true));
+    assert!(is_continue(&handled));
+    assert_eq!(request_verdicts(&handled.events), [RequestVerdict::Allowed]);
+}
+
+#[test]
+fn an_undeclared_operation_passes() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = stream.handle(request_headers("DELETE", "/admin", &[], true));
+    assert!(is_continue(&handled));
+    assert_eq!(
+        request_verdicts(&handled.events),
+        [RequestVerdict::Undeclared]
+    );
+    stream.handle(response_headers("200", "application/json"));
+    let handled = stream.handle(body(Message::ResponseBody, LEAKY));
+    assert!(is_continue(&handled));
+    assert!(handled.events.is_empty(), "no contract for the response");
+}
+
+#[test]
+fn a_policy_without_a_contract_lets_everything_through() {
+    let text =
+        "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: a, name: b}\n";
+    let mut stream = ExchangeStream::new(Arc::new(compile("f", text).unwrap()));
+    let handled = patch(&mut stream, "text/plain", b"x");
+    assert!(is_continue(&handled));
+    assert!(handled.events.is_empty());
+}
+
+#[test]
+fn a_contract_that_does_not_compile_names_the_file_and_pointer() {
+    let text = "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: a, name: b}\nopenapi:\n  document: '{\"openapi\": \"3.1.0\", \"paths\": []}'\n";
+    let err = compile("/etc/apiguard/sensor.yaml", text)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("/etc/apiguard/sensor.yaml: "), "{err}");
+    assert!(err.contains("/paths"), "{err}");
+}
+
+#[test]
+fn attributes_and_jwt_metadata_become_the_principal() {
+    fn string(s: &str) -> PbValue {
+        PbValue {
+            kind: Some(Kind::StringValue(s.to_string())),
+        }
+    }
+    let mut message = request_headers(
+        "GET",
+        "/users/7",
+        &[("x-apiguard-client-id", "billing")],
+        true,
+    );
+    let attributes = Struct {
+        fields: [
+            ("source.address", string("10.0.0.9:3456")),
+            (
+                "connection.uri_san_peer_certificate",
+                string("spiffe://td/ns/a/sa/b"),
+            ),
+            ("xds.route_name", string("users")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    };
+    message
+        .attributes
+        .insert("envoy.filters.http.ext_proc".into(), attributes);
+    let payload = Struct {
+        fields: [("sub".to_string(), string("alice"))].into_iter().collect(),
+    };
+    let jwt = Struct {
+        fields: [(
+            "payload".to_string(),
+            PbValue {
+                kind: Some(Kind::StructValue(payload)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let mut metadata = Metadata::default();
+    metadata
+        .filter_metadata
+        .insert("envoy.filters.http.jwt_authn".into(), jwt);
+    message.metadata_context = Some(metadata);
+
+    /// A stage that records the exchange's request context.
+    struct Spy(std::sync::Mutex<Option<super::context::RequestContext>>);
+    impl Stage for Spy {
+        fn request_headers(&self, exchange: &mut Exchange, _: &mut Vec<Event>) -> Action {
+            *self.0.lock().unwrap() = Some(exchange.request.clone());
+            Action::Continue
+        }
+    }
+    let spy = Arc::new(Spy(Default::default()));
+    struct Shared(Arc<Spy>);
+    impl Stage for Shared {
+        fn request_headers(&self, exchange: &mut Exchange, events: &mut Vec<Event>) -> Action {
+            self.0.request_headers(exchange, events)
+        }
+    }
+    let pipeline = Pipeline {
+        policy: "a/b".into(),
+        stages: vec![Box::new(Shared(spy.clone()))],
+        max_request_bytes: 1024,
+        max_response_bytes: 1024,
+    };
+    let mut stream = ExchangeStream::new(Arc::new(pipeline));
+    stream.handle(message);
+    let context = spy.0.lock().unwrap().clone().unwrap();
+    assert_eq!(context.client_ip.as_deref(), Some("10.0.0.9"));
+    assert_eq!(context.route.as_deref(), Some("users"));
+    assert_eq!(context.principal.subject.as_deref(), Some("alice"));
+    assert_eq!(context.principal.client_id.as_deref(), Some("billing"));
+    assert_eq!(
+        context.principal.peer_uri_san.as_deref(),
+        Some("spiffe://td/ns/a/sa/b")
+    );
+}
+
+/// A later stage is one more entry in the list: here a block list by client IP, after the
+/// contract stage, answering 403 before the contract's 400 could matter.
+#[test]
+fn a_later_stage_is_added_without_touching_the_others() {
+    struct BlockIp;
+    impl Stage for BlockIp {
+        fn request_headers(&self, exchange: &mut Exchange, _: &mut Vec<Event>) -> Action {
+            if exchange.request.header("x-test-blocked").is_some() {
+                return Action::Respond(Reply {
+                    status: 403,
+                    content_type: "application/problem+json",
+                    body: b"{}".to_vec(),
+                    details: "blocked",
+                });
+            }
+            Action::Continue
+        }
+    }
+    let mut pipeline = compile("f", &sensor_yaml("Enforce", "")).unwrap();
+    pipeline.stages.push(Box::new(BlockIp));
+    let mut stream = ExchangeStream::new(Arc::new(pipeline));
+    let handled = stream.handle(request_headers(
+        "PATCH",
+        "/users/7",
+        &[JSON, ("x-test-blocked", "1")],
+        false,
+    ));
+    assert_eq!(immediate(&handled).0, 403);
+}
+
+#[test]
+fn trailers_and_observability_mode_are_answered_as_envoy_expects() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    stream.handle(request_headers("PATCH", "/users/7", &[JSON], false));
+    let chunk = ProcessingRequest {
+        request: Some(Message::RequestBody(HttpBody {
+            body: br#"{"role":"admin"}"#.to_vec(),
+            end_of_stream: false,
+            ..HttpBody::default()
+        })),
+        ..ProcessingRequest::default()
+    };
+    assert!(is_continue(&stream.handle(chunk)));
+    let trailers = ProcessingRequest {
+        request: Some(Message::RequestTrailers(HttpTrailers::default())),
+        ..ProcessingRequest::default()
+    };
+    assert_eq!(
+        immediate(&stream.handle(trailers)).0,
+        400,
+        "checked at the trailers"
+    );
+
+    let mut observed = request_headers("GET", "/users/7", &[], true);
+    observed.observability_mode = true;
+    let handled = ExchangeStream::new(enforce_redact()).handle(observed);
+    assert!(
+        handled.answer.is_none(),
+        "observability mode expects no answer"
+    );
+    assert_eq!(request_verdicts(&handled.events), [RequestVerdict::Allowed]);
+}
+
+// ---------------------------------------------------------------- properties
+
+fn answers_each(message: &ProcessingRequest, handled: &Handled) -> bool {
+    message.request.is_none() || message.observability_mode || handled.answer.is_some()
+}
+
+fn arb_message() -> impl Strategy<Value = ProcessingRequest> {
+    let pairs = prop::collection::vec((":?[a-z-]{1,12}", ".{0,16}"), 0..6);
+    (
+        0u8..8,
+        any::<bool>(),
+        prop::collection::vec(any::<u8>(), 0..64),
+        pairs,
+    )
+        .prop_map(|(kind, eos, bytes, pairs)| {
+            let headers = Some(HeaderMap {
+                headers: pairs
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                        ..HeaderValue::default()
+                    })
+                    .collect(),
+            });
+            let http_headers = HttpHeaders {
+                headers,
+                end_of_stream: eos,
+                ..HttpHeaders::default()
+            };
+            let http_body = HttpBody {
+                body: bytes,
+                end_of_stream: eos,
+                ..HttpBody::default()
+            };
+            let request = match kind {
+                0 => Some(Message::RequestHeaders(http_headers)),
+                1 => Some(Message::RequestBody(http_body)),
+                2 => Some(Message::ResponseHeaders(http_headers)),
+                3 => Some(Message::ResponseBody(http_body)),
+                4 => Some(Message::RequestTrailers(HttpTrailers::default())),
+                5 => Some(Message::ResponseTrailers(HttpTrailers::default())),
+                6 => None,
+                _ => Some(Message::RequestHeaders(HttpHeaders {
+                    headers: header_map(&[(":method", "PATCH"), (":path", "/users/1"), JSON]),
+                    end_of_stream: eos,
+                    ..HttpHeaders::default()
+                })),
+            };
+            ProcessingRequest {
+                request,
+                ..ProcessingRequest::default()
+            }
+        })
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "[a-z]{0,8}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("role".to_string()),
+                    Just("name".to_string()),
+                    "[a-z]{1,6}"
+                ],
+                inner,
+                0..4
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn random_message_sequences_never_panic_and_get_answers(
+        messages in prop::collection::vec(arb_message(), 0..12)
+    ) {
+        let mut stream = ExchangeStream::new(enforce_redact());
+        for message in messages {
+            let handled = stream.handle(message.clone());
+            prop_assert!(answers_each(&message, &handled));
+        }
+    }
+
+    #[test]
+    fn random_bytes_decoded_as_messages_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        use prost::Message as _;
+        if let Ok(message) = ProcessingRequest::decode(bytes.as_slice()) {
+            let mut stream = ExchangeStream::new(enforce_redact());
+            let _ = stream.handle(message);
+        }
+        if let Ok(answer) = ProcessingResponse::decode(bytes.as_slice()) {
+            let _ = answer;
+        }
+    }
+
+    #[test]
+    fn random_bodies_are_allowed_or_refused_with_a_problem(
+        raw in prop::collection::vec(any::<u8>(), 0..128),
+        json in arb_json(),
+        use_json in any::<bool>(),
+    ) {
+        let bytes = if use_json { json.to_string().into_bytes() } else { raw };
+        let mut stream = ExchangeStream::new(enforce_redact());
+        let handled = patch(&mut stream, "application/json", &bytes);
+        match answer(&handled) {
+            Answer::RequestBody(_) => {}
+            Answer::ImmediateResponse(r) => {
+                prop_assert_eq!(r.status.unwrap().code, 400);
+                let problem: Value = serde_json::from_slice(&r.body).unwrap();
+                prop_assert!(problem["errors"].as_array().is_some_and(|e| !e.is_empty()));
+            }
+            other => prop_assert!(false, "unexpected answer {:?}", other),
+        }
+        // Responses too: any body, redacted or passed, never a panic.
+        stream.handle(response_headers("200", "application/json"));
+        let handled = stream.handle(body(Message::ResponseBody, &bytes));
+        prop_assert!(handled.answer.is_some());
+    }
+}
