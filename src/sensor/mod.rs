@@ -19,7 +19,7 @@ mod context;
 mod contract_stage;
 mod ext_proc;
 mod load;
-mod observe;
+pub mod observe;
 mod pipeline;
 mod reload;
 mod server;

@@ -11,29 +11,29 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RequestLabels {
-    pub(crate) policy: String,
+pub struct RequestLabels {
+    pub policy: String,
     /// `allowed`, `refused`, `audited`, `undeclared`, `unchecked`.
-    pub(crate) decision: &'static str,
+    pub decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ResponseLabels {
-    pub(crate) policy: String,
+pub struct ResponseLabels {
+    pub policy: String,
     /// `clean`, `redacted`, `would_redact`, `too_large`, `unchecked`.
-    pub(crate) action: &'static str,
+    pub action: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ResultLabels {
+pub struct ResultLabels {
     /// `loaded` or `failed`.
-    pub(crate) result: &'static str,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct PointLabels {
+pub struct PointLabels {
     /// `request_headers`, `request_body`, `response_headers`, `response_body`.
-    pub(crate) point: &'static str,
+    pub point: &'static str,
 }
 
 /// Upper bounds (seconds) of the processing-time histogram: one message is expected to take
@@ -45,17 +45,17 @@ const PROCESSING_BUCKETS: [f64; 12] = [
 
 /// The sensor's metrics. Cloning is cheap: clones update the same series.
 #[derive(Clone)]
-pub(crate) struct SensorMetrics {
-    pub(crate) requests: Family<RequestLabels, Counter>,
-    pub(crate) responses: Family<ResponseLabels, Counter>,
-    pub(crate) reloads: Family<ResultLabels, Counter>,
-    pub(crate) processing: Family<PointLabels, Histogram>,
+pub struct SensorMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub processing: Family<PointLabels, Histogram>,
     /// gRPC streams that ended with an error from Envoy's side (reset, bad message).
-    pub(crate) stream_errors: Counter,
+    pub stream_errors: Counter,
 }
 
 impl SensorMetrics {
-    pub(crate) fn register(metrics: &Metrics) -> Self {
+    pub fn register(metrics: &Metrics) -> Self {
         let this = SensorMetrics {
             requests: Family::default(),
             responses: Family::default(),

@@ -177,6 +177,33 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         .ca_bundle_applies
         .get_or_create(&apiguard::certs::serving::ApplyLabels { result: "applied" })
         .inc();
+    // `apiguard sensor` is another process with its own registry; its metrics share the table.
+    let sensor = apiguard::sensor::observe::SensorMetrics::register(&metrics);
+    let policy = "shop/orders".to_string();
+    sensor
+        .requests
+        .get_or_create(&apiguard::sensor::observe::RequestLabels {
+            policy: policy.clone(),
+            decision: "allowed",
+        })
+        .inc();
+    sensor
+        .responses
+        .get_or_create(&apiguard::sensor::observe::ResponseLabels {
+            policy,
+            action: "clean",
+        })
+        .inc();
+    sensor
+        .reloads
+        .get_or_create(&apiguard::sensor::observe::ResultLabels { result: "loaded" })
+        .inc();
+    sensor
+        .processing
+        .get_or_create(&apiguard::sensor::observe::PointLabels {
+            point: "request_headers",
+        })
+        .observe(0.001);
     let text = metrics.encode();
 
     let mut help = std::collections::HashMap::new();
