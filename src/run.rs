@@ -124,7 +124,7 @@ pub struct RunArgs {
     #[arg(long, env = "APIGUARD_GATEWAY_REPLICAS", default_value_t = 2)]
     pub gateway_replicas: i32,
     /// Image of the sensor sidecar of gateways whose policy has spec.openapi: the operator's
-    /// own image (the chart sets it) [default: ghcr.io/apiguard/apiguard:<this version>].
+    /// own image (the chart sets it) [default: ghcr.io/apiguard/apiguard:VERSION, this build's version].
     #[arg(long, env = "APIGUARD_SENSOR_IMAGE")]
     pub sensor_image: Option<String>,
     /// Resources of the sensor sidecar, as JSON ({"requests":{...},"limits":{...}}).

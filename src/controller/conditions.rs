@@ -14,7 +14,7 @@ pub(crate) const READY: &str = "Ready";
 pub(crate) const CONTRACT_LOADED: &str = "ContractLoaded";
 
 /// The condition types every policy has, in the order they are written (a policy with
-/// `spec.openapi` also has [`CONTRACT_LOADED`], before Ready).
+/// `spec.openapi` also has `ContractLoaded`, before Ready).
 pub const ALL: [&str; 5] = [
     ACCEPTED,
     PROGRAMMED,

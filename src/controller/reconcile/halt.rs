@@ -107,3 +107,40 @@ impl From<Error> for Halt {
         Halt::Failed(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::conditions::State;
+
+    #[test]
+    fn a_contract_stop_fails_contract_loaded_and_leaves_the_rest_waiting() {
+        let accepted = Verdict::ok(Reason::Accepted, "valid");
+        let stop = Stop::contract(Reason::InvalidOpenAPI, "invalid at /paths");
+        assert!(stop.is_contract());
+        let o = stop.outcome(accepted.clone(), false, None);
+        let contract = o.contract.clone().expect("ContractLoaded");
+        assert_eq!(
+            (contract.state, contract.reason),
+            (State::False, Reason::InvalidOpenAPI)
+        );
+        for waiting in [&o.programmed, &o.certificates, &o.network] {
+            assert_eq!(waiting.state, State::Unknown);
+            assert_eq!(waiting.reason, Reason::InvalidOpenAPI);
+        }
+        assert!(
+            o.programmed
+                .message
+                .contains("keeps its previous configuration")
+        );
+        assert_eq!(o.ready().state, State::False);
+
+        // A later stop keeps the contract's verdict as it was decided.
+        let loaded = Some(Verdict::ok(Reason::Loaded, "loaded"));
+        let stop = Stop::programmed(Reason::TargetNotFound, "no Service");
+        assert!(!stop.is_contract());
+        let o = stop.outcome(accepted, false, loaded.clone());
+        assert_eq!(o.contract, loaded);
+        assert_eq!(o.programmed.state, State::False);
+    }
+}
