@@ -160,3 +160,136 @@ fn a_missing_config_map_or_an_invalid_document_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A plaintext Internal policy whose routes are all public, with an inline contract.
+fn live_manifests(mode: &str) -> String {
+    let document = DOCUMENT.trim_end().replace('\n', "\n        ");
+    format!(
+        r#"apiVersion: apiguard.dev/v1alpha1
+kind: ApiSecurityPolicy
+metadata: {{name: items, namespace: test}}
+spec:
+  target: {{service: items, port: 8080}}
+  exposure: Internal
+  mode: {mode}
+  tls: {{mode: Disabled}}
+  authentication: {{required: false}}
+  authorization:
+    rules:
+    - name: orders
+      match: {{methods: [GET], paths: ["/users/{{userId}}/orders"]}}
+      public: true
+  eastWest: {{mtls: Disabled}}
+  openapi:
+    source:
+      inline: |
+        {document}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: items, namespace: test}}
+spec:
+  selector: {{app: items}}
+  ports: [{{name: http, port: 8080}}]
+"#
+    )
+}
+
+/// Envoy serving `manifests` with the sensor expected at a port nothing listens on.
+struct LiveEnvoy {
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for LiveEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn envoy_without_sensor(manifests: &str, upstream: std::net::SocketAddr) -> LiveEnvoy {
+    use crate::support::tools::free_port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let envoy_dir = dir.path().join("envoy");
+    let (port, admin, sensor) = (free_port(), free_port(), free_port());
+    apiguard_render(&[
+        "-f",
+        file.to_str().unwrap(),
+        "--envoy-dir",
+        envoy_dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--upstream",
+        &upstream.to_string(),
+        "--sensor-addr",
+        &format!("127.0.0.1:{sensor}"),
+        "--access-log",
+        dir.path().join("access.log").to_str().unwrap(),
+    ]);
+    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+    let child = Command::new(tool("envoy"))
+        .arg("-c")
+        .arg(envoy_dir.join(BOOTSTRAP_FILE))
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .args(["--base-id", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("start envoy");
+    let mut envoy = LiveEnvoy {
+        _dir: dir,
+        child,
+        port,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = envoy.child.try_wait() {
+            panic!("envoy exited with {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envoy not listening within 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    envoy
+}
+
+async fn status(envoy: &LiveEnvoy, path: &str) -> u16 {
+    use crate::support::envoy::{Request, raw_request};
+    let addr = ([127, 0, 0, 1], envoy.port).into();
+    let r = raw_request(addr, None, None, &Request::get(path).host("items"))
+        .await
+        .expect("a response");
+    r.status
+}
+
+#[tokio::test]
+async fn an_unreachable_sensor_fails_closed_in_enforce_and_open_in_audit() {
+    let upstream = crate::support::envoy::echo_upstream().await;
+    let enforce = envoy_without_sensor(&live_manifests("Enforce"), upstream.addr).await;
+    assert_eq!(
+        status(&enforce, "/users/alice/orders").await,
+        503,
+        "fail closed"
+    );
+    // Routes the gateway answers itself never call the sensor.
+    assert_eq!(status(&enforce, "/undeclared").await, 404);
+    drop(enforce);
+
+    let audit = envoy_without_sensor(&live_manifests("Audit"), upstream.addr).await;
+    assert_eq!(
+        status(&audit, "/users/alice/orders").await,
+        200,
+        "fail open"
+    );
+}
