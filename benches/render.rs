@@ -96,6 +96,7 @@ fn bench_render(iterations: usize) {
             identity: &identity,
             api_keys: &ex.api_keys,
             jwks_from_secret: &jwks,
+            openapi_document: None,
             options: &options,
         };
         let size: usize = render_gateway(&input)

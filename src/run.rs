@@ -123,6 +123,18 @@ pub struct RunArgs {
     /// Replicas of each generated gateway Deployment.
     #[arg(long, env = "APIGUARD_GATEWAY_REPLICAS", default_value_t = 2)]
     pub gateway_replicas: i32,
+    /// Image of the sensor sidecar of gateways whose policy has spec.openapi: the operator's
+    /// own image (the chart sets it) [default: ghcr.io/apiguard/apiguard:VERSION, this build's version].
+    #[arg(long, env = "APIGUARD_SENSOR_IMAGE")]
+    pub sensor_image: Option<String>,
+    /// Resources of the sensor sidecar, as JSON ({"requests":{...},"limits":{...}}).
+    #[arg(
+        long,
+        env = "APIGUARD_SENSOR_RESOURCES",
+        default_value = crate::render::DEFAULT_SENSOR_RESOURCES,
+        value_parser = crate::render::parse_resources
+    )]
+    pub sensor_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     /// Name of the operator CA Secret in the operator namespace (created when absent).
     #[arg(long, env = "APIGUARD_CA_SECRET", default_value = crate::identity::secrets::DEFAULT_CA_SECRET)]
     pub ca_secret: String,
@@ -343,6 +355,12 @@ fn start_controller(
     let options = crate::render::RenderOptions {
         envoy_image: args.envoy_image.clone(),
         replicas: args.gateway_replicas,
+        sensor_image: args
+            .sensor_image
+            .clone()
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| crate::render::DEFAULT_SENSOR_IMAGE.to_string()),
+        sensor_resources: args.sensor_resources.clone(),
         ..Default::default()
     };
     let opts = controller::Options {

@@ -200,6 +200,13 @@ pub const PROVIDER_REFERENCES: Invariant = Invariant {
     message: "APG014: spec.authorization.rules[].providers[] must name a provider in spec.authentication.jwt.providers; fix the name or add the provider",
 };
 
+pub const OPENAPI_ONE_SOURCE: Invariant = Invariant {
+    rule: RuleId::Apg014,
+    scope: "spec.openapi.source",
+    cel: "(has(self.configMapRef) ? 1 : 0) + (has(self.inline) && size(self.inline) > 0 ? 1 : 0) == 1",
+    message: "APG014: spec.openapi.source must set exactly one of configMapRef or a non-empty inline document",
+};
+
 /// Every invariant, in the order the Rust validation reports them.
 pub const ALL: &[Invariant] = &[
     CORS_NO_WILDCARD,
@@ -223,4 +230,5 @@ pub const ALL: &[Invariant] = &[
     RATE_LIMIT_POSITIVE,
     RATE_LIMIT_ONE_KEY,
     PROVIDER_REFERENCES,
+    OPENAPI_ONE_SOURCE,
 ];

@@ -784,6 +784,7 @@ pub(crate) fn default_max_response_bytes() -> u64 {
 /// Where the OpenAPI document comes from: exactly one of `configMapRef` and `inline`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = inv::OPENAPI_ONE_SOURCE.to_rule())]
 pub struct OpenApiSource {
     /// A key of a ConfigMap in the policy's namespace holding the document. The ConfigMap is
     /// watched: editing it re-renders the gateway.

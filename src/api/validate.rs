@@ -83,6 +83,7 @@ const CHECKS: &[Check] = &[
     check_rate_limit_paths,
     check_rate_limits,
     check_provider_references,
+    check_openapi_source,
 ];
 
 /// Every invariant the spec breaks, in [`inv::ALL`] order.
@@ -316,6 +317,16 @@ fn check_provider_references(spec: &ApiSecurityPolicySpec, out: &mut Out) {
                     format!("spec.authorization.rules[{i}].providers[{j}]"),
                 );
             }
+        }
+    }
+}
+
+fn check_openapi_source(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    if let Some(openapi) = &spec.openapi {
+        let source = &openapi.source;
+        let inline = source.inline.as_ref().is_some_and(|d| !d.is_empty());
+        if usize::from(source.config_map_ref.is_some()) + usize::from(inline) != 1 {
+            out.push(inv::OPENAPI_ONE_SOURCE, "spec.openapi.source".into());
         }
     }
 }

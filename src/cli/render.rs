@@ -12,19 +12,20 @@ use crate::manifest::{Manifest, load_paths};
 use crate::render::envoy::{self as envoy_render, BOOTSTRAP_FILE};
 use crate::render::{
     GatewayIdentity, RenderInput, RenderOptions, RenderedGateway, UpstreamIdentity, network,
-    objects, render_gateway,
+    objects, openapi, render_gateway,
 };
+use crate::sensor::config::{DEFAULT_SENSOR_ADDR, SENSOR_CONFIG_FILE};
 use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RenderArgs {
-    /// Policy files (and the Services, Secrets and Deployments they reference): files,
-    /// directories or `-` for stdin. Repeatable.
+    /// Policy files (and the Services, Secrets, ConfigMaps and Deployments they reference):
+    /// files, directories or `-` for stdin. Repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
     /// Write a directory `envoy -c DIR/bootstrap.yaml` serves as-is (one policy only).
@@ -53,6 +54,10 @@ pub struct RenderArgs {
     /// Trust domain of SPIFFE IDs.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Where Envoy finds the sensor (`host:port`), for a policy with `spec.openapi`: run
+    /// `apiguard sensor --config DIR/sensor.yaml --listen ADDR` there.
+    #[arg(long, default_value = DEFAULT_SENSOR_ADDR)]
+    pub sensor_addr: String,
 }
 
 fn split_addr(s: &str, flag: &str) -> anyhow::Result<(String, u16)> {
@@ -94,6 +99,16 @@ impl Inputs {
         }
         out.extend(secret.string_data.unwrap_or_default());
         Ok(out)
+    }
+
+    /// The ConfigMap `ns/name`, if it was given.
+    fn config_map(&self, ns: &str, name: &str) -> anyhow::Result<Option<ConfigMap>> {
+        let Some(m) = self.find("ConfigMap", ns, name) else {
+            return Ok(None);
+        };
+        serde_json::from_value(m.object.clone())
+            .map(Some)
+            .with_context(|| format!("{}: ConfigMap {ns}/{name}", m.source))
     }
 
     /// The service account of the pods behind `service` (from a given Deployment whose pod
@@ -206,12 +221,14 @@ fn render_one(
     let jwks = jwks_from_secrets(inputs, &policy, &ns)?;
     let options = render_options(args)?;
     let identity = gateway_identity(args, inputs, ca, &policy, &service, &ns, now)?;
+    let openapi_document = openapi_document(inputs, manifest, &policy, &ns)?;
     let input = RenderInput {
         policy: &policy,
         target_service: &service,
         identity: &identity,
         api_keys: &api_keys,
         jwks_from_secret: &jwks,
+        openapi_document: openapi_document.as_deref(),
         options: &options,
     };
     let rendered = render_gateway(&input).with_context(|| format!("{}", manifest.source))?;
@@ -261,6 +278,23 @@ fn target_service(
     })?;
     serde_json::from_value(svc_manifest.object.clone())
         .with_context(|| format!("{}: Service {ns}/{target}", svc_manifest.source))
+}
+
+/// The document of `spec.openapi`, from its inline source or a given ConfigMap, compiled (an
+/// error names the policy, the field and the JSON pointer).
+fn openapi_document(
+    inputs: &Inputs,
+    manifest: &Manifest,
+    policy: &ApiSecurityPolicy,
+    ns: &str,
+) -> anyhow::Result<Option<String>> {
+    let config_map = match openapi::config_map_name(policy) {
+        Some(name) => inputs.config_map(ns, name)?,
+        None => None,
+    };
+    let document = openapi::load_document(policy, config_map.as_ref())
+        .map_err(|e| anyhow!("{}: {e}", manifest.source))?;
+    Ok(document)
 }
 
 /// API-key client id -> key, from the Secret `authentication.apiKeys.secretRef` (empty without
@@ -318,6 +352,7 @@ fn jwks_from_secrets(
 fn render_options(args: &RenderArgs) -> anyhow::Result<RenderOptions> {
     let (listen_address, listen_port) = split_addr(&args.listen, "--listen")?;
     let (admin_address, admin_port) = split_addr(&args.admin, "--admin")?;
+    split_addr(&args.sensor_addr, "--sensor-addr")?;
     let mut options = RenderOptions {
         listen_address,
         listen_port,
@@ -326,6 +361,7 @@ fn render_options(args: &RenderArgs) -> anyhow::Result<RenderOptions> {
         upstream_override: args.upstream.clone(),
         access_log_path: args.access_log.clone(),
         envoy_image: args.envoy_image.clone(),
+        sensor_address: args.sensor_addr.clone(),
         ..RenderOptions::default()
     };
     if let Some(dir) = &args.envoy_dir {
@@ -441,6 +477,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             dir.display(),
             r.gateway.config_hash
         );
+        if r.gateway.files.contains_key(SENSOR_CONFIG_FILE) {
+            eprintln!(
+                "with the sensor: apiguard sensor --config {}/{SENSOR_CONFIG_FILE} --listen {}",
+                dir.display(),
+                args.sensor_addr
+            );
+        }
         return Ok(());
     }
     let mut out = String::new();

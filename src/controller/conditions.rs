@@ -10,8 +10,11 @@ pub(crate) const PROGRAMMED: &str = "Programmed";
 pub(crate) const CERTIFICATES_READY: &str = "CertificatesReady";
 pub(crate) const NETWORK_ISOLATED: &str = "NetworkIsolated";
 pub(crate) const READY: &str = "Ready";
+/// Only for a policy with `spec.openapi`: its document was found and compiles.
+pub(crate) const CONTRACT_LOADED: &str = "ContractLoaded";
 
-/// Every condition type, in the order they are written.
+/// The condition types every policy has, in the order they are written (a policy with
+/// `spec.openapi` also has `ContractLoaded`, before Ready).
 pub const ALL: [&str; 5] = [
     ACCEPTED,
     PROGRAMMED,
@@ -58,11 +61,18 @@ pub enum Reason {
     IsolationDisabled,
     /// Ready=True.
     Ready,
+    /// ContractLoaded=True.
+    Loaded,
+    /// ContractLoaded=False: the ConfigMap `spec.openapi.source.configMapRef` names, or its
+    /// key, does not exist.
+    ConfigMapNotFound,
+    /// ContractLoaded=False: the OpenAPI document does not parse or compile.
+    InvalidOpenAPI,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Accepted,
         Reason::Invalid,
         Reason::Conflict,
@@ -80,6 +90,9 @@ impl Reason {
         Reason::Applied,
         Reason::IsolationDisabled,
         Reason::Ready,
+        Reason::Loaded,
+        Reason::ConfigMapNotFound,
+        Reason::InvalidOpenAPI,
     ];
 
     /// The reason as written in a condition.
@@ -102,6 +115,9 @@ impl Reason {
             Reason::Applied => "Applied",
             Reason::IsolationDisabled => "IsolationDisabled",
             Reason::Ready => "Ready",
+            Reason::Loaded => "Loaded",
+            Reason::ConfigMapNotFound => "ConfigMapNotFound",
+            Reason::InvalidOpenAPI => "InvalidOpenAPI",
         }
     }
 }
@@ -164,22 +180,26 @@ pub struct Outcome {
     pub programmed: Verdict,
     pub certificates: Verdict,
     pub network: Verdict,
+    /// ContractLoaded, for a policy with `spec.openapi` (None: no such condition).
+    pub contract: Option<Verdict>,
     /// `network.isolation: None`: NetworkIsolated=False is expected and does not block Ready.
     pub isolation_disabled: bool,
 }
 
 impl Outcome {
-    /// Ready is True when the policy is accepted, its gateway programmed, its certificates in
-    /// place and (unless isolation is turned off) its NetworkPolicies applied.
+    /// Ready is True when the policy is accepted, its contract (if any) loaded, its gateway
+    /// programmed, its certificates in place and (unless isolation is turned off) its
+    /// NetworkPolicies applied.
     pub fn ready(&self) -> Verdict {
-        let blocking = [
-            (ACCEPTED, &self.accepted),
-            (PROGRAMMED, &self.programmed),
-            (CERTIFICATES_READY, &self.certificates),
-        ]
-        .into_iter()
-        .chain((!self.isolation_disabled).then_some((NETWORK_ISOLATED, &self.network)))
-        .find(|(_, v)| v.state != State::True);
+        // The contract before the gateway: while it does not load, the gateway waits for it.
+        let blocking = std::iter::once((ACCEPTED, &self.accepted))
+            .chain(self.contract.as_ref().map(|c| (CONTRACT_LOADED, c)))
+            .chain([
+                (PROGRAMMED, &self.programmed),
+                (CERTIFICATES_READY, &self.certificates),
+            ])
+            .chain((!self.isolation_disabled).then_some((NETWORK_ISOLATED, &self.network)))
+            .find(|(_, v)| v.state != State::True);
         match blocking {
             None => Verdict::ok(
                 Reason::Ready,
@@ -197,15 +217,17 @@ impl Outcome {
         }
     }
 
-    /// The verdicts in [`ALL`] order.
-    pub(crate) fn verdicts(&self) -> [(&'static str, Verdict); 5] {
-        [
+    /// The verdicts in [`ALL`] order, ContractLoaded (when there is one) before Ready.
+    pub(crate) fn verdicts(&self) -> Vec<(&'static str, Verdict)> {
+        let mut verdicts = vec![
             (ACCEPTED, self.accepted.clone()),
             (PROGRAMMED, self.programmed.clone()),
             (CERTIFICATES_READY, self.certificates.clone()),
             (NETWORK_ISOLATED, self.network.clone()),
-            (READY, self.ready()),
-        ]
+        ];
+        verdicts.extend(self.contract.clone().map(|c| (CONTRACT_LOADED, c)));
+        verdicts.push((READY, self.ready()));
+        verdicts
     }
 }
 
@@ -420,8 +442,40 @@ mod tests {
             programmed: Verdict::ok(Reason::Programmed, "applied"),
             certificates: Verdict::ok(Reason::Issued, "2 certificates"),
             network: Verdict::ok(Reason::Applied, "1 NetworkPolicy"),
+            contract: None,
             isolation_disabled: false,
         }
+    }
+
+    #[test]
+    fn contract_loaded_appears_only_with_a_contract_and_blocks_ready() {
+        let types = |o: &Outcome| -> Vec<&str> { o.verdicts().iter().map(|(t, _)| *t).collect() };
+        assert_eq!(types(&all_ok()), ALL);
+        let mut o = all_ok();
+        o.contract = Some(Verdict::ok(Reason::Loaded, "loaded"));
+        assert_eq!(
+            types(&o),
+            [
+                ACCEPTED,
+                PROGRAMMED,
+                CERTIFICATES_READY,
+                NETWORK_ISOLATED,
+                CONTRACT_LOADED,
+                READY
+            ]
+        );
+        assert_eq!(o.ready().state, State::True);
+        o.contract = Some(Verdict::fail(
+            Reason::InvalidOpenAPI,
+            "ConfigMap shop/o key k: invalid at /paths",
+        ));
+        o.programmed = Verdict::unknown(Reason::InvalidOpenAPI, "waiting");
+        let r = o.ready();
+        assert_eq!((r.state, r.reason), (State::False, Reason::InvalidOpenAPI));
+        assert_eq!(
+            r.message,
+            "ContractLoaded: ConfigMap shop/o key k: invalid at /paths"
+        );
     }
 
     #[test]

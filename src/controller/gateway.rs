@@ -34,6 +34,8 @@ pub struct GatewayInput<'a> {
     pub api_keys: &'a BTreeMap<String, String>,
     /// Provider name -> JWKS document, for providers with `jwks.secretRef`.
     pub jwks_from_secret: &'a BTreeMap<String, String>,
+    /// The compiled-and-checked OpenAPI document of `spec.openapi` (None: no contract).
+    pub openapi_document: Option<&'a str>,
 }
 
 /// A serving certificate chain and its key (PEM).
@@ -102,6 +104,7 @@ impl GatewayRenderer for EnvoyRenderer {
             identity: &identity,
             api_keys: input.api_keys,
             jwks_from_secret: input.jwks_from_secret,
+            openapi_document: input.openapi_document,
             options: &self.options,
         })
         .map_err(err)?;

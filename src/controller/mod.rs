@@ -323,6 +323,21 @@ fn policies_referencing_secret(
         .collect()
 }
 
+/// Policies in `namespace` whose `spec.openapi.source.configMapRef` names ConfigMap `name`.
+fn policies_referencing_config_map(
+    store: &Store<ApiSecurityPolicy>,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<ApiSecurityPolicy>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .filter(|p| crate::render::openapi::config_map_name(p) == Some(name))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// How a child kind's changes re-trigger policies: the policy its controller ownerRef names.
 fn owned_trigger<K>(
     controller: Controller<ApiSecurityPolicy>,
@@ -424,7 +439,7 @@ fn policy_controller(client: &kube::Client, config: &Config) -> Controller<ApiSe
 }
 
 /// Adds the triggers of what policies read: their target Service, the pods behind it, the
-/// other policies, the Secrets they name, and the CA Secret.
+/// other policies, the Secrets and ConfigMaps they name, and the CA Secret.
 fn with_input_triggers(
     controller: Controller<ApiSecurityPolicy>,
     client: &kube::Client,
@@ -439,6 +454,7 @@ fn with_input_triggers(
     let by_service = policies.clone();
     let by_policy = policies.clone();
     let by_secret = policies.clone();
+    let by_config_map = policies.clone();
     let by_pod = policies;
     let (services_for_pods, service_stream) = services;
     controller
@@ -465,6 +481,18 @@ fn with_input_triggers(
             .default_backoff()
             .touched_objects(),
             move |s| policies_referencing_secret(&by_secret, s.namespace(), &s.name_any()),
+        )
+        // ConfigMaps holding a policy's OpenAPI document: metadata only (read when used).
+        .watches_stream(
+            watcher(
+                Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |cm| {
+                policies_referencing_config_map(&by_config_map, cm.namespace(), &cm.name_any())
+            },
         )
         .reconcile_all_on(ca)
 }

@@ -9,18 +9,23 @@
 //! - [`envoy`]: bootstrap + file-based dynamic resources (LDS/CDS with `watched_directory`).
 //! - [`network`]: NetworkPolicies around the target's pods.
 //! - [`objects`]: ConfigMap, Secret, Deployment and Service of the gateway.
+//! - [`openapi`]: the document of `spec.openapi`, resolved from its source and compiled.
 //!
 //! The `apiguard render` subcommand lives with the command line, in `crate::cli::render`.
 
 pub mod envoy;
 pub mod network;
 pub mod objects;
+pub mod openapi;
 
+#[cfg(test)]
+mod openapi_tests;
 #[cfg(test)]
 mod tests;
 
 use crate::api::ApiSecurityPolicy;
-use k8s_openapi::api::core::v1::Service;
+use crate::sensor::config::DEFAULT_SENSOR_ADDR;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Service};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -72,7 +77,7 @@ impl std::fmt::Debug for UpstreamIdentity {
 }
 
 /// Where and how the gateway runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RenderOptions {
     /// Address the gateway listener binds.
     pub listen_address: String,
@@ -100,6 +105,44 @@ pub struct RenderOptions {
     pub envoy_image: String,
     /// Replicas of the gateway Deployment.
     pub replicas: i32,
+    /// Where Envoy finds the sensor's gRPC server (`host:port`), and where the sensor sidecar
+    /// listens.
+    pub sensor_address: String,
+    /// Image of the sensor sidecar (the operator's own image).
+    pub sensor_image: String,
+    /// Resources of the sensor sidecar.
+    pub sensor_resources: ResourceRequirements,
+    /// Directory (inside the sensor container) holding `sensor.yaml`.
+    pub sensor_config_dir: String,
+}
+
+/// The sensor image when none is configured: the operator's image of this version.
+pub const DEFAULT_SENSOR_IMAGE: &str =
+    concat!("ghcr.io/apiguard/apiguard:", env!("CARGO_PKG_VERSION"));
+
+/// The sensor sidecar's resources when none are configured (JSON, as `--sensor-resources`
+/// takes them).
+pub const DEFAULT_SENSOR_RESOURCES: &str =
+    r#"{"requests":{"cpu":"50m","memory":"64Mi"},"limits":{"cpu":"1","memory":"256Mi"}}"#;
+
+/// Parses container resources given as JSON (`{"requests":{...},"limits":{...}}`); a
+/// quantity may be a number (`{"cpu": 1}`, as Helm's `toJson` writes it).
+pub fn parse_resources(json: &str) -> Result<ResourceRequirements, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    for part in ["requests", "limits"] {
+        if let Some(map) = value.get_mut(part).and_then(|m| m.as_object_mut()) {
+            for q in map.values_mut().filter(|q| q.is_number()) {
+                *q = serde_json::Value::String(q.to_string());
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| format!("not container resources: {e}"))
+}
+
+/// [`DEFAULT_SENSOR_RESOURCES`], parsed.
+pub fn default_sensor_resources() -> ResourceRequirements {
+    parse_resources(DEFAULT_SENSOR_RESOURCES).expect("DEFAULT_SENSOR_RESOURCES is valid")
 }
 
 impl Default for RenderOptions {
@@ -118,6 +161,10 @@ impl Default for RenderOptions {
             max_dynamic_descriptors: 10_000,
             envoy_image: "envoyproxy/envoy:v1.40.0".into(),
             replicas: 2,
+            sensor_address: DEFAULT_SENSOR_ADDR.into(),
+            sensor_image: DEFAULT_SENSOR_IMAGE.into(),
+            sensor_resources: default_sensor_resources(),
+            sensor_config_dir: "/etc/apiguard/sensor".into(),
         }
     }
 }
@@ -132,6 +179,9 @@ pub struct RenderInput<'a> {
     pub api_keys: &'a BTreeMap<String, String>,
     /// Provider name -> JWKS document, for providers with `jwks.secretRef`.
     pub jwks_from_secret: &'a BTreeMap<String, String>,
+    /// The OpenAPI document of `spec.openapi`, resolved from its source (see [`openapi`]);
+    /// `None` when the policy has no contract.
+    pub openapi_document: Option<&'a str>,
     pub options: &'a RenderOptions,
 }
 

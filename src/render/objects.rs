@@ -7,13 +7,14 @@ use super::{RenderError, RenderOptions, RenderedGateway, envoy, policy_ref};
 use crate::api::ApiSecurityPolicy;
 use crate::api::names::annotations::{BOOTSTRAP_HASH, CONFIG_HASH};
 use crate::api::names::labels::{COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, POLICY};
+use crate::sensor::config::{SENSOR_ADMIN_PORT, SENSOR_CONFIG_FILE};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ProjectedVolumeSource, SeccompProfile, Secret, SecretProjection, SecurityContext,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -167,7 +168,7 @@ fn gateway_deployment(
                     )])),
                     ..Default::default()
                 }),
-                spec: Some(gateway_pod_spec(policy, options)),
+                spec: Some(gateway_pod_spec(policy, rendered, options)),
             },
             ..Default::default()
         }),
@@ -175,8 +176,19 @@ fn gateway_deployment(
     }
 }
 
-/// The gateway pod: no service account token, no service links, non-root, one Envoy container.
-fn gateway_pod_spec(policy: &ApiSecurityPolicy, options: &RenderOptions) -> PodSpec {
+/// The gateway pod: no service account token, no service links, non-root, one Envoy container,
+/// and the sensor sidecar when the gateway has a `sensor.yaml`.
+fn gateway_pod_spec(
+    policy: &ApiSecurityPolicy,
+    rendered: &RenderedGateway,
+    options: &RenderOptions,
+) -> PodSpec {
+    let mut containers = vec![envoy_container(options)];
+    let mut volumes = vec![files_volume(policy), tmp_volume()];
+    if rendered.files.contains_key(SENSOR_CONFIG_FILE) {
+        containers.push(sensor_container(options));
+        volumes.push(sensor_volume(policy));
+    }
     PodSpec {
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -190,8 +202,8 @@ fn gateway_pod_spec(policy: &ApiSecurityPolicy, options: &RenderOptions) -> PodS
             }),
             ..Default::default()
         }),
-        containers: vec![envoy_container(options)],
-        volumes: Some(vec![files_volume(policy), tmp_volume()]),
+        containers,
+        volumes: Some(volumes),
         ..Default::default()
     }
 }
@@ -230,6 +242,79 @@ fn envoy_container(options: &RenderOptions) -> Container {
                 ..Default::default()
             },
         ]),
+        ..Default::default()
+    }
+}
+
+/// The sensor's uid and gid (the operator image's `nonroot` user). It reads `sensor.yaml`
+/// through the pod's fsGroup.
+const SENSOR_UID: i64 = 65532;
+/// The name of the sensor's admin port (probes, metrics).
+const SENSOR_ADMIN_PORT_NAME: &str = "sensor-admin";
+
+/// The sensor sidecar: `apiguard sensor` on `sensor.yaml`, gRPC on the loopback address Envoy
+/// calls, the admin port (probes, metrics) on the pod IP.
+fn sensor_container(options: &RenderOptions) -> Container {
+    let probe = |path: &str, initial: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(SENSOR_ADMIN_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let mut security = envoy_security_context();
+    security.run_as_user = Some(SENSOR_UID);
+    security.run_as_group = Some(SENSOR_UID);
+    Container {
+        name: "sensor".into(),
+        image: Some(options.sensor_image.clone()),
+        args: Some(vec![
+            "sensor".into(),
+            "--config".into(),
+            format!("{}/{SENSOR_CONFIG_FILE}", options.sensor_config_dir),
+            "--listen".into(),
+            options.sensor_address.clone(),
+            "--admin-addr".into(),
+            format!("0.0.0.0:{SENSOR_ADMIN_PORT}"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(SENSOR_ADMIN_PORT_NAME.into()),
+            container_port: i32::from(SENSOR_ADMIN_PORT),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 1)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(options.sensor_resources.clone()),
+        security_context: Some(security),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "sensor".into(),
+            mount_path: options.sensor_config_dir.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// Volume `sensor`: only `sensor.yaml` of the ConfigMap (the sensor never sees the gateway's
+/// keys).
+fn sensor_volume(policy: &ApiSecurityPolicy) -> Volume {
+    Volume {
+        name: "sensor".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: policy.gateway_name(),
+            default_mode: Some(0o440),
+            items: Some(vec![KeyToPath {
+                key: SENSOR_CONFIG_FILE.into(),
+                path: SENSOR_CONFIG_FILE.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

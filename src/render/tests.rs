@@ -13,6 +13,7 @@ pub(crate) struct Fixture {
     pub identity: GatewayIdentity,
     pub options: RenderOptions,
     pub jwks: BTreeMap<String, String>,
+    pub openapi_document: Option<String>,
 }
 
 pub(crate) fn example(name: &str) -> Fixture {
@@ -50,6 +51,7 @@ pub(crate) fn example(name: &str) -> Fixture {
         },
         options: RenderOptions::default(),
         jwks: BTreeMap::new(),
+        openapi_document: None,
     }
 }
 
@@ -61,6 +63,7 @@ impl Fixture {
             identity: &self.identity,
             api_keys: &self.api_keys,
             jwks_from_secret: &self.jwks,
+            openapi_document: self.openapi_document.as_deref(),
             options: &self.options,
         }
     }

@@ -14,6 +14,7 @@ mod controller_cluster;
 mod controller_crash;
 mod controller_envoy;
 mod controller_leader;
+mod controller_openapi;
 mod identity_cluster;
 mod image;
 mod policy_invariants_apiserver;

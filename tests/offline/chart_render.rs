@@ -193,7 +193,13 @@ fn values_schema_describes_every_value_and_only_those() {
         // so a typo in a key is an error instead of a silently ignored value.
         // (Resource requests/limits take any quantity name, like a pod's.)
         if matches!(value, Value::Object(m) if !m.is_empty())
-            && !matches!(path.as_str(), "resources.requests" | "resources.limits")
+            && !matches!(
+                path.as_str(),
+                "resources.requests"
+                    | "resources.limits"
+                    | "sensor.resources.requests"
+                    | "sensor.resources.limits"
+            )
         {
             assert_eq!(
                 node.get("additionalProperties"),
@@ -364,12 +370,33 @@ fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str
     }
     if values.is_empty() {
         // The default runs the controller too: its settings must reach it.
-        for needed in ["APIGUARD_ENVOY_IMAGE", "APIGUARD_GATEWAY_REPLICAS"] {
+        for needed in [
+            "APIGUARD_ENVOY_IMAGE",
+            "APIGUARD_GATEWAY_REPLICAS",
+            "APIGUARD_SENSOR_IMAGE",
+            "APIGUARD_SENSOR_RESOURCES",
+        ] {
             assert!(
                 seen.contains(&needed),
                 "the default Deployment does not set {needed}"
             );
         }
+        // The sensor sidecar runs the operator's own image, with `sensor.resources`.
+        assert_eq!(
+            env_value(env, "APIGUARD_SENSOR_IMAGE"),
+            container["image"].as_str()
+        );
+        let resources = env_value(env, "APIGUARD_SENSOR_RESOURCES").unwrap_or_default();
+        let parsed = apiguard::render::parse_resources(resources)
+            .unwrap_or_else(|e| panic!("APIGUARD_SENSOR_RESOURCES {resources:?}: {e}"));
+        assert_eq!(
+            parsed
+                .limits
+                .unwrap_or_default()
+                .get("cpu")
+                .map(|q| q.0.as_str()),
+            Some("1")
+        );
     }
     if values.contains(&"certManager.enabled=true") {
         // cert-manager's Secret is mounted; the certificate files are in it.

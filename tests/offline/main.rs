@@ -13,6 +13,7 @@ mod crd;
 mod docs;
 mod envoy_gateway;
 mod envoy_mtls;
+mod envoy_openapi;
 mod envoy_render_cli;
 mod envoy_validate;
 mod examples;

@@ -34,7 +34,8 @@ pub fn base() -> Value {
             "cors": {"allowOrigins": ["https://shop.example", "https://*.shop.example"], "allowCredentials": true},
             "rateLimits": [{"name": "login", "match": {"methods": ["POST"], "paths": ["/login"]},
                             "limit": {"requests": 5, "per": "Minute"}, "by": {"claim": "sub"}}],
-            "requestValidation": {"maxBodyBytes": 1048576}
+            "requestValidation": {"maxBodyBytes": 1048576},
+            "openapi": {"source": {"configMapRef": {"name": "payments-openapi", "key": "openapi.yaml"}}}
         }
     })
 }
@@ -315,6 +316,27 @@ pub fn cases() -> Vec<Case> {
                     "/spec/authorization/rules/0/providers/0",
                     json!("partner-idp"),
                 )
+            },
+        },
+        Case {
+            name: "openapi_two_sources",
+            invariant: inv::OPENAPI_ONE_SOURCE,
+            field: "spec.openapi.source",
+            mutate: |d: &mut Value| set(d, "/spec/openapi/source/inline", json!("openapi: 3.1.0")),
+        },
+        Case {
+            name: "openapi_no_source",
+            invariant: inv::OPENAPI_ONE_SOURCE,
+            field: "spec.openapi.source",
+            mutate: |d: &mut Value| remove(d, "/spec/openapi/source/configMapRef"),
+        },
+        Case {
+            name: "openapi_empty_inline",
+            invariant: inv::OPENAPI_ONE_SOURCE,
+            field: "spec.openapi.source",
+            mutate: |d: &mut Value| {
+                remove(d, "/spec/openapi/source/configMapRef");
+                set(d, "/spec/openapi/source/inline", json!(""));
             },
         },
     ]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
@@ -13,6 +13,7 @@ use super::{Context, Error};
 use crate::api::ApiSecurityPolicy;
 use crate::controller::conditions::Reason;
 use crate::controller::gateway::ServingCertificate;
+use crate::render::openapi::{self, OpenApiError};
 
 /// The target Service, from the cache. A missing one is a condition (the Service watch brings
 /// the policy back when it appears), not a retry.
@@ -81,6 +82,35 @@ pub(super) async fn read_secret(
             name: name.to_string(),
             source: Box::new(e),
         })
+}
+
+/// The document of `spec.openapi` (None: the policy has none), read from its ConfigMap and
+/// compiled. A missing ConfigMap or key, or a document that does not compile, is a [`Stop`]
+/// of the contract (the ConfigMap watch brings the policy back when it changes).
+pub(super) async fn openapi_document(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+) -> Result<Option<String>, Halt> {
+    let ns = policy.namespace().unwrap_or_default();
+    let config_map = match openapi::config_map_name(policy) {
+        Some(name) => Api::<ConfigMap>::namespaced(ctx.settings.client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::Read {
+                kind: "ConfigMap",
+                namespace: ns.clone(),
+                name: name.to_string(),
+                source: Box::new(e),
+            })?,
+        None => None,
+    };
+    openapi::load_document(policy, config_map.as_ref()).map_err(|e| {
+        let reason = match e {
+            OpenApiError::ConfigMapNotFound { .. } => Reason::ConfigMapNotFound,
+            OpenApiError::Invalid { .. } => Reason::InvalidOpenAPI,
+        };
+        Halt::Stop(Stop::contract(reason, e.to_string()))
+    })
 }
 
 /// Secrets the policy refers to, read for the renderer.

@@ -388,6 +388,7 @@ async fn refuse(
         programmed: Verdict::fail(Reason::NotAccepted, why),
         certificates: pending(),
         network: pending(),
+        contract: None,
         isolation_disabled: policy.spec.network().isolation == Isolation::None,
     }))
 }

@@ -47,6 +47,17 @@ impl Programmed {
             failures: 0,
         }
     }
+
+    /// Nothing applied and the gateway left as it is: its status (service, config hash,
+    /// certificates) stays what the last programming wrote.
+    fn previous_kept(outcome: Outcome, policy: &ApiSecurityPolicy) -> Self {
+        let previous = policy.status.as_ref();
+        Self {
+            gateway_status: previous.and_then(|s| s.gateway.clone()),
+            cert_status: previous.map(|s| s.certificates.clone()).unwrap_or_default(),
+            ..Self::nothing_applied(outcome)
+        }
+    }
 }
 
 /// Programs an accepted policy (`owner`: its controller reference).
@@ -58,11 +69,36 @@ pub(super) async fn program(
     now: OffsetDateTime,
 ) -> Result<Programmed, Error> {
     let isolation_disabled = policy.spec.network().isolation == Isolation::None;
-    match phases(ctx, policy, owner, now).await {
-        Ok(done) => Ok(conditions(policy, accepted, isolation_disabled, done, now)),
-        Err(Halt::Stop(stop)) => Ok(Programmed::nothing_applied(
-            stop.outcome(accepted, isolation_disabled),
-        )),
+    // The contract first: an invalid one leaves the gateway as it is (nothing rendered,
+    // applied or pruned).
+    let document = match inputs::openapi_document(ctx, policy).await {
+        Ok(document) => document,
+        Err(Halt::Stop(stop)) => {
+            let outcome = stop.outcome(accepted, isolation_disabled, None);
+            return Ok(Programmed::previous_kept(outcome, policy));
+        }
+        Err(Halt::Failed(e)) => return Err(e),
+    };
+    let contract = document.as_ref().map(|_| {
+        Verdict::ok(
+            Reason::Loaded,
+            "the OpenAPI document compiles; the gateway's sensor enforces it",
+        )
+    });
+    match phases(ctx, policy, owner, document.as_deref(), now).await {
+        Ok(done) => {
+            let mut programmed = conditions(policy, accepted, isolation_disabled, done, now);
+            programmed.outcome.contract = contract;
+            Ok(programmed)
+        }
+        Err(Halt::Stop(stop)) => {
+            debug_assert!(!stop.is_contract());
+            Ok(Programmed::nothing_applied(stop.outcome(
+                accepted,
+                isolation_disabled,
+                contract,
+            )))
+        }
         Err(Halt::Failed(e)) => Err(e),
     }
 }
@@ -79,6 +115,7 @@ async fn phases<'a>(
     ctx: &'a Context,
     policy: &'a ApiSecurityPolicy,
     owner: &'a OwnerReference,
+    openapi_document: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Done<'a>, Halt> {
     let target = inputs::target(ctx, policy)?;
@@ -95,7 +132,10 @@ async fn phases<'a>(
         policy,
         &target,
         &identities,
-        &references,
+        Referenced {
+            references: &references,
+            openapi_document,
+        },
         &certificates,
         &bundle,
     )?;
@@ -222,16 +262,23 @@ async fn leaf(
     })
 }
 
+/// What the spec references, read for the renderer.
+struct Referenced<'a> {
+    references: &'a References,
+    openapi_document: Option<&'a str>,
+}
+
 /// The gateway and network objects, from the pure renderer.
 fn render(
     ctx: &Context,
     policy: &ApiSecurityPolicy,
     target: &Service,
     ids: &Identities,
-    refs: &References,
+    inputs: Referenced<'_>,
     certificates: &Certificates,
     bundle: &str,
 ) -> Result<GatewayObjects, Stop> {
+    let refs = inputs.references;
     let gateway_leaf = &certificates.gateway.leaf;
     let serving = refs.serving.clone().unwrap_or_else(|| ServingCertificate {
         cert_pem: gateway_leaf.cert_pem.clone(),
@@ -252,6 +299,7 @@ fn render(
             upstream_mtls: certificates.workload.is_some(),
             api_keys: &refs.api_keys,
             jwks_from_secret: &refs.jwks,
+            openapi_document: inputs.openapi_document,
         })
         .map_err(|e| Stop::programmed(Reason::RenderFailed, e.to_string()))
 }
@@ -398,6 +446,7 @@ fn conditions(
             programmed,
             certificates: certificates_verdict,
             network,
+            contract: None,
             isolation_disabled,
         },
         gateway_status,

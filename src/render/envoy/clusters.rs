@@ -80,6 +80,7 @@ pub(super) fn cluster(name: &str, host: &str, port: u16, tls: Option<TransportSo
         transport_socket: tls,
         dns_lookup_family: (!is_ip).then_some("V4_PREFERRED"),
         metadata: None,
+        typed_extension_protocol_options: BTreeMap::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP connection manager: the HTTP filter chain, header handling and the access log.
 
 use super::access_log::access_log_format;
+use super::ext_proc::{contract, ext_proc_filter, skip_direct_responses};
 use super::jwt::build_jwt;
 use super::lua;
 use super::routes::build_routes;
@@ -38,6 +39,12 @@ fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
     }
     if let Some(max) = spec.request_validation().max_body_bytes {
         filters.push(buffer_filter(ctx, max)?);
+    }
+    // Last before the router: the sensor sees the principal (after authentication and
+    // authorization), and requests the gateway refuses anyway (401, 403, 429, 413) never
+    // reach it.
+    if let Some((openapi, _)) = contract(ctx)? {
+        filters.push(ext_proc_filter(ctx, openapi));
     }
     filters.push(filter("envoy.filters.http.router", Any::Router(Empty {})));
     Ok(filters)
@@ -149,6 +156,10 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
     let spec = ctx.spec;
     let validation = spec.request_validation();
     let filters = http_filters(ctx)?;
+    let mut routes = build_routes(ctx)?;
+    if contract(ctx)?.is_some() {
+        skip_direct_responses(&mut routes);
+    }
     let access_log = if spec.audit().access_log {
         vec![AccessLog {
             name: "envoy.access_loggers.file",
@@ -180,7 +191,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
             headers_with_underscores_action: underscores,
         },
         strip_any_host_port: true,
-        route_config: build_routes(ctx)?,
+        route_config: routes,
         http_filters: filters,
         access_log,
         // The target learns the verified client identity; client-sent XFCC is replaced.

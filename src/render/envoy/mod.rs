@@ -6,13 +6,15 @@
 //! (strip client-sent copies of trusted headers) -> `cors` -> `jwt_authn` -> `api_key_auth`
 //! (ECDS, secret file) -> `rbac` (per route; shadow rules in Audit) -> `apiguard.authz` (Lua:
 //! ownership, decision) -> `local_ratelimit` (per route, per-client dynamic descriptors) ->
-//! `buffer` (413) -> `router`.
+//! `buffer` (413) -> `ext_proc` (only with `spec.openapi`: the runtime sensor checks the request
+//! against the contract and redacts the response) -> `router`.
 
 mod access_log;
 mod api_key;
 mod bootstrap;
 mod clusters;
 mod cors;
+mod ext_proc;
 mod hcm;
 mod jwt;
 mod listener;
@@ -34,6 +36,7 @@ use crate::api::{
 use crate::render::{
     RenderError, RenderInput, RenderOptions, RenderedFile, RenderedGateway, policy_ref,
 };
+use crate::sensor::config::SENSOR_CONFIG_FILE;
 use api_key::build_api_key_auth;
 use bootstrap::build_bootstrap;
 use clusters::{build_clusters, certificates_metadata};
@@ -183,6 +186,12 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
     if let Some(keys) = ctx.api_keys() {
         files.insert(API_KEYS_FILE.into(), secret(api_keys_file(&ctx, keys)?));
     }
+    if let Some((openapi, document)) = ext_proc::contract(&ctx)? {
+        files.insert(
+            SENSOR_CONFIG_FILE.into(),
+            plain(ext_proc::sensor_config(&ctx, openapi, document)),
+        );
+    }
     files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
     Ok(RenderedGateway::new(files))
 }
@@ -256,6 +265,9 @@ fn listener_file(ctx: &Ctx<'_>, files: &Files) -> Result<String, RenderError> {
 /// CDS: the clusters, the target's carrying its upstream certificates' metadata.
 fn clusters_file(ctx: &Ctx<'_>, files: &Files) -> Result<String, RenderError> {
     let mut clusters = build_clusters(ctx)?;
+    if ext_proc::contract(ctx)?.is_some() {
+        clusters.push(ext_proc::sensor_cluster(ctx)?);
+    }
     let upstream = certificates(files, &[UPSTREAM_CERT_FILE, UPSTREAM_CA_FILE]);
     for c in clusters.iter_mut().filter(|c| c.name == TARGET_CLUSTER) {
         c.metadata = upstream.clone();

@@ -81,6 +81,16 @@ pub enum Any {
     DownstreamConnectionsConfig(DownstreamConnectionsConfig),
     #[serde(rename = "type.googleapis.com/envoy.config.route.v3.FilterConfig")]
     FilterConfig(Box<FilterConfig>),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+    )]
+    ExternalProcessor(Box<ExternalProcessor>),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+    )]
+    ExtProcPerRoute(ExtProcPerRoute),
+    #[serde(rename = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")]
+    UpstreamHttpProtocolOptions(UpstreamHttpProtocolOptions),
 }
 
 /// An empty message (`{}`).
@@ -454,6 +464,20 @@ pub struct Cluster {
     pub dns_lookup_family: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Upstream protocol options by extension name (HTTP/2 to a gRPC server).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub typed_extension_protocol_options: BTreeMap<String, Any>,
+}
+
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`: here only HTTP/2.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct UpstreamHttpProtocolOptions {
+    pub explicit_http_config: ExplicitHttpConfig,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ExplicitHttpConfig {
+    pub http2_protocol_options: Empty,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -863,4 +887,65 @@ pub enum RateLimitAction {
 pub struct MetadataKey {
     pub key: String,
     pub path: Vec<PathSegment>,
+}
+
+// ---------------------------------------------------------------- ext_proc
+
+/// `envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ExternalProcessor {
+    pub grpc_service: GrpcService,
+    pub failure_mode_allow: bool,
+    /// The status a client gets when the processor fails and the filter fails closed.
+    pub status_on_error: HttpStatus,
+    pub processing_mode: ProcessingMode,
+    pub message_timeout: String,
+    pub request_attributes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_options: Option<ExtProcMetadataOptions>,
+}
+
+/// `envoy.type.v3.HttpStatus`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct HttpStatus {
+    pub code: u16,
+}
+
+/// `envoy.config.core.v3.GrpcService` through Envoy's own gRPC client.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct GrpcService {
+    pub envoy_grpc: EnvoyGrpc,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EnvoyGrpc {
+    pub cluster_name: String,
+}
+
+/// Which parts of a message Envoy sends to the processor (`HeaderSendMode`, `BodySendMode`).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ProcessingMode {
+    pub request_header_mode: &'static str,
+    pub response_header_mode: &'static str,
+    pub request_body_mode: &'static str,
+    pub response_body_mode: &'static str,
+    pub request_trailer_mode: &'static str,
+    pub response_trailer_mode: &'static str,
+}
+
+/// Dynamic metadata namespaces forwarded to the processor.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ExtProcMetadataOptions {
+    pub forwarding_namespaces: MetadataNamespaces,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct MetadataNamespaces {
+    pub untyped: Vec<String>,
+}
+
+/// `ExtProcPerRoute`: here only turning the processor off on a route.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ExtProcPerRoute {
+    pub disabled: bool,
 }

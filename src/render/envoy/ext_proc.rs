@@ -1,0 +1,142 @@
+//! The runtime sensor behind Envoy: the `ext_proc` filter that sends each request (and, as the
+//! contract's modes need, its body and the response) to the sensor sidecar, the sensor's
+//! cluster, and `sensor.yaml`. Rendered only for a policy with `spec.openapi`.
+
+use super::types::*;
+use super::{Ctx, RenderError};
+use crate::api::{OpenApi, PolicyMode, RequestContractMode, ResponseContractMode};
+use crate::sensor::config::{
+    JWT_METADATA_NAMESPACE, REQUEST_ATTRIBUTES, SENSOR_CLUSTER, SensorConfig, SensorContract,
+};
+use std::collections::BTreeMap;
+
+pub(super) const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
+/// How long Envoy waits for the sensor's answer to one message before failing (closed in
+/// Enforce, open in Audit).
+const MESSAGE_TIMEOUT: &str = "0.200s";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// The policy's contract and its resolved document, when it has one.
+pub(super) fn contract<'a>(ctx: &Ctx<'a>) -> Result<Option<(&'a OpenApi, &'a str)>, RenderError> {
+    let Some(openapi) = ctx.spec.openapi.as_ref() else {
+        return Ok(None);
+    };
+    let document = ctx.input.openapi_document.ok_or_else(|| {
+        ctx.invalid(
+            "spec.openapi.source",
+            "the policy has an OpenAPI contract but its document was not given",
+        )
+    })?;
+    Ok(Some((openapi, document)))
+}
+
+/// Which parts of the exchange the sensor needs: the request headers always (the decision and
+/// the principal), the request body when requests are checked, the response when responses
+/// are redacted or audited. A response body is sent up to Envoy's buffer limit
+/// (`BUFFERED_PARTIAL`): a larger one passes unchecked instead of failing the request.
+pub(super) fn processing_mode(openapi: &OpenApi) -> ProcessingMode {
+    let responses = openapi.responses != ResponseContractMode::Off;
+    ProcessingMode {
+        request_header_mode: "SEND",
+        response_header_mode: if responses { "SEND" } else { "SKIP" },
+        request_body_mode: if openapi.requests == RequestContractMode::Off {
+            "NONE"
+        } else {
+            "BUFFERED"
+        },
+        response_body_mode: if responses {
+            "BUFFERED_PARTIAL"
+        } else {
+            "NONE"
+        },
+        request_trailer_mode: "SKIP",
+        response_trailer_mode: "SKIP",
+    }
+}
+
+/// The `ext_proc` filter: to the sensor's cluster, failing closed in Enforce and open in Audit.
+pub(super) fn ext_proc_filter(ctx: &Ctx<'_>, openapi: &OpenApi) -> HttpFilter {
+    let metadata_options = ctx.jwt().map(|_| ExtProcMetadataOptions {
+        forwarding_namespaces: MetadataNamespaces {
+            untyped: vec![JWT_METADATA_NAMESPACE.to_string()],
+        },
+    });
+    HttpFilter {
+        name: EXT_PROC_FILTER.into(),
+        typed_config: Some(Any::ExternalProcessor(Box::new(ExternalProcessor {
+            grpc_service: GrpcService {
+                envoy_grpc: EnvoyGrpc {
+                    cluster_name: SENSOR_CLUSTER.into(),
+                },
+            },
+            failure_mode_allow: ctx.spec.mode == PolicyMode::Audit,
+            status_on_error: HttpStatus { code: 503 },
+            processing_mode: processing_mode(openapi),
+            message_timeout: MESSAGE_TIMEOUT.into(),
+            request_attributes: REQUEST_ATTRIBUTES.iter().map(|a| a.to_string()).collect(),
+            metadata_options,
+        }))),
+        config_discovery: None,
+        disabled: false,
+    }
+}
+
+/// The sensor's cluster: plaintext HTTP/2 (gRPC) to the sidecar's address.
+pub(super) fn sensor_cluster(ctx: &Ctx<'_>) -> Result<Cluster, RenderError> {
+    let addr = &ctx.opts().sensor_address;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            Some((h.to_string(), p.parse::<u16>().ok()?))
+        })
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| {
+            ctx.invalid(
+                "options.sensorAddress",
+                format!("{addr:?} is not host:port"),
+            )
+        })?;
+    let mut cluster = super::clusters::cluster(SENSOR_CLUSTER, &host, port, None);
+    cluster.connect_timeout = "1s".into();
+    cluster.typed_extension_protocol_options = BTreeMap::from([(
+        HTTP_PROTOCOL_OPTIONS.to_string(),
+        Any::UpstreamHttpProtocolOptions(UpstreamHttpProtocolOptions {
+            explicit_http_config: ExplicitHttpConfig {
+                http2_protocol_options: Empty {},
+            },
+        }),
+    )]);
+    Ok(cluster)
+}
+
+/// Routes that answer without reaching the target (CORS preflight denials, undeclared routes,
+/// content-type guards) do not call the sensor.
+pub(super) fn skip_direct_responses(routes: &mut RouteConfiguration) {
+    for vh in &mut routes.virtual_hosts {
+        for r in vh.routes.iter_mut().filter(|r| r.direct_response.is_some()) {
+            r.typed_per_filter_config.insert(
+                EXT_PROC_FILTER.to_string(),
+                Any::ExtProcPerRoute(ExtProcPerRoute { disabled: true }),
+            );
+        }
+    }
+}
+
+/// `sensor.yaml`: the policy, its mode and the contract with the resolved document.
+pub(super) fn sensor_config(ctx: &Ctx<'_>, openapi: &OpenApi, document: &str) -> String {
+    let meta = &ctx.input.policy.metadata;
+    let mut config = SensorConfig::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+        ctx.spec.mode,
+    );
+    config.openapi = Some(SensorContract {
+        document: document.to_string(),
+        requests: openapi.requests,
+        responses: openapi.responses,
+        unknown_properties: openapi.unknown_properties,
+        max_response_bytes: openapi.max_response_bytes,
+    });
+    config.to_yaml()
+}
