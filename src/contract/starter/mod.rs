@@ -32,6 +32,8 @@ const PLACEHOLDER_ISSUER: &str = "https://REPLACE-ME.invalid/";
 const PLACEHOLDER_JWKS: &str = "https://REPLACE-ME.invalid/.well-known/jwks.json";
 /// The largest request body the starter allows (`requestValidation.maxBodyBytes`).
 const MAX_BODY_BYTES: u64 = 1_048_576;
+/// What a ConfigMap holds at most (the apiserver's 1 MiB object limit, less room for metadata).
+const MAX_CONFIG_MAP_BYTES: usize = 1_000_000;
 /// The longest policy name taken from the document's title.
 const MAX_TITLE_NAME: usize = 40;
 /// The HTTP methods an OpenAPI path item may declare, in the order rules list them.
@@ -128,6 +130,12 @@ pub fn from_openapi(text: &str, options: &StarterOptions) -> Result<Starter, Con
         data: Some(BTreeMap::from([(key.to_string(), text.to_string())])),
         ..ConfigMap::default()
     };
+    if text.len() > MAX_CONFIG_MAP_BYTES {
+        notes.push(format!(
+            "the document ({} bytes) is larger than a ConfigMap holds (1 MiB): trim it (descriptions, examples) before applying",
+            text.len()
+        ));
+    }
     let (exposure, hosts) = exposure(root, &mut notes);
     let authentication = authentication(&name, &rules, &schemes, &mut notes);
     let spec = ApiSecurityPolicySpec {
@@ -461,7 +469,21 @@ impl Starter {
     pub fn to_yaml(&self) -> Result<String, serde_saphyr::ser::Error> {
         let mut out = String::new();
         out.push_str("# The OpenAPI document; spec.openapi.source.configMapRef of the policy below names it.\n");
-        out.push_str(&serde_saphyr::to_string(&self.config_map)?);
+        // In the order people read a manifest (k8s-openapi writes `data` before `metadata`).
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Ordered<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            metadata: &'a ObjectMeta,
+            data: &'a Option<BTreeMap<String, String>>,
+        }
+        out.push_str(&serde_saphyr::to_string(&Ordered {
+            api_version: "v1",
+            kind: "ConfigMap",
+            metadata: &self.config_map.metadata,
+            data: &self.config_map.data,
+        })?);
         out.push_str("---\n");
         out.push_str(
             "# A starter ApiSecurityPolicy made by `apiguard policy from-openapi`: review it.\n\
