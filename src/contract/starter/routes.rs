@@ -1,6 +1,7 @@
 //! Operations → authorization rules: OpenAPI path templates as the policy's route paths, rule
 //! names from `operationId`s, the order of rules (first match wins, so a more specific path
-//! goes first) and, past the policy's 64 rules, one rule per path and security requirement.
+//! goes first) and, past the policy's 64 rules, one rule per path and security requirement,
+//! then one rule per methods and requirement for up to 16 paths no other rule overlaps.
 
 use super::Warning;
 use super::security::Access;
@@ -117,7 +118,7 @@ pub(super) fn rule_name(text: &str) -> String {
 }
 
 /// The rules for `routes` (document order): one per operation, or past [`MAX_RULES`] one per
-/// path and access; named uniquely and ordered so that a rule comes before the rules whose
+/// path and access, then per methods and access; named uniquely and ordered so that a rule comes before the rules whose
 /// paths are more general than its own.
 pub(super) fn rules(routes: Vec<Route>, warnings: &mut Vec<Warning>) -> Vec<RouteRule> {
     let mut rules: Vec<RouteRule> = routes
@@ -132,6 +133,9 @@ pub(super) fn rules(routes: Vec<Route>, warnings: &mut Vec<Warning>) -> Vec<Rout
         .collect();
     if rules.len() > MAX_RULES {
         rules = group_by_path(rules);
+    }
+    if rules.len() > MAX_RULES {
+        rules = group_by_access(rules);
     }
     let mut rules = order(rules);
     if rules.len() > MAX_RULES {
@@ -170,6 +174,50 @@ fn group_by_path(rules: Vec<RouteRule>) -> Vec<RouteRule> {
         }
     }
     out
+}
+
+/// The most paths in one rule (`match.paths`, `maxItems` in the CRD).
+const MAX_PATHS: usize = 16;
+
+/// Rules of the same methods and access merged, up to [`MAX_PATHS`] paths each; only rules
+/// no other rule overlaps, since a merged rule cannot be both before and after others.
+fn group_by_access(rules: Vec<RouteRule>) -> Vec<RouteRule> {
+    let overlaps: Vec<bool> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            rules
+                .iter()
+                .enumerate()
+                .any(|(j, o)| i != j && (shadows(o, r) || shadows(r, o)))
+        })
+        .collect();
+    let mut out: Vec<(RouteRule, bool)> = Vec::new();
+    for (rule, overlaps) in rules.into_iter().zip(overlaps) {
+        let group = out.iter_mut().find(|(g, mergeable)| {
+            *mergeable
+                && !overlaps
+                && g.methods == rule.methods
+                && g.access == rule.access
+                && g.paths.len() < MAX_PATHS
+        });
+        match group {
+            Some((group, _)) => {
+                group.paths.extend(rule.paths);
+                group.operations.extend(rule.operations);
+            }
+            None => out.push((rule, !overlaps)),
+        }
+    }
+    out.into_iter()
+        .map(|(mut rule, _)| {
+            if rule.paths.len() > 1 {
+                let first = rule_name(&format!("{} {}", rule.methods.join(" "), rule.paths[0]));
+                rule.name = rule_name(&format!("{first} and {} more", rule.paths.len() - 1));
+            }
+            rule
+        })
+        .collect()
 }
 
 /// Rules reordered so that none comes after a rule that is more general than it and overlaps
