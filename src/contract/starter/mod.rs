@@ -301,7 +301,7 @@ fn exposure(root: &Value, notes: &mut Vec<String>) -> (Exposure, Vec<String>) {
         }
         if !path.trim_matches('/').is_empty() {
             notes.push(format!(
-                "server {url} has the base path /{path}: routes and the contract use the document's paths as written, so the gateway must receive /orders, not /{}/orders",
+                "server {url} has the base path /{}: routes and the contract use the document's paths as written, so requests must reach the gateway without it",
                 path.trim_matches('/')
             ));
         }
