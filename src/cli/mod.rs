@@ -1,10 +1,12 @@
 //! The `apiguard` command line: a thin edge over the library.
 //!
-//! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`) and
-//! [`identity`] (`apiguard identity init-ca|issue`). The other subcommands are one call into
-//! their module (`lint`, `run`, `api`, `sensor`).
+//! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`),
+//! [`identity`] (`apiguard identity init-ca|issue`) and [`policy`] (`apiguard policy
+//! from-openapi`). The other subcommands are one call into their module (`lint`, `run`, `api`,
+//! `sensor`).
 
 pub mod identity;
+pub mod policy;
 pub mod render;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,11 @@ pub enum Command {
     },
     /// Check manifests against the admission rules, offline (exit 0 clean, 1 deny finding, 2 error).
     Lint(crate::lint::LintArgs),
+    /// Generate policies: `from-openapi` prints a starter policy for an OpenAPI document.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCommand,
+    },
     /// Compile policies into the Envoy gateway: print the objects the controller would apply,
     /// or write a directory `envoy -c DIR/bootstrap.yaml` serves (`--envoy-dir`).
     Render(render::RenderArgs),
@@ -61,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lint(args) => Ok(crate::lint::run(&args)),
+        Command::Policy { cmd } => policy::run(cmd),
         Command::Render(args) => {
             render::run(args)?;
             Ok(ExitCode::SUCCESS)

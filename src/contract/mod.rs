@@ -7,6 +7,9 @@
 //! type, `shape` removes undeclared and `readOnly`/`writeOnly` properties, `operations` and
 //! `params` hold the compiled operations and match paths, `request` and `response` check
 //! messages, `problem` is the problem+json body. See `docs/contract.md`.
+//!
+//! `starter` reads a document the other way: into a starter `ApiSecurityPolicy`
+//! (`apiguard policy from-openapi`, `docs/openapi.md`).
 
 mod document;
 mod operations;
@@ -16,6 +19,7 @@ mod request;
 mod response;
 mod schema;
 mod shape;
+pub mod starter;
 #[cfg(test)]
 mod tests;
 

@@ -6,10 +6,24 @@ use apiguard::api::validate::validate_spec;
 use apiguard::manifest::{Manifest, load_paths};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::*, networking::v1::Ingress};
 use serde::de::DeserializeOwned;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// The manifests of a directory of examples (`*.yaml`; raw OpenAPI documents,
+/// `*.openapi.yaml`, are not manifests).
+fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.to_string_lossy().ends_with(".openapi.yaml"))
+        .collect();
+    files.sort();
+    files
 }
 
 fn typed<T: DeserializeOwned>(m: &Manifest) {
@@ -48,6 +62,10 @@ fn check_typed(m: &Manifest) -> bool {
         }
         ("v1", "ServiceAccount") => {
             typed::<ServiceAccount>(m);
+            true
+        }
+        ("v1", "ConfigMap") => {
+            typed::<ConfigMap>(m);
             true
         }
         ("v1", "Secret") => {
@@ -95,14 +113,11 @@ fn assert_no_unknown_fields(given: &serde_json::Value, back: &serde_json::Value,
 #[test]
 fn secure_examples_parse_and_validate() {
     let dir = examples_dir();
-    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+    let mut files = manifest_files(&dir);
+    files.extend(manifest_files(&dir.join("openapi")));
     assert!(
-        files.len() >= 6,
-        "at least 6 example policies, found {}",
+        files.len() >= 7,
+        "at least 7 example policies, found {}",
         files.len()
     );
     let manifests = load_paths(&files).unwrap();
@@ -129,7 +144,7 @@ fn secure_examples_parse_and_validate() {
             }
         }
     }
-    assert!(policies >= 6);
+    assert!(policies >= 7);
 }
 
 #[test]
@@ -150,4 +165,50 @@ fn insecure_examples_parse() {
         .map(|r| r.id().to_string())
         .collect();
     assert_eq!(ids, expected, "one insecure example per rule ID");
+}
+
+/// examples/openapi: the ConfigMap holds the document next to it byte for byte, the document
+/// compiles as a contract, and the example lints clean and renders like the others.
+#[test]
+fn openapi_example_holds_its_document_lints_clean_and_renders() {
+    let dir = examples_dir().join("openapi");
+    let document = std::fs::read_to_string(dir.join("orders-api.openapi.yaml")).unwrap();
+    apiguard::contract::Contract::compile(&document, &Default::default())
+        .expect("the example document compiles");
+    let manifests = load_paths(&[dir.join("orders-api.yaml")]).unwrap();
+    let config_map = manifests
+        .iter()
+        .find(|m| m.kind() == "ConfigMap")
+        .expect("a ConfigMap");
+    assert_eq!(
+        config_map.object["data"]["openapi.yaml"].as_str(),
+        Some(document.as_str()),
+        "examples/openapi/orders-api.yaml's ConfigMap must hold orders-api.openapi.yaml verbatim"
+    );
+    let policy = manifests
+        .iter()
+        .find(|m| m.kind() == "ApiSecurityPolicy")
+        .expect("a policy");
+    let reference = &policy.object["spec"]["openapi"]["source"]["configMapRef"];
+    assert_eq!(reference["name"], config_map.object["metadata"]["name"]);
+    assert_eq!(reference["key"], "openapi.yaml");
+
+    let apiguard = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_apiguard"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run apiguard")
+    };
+    let lint = apiguard(&["lint", "examples/openapi", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&lint.stdout).unwrap();
+    assert_eq!(report["findings"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+    assert_eq!(lint.status.code(), Some(0), "{report:#}");
+    let render = apiguard(&["render", "-f", "examples/openapi/orders-api.yaml"]);
+    assert!(
+        render.status.success(),
+        "render: {}",
+        String::from_utf8_lossy(&render.stderr)
+    );
 }

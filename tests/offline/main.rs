@@ -21,6 +21,7 @@ mod identity_mtls;
 mod identity_openssl;
 mod identity_rotation;
 mod lint_cli;
+mod policy_from_openapi;
 mod policy_invariants;
 mod readme;
 mod rules_fixtures;
