@@ -204,7 +204,7 @@ pub const OPENAPI_ONE_SOURCE: Invariant = Invariant {
     rule: RuleId::Apg014,
     scope: "spec.openapi.source",
     cel: "(has(self.configMapRef) ? 1 : 0) + (has(self.inline) && size(self.inline) > 0 ? 1 : 0) == 1",
-    message: "APG014: spec.openapi.source must set exactly one of configMapRef or a non-empty inline document",
+    message: "APG014: spec.openapi.source must set exactly one of configMapRef or a non-empty inline document; keep one of them (a ConfigMap key, or the document inline)",
 };
 
 /// Every invariant, in the order the Rust validation reports them.
