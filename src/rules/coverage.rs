@@ -57,7 +57,7 @@ pub const KINDS: &[Coverage] = &[
                 rules: &[
                     Apg001, Apg002, Apg003, Apg005, Apg006, Apg007, Apg009, Apg010, Apg014,
                 ],
-                fields: "`spec` (the invariants the CRD also enforces with CEL: `cors`, `authentication`, `authorization`, `tls`, `hosts`, `exposure`, `rateLimits`, `claimsToHeaders`, path templates)",
+                fields: "`spec` (the invariants the CRD also enforces with CEL: `cors`, `authentication`, `authorization`, `tls`, `hosts`, `exposure`, `rateLimits`, `claimsToHeaders`, `openapi.source`, path templates)",
             },
             Reads {
                 rules: &[Apg007],
