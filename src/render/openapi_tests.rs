@@ -395,3 +395,27 @@ fn the_sensor_sidecar_is_hardened_and_probed() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].key, SENSOR_CONFIG_FILE);
 }
+
+#[test]
+fn sensor_yaml_rejects_undeclared_operations_as_the_gateway_rejects_undeclared_routes() {
+    let reject = |f: &Fixture| {
+        let g = f.render().expect("render");
+        let text = &g.files[SENSOR_CONFIG_FILE].contents;
+        let config = SensorConfig::from_yaml(SENSOR_CONFIG_FILE, text).expect("parses");
+        config.openapi.expect("contract").reject_undeclared
+    };
+    let mut f = bola();
+    assert!(reject(&f), "rejectUndeclaredRoutes defaults to true");
+    let mut validation = f.policy.spec.request_validation();
+    validation.reject_undeclared_routes = false;
+    f.policy.spec.request_validation = Some(validation);
+    assert!(!reject(&f));
+    let mut f = bola();
+    if let Some(authorization) = f.policy.spec.authorization.as_mut() {
+        authorization.default_action = crate::api::DefaultAction::Allow;
+    }
+    assert!(
+        !reject(&f),
+        "defaultAction: Allow serves what is undeclared"
+    );
+}

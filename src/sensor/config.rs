@@ -75,6 +75,15 @@ pub struct SensorContract {
     pub unknown_properties: UnknownPropertiesMode,
     #[serde(default = "crate::api::policy::default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Refuse (404) a request whose method and path match no operation of the document
+    /// (`spec.requestValidation.rejectUndeclaredRoutes`); in Audit it is logged and let
+    /// through. `false`: it passes, counted.
+    #[serde(default = "default_true")]
+    pub reject_undeclared: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A `sensor.yaml` that cannot be used.
@@ -147,6 +156,7 @@ mod tests {
             responses: ResponseContractMode::Redact,
             unknown_properties: UnknownPropertiesMode::Allow,
             max_response_bytes: 4096,
+            reject_undeclared: false,
         });
         config
     }
@@ -168,6 +178,7 @@ mod tests {
         assert_eq!(contract.responses, ResponseContractMode::Audit);
         assert_eq!(contract.unknown_properties, UnknownPropertiesMode::Reject);
         assert_eq!(contract.max_response_bytes, 1_048_576);
+        assert!(contract.reject_undeclared);
     }
 
     #[test]

@@ -2,18 +2,53 @@
 //! problem+json body, or logged in Audit), responses redacted (or the would-be redaction
 //! logged in Audit).
 //!
-//! An undeclared operation passes: the gateway's own routes decide what is served at all
-//! (`rejectUndeclaredRoutes` answers 404 before the sensor is called), and the contract may
-//! describe only part of an API. It is counted (`decision="undeclared"`).
+//! An undeclared operation (a method and path that match no operation of the document) is an
+//! undeclared route, as with `rejectUndeclaredRoutes`: refused with 404 problem+json
+//! (`decision="undeclared_refused"`), logged and let through in Audit
+//! (`decision="undeclared_audited"`), and let through when `rejectUndeclared` is false
+//! (`decision="undeclared"`). Nothing from the request is echoed or logged: the path holds
+//! values.
 
 use super::pipeline::{
     Action, Event, Exchange, Operation, Reply, RequestVerdict, ResponseVerdict, Stage,
 };
 use crate::api::{RequestContractMode, ResponseContractMode};
-use crate::contract::{Contract, Request, RequestCheck, Unchecked};
+use crate::contract::{Contract, FieldError, Request, RequestCheck, Unchecked};
+use serde_json::json;
 
 /// The media type of a refusal.
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+/// The problem `type` of an undeclared operation.
+pub(crate) const UNDECLARED_PROBLEM_TYPE: &str =
+    "https://apiguard.dev/problems/undeclared-operation";
+/// Its `title`.
+pub(crate) const UNDECLARED_TITLE: &str = "Operation not declared by the API contract";
+
+/// The one error of an undeclared operation, in the problem body and the log line.
+fn undeclared_error() -> FieldError {
+    FieldError {
+        location: "operation".into(),
+        reason: "undeclared",
+    }
+}
+
+/// The 404 problem+json of an undeclared operation: fixed text, nothing from the request.
+fn undeclared_reply() -> Reply {
+    let error = undeclared_error();
+    let body = json!({
+        "type": UNDECLARED_PROBLEM_TYPE,
+        "title": UNDECLARED_TITLE,
+        "status": 404,
+        "detail": "the API contract declares no operation for this method and path",
+        "errors": [{"location": error.location, "reason": error.reason}],
+    });
+    Reply {
+        status: 404,
+        content_type: PROBLEM_JSON,
+        body: body.to_string().into_bytes(),
+        details: "apiguard_contract_undeclared",
+    }
+}
 
 /// How requests are treated, once the policy's mode is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +63,8 @@ pub(crate) struct ContractStage {
     pub(crate) requests: RequestMode,
     pub(crate) responses: ResponseContractMode,
     pub(crate) max_response_bytes: usize,
+    /// Refuse operations the document does not declare (`rejectUndeclared`).
+    pub(crate) reject_undeclared: bool,
 }
 
 impl RequestMode {
@@ -67,12 +104,27 @@ impl ContractStage {
         };
         let (operation, problem) = match self.contract.check_request(&request) {
             RequestCheck::Undeclared => {
+                let (verdict, errors, action) = match (self.reject_undeclared, self.requests) {
+                    (false, _) | (_, RequestMode::Off) => {
+                        (RequestVerdict::Undeclared, Vec::new(), Action::Continue)
+                    }
+                    (true, RequestMode::Audit) => (
+                        RequestVerdict::UndeclaredAudited,
+                        vec![undeclared_error()],
+                        Action::Continue,
+                    ),
+                    (true, RequestMode::Enforce) => (
+                        RequestVerdict::UndeclaredRefused,
+                        vec![undeclared_error()],
+                        Action::Respond(undeclared_reply()),
+                    ),
+                };
                 events.push(Event::Request {
                     operation: None,
-                    verdict: RequestVerdict::Undeclared,
-                    errors: Vec::new(),
+                    verdict,
+                    errors,
                 });
-                return Action::Continue;
+                return action;
             }
             RequestCheck::Allowed { operation } => (operation, None),
             RequestCheck::Refused { operation, problem } => (operation, Some(problem)),

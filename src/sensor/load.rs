@@ -47,6 +47,7 @@ pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
             requests: RequestMode::new(openapi.requests, config.mode == PolicyMode::Audit),
             responses: openapi.responses,
             max_response_bytes,
+            reject_undeclared: openapi.reject_undeclared,
         }));
     }
     Ok(Pipeline {

@@ -13,7 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub policy: String,
-    /// `allowed`, `refused`, `audited`, `undeclared`, `unchecked`.
+    /// `allowed`, `refused`, `audited`, `undeclared`, `undeclared_refused`,
+    /// `undeclared_audited`, `unchecked`.
     pub decision: &'static str,
 }
 
@@ -145,14 +146,14 @@ fn log_request(
 ) {
     let operation = operation.unwrap_or("");
     match verdict {
-        RequestVerdict::Refused => tracing::info!(
+        RequestVerdict::Refused | RequestVerdict::UndeclaredRefused => tracing::info!(
             policy,
             operation,
             decision = verdict.label(),
             locations = %locations(errors),
             "contract: request refused"
         ),
-        RequestVerdict::Audited => tracing::warn!(
+        RequestVerdict::Audited | RequestVerdict::UndeclaredAudited => tracing::warn!(
             policy,
             operation,
             decision = verdict.label(),

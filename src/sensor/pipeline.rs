@@ -58,8 +58,13 @@ pub(crate) enum RequestVerdict {
     Refused,
     /// Would have been refused; let through (Audit).
     Audited,
-    /// No operation of the contract matches.
+    /// No operation of the contract matches; let through (`rejectUndeclared: false`, or
+    /// `requests: Off`).
     Undeclared,
+    /// No operation of the contract matches; refused (404).
+    UndeclaredRefused,
+    /// No operation of the contract matches; would have been refused, let through (Audit).
+    UndeclaredAudited,
     /// Not checked (`requests: Off`).
     Unchecked,
 }
@@ -72,6 +77,8 @@ impl RequestVerdict {
             RequestVerdict::Refused => "refused",
             RequestVerdict::Audited => "audited",
             RequestVerdict::Undeclared => "undeclared",
+            RequestVerdict::UndeclaredRefused => "undeclared_refused",
+            RequestVerdict::UndeclaredAudited => "undeclared_audited",
             RequestVerdict::Unchecked => "unchecked",
         }
     }

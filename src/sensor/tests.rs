@@ -360,18 +360,93 @@ fn a_request_without_a_body_is_checked_at_its_headers() {
 }
 
 #[test]
-fn an_undeclared_operation_passes() {
+fn an_undeclared_operation_is_refused_with_a_404_that_echoes_nothing() {
     let mut stream = ExchangeStream::new(enforce_redact());
-    let handled = stream.handle(request_headers("DELETE", "/admin", &[], true));
-    assert!(is_continue(&handled));
+    let handled = stream.handle(request_headers("DELETE", "/admin/secret-42", &[], true));
+    let (status, content_type, problem) = immediate(&handled);
+    assert_eq!(status, 404);
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(
+        problem["type"],
+        "https://apiguard.dev/problems/undeclared-operation"
+    );
+    assert_eq!(
+        problem["title"],
+        "Operation not declared by the API contract"
+    );
+    assert_eq!(problem["status"], 404);
+    assert_eq!(
+        problem["errors"],
+        json!([{"location": "operation", "reason": "undeclared"}])
+    );
+    let text = problem.to_string();
+    assert!(
+        !text.contains("secret-42") && !text.contains("DELETE"),
+        "{text}"
+    );
     assert_eq!(
         request_verdicts(&handled.events),
-        [RequestVerdict::Undeclared]
+        [RequestVerdict::UndeclaredRefused]
     );
-    stream.handle(response_headers("200", "application/json"));
-    let handled = stream.handle(body(Message::ResponseBody, LEAKY));
+    assert_eq!(
+        RequestVerdict::UndeclaredRefused.label(),
+        "undeclared_refused"
+    );
+    // A body-carrying request is refused once its body arrived (before the body: nothing).
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = stream.handle(request_headers(
+        "POST",
+        "/users/7",
+        &[("content-type", "application/json")],
+        false,
+    ));
     assert!(is_continue(&handled));
-    assert!(handled.events.is_empty(), "no contract for the response");
+    let handled = stream.handle(body(Message::RequestBody, b"{}"));
+    assert_eq!(immediate(&handled).0, 404);
+}
+
+#[test]
+fn an_undeclared_operation_is_let_through_and_reported_in_audit() {
+    for (mode, openapi) in [
+        ("Audit", "  requests: Enforce\n  responses: Redact\n"),
+        ("Enforce", "  requests: Audit\n  responses: Redact\n"),
+    ] {
+        let mut stream = ExchangeStream::new(pipeline(mode, openapi));
+        let handled = stream.handle(request_headers("DELETE", "/admin", &[], true));
+        assert!(is_continue(&handled), "{mode} {openapi}");
+        assert_eq!(
+            request_verdicts(&handled.events),
+            [RequestVerdict::UndeclaredAudited]
+        );
+        let Event::Request { errors, .. } = &handled.events[0] else {
+            panic!("a request event");
+        };
+        assert_eq!(errors[0].location, "operation");
+        assert_eq!(
+            RequestVerdict::UndeclaredAudited.label(),
+            "undeclared_audited"
+        );
+    }
+}
+
+#[test]
+fn an_undeclared_operation_passes_when_reject_undeclared_is_false_or_requests_are_off() {
+    for openapi in [
+        "  requests: Enforce\n  responses: Redact\n  rejectUndeclared: false\n",
+        "  requests: Off\n  responses: Redact\n",
+    ] {
+        let mut stream = ExchangeStream::new(pipeline("Enforce", openapi));
+        let handled = stream.handle(request_headers("DELETE", "/admin", &[], true));
+        assert!(is_continue(&handled), "{openapi}");
+        assert_eq!(
+            request_verdicts(&handled.events),
+            [RequestVerdict::Undeclared]
+        );
+        stream.handle(response_headers("200", "application/json"));
+        let handled = stream.handle(body(Message::ResponseBody, LEAKY));
+        assert!(is_continue(&handled));
+        assert!(handled.events.is_empty(), "no contract for the response");
+    }
 }
 
 #[test]

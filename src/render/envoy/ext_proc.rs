@@ -137,6 +137,9 @@ pub(super) fn sensor_config(ctx: &Ctx<'_>, openapi: &OpenApi, document: &str) ->
         responses: openapi.responses,
         unknown_properties: openapi.unknown_properties,
         max_response_bytes: openapi.max_response_bytes,
+        // As the gateway's own catch-all route: `defaultAction: Allow` serves what is undeclared.
+        reject_undeclared: ctx.spec.request_validation().reject_undeclared_routes
+            && ctx.spec.default_action() != crate::api::DefaultAction::Allow,
     });
     config.to_yaml()
 }
