@@ -28,6 +28,7 @@ mod rules_fixtures;
 mod rules_props;
 mod sensor_cli;
 mod sensor_envoy;
+mod sensor_gateway;
 mod webhook_props;
 mod webhook_router;
 mod webhook_run;

@@ -130,6 +130,8 @@ pub struct Gateway {
     pub port: u16,
     pub admin_port: u16,
     pub upstream: SocketAddr,
+    /// More `apiguard render` arguments, given at every (re-)render (`--sensor-addr ADDR`).
+    pub render_args: Vec<String>,
     child: Child,
 }
 
@@ -167,11 +169,30 @@ impl Gateway {
         upstream: SocketAddr,
         ca_dir: Option<PathBuf>,
     ) -> Gateway {
+        Self::start_with_args(manifests, upstream, ca_dir, Vec::new()).await
+    }
+
+    /// Like [`Gateway::start_with_ca`], giving `render_args` to `apiguard render` (now and at
+    /// every [`Gateway::render`]).
+    pub async fn start_with_args(
+        manifests: &str,
+        upstream: SocketAddr,
+        ca_dir: Option<PathBuf>,
+        render_args: Vec<String>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_dir = ca_dir.unwrap_or_else(|| dir.path().join("ca"));
         let port = super::tools::free_port();
         let admin_port = super::tools::free_port();
-        render_into(dir.path(), &ca_dir, port, admin_port, upstream, manifests);
+        render_into(
+            dir.path(),
+            &ca_dir,
+            port,
+            admin_port,
+            upstream,
+            manifests,
+            &render_args,
+        );
         let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log");
         let child = Command::new(tool("envoy"))
             .arg("-c")
@@ -194,6 +215,7 @@ impl Gateway {
             port,
             admin_port,
             upstream,
+            render_args,
             child,
         };
         g.wait_ready().await;
@@ -217,7 +239,18 @@ impl Gateway {
             self.admin_port,
             self.upstream,
             manifests,
+            &self.render_args,
         );
+    }
+
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether Envoy is still running (it has not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     fn envoy_log(&self) -> String {
@@ -333,6 +366,7 @@ fn render_into(
     admin_port: u16,
     upstream: SocketAddr,
     manifests: &str,
+    extra: &[String],
 ) {
     let file = home.join("policy.yaml");
     std::fs::write(&file, manifests).expect("write manifests");
@@ -341,7 +375,7 @@ fn render_into(
     let upstream = upstream.to_string();
     let access = home.join("access.log");
     let envoy_dir = home.join("envoy");
-    apiguard_render(&[
+    let mut args = vec![
         "-f",
         file.to_str().expect("utf-8 path"),
         "--envoy-dir",
@@ -356,7 +390,9 @@ fn render_into(
         ca_dir.to_str().expect("utf-8 path"),
         "--access-log",
         access.to_str().expect("utf-8 path"),
-    ]);
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    apiguard_render(&args);
 }
 
 // ---------------------------------------------------------------- HTTP client
