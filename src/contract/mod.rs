@@ -20,6 +20,7 @@ mod response;
 mod schema;
 mod shape;
 pub mod starter;
+mod tape;
 #[cfg(test)]
 mod tests;
 
@@ -140,6 +141,21 @@ impl Contract {
             options: options.clone(),
             operations,
         })
+    }
+
+    /// The fast path of a JSON body check: whether `bytes` parses (without duplicate keys),
+    /// has nothing the shape walk would remove under `policy`, and is valid against `media`'s
+    /// schema, all read from a borrowed [`tape::Tape`]. `false` says nothing about the body:
+    /// the caller then runs the `Value` path, which reports what is wrong.
+    fn quick_clean(&self, media: &operations::Media, bytes: &[u8], policy: shape::Policy) -> bool {
+        let Some(tape) = tape::Tape::parse(bytes) else {
+            return false;
+        };
+        let root = tape.root();
+        media
+            .shape
+            .is_none_or(|shape| self.shapes.clean(shape, root, policy))
+            && media.fast.as_ref().is_none_or(|v| v.is_valid(root))
     }
 
     /// The operation's method and path template: `PATCH /users/{id}`.

@@ -63,15 +63,18 @@ impl Contract {
         if !is_json(&super::operations::essence(content_type)) {
             return;
         }
+        let policy = Policy {
+            direction: Direction::Request,
+            undeclared: self.options.unknown_properties == UnknownProperties::Reject,
+        };
+        if self.quick_clean(media, bytes, policy) {
+            return;
+        }
         let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
             errors.push(FieldError::new("body", "json"));
             return;
         };
         if let Some(shape) = media.shape {
-            let policy = Policy {
-                direction: Direction::Request,
-                undeclared: self.options.unknown_properties == UnknownProperties::Reject,
-            };
             self.shapes
                 .strip(shape, &mut value, &mut "body".to_string(), policy, errors);
         }
