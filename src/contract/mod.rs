@@ -48,6 +48,13 @@ pub struct ContractOptions {
     pub unknown_properties: UnknownProperties,
 }
 
+/// A JSON body, read by [`Contract::parse_body`].
+enum Body {
+    Clean,
+    Value(serde_json::Value),
+    Invalid,
+}
+
 /// A compiled contract: every operation with its validators, built once.
 #[derive(Debug)]
 pub struct Contract {
@@ -143,19 +150,35 @@ impl Contract {
         })
     }
 
-    /// The fast path of a JSON body check: whether `bytes` parses (without duplicate keys),
-    /// has nothing the shape walk would remove under `policy`, and is valid against `media`'s
-    /// schema, all read from a borrowed [`tape::Tape`]. `false` says nothing about the body:
-    /// the caller then runs the `Value` path, which reports what is wrong.
-    fn quick_clean(&self, media: &operations::Media, bytes: &[u8], policy: shape::Policy) -> bool {
-        let Some(tape) = tape::Tape::parse(bytes) else {
-            return false;
-        };
+    /// A JSON body for checking under `policy`: [`Body::Clean`] when the fast path finds
+    /// nothing to report (it parses without duplicate keys, the shape walk would remove nothing,
+    /// and it is valid against `media`'s schema, all read from a borrowed [`tape::Tape`]);
+    /// otherwise the `Value` the full check reports from, built from the tape when it parsed.
+    fn parse_body(&self, media: &operations::Media, bytes: &[u8], policy: shape::Policy) -> Body {
+        match tape::Tape::parse(bytes) {
+            Some(tape) if self.tape_clean(media, &tape, policy) => Body::Clean,
+            Some(tape) => Body::Value(tape.to_value()),
+            None => serde_json::from_slice(bytes).map_or(Body::Invalid, Body::Value),
+        }
+    }
+
+    fn tape_clean(
+        &self,
+        media: &operations::Media,
+        tape: &tape::Tape<'_>,
+        policy: shape::Policy,
+    ) -> bool {
         let root = tape.root();
         media
             .shape
             .is_none_or(|shape| self.shapes.clean(shape, root, policy))
             && media.fast.as_ref().is_none_or(|v| v.is_valid(root))
+    }
+
+    /// Whether the fast path says `bytes` is clean.
+    #[cfg(test)]
+    fn quick_clean(&self, media: &operations::Media, bytes: &[u8], policy: shape::Policy) -> bool {
+        tape::Tape::parse(bytes).is_some_and(|tape| self.tape_clean(media, &tape, policy))
     }
 
     /// The operation's method and path template: `PATCH /users/{id}`.

@@ -5,8 +5,7 @@ use super::operations::{Operation, ResponseSpec, StatusKey, is_json, select_medi
 use super::problem::FieldError;
 use super::schema::{Direction, violations};
 use super::shape::Policy;
-use super::{Contract, OperationRef, ResponseCheck, Unchecked};
-use serde_json::Value;
+use super::{Body, Contract, OperationRef, ResponseCheck, Unchecked};
 
 impl Contract {
     /// Redacts a response of `operation` (from [`super::RequestCheck`]): the new body when
@@ -38,13 +37,14 @@ impl Contract {
             direction: Direction::Response,
             undeclared: true,
         };
-        if self.quick_clean(media, body, policy) {
-            return ResponseCheck::default();
-        }
-        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-            let mut check = ResponseCheck::default();
-            check.violations.push(FieldError::new("body", "json"));
-            return check;
+        let mut value = match self.parse_body(media, body, policy) {
+            Body::Clean => return ResponseCheck::default(),
+            Body::Value(value) => value,
+            Body::Invalid => {
+                let mut check = ResponseCheck::default();
+                check.violations.push(FieldError::new("body", "json"));
+                return check;
+            }
         };
         let mut check = ResponseCheck::default();
         self.shapes.strip(

@@ -59,6 +59,11 @@ impl<'a> Tape<'a> {
         Some(Tape { slots })
     }
 
+    /// The same `Value` as `serde_json::from_slice` gives for the text it was parsed from.
+    pub(crate) fn to_value(&self) -> Value {
+        to_value(self.root())
+    }
+
     /// The root value.
     pub(crate) fn root(&self) -> TapeNode<'_> {
         TapeNode {
