@@ -20,6 +20,7 @@ mod response;
 mod schema;
 mod shape;
 pub mod starter;
+mod tape;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,13 @@ pub enum UnknownProperties {
 pub struct ContractOptions {
     /// Requests only; responses always lose undeclared properties.
     pub unknown_properties: UnknownProperties,
+}
+
+/// A JSON body, read by [`Contract::parse_body`].
+enum Body {
+    Clean,
+    Value(serde_json::Value),
+    Invalid,
 }
 
 /// A compiled contract: every operation with its validators, built once.
@@ -140,6 +148,37 @@ impl Contract {
             options: options.clone(),
             operations,
         })
+    }
+
+    /// A JSON body for checking under `policy`: [`Body::Clean`] when the fast path finds
+    /// nothing to report (it parses without duplicate keys, the shape walk would remove nothing,
+    /// and it is valid against `media`'s schema, all read from a borrowed [`tape::Tape`]);
+    /// otherwise the `Value` the full check reports from, built from the tape when it parsed.
+    fn parse_body(&self, media: &operations::Media, bytes: &[u8], policy: shape::Policy) -> Body {
+        match tape::Tape::parse(bytes) {
+            Some(tape) if self.tape_clean(media, &tape, policy) => Body::Clean,
+            Some(tape) => Body::Value(tape.to_value()),
+            None => serde_json::from_slice(bytes).map_or(Body::Invalid, Body::Value),
+        }
+    }
+
+    fn tape_clean(
+        &self,
+        media: &operations::Media,
+        tape: &tape::Tape<'_>,
+        policy: shape::Policy,
+    ) -> bool {
+        let root = tape.root();
+        media
+            .shape
+            .is_none_or(|shape| self.shapes.clean(shape, root, policy))
+            && media.fast.as_ref().is_none_or(|v| v.is_valid(root))
+    }
+
+    /// Whether the fast path says `bytes` is clean.
+    #[cfg(test)]
+    fn quick_clean(&self, media: &operations::Media, bytes: &[u8], policy: shape::Policy) -> bool {
+        tape::Tape::parse(bytes).is_some_and(|tape| self.tape_clean(media, &tape, policy))
     }
 
     /// The operation's method and path template: `PATCH /users/{id}`.

@@ -5,6 +5,7 @@ use super::document::{ContractError, Document, push_token, resolve};
 use super::params::{Param, compile_params};
 use super::schema::{Direction, compile};
 use super::shape::{ShapeId, Shapes};
+use super::tape::TapeJson;
 use jsonschema::Validator;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -34,6 +35,8 @@ pub(crate) struct Media {
     pub(crate) shape: Option<ShapeId>,
     /// The compiled validator, for JSON media types with a schema.
     pub(crate) validator: Option<Validator>,
+    /// The same validator over a borrowed [`super::tape::Tape`], for the fast path.
+    pub(crate) fast: Option<Validator<TapeJson>>,
 }
 
 /// A request body.
@@ -216,17 +219,21 @@ fn compile_content(
         let range = essence(range);
         let schema = media.get("schema");
         let shape = schema.map(|s| shapes.borrow_mut().build(doc, &[s]));
-        let validator = match schema {
+        let (validator, fast) = match schema {
             Some(schema) if is_json(&range) || range.ends_with("/*") => {
                 let at = format!("{at}/schema");
-                Some(compile(doc, schema, components, direction, &at)?)
+                (
+                    Some(compile(doc, schema, components, direction, &at)?),
+                    Some(compile(doc, schema, components, direction, &at)?),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
         out.push(Media {
             range,
             shape,
             validator,
+            fast,
         });
     }
     Ok(out)

@@ -6,8 +6,7 @@ use super::params::In;
 use super::problem::{FieldError, Problem};
 use super::schema::{Direction, violations};
 use super::shape::Policy;
-use super::{Contract, OperationRef, Request, RequestCheck, UnknownProperties};
-use serde_json::Value;
+use super::{Body, Contract, OperationRef, Request, RequestCheck, UnknownProperties};
 
 impl Contract {
     /// Checks a request: [`RequestCheck::Undeclared`] when no operation matches its method and
@@ -63,15 +62,19 @@ impl Contract {
         if !is_json(&super::operations::essence(content_type)) {
             return;
         }
-        let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
-            errors.push(FieldError::new("body", "json"));
-            return;
+        let policy = Policy {
+            direction: Direction::Request,
+            undeclared: self.options.unknown_properties == UnknownProperties::Reject,
+        };
+        let mut value = match self.parse_body(media, bytes, policy) {
+            Body::Clean => return,
+            Body::Value(value) => value,
+            Body::Invalid => {
+                errors.push(FieldError::new("body", "json"));
+                return;
+            }
         };
         if let Some(shape) = media.shape {
-            let policy = Policy {
-                direction: Direction::Request,
-                undeclared: self.options.unknown_properties == UnknownProperties::Reject,
-            };
             self.shapes
                 .strip(shape, &mut value, &mut "body".to_string(), policy, errors);
         }

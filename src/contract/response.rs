@@ -5,8 +5,7 @@ use super::operations::{Operation, ResponseSpec, StatusKey, is_json, select_medi
 use super::problem::FieldError;
 use super::schema::{Direction, violations};
 use super::shape::Policy;
-use super::{Contract, OperationRef, ResponseCheck, Unchecked};
-use serde_json::Value;
+use super::{Body, Contract, OperationRef, ResponseCheck, Unchecked};
 
 impl Contract {
     /// Redacts a response of `operation` (from [`super::RequestCheck`]): the new body when
@@ -34,16 +33,20 @@ impl Contract {
         let Some((media, shape)) = media.and_then(|m| m.shape.map(|s| (m, s))) else {
             return ResponseCheck::unchecked(Unchecked::NoSchema);
         };
-        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-            let mut check = ResponseCheck::default();
-            check.violations.push(FieldError::new("body", "json"));
-            return check;
-        };
-        let mut check = ResponseCheck::default();
         let policy = Policy {
             direction: Direction::Response,
             undeclared: true,
         };
+        let mut value = match self.parse_body(media, body, policy) {
+            Body::Clean => return ResponseCheck::default(),
+            Body::Value(value) => value,
+            Body::Invalid => {
+                let mut check = ResponseCheck::default();
+                check.violations.push(FieldError::new("body", "json"));
+                return check;
+            }
+        };
+        let mut check = ResponseCheck::default();
         self.shapes.strip(
             shape,
             &mut value,

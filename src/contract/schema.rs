@@ -9,8 +9,10 @@
 use super::document::{ContractError, Document, Version, push_token, resolve};
 use super::problem::FieldError;
 use jsonschema::error::ValidationErrorKind;
-use jsonschema::{Draft, Validator};
+use jsonschema::json::Json;
+use jsonschema::{Draft, Retrieve, ValidationOptions, Validator};
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 
 /// Which way a message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,13 +119,13 @@ fn make_nullable(map: &mut Map<String, Value>) {
 
 /// Compiles the validator of one schema (at `pointer` in the document): the rewritten schema
 /// under `allOf`, next to the rewritten `components` its `$ref`s point into.
-pub(crate) fn compile(
+pub(crate) fn compile<F: Json>(
     doc: &Document,
     schema: &Value,
     components: &Value,
     direction: Direction,
     pointer: &str,
-) -> Result<Validator, ContractError> {
+) -> Result<Validator<F>, ContractError> {
     let root = json!({
         "allOf": [rewrite(doc, schema.clone(), direction)],
         "components": components,
@@ -132,7 +134,7 @@ pub(crate) fn compile(
         Version::V30 => Draft::Draft4,
         Version::V31 => Draft::Draft202012,
     };
-    jsonschema::options()
+    ValidationOptions::<Arc<dyn Retrieve>, F>::default()
         .with_draft(draft)
         .should_validate_formats(true)
         .with_format("uuid", is_uuid)

@@ -11,6 +11,7 @@
 use super::document::{Document, push_token, resolve};
 use super::problem::FieldError;
 use super::schema::{Direction, is_marked};
+use super::tape::TapeNode;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -162,6 +163,39 @@ impl Shapes {
             }
             _ => {}
         }
+    }
+
+    /// Whether [`Shapes::strip`] would leave `node` as it is (report nothing): the read-only
+    /// walk of the fast path.
+    pub(crate) fn clean(&self, id: ShapeId, node: TapeNode<'_>, policy: Policy) -> bool {
+        let Some(shape) = self.nodes.get(id) else {
+            return true;
+        };
+        if let Some(members) = node.members() {
+            for (name, child) in members {
+                let clean = match shape.props.iter().find(|p| p.name == name) {
+                    None if policy.undeclared && !shape.open => false,
+                    None => shape
+                        .additional
+                        .is_none_or(|additional| self.clean(additional, child, policy)),
+                    Some(prop) => {
+                        let forbidden = match policy.direction {
+                            Direction::Request => prop.read_only,
+                            Direction::Response => prop.write_only,
+                        };
+                        !forbidden && self.clean(prop.shape, child, policy)
+                    }
+                };
+                if !clean {
+                    return false;
+                }
+            }
+        } else if let (Some(items), Some(elements)) = (shape.items, node.elements()) {
+            return elements
+                .into_iter()
+                .all(|item| self.clean(items, item, policy));
+        }
+        true
     }
 
     fn strip_object(

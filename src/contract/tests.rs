@@ -491,6 +491,114 @@ fn json_documents_compile() {
     ));
 }
 
+/// What the `Value` path says of a body: clean when it parses and neither the shape walk nor
+/// the validator reports anything.
+fn slow_clean(
+    contract: &Contract,
+    media: &operations::Media,
+    body: &[u8],
+    policy: shape::Policy,
+) -> bool {
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let mut errors = Vec::new();
+    if let Some(shape) = media.shape {
+        let at = &mut "body".to_string();
+        contract
+            .shapes
+            .strip(shape, &mut value, at, policy, &mut errors);
+    }
+    if let Some(validator) = &media.validator {
+        schema::violations(validator, &value, "body", &mut errors);
+    }
+    errors.is_empty()
+}
+
+/// The fast path (a borrowed tape) and the `Value` path agree on every body schema of
+/// `contract`, both directions, either unknown-property policy. Returns how many said clean.
+fn assert_paths_agree(contract: &Contract, body: &[u8]) -> usize {
+    use schema::Direction;
+    if let Some(tape) = tape::Tape::parse(body) {
+        let value: Value = serde_json::from_slice(body).expect("the tape parsed it");
+        assert_eq!(tape.to_value(), value);
+    }
+    let mut clean = 0;
+    for op in &contract.operations {
+        let requests = op.body.iter().flat_map(|b| &b.media);
+        let responses = op.responses.iter().flat_map(|r| &r.media);
+        let media = requests
+            .map(|m| (m, Direction::Request))
+            .chain(responses.map(|m| (m, Direction::Response)));
+        for (media, direction) in media {
+            for undeclared in [true, false] {
+                let policy = shape::Policy {
+                    direction,
+                    undeclared,
+                };
+                let fast = contract.quick_clean(media, body, policy);
+                let slow = slow_clean(contract, media, body, policy);
+                assert_eq!(
+                    fast,
+                    slow,
+                    "{} {direction:?} undeclared={undeclared}: {}",
+                    op.name,
+                    String::from_utf8_lossy(body)
+                );
+                clean += usize::from(fast);
+            }
+        }
+    }
+    clean
+}
+
+#[rstest]
+fn fast_path_agrees_on_known_bodies(#[values(V30, V31)] doc: &str) {
+    let contract = compile(doc);
+    let mut bodies = vec![
+        order(),
+        json!({"name": "Ann", "email": "ann@example.com", "tags": {"a": "b"}}),
+        json!({"name": "Ann", "role": "admin"}),
+        json!({"name": "", "nickname": null, "address": null}),
+        json!({"customer": 1, "items": [{"sku": "ABC-1234", "quantity": 1000, "price": 1}]}),
+        json!({"customer": 1, "items": [{"sku": "ABC-1234", "quantity": 1.0, "price": 1}]}),
+        json!({"customer": 1, "items": [{"sku": "ABC-1234", "quantity": 2, "price": 1, "cost": 3}]}),
+        json!({"customer": 1, "items": []}),
+        json!({"id": "7f1c2f3e-8a4b-4c5d-9e6f-0a1b2c3d4e5f", "customer": 1, "items": [{"sku": "ABC-1234", "quantity": 2, "price": 1}]}),
+        json!({"title": "x"}),
+        json!([1, 2, "x"]),
+        json!(null),
+    ];
+    bodies.push(json!([order(), order()]));
+    let mut clean = 0;
+    for body in &bodies {
+        clean += assert_paths_agree(&contract, body.to_string().as_bytes());
+    }
+    assert!(clean > 0, "some bodies take the fast path");
+    // Escaped strings and keys, and what the tape refuses to decide.
+    let escaped = br#"{"customer": 1, "note": "a\"b\u00e9", "items": [{"s\u006bu": "ABC-1234", "quantity": 2, "price": 1}]}"#;
+    assert!(assert_paths_agree(&contract, escaped) > 0);
+    for raw in [
+        &b"{\"customer\": 1, \"customer\": 2, \"items\": []}"[..],
+        b"{",
+        b"[1,]",
+        b"1 2",
+        b"",
+    ] {
+        let policy = shape::Policy {
+            direction: schema::Direction::Request,
+            undeclared: true,
+        };
+        let media = &contract
+            .operations
+            .iter()
+            .find_map(|op| op.body.as_ref())
+            .unwrap()
+            .media[0];
+        assert!(!contract.quick_clean(media, raw, policy));
+    }
+}
+
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -541,6 +649,7 @@ proptest! {
                     }
                 }
             }
+            assert_paths_agree(&contract, text.as_bytes());
         }
     }
 
@@ -560,6 +669,9 @@ proptest! {
             doc["openapi"] = json!(version);
             if let Ok(contract) = Contract::compile(&doc.to_string(), &ContractOptions::default()) {
                 let body = schema.to_string();
+                assert_paths_agree(&contract, body.as_bytes());
+                assert_paths_agree(&contract, b"{}");
+                assert_paths_agree(&contract, b"[{\"type\": 1}, null, \"a\"]");
                 let check = contract.check_request(&json_request("POST", "/a/1", body.as_bytes()));
                 if let RequestCheck::Allowed { operation } | RequestCheck::Refused { operation, .. } = check {
                     let _ = contract.redact_response(operation, 200, Some("application/json"), body.as_bytes(), 1 << 16);
