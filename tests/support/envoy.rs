@@ -130,6 +130,8 @@ pub struct Gateway {
     pub port: u16,
     pub admin_port: u16,
     pub upstream: SocketAddr,
+    /// Extra `apiguard render` arguments (e.g. `--sensor-addr`), kept for re-renders.
+    render_args: Vec<String>,
     child: Child,
 }
 
@@ -142,7 +144,13 @@ impl Drop for Gateway {
 
 /// Runs `apiguard render` (the real binary) with `args`; panics with its stderr on failure.
 pub fn apiguard_render(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+    // `APIGUARD_RENDER_BIN`: render with another apiguard build (benches/render.rs compares
+    // the filter chain of an earlier build with this one's).
+    let bin = std::env::var_os("APIGUARD_RENDER_BIN")
+        .filter(|b| !b.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_apiguard")));
+    let out = Command::new(bin)
         .arg("render")
         .args(args)
         .output()
@@ -167,11 +175,30 @@ impl Gateway {
         upstream: SocketAddr,
         ca_dir: Option<PathBuf>,
     ) -> Gateway {
+        Self::start_with_args(manifests, upstream, ca_dir, &[]).await
+    }
+
+    /// Like [`Gateway::start_with_ca`], with extra `apiguard render` arguments.
+    pub async fn start_with_args(
+        manifests: &str,
+        upstream: SocketAddr,
+        ca_dir: Option<PathBuf>,
+        render_args: &[&str],
+    ) -> Gateway {
+        let render_args: Vec<String> = render_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_dir = ca_dir.unwrap_or_else(|| dir.path().join("ca"));
         let port = super::tools::free_port();
         let admin_port = super::tools::free_port();
-        render_into(dir.path(), &ca_dir, port, admin_port, upstream, manifests);
+        render_into(
+            dir.path(),
+            &ca_dir,
+            port,
+            admin_port,
+            upstream,
+            manifests,
+            &render_args,
+        );
         let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log");
         let child = Command::new(tool("envoy"))
             .arg("-c")
@@ -194,6 +221,7 @@ impl Gateway {
             port,
             admin_port,
             upstream,
+            render_args,
             child,
         };
         g.wait_ready().await;
@@ -217,6 +245,7 @@ impl Gateway {
             self.admin_port,
             self.upstream,
             manifests,
+            &self.render_args,
         );
     }
 
@@ -333,6 +362,7 @@ fn render_into(
     admin_port: u16,
     upstream: SocketAddr,
     manifests: &str,
+    extra: &[String],
 ) {
     let file = home.join("policy.yaml");
     std::fs::write(&file, manifests).expect("write manifests");
@@ -341,7 +371,7 @@ fn render_into(
     let upstream = upstream.to_string();
     let access = home.join("access.log");
     let envoy_dir = home.join("envoy");
-    apiguard_render(&[
+    let mut args = vec![
         "-f",
         file.to_str().expect("utf-8 path"),
         "--envoy-dir",
@@ -356,7 +386,9 @@ fn render_into(
         ca_dir.to_str().expect("utf-8 path"),
         "--access-log",
         access.to_str().expect("utf-8 path"),
-    ]);
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    apiguard_render(&args);
 }
 
 // ---------------------------------------------------------------- HTTP client
