@@ -588,6 +588,17 @@ async fn bench_envoy(bench: Bench) {
         .header("content-type", "application/json")
         .body(body.clone().into_bytes());
     assert_eq!(gateway.send(&other).await.status, 403, "ownership enforced");
+    // Warm-up (not counted): the first seconds of a fresh Envoy are slower.
+    let ca = gateway.ca_pem();
+    drive(
+        gateway.port,
+        &ca,
+        &request,
+        bench.connections,
+        Load::Closed,
+        2.0,
+    )
+    .await;
     let full = bench.run(&gateway, &request).await;
     print_run("(b) full policy", &full);
 
@@ -652,6 +663,9 @@ async fn bench_envoy(bench: Bench) {
         gateway.render(&full_policy(&issuer.jwks(), None));
         gateway.wait_listener_update(before).await;
     }
+
+    let again = bench.closed(&gateway, &request).await;
+    println!("    {:<40} {again}", "(b) again, after the variants");
 
     // The access log's decision as a CEL formatter, against the plain metadata lookup it
     // replaced (the same line otherwise).
