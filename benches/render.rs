@@ -14,15 +14,21 @@ use apiguard::manifest::load_paths;
 use apiguard::render::{
     GatewayIdentity, RenderInput, RenderOptions, UpstreamIdentity, render_gateway,
 };
+use apiguard::sensor::config::SENSOR_CONFIG_FILE;
 use k8s_openapi::api::core::v1::Service;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::envoy::{Gateway, HOST, Issuer, Request, TlsClient, echo_upstream, unix_now};
+use support::envoy::{
+    Gateway, HOST, Issuer, Request, TlsClient, echo_upstream, raw_request, unix_now,
+};
+use support::tools::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 struct Example {
     name: String,
@@ -125,8 +131,18 @@ fn bench_render(iterations: usize) {
     }
 }
 
-/// The full policy of the gateway tests.
-fn full_policy(jwks: &str) -> String {
+/// The full policy of the gateway tests; the benchmark's operation is
+/// `PUT /users/{userId}/orders` (scope, ownership, a JSON body), and `openapi` is inserted
+/// under `spec` when given (config (c)).
+fn full_policy(jwks: &str, openapi: Option<&str>) -> String {
+    let openapi = openapi
+        .map(|doc| {
+            format!(
+                "  openapi:\n    source: {{inline: {}}}\n    requests: Enforce\n    responses: \"Off\"\n",
+                serde_json::to_string(doc).expect("a JSON string")
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"
 apiVersion: apiguard.dev/v1alpha1
@@ -151,19 +167,23 @@ spec:
       match: {{methods: [GET], paths: ["/users/{{userId}}/orders"]}}
       allow: {{scopes: ["orders:read"]}}
       ownership: {{pathParam: userId, claim: sub}}
+    - name: write-own-orders
+      match: {{methods: [PUT], paths: ["/users/{{userId}}/orders"]}}
+      allow: {{scopes: ["orders:write"]}}
+      ownership: {{pathParam: userId, claim: sub}}
     - name: login
       match: {{methods: [POST], paths: ["/login"]}}
       public: true
     - name: reports
       match: {{methods: [GET], paths: ["/reports"]}}
       allow: {{apiKeyClients: [acme]}}
-  cors: {{allowOrigins: ["https://shop.example"], allowMethods: [GET, POST]}}
+  cors: {{allowOrigins: ["https://shop.example"], allowMethods: [GET, POST, PUT]}}
   rateLimits:
   - name: per-user
     limit: {{requests: 100000000, per: Second}}
     by: {{claim: sub}}
   requestValidation: {{maxBodyBytes: 65536, allowedContentTypes: [application/json]}}
-  eastWest: {{mtls: Disabled}}
+{openapi}  eastWest: {{mtls: Disabled}}
   audit: {{accessLog: true}}
 ---
 apiVersion: v1
@@ -181,12 +201,72 @@ stringData: {{acme: acme-key-0123456789abcdef}}
     )
 }
 
-/// Replaces the listener's filter chain with the router alone and one catch-all route.
-fn make_pass_through(gateway: &Gateway) {
+/// The contract of config (c): the benchmark's operation with a JSON body schema.
+const OPENAPI: &str = r#"openapi: 3.1.0
+info: {title: orders, version: "1"}
+paths:
+  /users/{userId}/orders:
+    put:
+      parameters: [{name: userId, in: path, required: true, schema: {type: string}}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [orders]
+              properties:
+                orders:
+                  type: array
+                  maxItems: 100
+                  items:
+                    type: object
+                    required: [sku, quantity]
+                    properties:
+                      sku: {type: string, pattern: "^SKU-[0-9]{6}$"}
+                      quantity: {type: integer, minimum: 1, maximum: 1000}
+                      note: {type: string, maxLength: 64}
+      responses:
+        "200": {description: ok}
+"#;
+
+/// A valid body of about 2 KiB for [`OPENAPI`].
+fn body_2k() -> String {
+    let mut orders = Vec::new();
+    let mut i = 0;
+    loop {
+        orders.push(json!({
+            "sku": format!("SKU-{:06}", 100000 + i),
+            "quantity": 1 + i % 7,
+            "note": "gift wrap, leave at the door",
+        }));
+        let body = json!({ "orders": orders }).to_string();
+        if body.len() >= 2000 {
+            return body;
+        }
+        i += 1;
+    }
+}
+
+/// Rewrites the gateway's listener with `edit` (on the connection manager's config) and waits
+/// until Envoy has taken the new listener.
+async fn edit_listener(gateway: &Gateway, edit: impl FnOnce(&mut Value)) {
     let path = gateway.envoy_dir().join("lds.json");
     let mut lds: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("lds")).expect("lds json");
-    let hcm = &mut lds["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    edit(&mut lds["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]);
+    let before = gateway.counter("listener_manager.lds.update_success").await;
+    apiguard::cli::render::write_atomic(
+        &path,
+        serde_json::to_string_pretty(&lds).expect("json").as_bytes(),
+        0o644,
+    )
+    .expect("write lds");
+    gateway.wait_listener_update(before).await;
+}
+
+/// The listener's filter chain becomes the router alone with one catch-all route.
+fn pass_through(hcm: &mut Value) {
     hcm["http_filters"] = json!([{
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -201,59 +281,104 @@ fn make_pass_through(gateway: &Gateway) {
         .expect("vhost")
         .remove("typed_per_filter_config");
     hcm.as_object_mut().expect("hcm").remove("access_log");
-    apiguard::cli::render::write_atomic(
-        &path,
-        serde_json::to_string_pretty(&lds).expect("json").as_bytes(),
-        0o644,
-    )
-    .expect("write lds");
 }
 
-/// One keep-alive connection sending `request` until `deadline`; returns latencies.
+/// Removes the HTTP filters named in `names` (and the access log for `"access_log"`).
+fn without(names: &[&str]) -> impl FnOnce(&mut Value) + use<> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    move |hcm: &mut Value| {
+        if names.iter().any(|n| n == "access_log") {
+            hcm.as_object_mut().expect("hcm").remove("access_log");
+        }
+        let filters = hcm["http_filters"].as_array_mut().expect("filters");
+        filters.retain(|f| !names.iter().any(|n| f["name"] == n.as_str()));
+    }
+}
+
+/// One request/response exchange on a keep-alive connection; returns the status.
+async fn exchange<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    s: &mut S,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> u16 {
+    let mut chunk = [0u8; 8192];
+    s.write_all(request).await.expect("write");
+    buf.clear();
+    // Read the head, then content-length bytes of body.
+    let (status, body_start, len) = loop {
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed by the gateway");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status: u16 = head[9..12].parse().expect("status");
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("content-length");
+            break (status, end + 4, len);
+        }
+    };
+    while buf.len() < body_start + len {
+        let n = s.read(&mut chunk).await.expect("read body");
+        assert!(n > 0, "connection closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    status
+}
+
+async fn connect(port: u16, tls: &TlsClient) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    tls.connector()
+        .connect(ServerName::try_from(HOST).expect("name"), tcp)
+        .await
+        .expect("TLS")
+}
+
+/// How requests are sent: closed loop (each connection sends the next request as soon as the
+/// previous answer is in) or open loop at a fixed total rate spread over the connections.
+#[derive(Clone, Copy)]
+enum Load {
+    Closed,
+    Rate(f64),
+}
+
+/// One keep-alive connection sending `request` until `deadline`; returns latencies and the
+/// number of non-200 answers. At a fixed rate, a request is sent at its scheduled time (or as
+/// soon as the previous answer is in, if that is later) and its latency counts from the
+/// scheduled time, so a slow answer delays nothing unseen.
 async fn load_connection(
     port: u16,
     tls: Arc<TlsClient>,
     request: Arc<Vec<u8>>,
+    load: Load,
+    offset: Duration,
     deadline: Instant,
 ) -> (Vec<Duration>, usize) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let mut s = tls
-        .connector()
-        .connect(ServerName::try_from(HOST).expect("name"), tcp)
-        .await
-        .expect("TLS");
+    let mut s = connect(port, &tls).await;
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut buf = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 8192];
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        s.write_all(&request).await.expect("write");
-        buf.clear();
-        // Read the head, then content-length bytes of body.
-        let (status, body_start, len) = loop {
-            let n = s.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "connection closed by the gateway");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let status: u16 = head[9..12].parse().expect("status");
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .expect("content-length");
-                break (status, end + 4, len);
+    let start = tokio::time::Instant::now() + offset;
+    let mut next = start;
+    loop {
+        let t = match load {
+            Load::Closed => Instant::now(),
+            Load::Rate(per_connection) => {
+                tokio::time::sleep_until(next).await;
+                let scheduled = next.into_std();
+                next += Duration::from_secs_f64(1.0 / per_connection);
+                scheduled
             }
         };
-        while buf.len() < body_start + len {
-            let n = s.read(&mut chunk).await.expect("read body");
-            assert!(n > 0, "connection closed mid-body");
-            buf.extend_from_slice(&chunk[..n]);
+        if t >= deadline {
+            break;
         }
+        let status = exchange(&mut s, &request, &mut buf).await;
         latencies.push(t.elapsed());
         if status != 200 {
             errors += 1;
@@ -262,17 +387,53 @@ async fn load_connection(
     (latencies, errors)
 }
 
-async fn drive(port: u16, ca_pem: &str, request: Vec<u8>, connections: usize, secs: u64) -> String {
+/// The figures of one load run.
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: usize,
+    errors: usize,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  ({} requests, {} non-200)",
+            self.rps, self.p50_ms, self.p99_ms, self.requests, self.errors
+        )
+    }
+}
+
+async fn drive(
+    port: u16,
+    ca_pem: &str,
+    request: &[u8],
+    connections: usize,
+    load: Load,
+    secs: f64,
+) -> Figures {
     let tls = Arc::new(TlsClient::new(ca_pem, None));
-    let request = Arc::new(request);
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let request = Arc::new(request.to_vec());
     let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let (per_connection, spacing) = match load {
+        Load::Closed => (Load::Closed, Duration::ZERO),
+        Load::Rate(total) => (
+            Load::Rate(total / connections as f64),
+            Duration::from_secs_f64(1.0 / total),
+        ),
+    };
     let tasks: Vec<_> = (0..connections)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(load_connection(
                 port,
                 tls.clone(),
                 request.clone(),
+                per_connection,
+                // At a fixed rate, connection i sends its requests `i / rate` after connection 0.
+                spacing * (i as u32 + 1),
                 deadline,
             ))
         })
@@ -287,47 +448,286 @@ async fn drive(port: u16, ca_pem: &str, request: Vec<u8>, connections: usize, se
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
     let p = |q: usize| all[(all.len() * q / 100).min(all.len() - 1)].as_secs_f64() * 1e3;
-    format!(
-        "{:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} requests, {} non-200)",
-        all.len() as f64 / elapsed,
-        p(50),
-        p(99),
-        all.len(),
-        errors
-    )
+    Figures {
+        rps: all.len() as f64 / elapsed,
+        p50_ms: p(50),
+        p99_ms: p(99),
+        requests: all.len(),
+        errors,
+    }
 }
 
-async fn bench_envoy(connections: usize, secs: u64) {
+/// A running `apiguard sensor` (the built binary), killed on drop.
+struct Sensor(Child);
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Sensor {
+    async fn start(config: &std::path::Path, listen: &str, log: &std::path::Path) -> Sensor {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+            .arg("sensor")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", listen, "--admin-addr", &admin])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).expect("log file")))
+            .spawn()
+            .expect("start apiguard sensor");
+        let sensor = Sensor(child);
+        let admin: std::net::SocketAddr = admin.parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = raw_request(admin, None, None, &Request::get("/readyz").host("x")).await;
+            if matches!(ready, Ok(ref r) if r.status == 200) {
+                return sensor;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "apiguard sensor not ready within 20s: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The load figures of one config: closed loop, then the fixed rate.
+struct Run {
+    closed: Figures,
+    fixed: Figures,
+}
+
+struct Bench {
+    connections: usize,
+    secs: f64,
+    rate: f64,
+    rate_secs: f64,
+}
+
+impl Bench {
+    async fn closed(&self, gateway: &Gateway, request: &[u8]) -> Figures {
+        let ca = gateway.ca_pem();
+        drive(
+            gateway.port,
+            &ca,
+            request,
+            self.connections,
+            Load::Closed,
+            self.secs,
+        )
+        .await
+    }
+
+    async fn run(&self, gateway: &Gateway, request: &[u8]) -> Run {
+        let closed = self.closed(gateway, request).await;
+        let ca = gateway.ca_pem();
+        let fixed = drive(
+            gateway.port,
+            &ca,
+            request,
+            self.connections,
+            Load::Rate(self.rate),
+            self.rate_secs,
+        )
+        .await;
+        Run { closed, fixed }
+    }
+}
+
+fn print_run(name: &str, run: &Run) {
+    println!("  {name:<44} closed loop {}", run.closed);
+    println!("  {:<44} at fixed rate {}", "", run.fixed);
+}
+
+async fn bench_envoy(bench: Bench) {
     let issuer = Issuer::new("bench");
     let upstream = echo_upstream().await;
-    let gateway = Gateway::start(&full_policy(&issuer.jwks()), upstream.addr).await;
     let now = unix_now();
     let token = issuer.token(&json!({
         "iss": "https://idp.test.example/", "aud": "shop-api", "sub": "alice",
-        "scope": "orders:read", "iat": now, "exp": now + 3600
+        "scope": "orders:write", "iat": now, "exp": now + 3600
     }));
-    let check = gateway
-        .send(&Request::get("/users/alice/orders").bearer(&token))
-        .await;
+    let body = body_2k();
+    let path = "/users/alice/orders";
+    let request = format!(
+        "PUT {path} HTTP/1.1\r\nhost: {HOST}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    let put = |body: &str| {
+        Request::new("PUT", path)
+            .bearer(&token)
+            .header("content-type", "application/json")
+            .body(body.as_bytes().to_vec())
+    };
+    println!(
+        "Envoy 1.40 (--concurrency 1), TLS 1.3, HTTP/1.1 keep-alive, {} connections, same echo upstream, \
+         PUT {path} with a {} B JSON body and a valid ES256 token; closed loop {} s, then {} req/s open loop for {} s:",
+        bench.connections,
+        body.len(),
+        bench.secs,
+        bench.rate,
+        bench.rate_secs
+    );
+
+    // (b) today's full policy, then (a) the same listener with the router alone.
+    let gateway = Gateway::start(&full_policy(&issuer.jwks(), None), upstream.addr).await;
+    let check = gateway.send(&put(&body)).await;
     assert_eq!(
         check.status, 200,
         "full policy admits the benchmark request"
     );
-    let request = format!(
-        "GET /users/alice/orders HTTP/1.1\r\nhost: {HOST}\r\nauthorization: Bearer {token}\r\n\r\n"
-    )
-    .into_bytes();
+    let other = Request::new("PUT", "/users/bob/orders")
+        .bearer(&token)
+        .header("content-type", "application/json")
+        .body(body.clone().into_bytes());
+    assert_eq!(gateway.send(&other).await.status, 403, "ownership enforced");
+    // Warm-up (not counted): the first seconds of a fresh Envoy are slower.
     let ca = gateway.ca_pem();
-    println!(
-        "Envoy 1.40 (--concurrency 1), TLS 1.3, HTTP/1.1 keep-alive, {connections} connections, {secs} s each, same echo upstream:"
+    drive(
+        gateway.port,
+        &ca,
+        &request,
+        bench.connections,
+        Load::Closed,
+        2.0,
+    )
+    .await;
+    let full = bench.run(&gateway, &request).await;
+    print_run("(b) full policy", &full);
+
+    // What each costly filter costs: (b) without it, closed loop.
+    println!("  per-filter cost, closed loop, (b) without the filter:");
+    let variants: &[(&str, &[&str])] = &[
+        ("access log", &["access_log"]),
+        // Until 2026-12: the two Lua filters.
+        ("apiguard.outcome (Lua)", &["apiguard.outcome"]),
+        ("apiguard.authz (Lua)", &["apiguard.authz"]),
+        ("both Lua filters", &["apiguard.outcome", "apiguard.authz"]),
+        (
+            "both Lua filters + access log",
+            &["apiguard.outcome", "apiguard.authz", "access_log"],
+        ),
+        // Their native replacement.
+        (
+            "apiguard.ownership (rbac + CEL) + pending",
+            &["apiguard.ownership", "apiguard.decision-pending"],
+        ),
+        ("apiguard.decision (set_metadata)", &["apiguard.decision"]),
+        (
+            "authn + authz (jwt_authn, rbac, ownership)",
+            &[
+                "envoy.filters.http.jwt_authn",
+                "envoy.filters.http.rbac",
+                "apiguard.authz",
+                "apiguard.ownership",
+                "apiguard.decision-pending",
+            ],
+        ),
+        ("rbac", &["envoy.filters.http.rbac"]),
+        ("local_ratelimit", &["envoy.filters.http.local_ratelimit"]),
+        ("buffer", &["envoy.filters.http.buffer"]),
+        (
+            "cors + header_mutation",
+            &[
+                "envoy.filters.http.cors",
+                "envoy.filters.http.header_mutation",
+            ],
+        ),
+    ];
+    let lds = std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).expect("lds");
+    for (name, filters) in variants {
+        // A variant for filters of another chain (the Lua filters before 2026-12, or their
+        // replacement) does not apply.
+        let in_chain = |f: &&str| lds.contains(&format!("\"{f}\""));
+        if *filters != ["access_log"] && !filters.iter().any(|f| *f != "access_log" && in_chain(f))
+        {
+            println!("    {name:<40} (not in the rendered chain)");
+            continue;
+        }
+        edit_listener(&gateway, without(filters)).await;
+        let f = bench.closed(&gateway, &request).await;
+        let saved_us = (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6;
+        println!(
+            "    without {name:<32} {f}  => costs {saved_us:>5.1} µs/request ({:+.0}% req/s without it)",
+            (f.rps / full.closed.rps - 1.0) * 100.0
+        );
+        // Back to the full chain.
+        let before = gateway.counter("listener_manager.lds.update_success").await;
+        gateway.render(&full_policy(&issuer.jwks(), None));
+        gateway.wait_listener_update(before).await;
+    }
+
+    let again = bench.closed(&gateway, &request).await;
+    println!("    {:<40} {again}", "(b) again, after the variants");
+
+    // The access log's decision as a CEL formatter, against the plain metadata lookup it
+    // replaced (the same line otherwise).
+    if lds.contains("%CEL(") {
+        edit_listener(&gateway, |hcm: &mut Value| {
+            hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]["decision"] =
+                json!("%DYNAMIC_METADATA(apiguard:decision)%");
+        })
+        .await;
+        let f = bench.closed(&gateway, &request).await;
+        println!(
+            "    {:<40} {f}  => the CEL decision costs {:>5.1} µs/request",
+            "access log decision without CEL",
+            (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6
+        );
+    }
+
+    edit_listener(&gateway, pass_through).await;
+    let pass = bench.run(&gateway, &request).await;
+    print_run("(a) pass-through (router only)", &pass);
+    drop(gateway);
+
+    // (c) the full policy with the contract: the sensor validates the body.
+    let sensor_addr = format!("127.0.0.1:{}", free_port());
+    let manifests = full_policy(&issuer.jwks(), Some(OPENAPI));
+    let gateway = Gateway::start_with_args(
+        &manifests,
+        upstream.addr,
+        None,
+        vec!["--sensor-addr".to_string(), sensor_addr.clone()],
+    )
+    .await;
+    let _sensor = Sensor::start(
+        &gateway.envoy_dir().join(SENSOR_CONFIG_FILE),
+        &sensor_addr,
+        &gateway.dir.path().join("sensor.log"),
+    )
+    .await;
+    let check = gateway.send(&put(&body)).await;
+    assert_eq!(check.status, 200, "the sensor admits the benchmark body");
+    let invalid = body.replacen("SKU-", "sku-", 1);
+    assert_eq!(
+        gateway.send(&put(&invalid)).await.status,
+        400,
+        "the sensor refuses a body that breaks the contract"
     );
-    let full = drive(gateway.port, &ca, request.clone(), connections, secs).await;
-    println!("  full policy   {full}");
-    let before = gateway.counter("listener_manager.lds.update_success").await;
-    make_pass_through(&gateway);
-    gateway.wait_listener_update(before).await;
-    let pass = drive(gateway.port, &ca, request, connections, secs).await;
-    println!("  pass-through  {pass}");
+    let sensor = bench.run(&gateway, &request).await;
+    print_run("(c) full policy + sensor (body validated)", &sensor);
+
+    println!(
+        "  (b)/(a) closed-loop throughput: {:.0}% ({:.0} vs {:.0} req/s)",
+        full.closed.rps / pass.closed.rps * 100.0,
+        full.closed.rps,
+        pass.closed.rps
+    );
+    println!(
+        "  sensor cost at {} req/s, (c) - (b): p50 {:+.3} ms, p99 {:+.3} ms (targets < 0.3 / < 1.5 ms); closed loop {:.0}% of (b)",
+        bench.rate,
+        sensor.fixed.p50_ms - full.fixed.p50_ms,
+        sensor.fixed.p99_ms - full.fixed.p99_ms,
+        sensor.closed.rps / full.closed.rps * 100.0
+    );
 }
 
 fn main() {
@@ -346,5 +746,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(bench_envoy(16, 5));
+    rt.block_on(bench_envoy(Bench {
+        connections: 16,
+        secs: 5.0,
+        rate: 500.0,
+        rate_secs: 10.0,
+    }));
 }

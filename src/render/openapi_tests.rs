@@ -86,7 +86,7 @@ fn ext_proc_comes_after_authentication_and_authorization_right_before_the_router
     for before in [
         "envoy.filters.http.jwt_authn",
         "envoy.filters.http.rbac",
-        super::envoy::lua::AUTHZ_FILTER,
+        super::envoy::decision::DECISION_FILTER,
     ] {
         assert!(at(before) < ext, "{before} before ext_proc: {names:?}");
     }

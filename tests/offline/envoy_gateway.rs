@@ -206,6 +206,17 @@ async fn scopes_ownership_and_forwarded_claims() {
         "/users/alice/orders with sub=bob -> 403: {}",
         r.text()
     );
+    assert_eq!(r.text(), "forbidden\n", "the ownership refusal's own body");
+    let lines = f
+        .gateway
+        .access_log_until(|l| l["decision"] == "deny:ownership")
+        .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["decision"] == "deny:ownership" && l["subject"] == "bob"),
+        "the ownership refusal is logged as deny:ownership: {lines:?}"
+    );
     let r = f
         .get(
             "/users/alice/orders",

@@ -144,7 +144,13 @@ impl Drop for Gateway {
 
 /// Runs `apiguard render` (the real binary) with `args`; panics with its stderr on failure.
 pub fn apiguard_render(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+    // `APIGUARD_RENDER_BIN`: render with another apiguard build (benches/render.rs compares
+    // the filter chain of an earlier build with this one's).
+    let bin = std::env::var_os("APIGUARD_RENDER_BIN")
+        .filter(|b| !b.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_apiguard")));
+    let out = Command::new(bin)
         .arg("render")
         .args(args)
         .output()

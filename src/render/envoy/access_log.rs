@@ -4,8 +4,9 @@ use crate::api::Audit;
 use crate::render::CLIENT_ID_HEADER;
 use std::collections::BTreeMap;
 
-/// The JSON access log line: who, what, when, which rule, and the decision.
-pub fn access_log_format(audit: &Audit) -> BTreeMap<String, String> {
+/// The JSON access log line: who, what, when, which rule, and the decision (`audit_mode`: the
+/// policy is in `mode: Audit`).
+pub fn access_log_format(audit: &Audit, audit_mode: bool) -> BTreeMap<String, String> {
     let mut f = BTreeMap::new();
     let mut put = |k: &str, v: &str| {
         f.insert(k.to_string(), v.to_string());
@@ -23,7 +24,7 @@ pub fn access_log_format(audit: &Audit) -> BTreeMap<String, String> {
     );
     put("client_id", &format!("%REQ({CLIENT_ID_HEADER})%"));
     put("client_cert", "%DOWNSTREAM_PEER_URI_SAN%");
-    put("decision", "%DYNAMIC_METADATA(apiguard:decision)%");
+    put("decision", &super::decision::decision_format(audit_mode));
     put("reason", "%RESPONSE_CODE_DETAILS%");
     put("response_flags", "%RESPONSE_FLAGS%");
     put("duration_ms", "%DURATION%");

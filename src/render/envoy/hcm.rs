@@ -1,9 +1,9 @@
 //! The HTTP connection manager: the HTTP filter chain, header handling and the access log.
 
 use super::access_log::access_log_format;
+use super::decision;
 use super::ext_proc::{contract, ext_proc_filter, skip_direct_responses};
 use super::jwt::build_jwt;
-use super::lua;
 use super::routes::build_routes;
 use super::types::*;
 use super::{
@@ -16,10 +16,7 @@ use crate::render::{CLIENT_ID_HEADER, RenderError};
 /// The HTTP filter chain, in the order of the module docs.
 fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
     let spec = ctx.spec;
-    let mut filters = vec![
-        lua_filter(lua::OUTCOME_FILTER, lua::OUTCOME),
-        strip_trusted_headers(ctx),
-    ];
+    let mut filters = vec![strip_trusted_headers(ctx)];
     if spec.cors.is_some() {
         filters.push(filter(CORS_FILTER, Any::Cors(Empty {})));
     }
@@ -33,7 +30,7 @@ fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
         filters.push(api_key_filter(ctx));
     }
     filters.push(filter(RBAC_FILTER, Any::Rbac(Rbac::default())));
-    filters.push(lua_filter(lua::AUTHZ_FILTER, lua::AUTHZ));
+    filters.extend(decision::filters(ctx));
     if !spec.rate_limits.is_empty() {
         filters.push(local_ratelimit_filter());
     }
@@ -58,16 +55,6 @@ fn filter(name: &str, config: Any) -> HttpFilter {
         config_discovery: None,
         disabled: false,
     }
-}
-
-/// A Lua filter running `code`.
-fn lua_filter(name: &str, code: &str) -> HttpFilter {
-    filter(
-        name,
-        Any::Lua(Lua {
-            default_source_code: DataSource::inline(code.trim_start()),
-        }),
-    )
 }
 
 /// `header_mutation`: removes the client-sent copies of the headers only the gateway may set
@@ -166,7 +153,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
             typed_config: Any::FileAccessLog(FileAccessLog {
                 path: ctx.opts().access_log_path.clone(),
                 log_format: SubstitutionFormatString {
-                    json_format: access_log_format(&spec.audit()),
+                    json_format: access_log_format(&spec.audit(), ctx.audit),
                 },
             }),
         }]
@@ -194,6 +181,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
         route_config: routes,
         http_filters: filters,
         access_log,
+        local_reply_config: decision::local_reply_config(ctx),
         // The target learns the verified client identity; client-sent XFCC is replaced.
         forward_client_cert_details: client_certs.then_some("SANITIZE_SET"),
         set_current_client_cert_details: client_certs.then_some(ClientCertDetails { uri: true }),

@@ -2,10 +2,11 @@
 //! (ECDS), all file-based with `watched_directory` so a re-render reloads without a restart.
 //!
 //! Filter chain, in order:
-//! `apiguard.outcome` (Lua, response only: decision of early denials) -> `header_mutation`
-//! (strip client-sent copies of trusted headers) -> `cors` -> `jwt_authn` -> `api_key_auth`
-//! (ECDS, secret file) -> `rbac` (per route; shadow rules in Audit) -> `apiguard.authz` (Lua:
-//! ownership, decision) -> `local_ratelimit` (per route, per-client dynamic descriptors) ->
+//! `header_mutation` (strip client-sent copies of trusted headers) -> `cors` -> `jwt_authn` ->
+//! `api_key_auth` (ECDS, secret file) -> `rbac` (per route; shadow rules in Audit) ->
+//! `apiguard.decision-pending` + `apiguard.ownership` (only with ownership rules: `set_metadata`
+//! and a second `rbac` with a CEL condition per route) -> `apiguard.decision` (`set_metadata`;
+//! see [`decision`]) -> `local_ratelimit` (per route, per-client dynamic descriptors) ->
 //! `buffer` (413) -> `ext_proc` (only with `spec.openapi`: the runtime sensor checks the request
 //! against the contract and redacts the response) -> `router`.
 
@@ -14,11 +15,11 @@ mod api_key;
 mod bootstrap;
 mod clusters;
 mod cors;
+pub mod decision;
 mod ext_proc;
 mod hcm;
 mod jwt;
 mod listener;
-pub mod lua;
 mod paths;
 mod ratelimit;
 mod rbac;

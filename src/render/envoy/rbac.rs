@@ -17,7 +17,7 @@ pub(super) fn rbac_route(ctx: &Ctx<'_>, policies: BTreeMap<String, RbacPolicy>) 
             Rbac {
                 rules: None,
                 shadow_rules: Some(rules),
-                shadow_rules_stat_prefix: Some("apiguard_audit_".into()),
+                shadow_rules_stat_prefix: Some(super::decision::AUDIT_SHADOW_PREFIX.into()),
             }
         } else {
             Rbac {
@@ -38,6 +38,8 @@ pub(super) fn allow_policy(name: &str, principals: Vec<Principal>) -> BTreeMap<S
         RbacPolicy {
             permissions: vec![Permission { any: true }],
             principals,
+            condition: None,
+            cel_config: None,
         },
     );
     policies

@@ -3,8 +3,8 @@
 
 use super::api_key::api_key_per_route;
 use super::cors::cors_policy;
+use super::decision::{OWNERSHIP_FILTER, ownership_route};
 use super::jwt::{ANY_PROVIDER, jwt_disabled, jwt_required};
-use super::lua;
 use super::paths::{method_matcher, param_segment, path_match, regex_escape};
 use super::ratelimit::rate_limit_config;
 use super::rbac::{
@@ -17,7 +17,6 @@ use super::{
 };
 use crate::api::{AuthorizationRule, DefaultAction};
 use crate::render::{CLIENT_ID_HEADER, RenderError};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 fn per_filter(entries: Vec<(&str, Any)>) -> BTreeMap<String, Any> {
@@ -200,7 +199,6 @@ fn rule_route(
 ) -> Result<Route, RenderError> {
     let mut route = route_to_target(&rule.name, m);
     let mut pf: Vec<(&str, Any)> = Vec::new();
-    let mut ownership = Vec::new();
     if rule.public {
         if ctx.jwt().is_some() {
             pf.push((JWT_FILTER, jwt_disabled()));
@@ -231,15 +229,16 @@ fn rule_route(
                     format!("{{{}}} does not appear in path {path:?}", own.path_param),
                 )
             })?;
-            ownership.push(("owner_segment", json!(seg)));
-            ownership.push(("owner_claim", json!(own.claim)));
+            pf.push((
+                OWNERSHIP_FILTER,
+                ownership_route(ctx, &rule.name, seg, &own.claim),
+            ));
         }
     }
     if let Some(rl) = rate_limit_config(ctx, rule, path)? {
         pf.push((RATELIMIT_FILTER, Any::LocalRateLimit(rl)));
     }
     route.typed_per_filter_config = per_filter(pf);
-    route.metadata = Some(authz_metadata(ctx, &rule.name, ownership));
     Ok(route)
 }
 
@@ -261,7 +260,6 @@ fn undeclared_route(ctx: &Ctx<'_>) -> Route {
             pf.push((JWT_FILTER, jwt_disabled()));
         }
         r.typed_per_filter_config = per_filter(pf);
-        r.metadata = Some(authz_metadata(ctx, UNDECLARED, Vec::new()));
         r
     } else {
         direct(UNDECLARED, catch_all, 404, "not found\n")
@@ -293,20 +291,4 @@ fn undeclared_allowed(ctx: &Ctx<'_>, catch_all: RouteMatch) -> Route {
     }
     r.typed_per_filter_config = per_filter(pf);
     r
-}
-
-/// The `apiguard.authz` metadata of a route: its rule and the policy mode, then `extra`.
-fn authz_metadata(ctx: &Ctx<'_>, rule: &str, extra: Vec<(&str, serde_json::Value)>) -> Metadata {
-    let mut meta = serde_json::Map::new();
-    meta.insert("rule".into(), json!(rule));
-    meta.insert("audit".into(), json!(ctx.audit));
-    for (k, v) in extra {
-        meta.insert(k.into(), v);
-    }
-    let mut filter_metadata = BTreeMap::new();
-    filter_metadata.insert(
-        lua::AUTHZ_FILTER.to_string(),
-        serde_json::Value::Object(meta),
-    );
-    Metadata { filter_metadata }
 }

@@ -47,8 +47,8 @@ pub enum Any {
     Rbac(Rbac),
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute")]
     RbacPerRoute(RbacPerRoute),
-    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua")]
-    Lua(Lua),
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config")]
+    SetMetadata(SetMetadata),
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors")]
     Cors(Empty),
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy")]
@@ -329,6 +329,9 @@ pub struct HttpConnectionManager {
     pub http_filters: Vec<HttpFilter>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
+    /// `envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_reply_config: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_client_cert_details: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -688,6 +691,17 @@ pub struct RbacRules {
 pub struct RbacPolicy {
     pub permissions: Vec<Permission>,
     pub principals: Vec<Principal>,
+    /// A CEL condition as a syntax tree (`google.api.expr.v1alpha1.Expr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cel_config: Option<CelConfig>,
+}
+
+/// `envoy.config.core.v3.CelExpressionConfig`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct CelConfig {
+    pub enable_string_functions: bool,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -697,6 +711,8 @@ pub struct Permission {
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub enum Principal {
+    #[serde(rename = "any")]
+    Any(bool),
     #[serde(rename = "and_ids")]
     And(PrincipalSet),
     #[serde(rename = "or_ids")]
@@ -763,8 +779,16 @@ pub struct ListMatcher {
 // ---------------------------------------------------------------- lua, cors, buffer, headers
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Lua {
-    pub default_source_code: DataSource,
+pub struct SetMetadata {
+    pub metadata: Vec<SetMetadataEntry>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct SetMetadataEntry {
+    pub metadata_namespace: String,
+    pub value: serde_json::Value,
+    #[serde(skip_serializing_if = "is_false")]
+    pub allow_overwrite: bool,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
