@@ -1,5 +1,5 @@
 //! The sensor's metrics and decision log lines: the edge that records the pipeline's
-//! [`Event`]s. Labels come from fixed sets (and the one policy the sensor serves); log lines
+//! `Event`s. Labels come from fixed sets (and the one policy the sensor serves); log lines
 //! carry locations and reasons, never values from the traffic.
 
 use super::pipeline::{Event, RequestVerdict, ResponseVerdict};

@@ -1,14 +1,14 @@
 //! Object-level ownership and the request's decision, with native filters only.
 //!
-//! Ownership (path parameter == verified claim) is a second `rbac` filter, [`OWNERSHIP_FILTER`],
+//! Ownership (path parameter == verified claim) is a second `rbac` filter, `OWNERSHIP_FILTER`,
 //! configured per route on the routes of rules with `ownership`: one policy whose CEL condition
 //! compares the path segment (`request.url_path.split('/')[n]`, string functions enabled for
 //! that expression only) with the claim of the verified JWT payload. Enforce denies (403,
 //! `forbidden`), Audit records it in shadow rules.
 //!
 //! The decision of the access log: two `set_metadata` filters around the ownership filter set
-//! `apiguard.decision` to `deny:ownership` ([`DECISION_PENDING_FILTER`], only when a rule has
-//! ownership) and then to `allow` ([`DECISION_FILTER`]); a request that stops in between was
+//! `apiguard.decision` to `deny:ownership` (`DECISION_PENDING_FILTER`, only when a rule has
+//! ownership) and then to `allow` (`DECISION_FILTER`); a request that stops in between was
 //! denied by the ownership check. The access log's `decision` is a CEL formatter over that
 //! metadata (requests answered before it: `deny` from status 400 up, else `allow`) and, in
 //! Audit, over the shadow results of both `rbac` filters.
