@@ -17,6 +17,7 @@ pub mod identity;
 pub mod kube_client;
 pub mod lint;
 pub mod manifest;
+mod poll;
 pub mod render;
 pub mod rules;
 pub mod sensor;

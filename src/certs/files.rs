@@ -80,17 +80,12 @@ impl ReloadingCert {
 
     /// Poll the files every `interval` until `shutdown` completes, logging reloads and errors.
     pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: impl Future<Output = ()>) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = ticker.tick() => {}
-            }
-            let this = self.clone();
-            // File reads are blocking; keep them off the request-serving workers.
-            match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
+        let this = self.clone();
+        crate::poll::every(
+            interval,
+            shutdown,
+            move || this.reload_if_changed(),
+            |result| match result {
                 Ok(Ok(true)) => tracing::info!(
                     cert = %self.cert_path.display(),
                     "webhook serving certificate reloaded"
@@ -101,8 +96,9 @@ impl ReloadingCert {
                     "webhook serving certificate not reloaded; keeping the current one"
                 ),
                 Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
-            }
-        }
+            },
+        )
+        .await
     }
 }
 

@@ -41,6 +41,16 @@ pub enum UnknownProperties {
     Allow,
 }
 
+impl From<crate::api::UnknownPropertiesMode> for UnknownProperties {
+    /// `spec.openapi.unknownProperties` of a policy.
+    fn from(mode: crate::api::UnknownPropertiesMode) -> Self {
+        match mode {
+            crate::api::UnknownPropertiesMode::Reject => UnknownProperties::Reject,
+            crate::api::UnknownPropertiesMode::Allow => UnknownProperties::Allow,
+        }
+    }
+}
+
 /// How a document is enforced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContractOptions {

@@ -271,22 +271,30 @@ fn policies_selecting(
     pod: &Pod,
 ) -> Vec<ObjectRef<ApiSecurityPolicy>> {
     let ns = pod.namespace();
+    let within = ns.clone().unwrap_or_default();
     let labels = pod.labels();
-    policies
+    let selects = |sel: &std::collections::BTreeMap<String, String>| {
+        !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    policies_in(policies, ns, |p| {
+        let service = ObjectRef::new(&p.spec.target.service).within(&within);
+        services
+            .get(&service)
+            .and_then(|s| s.spec.as_ref()?.selector.clone())
+            .is_some_and(|sel| selects(&sel))
+    })
+}
+
+/// The policies in `namespace` for which `pick` holds.
+fn policies_in(
+    store: &Store<ApiSecurityPolicy>,
+    namespace: Option<String>,
+    pick: impl Fn(&ApiSecurityPolicy) -> bool,
+) -> Vec<ObjectRef<ApiSecurityPolicy>> {
+    store
         .state()
         .iter()
-        .filter(|p| p.namespace() == ns)
-        .filter(|p| {
-            services
-                .get(
-                    &ObjectRef::new(&p.spec.target.service)
-                        .within(ns.as_deref().unwrap_or_default()),
-                )
-                .and_then(|s| s.spec.as_ref()?.selector.clone())
-                .is_some_and(|sel| {
-                    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-                })
-        })
+        .filter(|p| p.namespace() == namespace && pick(p))
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -297,30 +305,24 @@ fn policies_referencing_secret(
     namespace: Option<String>,
     name: &str,
 ) -> Vec<ObjectRef<ApiSecurityPolicy>> {
-    store
-        .state()
-        .iter()
-        .filter(|p| p.namespace() == namespace)
-        .filter(|p| {
-            let auth = p.spec.authentication();
-            let api_keys = auth
-                .api_keys
-                .as_ref()
-                .is_some_and(|k| k.secret_ref.name == name);
-            let jwks = auth.jwt.as_ref().is_some_and(|j| {
-                j.providers
-                    .iter()
-                    .any(|pr| pr.jwks.secret_ref.as_ref().is_some_and(|r| r.name == name))
-            });
-            let serving = p
-                .spec
-                .tls()
-                .certificate_secret_ref
-                .is_some_and(|r| r.name == name);
-            api_keys || jwks || serving
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
+    policies_in(store, namespace, |p| {
+        let auth = p.spec.authentication();
+        let api_keys = auth
+            .api_keys
+            .as_ref()
+            .is_some_and(|k| k.secret_ref.name == name);
+        let jwks = auth.jwt.as_ref().is_some_and(|j| {
+            j.providers
+                .iter()
+                .any(|pr| pr.jwks.secret_ref.as_ref().is_some_and(|r| r.name == name))
+        });
+        let serving = p
+            .spec
+            .tls()
+            .certificate_secret_ref
+            .is_some_and(|r| r.name == name);
+        api_keys || jwks || serving
+    })
 }
 
 /// Policies in `namespace` whose `spec.openapi.source.configMapRef` names ConfigMap `name`.
@@ -329,13 +331,9 @@ fn policies_referencing_config_map(
     namespace: Option<String>,
     name: &str,
 ) -> Vec<ObjectRef<ApiSecurityPolicy>> {
-    store
-        .state()
-        .iter()
-        .filter(|p| p.namespace() == namespace)
-        .filter(|p| crate::render::openapi::config_map_name(p) == Some(name))
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
+    policies_in(store, namespace, |p| {
+        crate::render::openapi::config_map_name(p) == Some(name)
+    })
 }
 
 /// How a child kind's changes re-trigger policies: the policy its controller ownerRef names.

@@ -4,8 +4,8 @@
 //! apiserver, `apiguard render` from its files).
 
 use super::policy_ref;
-use crate::api::{ApiSecurityPolicy, OpenApi, UnknownPropertiesMode};
-use crate::contract::{Contract, ContractOptions, UnknownProperties};
+use crate::api::{ApiSecurityPolicy, OpenApi};
+use crate::contract::{Contract, ContractOptions};
 use k8s_openapi::api::core::v1::ConfigMap;
 
 const CONFIG_MAP_FIELD: &str = "spec.openapi.source.configMapRef";
@@ -97,10 +97,7 @@ fn resolve(
 /// Compiles `document` the way the sensor will.
 fn compile(openapi: &OpenApi, document: &str) -> Result<Contract, crate::contract::ContractError> {
     let options = ContractOptions {
-        unknown_properties: match openapi.unknown_properties {
-            UnknownPropertiesMode::Reject => UnknownProperties::Reject,
-            UnknownPropertiesMode::Allow => UnknownProperties::Allow,
-        },
+        unknown_properties: openapi.unknown_properties.into(),
     };
     Contract::compile(document, &options)
 }

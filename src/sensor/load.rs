@@ -6,8 +6,8 @@
 use super::config::SensorConfig;
 use super::contract_stage::{ContractStage, RequestMode};
 use super::pipeline::{Pipeline, Stage};
-use crate::api::{PolicyMode, UnknownPropertiesMode};
-use crate::contract::{Contract, ContractError, ContractOptions, UnknownProperties};
+use crate::api::PolicyMode;
+use crate::contract::{Contract, ContractError, ContractOptions};
 
 /// Request bodies larger than this are not buffered by the sensor (Envoy's own buffer limit,
 /// 1 MiB by default, is smaller; this only bounds what a misconfigured Envoy can make us hold).
@@ -30,10 +30,7 @@ pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
     let mut max_response_bytes = 0;
     if let Some(openapi) = &config.openapi {
         let options = ContractOptions {
-            unknown_properties: match openapi.unknown_properties {
-                UnknownPropertiesMode::Reject => UnknownProperties::Reject,
-                UnknownPropertiesMode::Allow => UnknownProperties::Allow,
-            },
+            unknown_properties: openapi.unknown_properties.into(),
         };
         let contract = Contract::compile(&openapi.document, &options).map_err(|error| {
             LoadError::Contract {

@@ -88,36 +88,34 @@ impl ConfigFile {
         metrics: SensorMetrics,
         shutdown: impl Future<Output = ()>,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = ticker.tick() => {}
-            }
-            let this = self.clone();
-            let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
-            let outcome = match result {
-                Ok(Ok(false)) => continue,
-                Ok(Ok(true)) => {
-                    tracing::info!(config = %self.path.display(), "sensor config reloaded");
-                    "loaded"
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "sensor config not reloaded; keeping the last good one");
-                    "failed"
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "sensor config reload task failed");
-                    "failed"
-                }
-            };
-            metrics
-                .reloads
-                .get_or_create(&ResultLabels { result: outcome })
-                .inc();
-        }
+        let this = self.clone();
+        crate::poll::every(
+            interval,
+            shutdown,
+            move || this.reload_if_changed(),
+            |result| {
+                let outcome = match result {
+                    Ok(Ok(false)) => return,
+                    Ok(Ok(true)) => {
+                        tracing::info!(config = %self.path.display(), "sensor config reloaded");
+                        "loaded"
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "sensor config not reloaded; keeping the last good one");
+                        "failed"
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "sensor config reload task failed");
+                        "failed"
+                    }
+                };
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabels { result: outcome })
+                    .inc();
+            },
+        )
+        .await
     }
 }
 

@@ -20,42 +20,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-const USERS: &str = r#"
-openapi: 3.1.0
-info: {title: Users, version: "1"}
-paths:
-  /users/{id}:
-    parameters:
-      - {name: id, in: path, required: true, schema: {type: string}}
-    get:
-      responses:
-        '200':
-          description: the user
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/User'}
-    patch:
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/User'}
-      responses:
-        '200':
-          description: the updated user
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/User'}
-components:
-  schemas:
-    User:
-      type: object
-      properties:
-        id: {type: string, readOnly: true}
-        name: {type: string}
-        role: {type: string, readOnly: true}
-        password: {type: string, writeOnly: true}
-"#;
+/// The users API: `readOnly` id and role, `writeOnly` password (shared with
+/// `tests/offline/sensor_envoy.rs`).
+const USERS: &str = include_str!("testdata/users.yaml");
 
 /// A sensor.yaml for the users API with `extra` lines under `openapi:` and a policy `mode`.
 fn sensor_yaml(mode: &str, openapi: &str) -> String {

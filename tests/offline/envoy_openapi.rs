@@ -3,12 +3,10 @@
 //! accepts the `ext_proc` filter and the sensor's cluster), and a missing ConfigMap or an
 //! invalid document is a clear error.
 
-use crate::support::envoy::apiguard_render;
+use crate::support::envoy::{apiguard_render, envoy_validate, read_rendered_dir};
 use crate::support::tools::tool;
 use apiguard::render::envoy::{BOOTSTRAP_FILE, static_bootstrap};
-use apiguard::render::{RenderedFile, RenderedGateway};
 use apiguard::sensor::config::{SENSOR_CONFIG_FILE, SensorConfig};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -64,34 +62,10 @@ fn render_err(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn read_dir(dir: &Path) -> RenderedGateway {
-    let mut files = BTreeMap::new();
-    for e in std::fs::read_dir(dir).expect("envoy dir") {
-        let e = e.expect("entry");
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "ca.crt" {
-            continue;
-        }
-        let contents = std::fs::read_to_string(e.path()).expect("read file");
-        let secret = name.ends_with(".key");
-        files.insert(name, RenderedFile { contents, secret });
-    }
-    RenderedGateway::new(files)
-}
-
+/// Envoy accepts `bootstrap`.
 fn validate(bootstrap: &Path) {
-    let out = Command::new(tool("envoy"))
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(bootstrap)
-        .output()
-        .expect("run envoy --mode validate");
-    assert!(
-        out.status.success(),
-        "{} rejected:\n{}{}",
-        bootstrap.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, log) = envoy_validate(bootstrap);
+    assert!(ok, "{} rejected:\n{log}", bootstrap.display());
 }
 
 #[test]
@@ -121,7 +95,7 @@ fn envoy_dir_with_a_contract_writes_sensor_yaml_and_envoy_accepts_it() {
     );
 
     validate(&dir.join(BOOTSTRAP_FILE));
-    let full = static_bootstrap(&read_dir(&dir)).expect("static bootstrap");
+    let full = static_bootstrap(&read_rendered_dir(&dir)).expect("static bootstrap");
     let path = tmp.path().join("static.json");
     std::fs::write(&path, full).unwrap();
     validate(&path);

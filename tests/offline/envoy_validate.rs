@@ -1,50 +1,10 @@
 //! Every example policy renders to a configuration the real Envoy 1.40 accepts
 //! (`envoy --mode validate`), with the file-based resources inlined so validation sees them.
 
-use crate::support::envoy::apiguard_render;
-use crate::support::tools::tool;
+use crate::support::envoy::{apiguard_render, envoy_validate, read_rendered_dir};
 use apiguard::render::envoy::{BOOTSTRAP_FILE, LDS_FILE, static_bootstrap};
-use apiguard::render::{RenderedFile, RenderedGateway};
 use rstest::rstest;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn read_dir(dir: &Path) -> RenderedGateway {
-    let mut files = BTreeMap::new();
-    for e in std::fs::read_dir(dir).expect("envoy dir") {
-        let e = e.expect("entry");
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "ca.crt" {
-            continue;
-        }
-        let contents = std::fs::read_to_string(e.path()).expect("read file");
-        files.insert(
-            name.clone(),
-            RenderedFile {
-                contents,
-                secret: name.ends_with(".key"),
-            },
-        );
-    }
-    RenderedGateway::new(files)
-}
-
-fn validate(bootstrap: &Path) -> (bool, String) {
-    let out = Command::new(tool("envoy"))
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(bootstrap)
-        .output()
-        .expect("run envoy --mode validate");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn render_example(example: &Path, dir: &Path) {
     apiguard_render(&[
@@ -64,13 +24,13 @@ fn example_renders_to_a_valid_envoy_config(#[files("examples/*.yaml")] example: 
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("envoy");
     render_example(&example, &dir);
-    let (ok, log) = validate(&dir.join(BOOTSTRAP_FILE));
+    let (ok, log) = envoy_validate(&dir.join(BOOTSTRAP_FILE));
     assert!(ok, "{}: bootstrap rejected:\n{log}", example.display());
-    let gateway = read_dir(&dir);
+    let gateway = read_rendered_dir(&dir);
     let full = static_bootstrap(&gateway).expect("static bootstrap");
     let path = tmp.path().join("static.json");
     std::fs::write(&path, full).expect("write static bootstrap");
-    let (ok, log) = validate(&path);
+    let (ok, log) = envoy_validate(&path);
     assert!(
         ok,
         "{}: rendered listener/clusters rejected:\n{log}",
@@ -84,7 +44,7 @@ fn validation_really_checks_the_rendered_resources() {
     let dir = tmp.path().join("envoy");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/public-consumer-api.yaml");
     render_example(&example, &dir);
-    let mut gateway = read_dir(&dir);
+    let mut gateway = read_rendered_dir(&dir);
     let lds = gateway.files.get_mut(LDS_FILE).expect("lds");
     let broken = lds
         .contents
@@ -93,7 +53,7 @@ fn validation_really_checks_the_rendered_resources() {
     lds.contents = broken;
     let path = tmp.path().join("static.json");
     std::fs::write(&path, static_bootstrap(&gateway).expect("static")).expect("write");
-    let (ok, log) = validate(&path);
+    let (ok, log) = envoy_validate(&path);
     assert!(
         !ok,
         "a listener with an unknown field must be rejected:\n{log}"

@@ -13,42 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) const USERS_OPENAPI: &str = r#"
-openapi: 3.1.0
-info: {title: Users, version: "1"}
-paths:
-  /users/{id}:
-    parameters:
-      - {name: id, in: path, required: true, schema: {type: string}}
-    get:
-      responses:
-        '200':
-          description: the user
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/User'}
-    patch:
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/User'}
-      responses:
-        '200':
-          description: the updated user
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/User'}
-components:
-  schemas:
-    User:
-      type: object
-      properties:
-        id: {type: string, readOnly: true}
-        name: {type: string}
-        role: {type: string, readOnly: true}
-        password: {type: string, writeOnly: true}
-"#;
+pub(crate) const USERS_OPENAPI: &str = include_str!("../../src/sensor/testdata/users.yaml");
 
 /// The sensor.yaml of the users API with `requests` and `responses` modes.
 pub(crate) fn sensor_yaml(requests: &str, responses: &str) -> String {

@@ -142,6 +142,40 @@ impl Drop for Gateway {
     }
 }
 
+/// The files `apiguard render --envoy-dir` wrote to `dir` (without `ca.crt` and dotfiles), as
+/// the renderer returned them.
+pub fn read_rendered_dir(dir: &Path) -> apiguard::render::RenderedGateway {
+    let mut files = BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("envoy dir") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == "ca.crt" {
+            continue;
+        }
+        let contents = std::fs::read_to_string(e.path()).expect("read file");
+        let secret = name.ends_with(".key");
+        files.insert(name, apiguard::render::RenderedFile { contents, secret });
+    }
+    apiguard::render::RenderedGateway::new(files)
+}
+
+/// `envoy --mode validate` of `bootstrap`: whether Envoy accepts it, and what it printed.
+pub fn envoy_validate(bootstrap: &Path) -> (bool, String) {
+    let out = Command::new(tool("envoy"))
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(bootstrap)
+        .output()
+        .expect("run envoy --mode validate");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs `apiguard render` (the real binary) with `args`; panics with its stderr on failure.
 pub fn apiguard_render(args: &[&str]) -> String {
     // `APIGUARD_RENDER_BIN`: render with another apiguard build (benches/render.rs compares

@@ -130,6 +130,17 @@ pub(super) fn ownership_route(ctx: &Ctx<'_>, rule: &str, segment: usize, claim: 
             }),
         },
     );
+    rbac_per_route(ctx, policies, OWNERSHIP_SHADOW_PREFIX)
+}
+
+/// A route's config of an `rbac` filter allowing `policies`: enforced, or in Audit mode as
+/// shadow rules whose results land under `shadow_prefix` (where the access log's decision
+/// reads them).
+pub(super) fn rbac_per_route(
+    ctx: &Ctx<'_>,
+    policies: BTreeMap<String, RbacPolicy>,
+    shadow_prefix: &str,
+) -> Any {
     let rules = RbacRules {
         action: "ALLOW",
         policies,
@@ -139,7 +150,7 @@ pub(super) fn ownership_route(ctx: &Ctx<'_>, rule: &str, segment: usize, claim: 
             Rbac {
                 rules: None,
                 shadow_rules: Some(rules),
-                shadow_rules_stat_prefix: Some(OWNERSHIP_SHADOW_PREFIX.into()),
+                shadow_rules_stat_prefix: Some(shadow_prefix.into()),
             }
         } else {
             Rbac {

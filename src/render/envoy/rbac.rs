@@ -8,25 +8,7 @@ use crate::render::{CLIENT_ID_HEADER, RenderError};
 use std::collections::BTreeMap;
 
 pub(super) fn rbac_route(ctx: &Ctx<'_>, policies: BTreeMap<String, RbacPolicy>) -> Any {
-    let rules = RbacRules {
-        action: "ALLOW",
-        policies,
-    };
-    Any::RbacPerRoute(RbacPerRoute {
-        rbac: if ctx.audit {
-            Rbac {
-                rules: None,
-                shadow_rules: Some(rules),
-                shadow_rules_stat_prefix: Some(super::decision::AUDIT_SHADOW_PREFIX.into()),
-            }
-        } else {
-            Rbac {
-                rules: Some(rules),
-                shadow_rules: None,
-                shadow_rules_stat_prefix: None,
-            }
-        },
-    })
+    super::decision::rbac_per_route(ctx, policies, super::decision::AUDIT_SHADOW_PREFIX)
 }
 
 /// One `ALLOW` policy named `name`: any permission, for callers matching all of `principals`
