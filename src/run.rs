@@ -247,12 +247,14 @@ impl RunArgs {
         })))
     }
 
-    /// `--leaf-lifetime` as a certificate lifetime: 1 h to 1 year (shorter would renew almost
-    /// at once, as certificates are backdated 5 minutes against clock skew).
+    /// `--leaf-lifetime` as a certificate lifetime: 5 minutes to 1 year. Certificates are
+    /// backdated 5 minutes against clock skew and renewed at two thirds of notBefore..notAfter,
+    /// so 5m renews 100 s after issue: short lifetimes are for tests and demonstrations of
+    /// renewal; production keeps hours.
     pub(crate) fn leaf_lifetime_checked(&self) -> Option<time::Duration> {
         time::Duration::try_from(self.leaf_lifetime)
             .ok()
-            .filter(|l| *l >= time::Duration::HOUR && *l <= time::Duration::days(365))
+            .filter(|l| *l >= time::Duration::minutes(5) && *l <= time::Duration::days(365))
     }
 
     /// The rule engine settings these flags select.
@@ -304,7 +306,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.leaf_lifetime_checked().is_none() {
-        eprintln!("error: --leaf-lifetime (APIGUARD_LEAF_LIFETIME) must be between 1h and 8760h");
+        eprintln!("error: --leaf-lifetime (APIGUARD_LEAF_LIFETIME) must be between 5m and 8760h");
         return Ok(ExitCode::from(2));
     }
     init_logging(args.log_format);
@@ -628,7 +630,8 @@ mod tests {
                 .leaf_lifetime_checked()
         };
         assert_eq!(lifetime("2h"), Some(time::Duration::hours(2)));
-        assert_eq!(lifetime("59m"), None);
+        assert_eq!(lifetime("5m"), Some(time::Duration::minutes(5)));
+        assert_eq!(lifetime("4m59s"), None);
         assert_eq!(lifetime("9000h"), None);
     }
 

@@ -6,7 +6,14 @@
 # Usage:
 #   tests/cluster.sh up     build what is missing, start in the background (state: target/cluster)
 #   tests/cluster.sh up --with-apiguard   the same, then `apiguard-install` into it (a playground)
-#   tests/cluster.sh env    print `export KUBECONFIG=...`:  eval "$(tests/cluster.sh env)"
+#   tests/cluster.sh up --with-node [--with-apiguard]   the control plane plus a real node
+#                           (tests/node.sh: containerd, kubelet, kube-proxy, kube-scheduler,
+#                           kube-router, CoreDNS); with --with-apiguard the operator image is
+#                           built (tests/image.sh build) and the chart installed as a user does
+#                           (operator pods, webhook through its Service): the playground
+#   tests/cluster.sh env    print `export KUBECONFIG=...` (and, with a node, the local image
+#                           names APIGUARD_ECHO_IMAGE, APIGUARD_TOOLBOX_IMAGE, APIGUARD_ENVOY_IMAGE):
+#                           eval "$(tests/cluster.sh env)"
 #   tests/cluster.sh down   stop it (and a playground's apiguard) and remove its state
 #   tests/cluster.sh apiguard-install DIR   into the running control plane of state dir DIR:
 #                           kubectl apply -f crds/, helm install the chart with webhook.url to a
@@ -16,7 +23,10 @@
 #                           ready; state in DIR/apiguard/ (env file: DIR/apiguard/apiguard.env)
 #   tests/cluster.sh apiguard-start DIR / apiguard-stop DIR   (re)start or stop that process with
 #                           the release's current values (after `helm upgrade`)
-#   tests/cluster.sh run DIR  run in the foreground with state in DIR (empty or absent); writes
+#   tests/cluster.sh apiguard-install-node DIR [helm args...]   into the control plane + node
+#                           of DIR: the operator image, the CRDs, `helm install` (in-cluster
+#                           webhook), the operator pods Ready and the webhook answering
+#   tests/cluster.sh run DIR [--with-node]  run in the foreground with state in DIR (empty or absent); writes
 #                           DIR/cluster.env when ready; stops (and removes DIR unless
 #                           APIGUARD_KEEP_CLUSTER=1) on SIGTERM/SIGINT, when a component exits, or
 #                           when the process APIGUARD_CLUSTER_WATCH_PID (if set) is gone.
@@ -26,6 +36,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE="$ROOT/target/cluster"
 MARKER=.apiguard-cluster
 READY_TIMEOUT=${APIGUARD_CLUSTER_READY_TIMEOUT:-180}
+# With a node (run --with-node): the address the apiserver advertises to pods (the `kubernetes`
+# Service's endpoint) and its port, 6443 as in most clusters (the chart's NetworkPolicy lets the
+# operator reach 443 and 6443).
+NODE_IP=""
+NODE_API_PORT=6443
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
@@ -112,8 +127,6 @@ etcd_flags() { # DIR CLIENT_PORT PEER_PORT
 apiserver_flags() { # DIR PORT ETCD_PORT
   printf '%s\n' \
     "--etcd-servers=http://127.0.0.1:$3" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
     "--secure-port=$2" \
     "--cert-dir=$1/pki/serving" \
     "--token-auth-file=$1/pki/tokens.csv" \
@@ -132,8 +145,16 @@ apiserver_flags() { # DIR PORT ETCD_PORT
     "--service-account-key-file=$1/pki/sa.pub" \
     "--service-account-signing-key-file=$1/pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none \
     --v=1
+  if [[ -z "$NODE_IP" ]]; then
+    printf '%s\n' --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none
+  else
+    # Pods reach it through the `kubernetes` Service (endpoint NODE_IP, kept by the lease
+    # reconciler); it reaches the kubelet (logs, exec) with a client certificate.
+    printf '%s\n' --bind-address=0.0.0.0 "--advertise-address=$NODE_IP" --endpoint-reconciler-type=lease \
+      --kubelet-preferred-address-types=InternalIP,Hostname \
+      "--kubelet-client-certificate=$1/pki/kubelet-client.crt" "--kubelet-client-key=$1/pki/kubelet-client.key"
+  fi
 }
 
 controller_manager_flags() { # DIR PORT
@@ -148,8 +169,9 @@ controller_manager_flags() { # DIR PORT
     --use-service-account-credentials=true \
     "--service-account-private-key-file=$1/pki/sa.key" \
     "--root-ca-file=$1/pki/ca.crt" \
-    --controllers=garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,resourcequota-controller,endpoints-controller,endpointslice-controller,job-controller,cronjob-controller,statefulset-controller,daemonset-controller,disruption-controller,pod-garbage-collector-controller,ttl-after-finished-controller \
+    --controllers=garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,resourcequota-controller,endpoints-controller,endpointslice-controller,job-controller,cronjob-controller,statefulset-controller,daemonset-controller,disruption-controller,pod-garbage-collector-controller,ttl-after-finished-controller${NODE_IP:+,node-lifecycle-controller} \
     --v=1
+  # (node-lifecycle-controller: lifts the kubelet's registration taint not-ready:NoSchedule.)
 }
 
 # --- run: the supervisor ----------------------------------------------------------------------
@@ -180,11 +202,45 @@ all_running() {
   done
 }
 
+node_running() {
+  [[ -z "$NODE_IP" ]] && return 0
+  "$ROOT/tests/node.sh" running "$DIR" && return 0
+  log "a node process exited (logs: $DIR/logs/)"
+  return 1
+}
+
+# The node's users (token authentication, as the control plane's own): the kubelet as
+# system:node:<name> (Node authorizer, NodeRestriction), kube-proxy and kube-scheduler as the
+# users their bootstrap RBAC binds, kube-router as a member of system:masters. And the client
+# certificate the apiserver presents to the kubelet (logs, exec), from the client CA the
+# kubelet trusts.
+node_credentials() {
+  mkdir -p "$DIR/node"
+  local name user group token
+  while read -r name user group; do
+    token=$(random_token)
+    echo "$token" >"$DIR/node/$name.token"
+    echo "$token,$user,apiguard-$name${group:+,\"$group\"}" >>"$DIR/pki/tokens.csv"
+  done <<EOF
+kubelet system:node:apiguard-test-node system:nodes
+kube-proxy system:kube-proxy
+kube-scheduler system:kube-scheduler
+kube-router apiguard-kube-router system:masters
+EOF
+  chmod 600 "$DIR"/node/*.token
+  openssl ecparam -name prime256v1 -genkey -noout -out "$DIR/pki/kubelet-client.key" 2>/dev/null
+  openssl req -new -key "$DIR/pki/kubelet-client.key" -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" 2>/dev/null |
+    openssl x509 -req -CA "$DIR/pki/client-ca.crt" -CAkey "$DIR/pki/client-ca.key" -CAcreateserial \
+      -days 30 -out "$DIR/pki/kubelet-client.crt" 2>/dev/null
+}
+
 watched_alive() { [[ -z "${APIGUARD_CLUSTER_WATCH_PID-}" ]] || kill -0 "$APIGUARD_CLUSTER_WATCH_PID" 2>/dev/null; }
 
 stop_all() {
   local i pid deadline
   trap - EXIT INT TERM
+  # The node first: its pods are deleted while the apiserver still answers.
+  if [[ -n "$NODE_IP" ]]; then "$ROOT/tests/node.sh" stop "$DIR" || log "the node did not stop cleanly"; fi
   # In reverse order of start, each before the next: the apiserver shuts down quickly only while
   # etcd still answers.
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
@@ -205,6 +261,11 @@ stop_all() {
 
 run() {
   DIR=${1:?run needs a state directory}
+  case "${2-}" in
+    "") ;;
+    --with-node) NODE_IP=$("$ROOT/tests/node.sh" node-ip) ;;
+    *) die "unknown option $2: run takes --with-node" ;;
+  esac
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd)
   [[ -z "$(ls -A "$DIR" | grep -v '^supervisor.log$' || true)" ]] || die "$DIR is not empty"
@@ -219,8 +280,15 @@ run() {
   free_port etcd_port
   free_port etcd_peer_port
   free_port api_port
+  if [[ -n "$NODE_IP" ]]; then
+    api_port=$NODE_API_PORT
+    # (its self-signed certificate names localhost, the node's address and the Service IP)
+    server="https://localhost:$api_port"
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$api_port") 2>/dev/null ||
+      die "port $api_port is taken (another control plane with a node?): tests/cluster.sh down"
+  fi
   free_port kcm_port
-  server="https://127.0.0.1:$api_port"
+  [[ -n "$NODE_IP" ]] || server="https://127.0.0.1:$api_port"
 
   admin_token=$(random_token)
   kcm_token=$(random_token)
@@ -238,6 +306,7 @@ run() {
   openssl req -new -key "$DIR/pki/front-proxy-client.key" -subj /CN=front-proxy-client 2>/dev/null |
     openssl x509 -req -CA "$DIR/pki/front-proxy-ca.crt" -CAkey "$DIR/pki/front-proxy-ca.key" \
       -CAcreateserial -days 30 -out "$DIR/pki/front-proxy-client.crt" 2>/dev/null
+  [[ -z "$NODE_IP" ]] || node_credentials
   chmod 600 "$DIR"/pki/*.key "$DIR/pki/tokens.csv"
 
   start etcd "$APIGUARD_ETCD" etcd_flags "$DIR" "$etcd_port" "$etcd_peer_port"
@@ -266,17 +335,25 @@ run() {
   log "kube-apiserver ready at $server"
 
   start kube-controller-manager "$APIGUARD_KUBE_CONTROLLER_MANAGER" controller_manager_flags "$DIR" "$kcm_port"
+  if [[ -n "$NODE_IP" ]]; then
+    local name
+    for name in kubelet kube-proxy kube-router kube-scheduler; do
+      write_kubeconfig "$DIR/node/$name.kubeconfig" "$server" "$DIR/pki/ca.crt" "$(cat "$DIR/node/$name.token")" "$name"
+    done
+    "$ROOT/tests/node.sh" start "$DIR"
+  fi
 
   {
     echo "KUBECONFIG=$DIR/kubeconfig"
     echo "SERVER=$server"
     echo "TOKEN=$admin_token"
     echo "CA=$DIR/pki/ca.crt"
+    [[ -z "$NODE_IP" ]] || cat "$DIR/node/node.env"
   } >"$DIR/cluster.env.tmp"
   mv "$DIR/cluster.env.tmp" "$DIR/cluster.env"
   log "ready: export KUBECONFIG=$DIR/kubeconfig"
 
-  while all_running && watched_alive; do sleep 1; done
+  while all_running && node_running && watched_alive; do sleep 1; done
   watched_alive || log "process ${APIGUARD_CLUSTER_WATCH_PID} is gone; stopping"
 }
 
@@ -450,24 +527,83 @@ running_pid() {
   kill -0 "$pid" 2>/dev/null && echo "$pid"
 }
 
-up() {
-  local pid deadline
+# --- apiguard on the node: the chart as a user installs it -------------------------------------
+
+apiguard_install_node() { # DIR [extra helm install args...]
+  local dir=${1:?apiguard-install-node needs the control plane state directory} kubeconfig bin helm
+  shift
+  dir=$(cd "$dir" && pwd)
+  kubeconfig="$dir/kubeconfig"
+  [[ -f "$dir/node/node.env" ]] || die "$dir has no node: tests/cluster.sh up --with-node"
+  # shellcheck source=/dev/null
+  source "$dir/node/node.env"
+  bin=$(apiguard_bin)
+  helm=$(helm_bin)
+  local t0=$SECONDS
+  "$ROOT/tests/node.sh" operator-image "$dir" "$bin"
+  log "operator image built and imported ($((SECONDS - t0))s)"
+  kubectl --kubeconfig "$kubeconfig" apply -f "$ROOT/crds/" >&2
+  kubectl --kubeconfig "$kubeconfig" wait --for=condition=Established --timeout=60s -f "$ROOT/crds/" >&2
+  # docs/install.md, "Install with Helm"; only the Envoy image is a local one.
+  "$helm" --kubeconfig "$kubeconfig" install "$RELEASE" "$ROOT/charts/apiguard" \
+    -n "$RELEASE_NS" --create-namespace --set "gateway.envoyImage=$APIGUARD_ENVOY_IMAGE" \
+    --wait --timeout "${APIGUARD_READY_TIMEOUT}s" "$@" >&2 ||
+    die "helm install failed: $(kubectl --kubeconfig "$kubeconfig" -n "$RELEASE_NS" describe pods | tail -30)"
+  # The apiserver calls the webhook through its Service: an insecure Ingress is refused.
+  local deadline=$((SECONDS + APIGUARD_READY_TIMEOUT)) out
+  until out=$(kubectl --kubeconfig "$kubeconfig" create --dry-run=server \
+    -f "$ROOT/examples/insecure/APG001-cors-wildcard-origin.yaml" 2>&1 || true) && [[ "$out" == *APG001* ]]; do
+    ((SECONDS < deadline)) || die "the in-cluster webhook does not refuse APG001 within ${APIGUARD_READY_TIMEOUT}s: $out"
+    sleep 1
+  done
+  touch "$dir/node/apiguard.installed"
+  log "apiguard installed on the node in $((SECONDS - t0))s: operator pods Ready, webhook answering through its Service"
+}
+
+# --- the commands for people ------------------------------------------------------------------
+
+running_pid() {
+  local pid
+  [[ -f "$STATE/supervisor.pid" ]] || return 1
+  pid=$(cat "$STATE/supervisor.pid")
+  kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+up() { # [--with-node] [--with-apiguard]
+  local pid deadline with_node=false with_apiguard=false arg
+  for arg in "$@"; do
+    case "$arg" in
+      --with-node) with_node=true ;;
+      --with-apiguard) with_apiguard=true ;;
+      *) die "unknown option $arg: up takes --with-node and --with-apiguard" ;;
+    esac
+  done
   if pid=$(running_pid); then
     log "already running (supervisor pid $pid)"
-    if [[ "${1-}" == --with-apiguard && ! -f "$STATE/apiguard/apiguard.env" ]]; then
-      apiguard_install "$STATE"
+    if $with_node && [[ ! -f "$STATE/node/node.env" ]]; then
+      die "it runs without a node: tests/cluster.sh down, then up --with-node"
     fi
-    echo "export KUBECONFIG=$STATE/kubeconfig"
+    if $with_apiguard; then
+      if [[ -f "$STATE/node/node.env" && ! -f "$STATE/node/apiguard.installed" ]]; then
+        apiguard_install_node "$STATE"
+      elif [[ ! -f "$STATE/node/node.env" && ! -f "$STATE/apiguard/apiguard.env" ]]; then
+        apiguard_install "$STATE"
+      fi
+    fi
+    env_cmd
     return 0
   fi
   "$ROOT/tests/tools.sh" kubernetes etcd
+  if $with_node; then "$ROOT/tests/tools.sh" node; fi
   if [[ -d "$STATE" ]]; then
     [[ -f "$STATE/$MARKER" ]] || die "$STATE exists and is not a control plane state directory"
     rm -rf "$STATE"
   fi
   mkdir -p "$STATE"
-  setsid "$ROOT/tests/cluster.sh" run "$STATE" >"$STATE/supervisor.log" 2>&1 </dev/null &
-  deadline=$((SECONDS + READY_TIMEOUT + 10))
+  local run_args=(run "$STATE")
+  if $with_node; then run_args+=(--with-node); fi
+  setsid "$ROOT/tests/cluster.sh" "${run_args[@]}" >"$STATE/supervisor.log" 2>&1 </dev/null &
+  deadline=$((SECONDS + READY_TIMEOUT * 2 + 10))
   until [[ -f "$STATE/cluster.env" ]]; do
     if ! kill -0 "$!" 2>/dev/null; then
       cat "$STATE/supervisor.log" >&2 2>/dev/null || true
@@ -476,17 +612,20 @@ up() {
     ((SECONDS < deadline)) || die "the control plane was not ready in time (see $STATE/supervisor.log)"
     sleep 0.5
   done
-  if [[ "${1-}" == --with-apiguard ]]; then
-    apiguard_install "$STATE"
+  if $with_apiguard; then
+    if $with_node; then apiguard_install_node "$STATE"; else apiguard_install "$STATE"; fi
   fi
   log "running; logs in $STATE/logs/. Use it with:"
   log "  eval \"\$(tests/cluster.sh env)\" && kubectl get ns"
-  echo "export KUBECONFIG=$STATE/kubeconfig"
+  env_cmd
 }
 
 env_cmd() {
   running_pid >/dev/null || die "not running: tests/cluster.sh up"
   echo "export KUBECONFIG=$STATE/kubeconfig"
+  if [[ -f "$STATE/node/node.env" ]]; then
+    sed -n 's/^\(APIGUARD_[A-Z_]*_IMAGE=.*\)$/export \1/p' "$STATE/node/node.env"
+  fi
 }
 
 down() {
@@ -498,7 +637,8 @@ down() {
   fi
   apiguard_stop "$STATE"
   kill -TERM "$pid"
-  deadline=$((SECONDS + 30))
+  # (a node takes longer: its pods are deleted first)
+  deadline=$((SECONDS + 150))
   while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
   # The supervisor leads its own process group (setsid): take down anything left of it.
   kill -KILL -- "-$pid" 2>/dev/null || true
@@ -507,20 +647,16 @@ down() {
 }
 
 case "${1-}" in
-  up)
-    case "${2-}" in
-      "" | --with-apiguard) up "${2-}" ;;
-      *) die "unknown option ${2}: up takes --with-apiguard" ;;
-    esac
-    ;;
+  up) up "${@:2}" ;;
   apiguard-install) apiguard_install "${@:2}" ;;
+  apiguard-install-node) apiguard_install_node "${@:2}" ;;
   apiguard-start) apiguard_start "${2-}" ;;
   apiguard-stop) apiguard_stop "${2-}" ;;
   down) down ;;
   env) env_cmd ;;
-  run) run "${2-}" ;;
+  run) run "${2-}" "${3-}" ;;
   *)
-    sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,32s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
     ;;
 esac

@@ -29,6 +29,9 @@
 # service-account token is KUBECONFIG's (the chart's RBAC is tested by tests/e2e/e2e_journey.rs).
 #
 # Usage: tests/image.sh BINARY KUBECONFIG [WORKDIR]   (WORKDIR default: target/image)
+#        tests/image.sh build BINARY OUT.tar [WORKDIR]  only the build (context check, base,
+#          final stage), written as a docker-archive OUT.tar that `ctr images import` takes, named
+#          as the chart expects (the test node of tests/node.sh runs it)
 #   KUBECONFIG: a running control plane whose user has a bearer token (tests/cluster.sh up;
 #   tests/cluster/image.rs starts its own); the CRDs of crds/ are applied to it. Needs root (runc),
 #   buildah, umoci, runc, jq (`tests/tools.sh container` installs them), curl and kubectl.
@@ -47,13 +50,24 @@ expect() { # WHAT ACTUAL EXPECTED
   log "ok: $1 = $2"
 }
 
-[[ $# -ge 2 && $# -le 3 ]] || die "usage: tests/image.sh BINARY KUBECONFIG [WORKDIR]"
+MODE=check
+if [[ "${1-}" == build ]]; then
+  MODE=build
+  shift
+  [[ $# -ge 2 && $# -le 3 ]] || die "usage: tests/image.sh build BINARY OUT.tar [WORKDIR]"
+  OUT=$(realpath -m "$2")
+  WORK=${3:-$ROOT/target/image-build}
+  TOOLS=(buildah ldd)
+else
+  [[ $# -ge 2 && $# -le 3 ]] || die "usage: tests/image.sh BINARY KUBECONFIG [WORKDIR]"
+  KUBECONFIG_FILE=$(realpath "$2")
+  [[ -f "$KUBECONFIG_FILE" ]] || die "kubeconfig $KUBECONFIG_FILE not found"
+  WORK=${3:-$ROOT/target/image}
+  TOOLS=(buildah umoci runc jq curl kubectl ldd)
+fi
 BINARY=$(realpath "$1")
-KUBECONFIG_FILE=$(realpath "$2")
-WORK=${3:-$ROOT/target/image}
 [[ -x "$BINARY" ]] || die "$BINARY is not an executable"
-[[ -f "$KUBECONFIG_FILE" ]] || die "kubeconfig $KUBECONFIG_FILE not found"
-for tool in buildah umoci runc jq curl kubectl ldd; do
+for tool in "${TOOLS[@]}"; do
   command -v "$tool" >/dev/null || die "$tool is not installed: run tests/tools.sh container"
 done
 [[ $(id -u) -eq 0 ]] || die "runc needs root here (no rootless setup)"
@@ -146,6 +160,13 @@ log "final stage (from the Dockerfile):"
 sed 's/^/    /' "$stage/final-stage.orig" >&2
 buildah "${STORAGE[@]}" bud --quiet --isolation chroot --pull=never \
   -t "$tag" -f "$stage/Containerfile" "$stage" >/dev/null
+if [[ $MODE == build ]]; then
+  rm -f "$OUT"
+  buildah "${STORAGE[@]}" push --quiet "$tag" "docker-archive:$OUT:$tag" >/dev/null
+  rm -rf "$WORK"
+  log "built $tag (the Dockerfile's final stage) into $OUT"
+  exit 0
+fi
 buildah "${STORAGE[@]}" push --quiet "$tag" "oci:$WORK/oci:$version" >/dev/null
 umoci unpack --image "$WORK/oci:$version" "$WORK/bundle" >/dev/null
 log "built $tag with buildah, unpacked with umoci into $WORK/bundle"

@@ -62,6 +62,16 @@ pub fn control_plane() -> &'static ControlPlane {
 /// and removes its state once process `watch_pid` is gone. Returns it with the supervising
 /// `tests/cluster.sh run` process.
 pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), String> {
+    start_control_plane_with(watch_pid, &[], START_TIMEOUT)
+}
+
+/// [`start_control_plane`] with more arguments for `tests/cluster.sh run DIR` (`--with-node`)
+/// and another start timeout.
+pub fn start_control_plane_with(
+    watch_pid: u32,
+    run_args: &[&str],
+    timeout: Duration,
+) -> Result<(ControlPlane, Child), String> {
     let tools = [
         ("APIGUARD_ETCD", tool("etcd")),
         ("APIGUARD_KUBE_APISERVER", tool("kube-apiserver")),
@@ -87,6 +97,7 @@ pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), Stri
         .arg(&script)
         .arg("run")
         .arg(&dir)
+        .args(run_args)
         .envs(tools.iter().map(|(var, path)| (*var, path.as_os_str())))
         .env("APIGUARD_CLUSTER_WATCH_PID", watch_pid.to_string())
         .stdin(Stdio::null())
@@ -100,7 +111,7 @@ pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), Stri
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
 
     let ready = dir.join("cluster.env");
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     while !ready.exists() {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -112,7 +123,7 @@ pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), Stri
         if Instant::now() > deadline {
             let _ = child.kill();
             return Err(format!(
-                "not ready within {START_TIMEOUT:?}:\n{}",
+                "not ready within {timeout:?}:\n{}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             ));
         }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod controller;
 pub mod envoy;
 pub mod isolation;
+pub mod node;
 pub mod playground;
 pub mod policy_fixtures;
 pub mod tools;

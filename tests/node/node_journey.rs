@@ -1,0 +1,160 @@
+//! The user's first minutes, on a real node: the chart installed as a user does (operator pods
+//! Running and Ready, leader election between the two replicas, the webhook called by the
+//! apiserver through its Service), an insecure Ingress refused, then a policy and its target
+//! Deployment: the gateway pods (Envoy and the sensor sidecar) Running and Ready, and HTTPS
+//! through the gateway Service: public route 200, no token 401, wrong scope 403, valid token
+//! 200 with the target seeing the mTLS hop from the gateway's identity, a body breaking the
+//! OpenAPI contract refused by the sensor.
+
+use serde_json::{Value, json};
+
+use crate::support::envoy::Request;
+use crate::support::node::{RELEASE_NS, is_ready, node_cluster, serial};
+use crate::workload;
+
+#[test]
+fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
+    let _serial = serial();
+    let cluster = node_cluster();
+
+    // The operator: two replicas Running and Ready, one holding the controller Lease.
+    let operators = cluster.ready_pods(RELEASE_NS, "app.kubernetes.io/name=apiguard", 2);
+    let names: Vec<&str> = operators
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    let holder = crate::support::tools::wait_until(
+        std::time::Duration::from_secs(60),
+        "a holder of the controller Lease",
+        || {
+            let lease = cluster.get(RELEASE_NS, "lease", "apiguard-controller")?;
+            lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+        },
+    );
+    assert!(
+        names.contains(&holder.as_str()),
+        "the Lease holder {holder} is not an operator pod {names:?}"
+    );
+    for pod in &operators {
+        let image = pod["spec"]["containers"][0]["image"].as_str().unwrap();
+        assert!(
+            image.starts_with("ghcr.io/apiguard/apiguard:"),
+            "the operator runs {image}, not the chart's image"
+        );
+    }
+    // The webhook is the in-cluster Service, not a URL.
+    let vwc = cluster
+        .get("", "validatingwebhookconfiguration", "apiguard")
+        .expect("the chart's webhook configuration");
+    let client = &vwc["webhooks"][0]["clientConfig"];
+    assert!(client["url"].is_null(), "{client}");
+    assert_eq!(client["service"]["namespace"], RELEASE_NS, "{client}");
+
+    // An insecure Ingress is refused by the in-cluster webhook.
+    let ns = cluster.namespace("journey-ingress");
+    let example =
+        crate::support::tools::root().join("examples/insecure/APG001-cors-wildcard-origin.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let mut ingress = apiguard::manifest::parse_str("APG001", &text)
+        .unwrap()
+        .remove(0)
+        .object;
+    ingress["metadata"]["namespace"] = Value::from(ns.name.as_str());
+    let refused = cluster
+        .cp
+        .kubectl_with_stdin(["apply", "-f", "-"], &ingress.to_string());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !refused.status.success() && text.contains("APG001"),
+        "the insecure Ingress was not refused naming APG001: {text}"
+    );
+
+    // A policy and its target: the gateway pods run Envoy and the sensor, both Ready.
+    let api = workload::deploy(cluster, "journey", json!({}));
+    for pod in api.gateway_pods() {
+        let containers: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(containers, ["envoy", "sensor"], "{pod}");
+        let images: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["image"].as_str().unwrap())
+            .collect();
+        assert_eq!(images[0], cluster.envoy_image);
+        assert!(
+            images[1].starts_with("ghcr.io/apiguard/apiguard:"),
+            "{images:?}"
+        );
+        assert!(is_ready(&pod));
+        let statuses = pod["status"]["containerStatuses"].as_array().unwrap();
+        assert!(
+            statuses.iter().all(|s| s["ready"] == true),
+            "a container is not ready: {statuses:#?}"
+        );
+    }
+
+    // HTTPS through the gateway Service.
+    let public = api.call(&Request::get("/public/catalog")).unwrap();
+    assert_eq!(public.status, 200, "{}", public.text());
+    let echo: Value = public.json();
+    assert_eq!(echo["path"], "/public/catalog");
+    assert_eq!(
+        echo["peer"]["uris"],
+        json!([api.gateway_spiffe_id()]),
+        "the target did not see the gateway's identity on the mTLS hop: {echo}"
+    );
+    let anonymous = api.call(&Request::get("/orders")).unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let wrong_scope = api
+        .call(&Request::get("/orders").bearer(&api.token("profile:read")))
+        .unwrap();
+    assert_eq!(wrong_scope.status, 403, "{}", wrong_scope.text());
+    let allowed = api
+        .call(&Request::get("/orders").bearer(&api.token("orders:read")))
+        .unwrap();
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    assert_eq!(
+        allowed.json()["peer"]["uris"],
+        json!([api.gateway_spiffe_id()])
+    );
+
+    // The sensor sidecar enforces the contract: a valid body passes, an undeclared property
+    // (mass assignment) is refused with problem+json, and the target never sees it.
+    let writer = api.token("orders:write");
+    let valid = api
+        .call(
+            &Request::post("/orders")
+                .bearer(&writer)
+                .json(r#"{"item":"book","quantity":2}"#),
+        )
+        .unwrap();
+    assert_eq!(valid.status, 200, "{}", valid.text());
+    assert_eq!(valid.json()["body"], r#"{"item":"book","quantity":2}"#);
+    let mass_assignment = api
+        .call(
+            &Request::post("/orders")
+                .bearer(&writer)
+                .json(r#"{"item":"book","price":0}"#),
+        )
+        .unwrap();
+    assert_eq!(mass_assignment.status, 400, "{}", mass_assignment.text());
+    assert_eq!(
+        mass_assignment.header("content-type"),
+        Some("application/problem+json"),
+        "{mass_assignment:?}"
+    );
+    assert!(
+        mass_assignment.text().contains("/price"),
+        "the problem does not locate the property: {}",
+        mass_assignment.text()
+    );
+}
