@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cli;
 pub mod contract;
 pub mod controller;
+pub mod discovery;
 pub mod identity;
 pub mod kube_client;
 pub mod lint;
