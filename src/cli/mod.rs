@@ -1,10 +1,11 @@
 //! The `apiguard` command line: a thin edge over the library.
 //!
 //! One module per subcommand whose code is CLI-only: [`render`] (`apiguard render`),
-//! [`identity`] (`apiguard identity init-ca|issue`) and [`policy`] (`apiguard policy
-//! from-openapi`). The other subcommands are one call into their module (`lint`, `run`, `api`,
+//! [`identity`] (`apiguard identity init-ca|issue`), [`policy`] (`apiguard policy
+//! from-openapi`) and [`discover`] (`apiguard discover`). The other subcommands are one call into their module (`lint`, `run`, `api`,
 //! `sensor`).
 
+pub mod discover;
 pub mod identity;
 pub mod policy;
 pub mod render;
@@ -24,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Print every CRD apiguard owns as multi-document YAML.
     Crd,
+    /// The API inventory from gateway JSON access logs, offline: endpoints, statuses,
+    /// authentication, shadow (undeclared) and zombie (deprecated) endpoints.
+    Discover(discover::DiscoverArgs),
     /// Offline CA and workload certificate tools (the controller's code paths).
     Identity {
         #[command(subcommand)]
@@ -63,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::api::crds_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Discover(args) => discover::run(&args),
         Command::Identity { cmd } => {
             identity::run(cmd)?;
             Ok(ExitCode::SUCCESS)

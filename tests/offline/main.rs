@@ -10,6 +10,7 @@ mod architecture;
 mod chart_render;
 mod controller_mock;
 mod crd;
+mod discover_cli;
 mod docs;
 mod envoy_gateway;
 mod envoy_mtls;

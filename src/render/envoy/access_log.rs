@@ -29,6 +29,8 @@ pub fn access_log_format(audit: &Audit, audit_mode: bool) -> BTreeMap<String, St
     put("response_flags", "%RESPONSE_FLAGS%");
     put("duration_ms", "%DURATION%");
     put("request_id", "%REQ(X-REQUEST-ID)%");
+    // Discovery (`apiguard discover`) counts the media types each endpoint answers with.
+    put("response_content_type", "%RESP(CONTENT-TYPE)%");
     for c in &audit.include_claims {
         put(
             &format!("claim_{c}"),
