@@ -254,9 +254,19 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_router(addr, router(state), shutdown).await
+}
+
+/// Serve `routes` (the admin routes plus a component's own, e.g. the sensor's `/inventory`) on
+/// `addr` until `shutdown` completes.
+pub async fn serve_router(
+    addr: SocketAddr,
+    routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin server listening (/healthz, /readyz, /metrics)");
-    axum::serve(listener, router(state))
+    axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown)
         .await
 }

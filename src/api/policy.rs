@@ -98,6 +98,11 @@ pub struct ApiSecurityPolicySpec {
     /// assignment) and response redaction (excessive data exposure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<OpenApi>,
+    /// Learning the endpoints really called (on by default): the gateway streams its access
+    /// log to the sensor sidecar, which keeps an inventory (method, path template, counts,
+    /// status classes, declared or shadow) served on its admin port at `/inventory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
 }
 
 /// The Service that implements the API.
@@ -781,6 +786,27 @@ pub(crate) fn default_max_response_bytes() -> u64 {
     1_048_576
 }
 
+/// `spec.discovery`: what the sensor learns from the traffic it sees.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Discovery {
+    /// Learn endpoints from the gateway's access log stream (default true). Off the request
+    /// path: no latency is added. false: the gateway streams nothing (and, without other
+    /// runtime features, runs no sensor sidecar).
+    #[serde(default = "default_discovery_enabled")]
+    pub enabled: bool,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery { enabled: true }
+    }
+}
+
+fn default_discovery_enabled() -> bool {
+    true
+}
+
 /// Where the OpenAPI document comes from: exactly one of `configMapRef` and `inline`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -900,6 +926,10 @@ impl ApiSecurityPolicySpec {
     }
     pub fn audit(&self) -> Audit {
         self.audit.clone().unwrap_or_default()
+    }
+    /// `spec.discovery` with its defaults (enabled, no inline scanning).
+    pub fn discovery(&self) -> Discovery {
+        self.discovery.clone().unwrap_or_default()
     }
     /// The authorization rules, in evaluation order.
     pub fn rules(&self) -> &[AuthorizationRule] {

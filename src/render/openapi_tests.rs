@@ -309,13 +309,37 @@ fn a_contract_without_its_document_is_an_error_naming_the_field() {
 }
 
 #[test]
-fn without_openapi_there_is_no_sensor_anywhere() {
+fn without_openapi_discovery_streams_the_access_log_but_nothing_runs_inline() {
     for name in ["bola-user-orders.yaml", "partner-api-mtls-apikeys.yaml"] {
         let f = example(name);
+        let g = f.render().unwrap();
+        let sensor = &g.files[SENSOR_CONFIG_FILE].contents;
+        assert!(sensor.contains("discovery:"), "{name}: {sensor}");
+        assert!(!sensor.contains("openapi:"), "{name}: {sensor}");
+        let lds = &g.files["lds.json"].contents;
+        assert!(!lds.contains("ext_proc"), "{name}: no inline filter");
+        assert!(lds.contains("envoy.access_loggers.http_grpc"), "{name}");
+        assert!(
+            g.files["cds.json"].contents.contains(SENSOR_CLUSTER),
+            "{name}"
+        );
+        let o = gateway_objects(&f.policy, &g, &f.options).unwrap();
+        let pod = o.deployment.spec.unwrap().template.spec.unwrap();
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["envoy", "sensor"], "{name}");
+    }
+}
+
+#[test]
+fn with_discovery_disabled_and_no_openapi_there_is_no_sensor_anywhere() {
+    for name in ["bola-user-orders.yaml", "partner-api-mtls-apikeys.yaml"] {
+        let mut f = example(name);
+        f.policy.spec.discovery = Some(crate::api::Discovery { enabled: false });
         let g = f.render().unwrap();
         assert!(!g.files.contains_key(SENSOR_CONFIG_FILE), "{name}");
         for (file, f) in &g.files {
             assert!(!f.contents.contains("ext_proc"), "{name}: {file}");
+            assert!(!f.contents.contains("http_grpc"), "{name}: {file}");
             assert!(!f.contents.contains(SENSOR_CLUSTER), "{name}: {file}");
         }
         let o = gateway_objects(&f.policy, &g, &f.options).unwrap();

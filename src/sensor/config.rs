@@ -20,6 +20,8 @@ pub const DEFAULT_SENSOR_ADDR: &str = "127.0.0.1:9002";
 pub const SENSOR_ADMIN_PORT: u16 = 9003;
 /// Envoy's cluster name for the sensor.
 pub const SENSOR_CLUSTER: &str = "apiguard_sensor";
+/// The `log_name` of the gateway's gRPC access log stream to the sensor.
+pub const ACCESS_LOG_NAME: &str = "apiguard";
 
 /// The Envoy attributes the ext_proc filter sends with the request headers
 /// (`request_attributes`): the client address, the client certificate's URI SAN (mTLS
@@ -51,6 +53,29 @@ pub struct SensorConfig {
     /// The OpenAPI contract; absent when the policy has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<SensorContract>,
+    /// Discovery (`spec.discovery.enabled`): the gateway streams its access log to the sensor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<SensorDiscovery>,
+}
+
+/// What discovery needs beside the contract: the routes `spec.authorization.rules` declare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SensorDiscovery {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared: Vec<DeclaredRoute>,
+}
+
+/// One authorization rule's `match`: its methods (empty: any) and path patterns (exact,
+/// `/prefix/*` or `{param}` templates; empty: any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeclaredRoute {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// The policy a sensor serves.
@@ -112,6 +137,7 @@ impl SensorConfig {
             },
             mode,
             openapi: None,
+            discovery: None,
         }
     }
 

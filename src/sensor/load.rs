@@ -21,6 +21,9 @@ pub(crate) enum LoadError {
     /// `error` names the JSON pointer in the document.
     #[error("{file}: the OpenAPI document does not compile: {error}")]
     Contract { file: String, error: ContractError },
+    /// The declared endpoints discovery needs do not parse; `message` names the field.
+    #[error("{file}: {message}")]
+    Discovery { file: String, message: String },
 }
 
 /// Parses and compiles `text`, read from `file` (named in errors).
@@ -47,8 +50,14 @@ pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
             reject_undeclared: openapi.reject_undeclared,
         }));
     }
+    let discovery =
+        super::learn::discovery_config(&config).map_err(|message| LoadError::Discovery {
+            file: file.to_string(),
+            message,
+        })?;
     Ok(Pipeline {
         policy: format!("{}/{}", config.policy.namespace, config.policy.name),
+        discovery,
         stages,
         max_request_bytes: MAX_REQUEST_BYTES,
         max_response_bytes,

@@ -1,5 +1,6 @@
 //! The runtime sensor (`apiguard sensor`): the gateway's sidecar that Envoy calls over gRPC
-//! (ext_proc) to check requests and responses against the API's OpenAPI contract.
+//! (ext_proc) to check requests and responses against the API's OpenAPI contract, and to which
+//! it streams its access log (discovery).
 //!
 //! `config` is the contract between the renderer and the sensor: the `sensor.yaml` file and
 //! the request attributes Envoy sends. The rest is split like the crate, a pure core and thin
@@ -8,16 +9,18 @@
 //! - core: `context` (the exchange's request, principal and response), `pipeline` (stages
 //!   returning actions and events), `contract_stage` (the OpenAPI checks and redaction),
 //!   `load` (`sensor.yaml` text → pipeline), `ext_proc` (Envoy's messages ↔ the pipeline,
-//!   synchronous);
+//!   synchronous), `access_log` (an access log entry → the logged request);
 //! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
 //!   swapping the pipeline), `observe` (metrics and decision log lines).
 //!
 //! See `docs/sensor.md`.
 
+pub mod access_log;
 pub mod config;
 mod context;
 mod contract_stage;
 mod ext_proc;
+mod learn;
 mod load;
 pub mod observe;
 mod pipeline;

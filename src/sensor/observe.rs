@@ -8,6 +8,7 @@ use crate::contract::FieldError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +24,13 @@ pub struct ResponseLabels {
     pub policy: String,
     /// `clean`, `redacted`, `would_redact`, `too_large`, `unchecked`.
     pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub policy: String,
+    /// `true` (declared by the rules or the OpenAPI document) or `false` (shadow).
+    pub declared: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +61,8 @@ pub struct SensorMetrics {
     pub processing: Family<PointLabels, Histogram>,
     /// gRPC streams that ended with an error from Envoy's side (reset, bad message).
     pub stream_errors: Counter,
+    /// Endpoints in the discovery inventory, declared or not.
+    pub endpoints: Family<EndpointLabels, Gauge>,
 }
 
 impl SensorMetrics {
@@ -63,6 +73,7 @@ impl SensorMetrics {
             reloads: Family::default(),
             processing: Family::new_with_constructor(|| Histogram::new(PROCESSING_BUCKETS)),
             stream_errors: Counter::default(),
+            endpoints: Family::default(),
         };
         metrics.register(
             "apiguard_sensor_requests",
@@ -89,7 +100,24 @@ impl SensorMetrics {
             "ext_proc streams that ended with an error",
             this.stream_errors.clone(),
         );
+        metrics.register(
+            "apiguard_endpoints",
+            "Endpoints in the discovery inventory (method and path template), by policy and whether the policy declares them",
+            this.endpoints.clone(),
+        );
         this
+    }
+
+    /// The inventory's size: `declared` and undeclared (shadow) endpoints of `policy`.
+    pub fn set_endpoints(&self, policy: &str, declared: usize, undeclared: usize) {
+        for (label, n) in [("true", declared), ("false", undeclared)] {
+            self.endpoints
+                .get_or_create(&EndpointLabels {
+                    policy: policy.to_string(),
+                    declared: label,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts and logs what the stages did.

@@ -165,6 +165,8 @@ pub(crate) trait Stage: Send + Sync {
 pub(crate) struct Pipeline {
     /// `namespace/name`.
     pub(crate) policy: String,
+    /// The declared endpoints discovery templates against; None: discovery is off.
+    pub(crate) discovery: Option<super::learn::DiscoveryConfig>,
     pub(crate) stages: Vec<Box<dyn Stage>>,
     /// The most body bytes buffered per message (responses: `maxResponseBytes`, so a larger
     /// body is known to be too large without holding all of it).

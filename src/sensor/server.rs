@@ -1,13 +1,23 @@
-//! `apiguard sensor`: the flags, the ext_proc gRPC server (h2c, for Envoy on loopback), the
-//! admin server, the config's reload loop, and a graceful stop on SIGTERM.
+//! `apiguard sensor`: the flags, the gRPC server (h2c, for Envoy on loopback: ext_proc and the
+//! access log service), the admin server (with `GET /inventory`), the config's reload loop, and
+//! a graceful stop on SIGTERM.
 
+use super::access_log::logged;
 use super::config::DEFAULT_SENSOR_ADDR;
 use super::ext_proc::ExchangeStream;
+use super::learn::{Learner, SharedLearner};
 use super::observe::{PointLabels, ResultLabels, SensorMetrics};
 use super::reload::ConfigFile;
 use crate::admin::{self, AdminState, Metrics, Readiness};
 use crate::run::{LogFormat, init_logging};
 use anyhow::Context;
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::{
+    AccessLogService, AccessLogServiceServer,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
@@ -82,12 +92,23 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
     );
     let (stop, stopping) = watch::channel(false);
     let state = AdminState { metrics, readiness };
-    let mut admin = tokio::spawn(admin::serve(args.admin_addr, state, stopped(&stopping)));
+    let learner: SharedLearner = Arc::new(Learner::default());
+    let routes = admin::router(state).merge(inventory_route(config.clone(), learner.clone()));
+    let mut admin = tokio::spawn(admin::serve_router(
+        args.admin_addr,
+        routes,
+        stopped(&stopping),
+    ));
     let watcher = tokio::spawn(config.clone().watch(
         RELOAD_INTERVAL,
         sensor_metrics.clone(),
         stopped(&stopping),
     ));
+    let access_logs = AccessLogServiceServer::new(AccessLogs {
+        config: config.clone(),
+        learner,
+        metrics: sensor_metrics.clone(),
+    });
     let service = ExternalProcessorServer::new(Processor {
         config,
         metrics: sensor_metrics,
@@ -95,6 +116,7 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
     let mut grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(access_logs)
             .serve_with_incoming_shutdown(
                 // No Nagle delay on the answers Envoy is waiting for (as gRPC servers do).
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -200,6 +222,58 @@ impl ExternalProcessor for Processor {
                 }
             });
         Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// `GET /inventory`: the endpoints learned so far (JSON, docs/discovery.md).
+fn inventory_route(config: Arc<ConfigFile>, learner: SharedLearner) -> axum::Router {
+    axum::Router::new().route(
+        "/inventory",
+        axum::routing::get(move || {
+            let report = learner.report(&config.current().policy);
+            async move { axum::Json(report) }
+        }),
+    )
+}
+
+/// The access log service: Envoy streams every request's entry; each batch is counted into
+/// the inventory under the config in force. Never answers until the stream ends (as the
+/// protocol has it).
+struct AccessLogs {
+    config: Arc<ConfigFile>,
+    learner: SharedLearner,
+    metrics: SensorMetrics,
+}
+
+#[tonic::async_trait]
+impl AccessLogService for AccessLogs {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut inbound = request.into_inner();
+        loop {
+            match inbound.message().await {
+                Ok(Some(message)) => {
+                    let Some(LogEntries::HttpLogs(batch)) = message.log_entries else {
+                        continue;
+                    };
+                    let requests: Vec<_> = batch.log_entry.iter().filter_map(logged).collect();
+                    let pipeline = self.config.current();
+                    if let Some((declared, undeclared)) =
+                        self.learner.observe(pipeline.discovery.as_ref(), &requests)
+                    {
+                        self.metrics
+                            .set_endpoints(&pipeline.policy, declared, undeclared);
+                    }
+                }
+                Ok(None) => return Ok(Response::new(StreamAccessLogsResponse {})),
+                Err(status) => {
+                    tracing::debug!(error = %status, "access log stream ended with an error");
+                    return Err(status);
+                }
+            }
+        }
     }
 }
 

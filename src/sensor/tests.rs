@@ -502,6 +502,7 @@ fn attributes_and_jwt_metadata_become_the_principal() {
     }
     let pipeline = Pipeline {
         policy: "a/b".into(),
+        discovery: None,
         stages: vec![Box::new(Shared(spy.clone()))],
         max_request_bytes: 1024,
         max_response_bytes: 1024,

@@ -157,4 +157,44 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
         "the problem does not locate the property: {}",
         mass_assignment.text()
     );
+
+    // Discovery: each gateway pod's sensor learned what its Envoy served, from the access log
+    // stream (its admin port on the pod IP, as the kubelet's probes reach it).
+    let _ = api.call(&Request::get("/v1/admin/export")).unwrap();
+    let pods = api.gateway_pods();
+    let learned = crate::support::tools::wait_until(
+        std::time::Duration::from_secs(30),
+        "the gateway pods' inventories hold every request made",
+        || {
+            let mut orders_get = 0;
+            let mut shadow = false;
+            for pod in &pods {
+                let ip = pod["status"]["podIP"].as_str()?;
+                let inventory = inventory_of(ip)?;
+                for e in inventory["endpoints"].as_array()? {
+                    if e["method"] == "GET" && e["path"] == "/orders" {
+                        assert_eq!(e["declared"], true, "{e}");
+                        orders_get += e["requests"].as_u64()?;
+                    }
+                    shadow |= e["path"] == "/v1/admin/export" && e["declared"] == false;
+                }
+            }
+            // GET /orders: anonymous, wrong scope, allowed (and the readiness probe's own
+            // calls went to /public/ready).
+            (orders_get >= 3 && shadow).then_some(orders_get)
+        },
+    );
+    assert!(learned >= 3);
+}
+
+/// `GET http://IP:9003/inventory` of a gateway pod's sensor.
+fn inventory_of(ip: &str) -> Option<Value> {
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", "-m", "5", &format!("http://{ip}:9003/inventory")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
 }

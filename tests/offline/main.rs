@@ -28,6 +28,7 @@ mod readme;
 mod rules_fixtures;
 mod rules_props;
 mod sensor_cli;
+mod sensor_discovery;
 mod sensor_envoy;
 mod sensor_gateway;
 mod webhook_props;

@@ -161,6 +161,7 @@ pub fn from_openapi(text: &str, options: &StarterOptions) -> Result<Starter, Con
         east_west: None,
         network: None,
         audit: None,
+        discovery: None,
         openapi: Some(OpenApi {
             source: OpenApiSource {
                 config_map_ref: Some(ConfigMapKeyReference {

@@ -1,12 +1,15 @@
 //! The runtime sensor behind Envoy: the `ext_proc` filter that sends each request (and, as the
-//! contract's modes need, its body and the response) to the sensor sidecar, the sensor's
-//! cluster, and `sensor.yaml`. Rendered only for a policy with `spec.openapi`.
+//! contract's modes need, its body and the response) to the sensor sidecar (only for a policy
+//! with `spec.openapi`), the gRPC access log that streams every request's entry to it for
+//! discovery (`spec.discovery.enabled`, the default), the sensor's cluster, and `sensor.yaml`.
 
 use super::types::*;
 use super::{Ctx, RenderError};
 use crate::api::{OpenApi, PolicyMode, RequestContractMode, ResponseContractMode};
+use crate::render::CLIENT_ID_HEADER;
 use crate::sensor::config::{
-    JWT_METADATA_NAMESPACE, REQUEST_ATTRIBUTES, SENSOR_CLUSTER, SensorConfig, SensorContract,
+    ACCESS_LOG_NAME, DeclaredRoute, JWT_METADATA_NAMESPACE, REQUEST_ATTRIBUTES, SENSOR_CLUSTER,
+    SensorConfig, SensorContract, SensorDiscovery,
 };
 use std::collections::BTreeMap;
 
@@ -15,6 +18,35 @@ pub(super) const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 /// Enforce, open in Audit).
 const MESSAGE_TIMEOUT: &str = "0.200s";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Whether the gateway has a sensor sidecar: for the contract, or for discovery.
+pub(super) fn sensor_needed(ctx: &Ctx<'_>) -> bool {
+    ctx.spec.openapi.is_some() || ctx.spec.discovery().enabled
+}
+
+/// The gRPC access log to the sensor (discovery): every request's entry, including those
+/// Envoy's own filters refuse, streamed off the request path. It carries the client-id header
+/// the API-key filter sets and the response's content type beside the standard fields (method,
+/// path, status, route name, the JWT filter's metadata, the client certificate).
+pub(super) fn discovery_access_log(ctx: &Ctx<'_>) -> Option<AccessLog> {
+    ctx.spec.discovery().enabled.then(|| AccessLog {
+        name: "envoy.access_loggers.http_grpc",
+        typed_config: Any::HttpGrpcAccessLog(HttpGrpcAccessLog {
+            common_config: CommonGrpcAccessLogConfig {
+                log_name: ACCESS_LOG_NAME.into(),
+                grpc_service: GrpcService {
+                    envoy_grpc: EnvoyGrpc {
+                        cluster_name: SENSOR_CLUSTER.into(),
+                    },
+                },
+                transport_api_version: "V3",
+                buffer_flush_interval: "0.5s".into(),
+            },
+            additional_request_headers_to_log: vec![CLIENT_ID_HEADER.into()],
+            additional_response_headers_to_log: vec!["content-type".into()],
+        }),
+    })
+}
 
 /// The policy's contract and its resolved document, when it has one.
 pub(super) fn contract<'a>(ctx: &Ctx<'a>) -> Result<Option<(&'a OpenApi, &'a str)>, RenderError> {
@@ -123,14 +155,31 @@ pub(super) fn skip_direct_responses(routes: &mut RouteConfiguration) {
     }
 }
 
-/// `sensor.yaml`: the policy, its mode and the contract with the resolved document.
-pub(super) fn sensor_config(ctx: &Ctx<'_>, openapi: &OpenApi, document: &str) -> String {
+/// `sensor.yaml`: the policy, its mode, the contract with the resolved document, and what
+/// discovery needs (the routes the rules declare).
+pub(super) fn sensor_config(ctx: &Ctx<'_>, contract: Option<(&OpenApi, &str)>) -> String {
     let meta = &ctx.input.policy.metadata;
     let mut config = SensorConfig::new(
         meta.namespace.as_deref().unwrap_or("default"),
         meta.name.as_deref().unwrap_or_default(),
         ctx.spec.mode,
     );
+    let discovery = ctx.spec.discovery();
+    config.discovery = discovery.enabled.then(|| SensorDiscovery {
+        declared: ctx
+            .spec
+            .rules()
+            .iter()
+            .map(|r| DeclaredRoute {
+                rule: r.name.clone(),
+                methods: r.route.methods.clone(),
+                paths: r.route.paths.clone(),
+            })
+            .collect(),
+    });
+    let Some((openapi, document)) = contract else {
+        return config.to_yaml();
+    };
     config.openapi = Some(SensorContract {
         document: document.to_string(),
         requests: openapi.requests,

@@ -147,7 +147,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
     if contract(ctx)?.is_some() {
         skip_direct_responses(&mut routes);
     }
-    let access_log = if spec.audit().access_log {
+    let mut access_log = if spec.audit().access_log {
         vec![AccessLog {
             name: "envoy.access_loggers.file",
             typed_config: Any::FileAccessLog(FileAccessLog {
@@ -160,6 +160,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
     } else {
         Vec::new()
     };
+    access_log.extend(super::ext_proc::discovery_access_log(ctx));
     let underscores = match validation.headers_with_underscores {
         UnderscoreHeaders::Reject => "REJECT_REQUEST",
         UnderscoreHeaders::Drop => "DROP_HEADER",

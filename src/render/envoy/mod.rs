@@ -187,10 +187,11 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
     if let Some(keys) = ctx.api_keys() {
         files.insert(API_KEYS_FILE.into(), secret(api_keys_file(&ctx, keys)?));
     }
-    if let Some((openapi, document)) = ext_proc::contract(&ctx)? {
+    if ext_proc::sensor_needed(&ctx) {
+        let contract = ext_proc::contract(&ctx)?;
         files.insert(
             SENSOR_CONFIG_FILE.into(),
-            plain(ext_proc::sensor_config(&ctx, openapi, document)),
+            plain(ext_proc::sensor_config(&ctx, contract)),
         );
     }
     files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
@@ -266,7 +267,7 @@ fn listener_file(ctx: &Ctx<'_>, files: &Files) -> Result<String, RenderError> {
 /// CDS: the clusters, the target's carrying its upstream certificates' metadata.
 fn clusters_file(ctx: &Ctx<'_>, files: &Files) -> Result<String, RenderError> {
     let mut clusters = build_clusters(ctx)?;
-    if ext_proc::contract(ctx)?.is_some() {
+    if ext_proc::sensor_needed(ctx) {
         clusters.push(ext_proc::sensor_cluster(ctx)?);
     }
     let upstream = certificates(files, &[UPSTREAM_CERT_FILE, UPSTREAM_CA_FILE]);

@@ -28,6 +28,10 @@ pub enum Any {
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")]
     Router(Empty),
     #[serde(
+        rename = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+    )]
+    HttpGrpcAccessLog(HttpGrpcAccessLog),
+    #[serde(
         rename = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
     )]
     JwtAuthentication(JwtAuthentication),
@@ -370,6 +374,26 @@ pub struct ExtensionConfigSource {
 pub struct AccessLog {
     pub name: &'static str,
     pub typed_config: Any,
+}
+
+/// Envoy's gRPC access log service client (`envoy.access_loggers.http_grpc`): every request's
+/// entry, streamed off the request path.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct HttpGrpcAccessLog {
+    pub common_config: CommonGrpcAccessLogConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additional_request_headers_to_log: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additional_response_headers_to_log: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct CommonGrpcAccessLogConfig {
+    pub log_name: String,
+    pub grpc_service: GrpcService,
+    pub transport_api_version: &'static str,
+    /// How long entries wait in Envoy's buffer before they are sent.
+    pub buffer_flush_interval: String,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]

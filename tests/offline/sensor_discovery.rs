@@ -1,0 +1,190 @@
+//! Discovery on real parts: `apiguard render --envoy-dir` of a policy without a contract
+//! (discovery is on by default: the gateway streams its access log to the sensor, no ext_proc
+//! filter), the real `apiguard sensor` and the real Envoy, over HTTPS. A scripted traffic mix
+//! (declared routes, a refused call, an undeclared `/v1/admin/export`, ids and UUIDs in paths)
+//! gives the expected inventory at the sensor's `GET /inventory`: templates, declared flags,
+//! status classes (Envoy's own 401 and 404 included), authenticated counts, shadow endpoints,
+//! and none of the values.
+
+use super::sensor_envoy::Sensor;
+use crate::support::envoy::{Gateway, Issuer, Request, echo_upstream, unix_now};
+use crate::support::tools::free_port;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const ISSUER: &str = "https://idp.test.example/";
+const UUID: &str = "9f0c5e3a-1c2b-4d5e-8f90-123456789abc";
+
+fn manifests(jwks: &str) -> String {
+    format!(
+        r#"apiVersion: apiguard.dev/v1alpha1
+kind: ApiSecurityPolicy
+metadata: {{name: users, namespace: test}}
+spec:
+  target: {{service: users, port: 8080}}
+  exposure: Public
+  hosts: [api.test.example]
+  authentication:
+    jwt:
+      providers:
+      - name: test
+        issuer: {ISSUER}
+        audiences: [users-api]
+        jwks: {{inline: '{jwks}'}}
+  authorization:
+    rules:
+    - name: health
+      match: {{methods: [GET], paths: ["/health"]}}
+      public: true
+    - name: read-user
+      match: {{methods: [GET], paths: ["/users/{{id}}"]}}
+      allow: {{scopes: ["users:read"]}}
+  eastWest: {{mtls: Disabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: users, namespace: test}}
+spec:
+  selector: {{app: users}}
+  ports: [{{name: http, port: 8080, targetPort: 8080}}]
+"#
+    )
+}
+
+fn endpoint<'a>(inventory: &'a Value, method: &str, path: &str) -> &'a Value {
+    inventory["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["method"] == method && e["path"] == path)
+        .unwrap_or_else(|| panic!("no {method} {path} in the inventory: {inventory:#}"))
+}
+
+#[tokio::test]
+async fn the_sensor_learns_the_endpoints_the_gateway_serves_from_its_access_log() {
+    let issuer = Issuer::new("test-key");
+    let upstream = echo_upstream().await;
+    let sensor_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let gateway = Gateway::start_with_args(
+        &manifests(&issuer.jwks()),
+        upstream.addr,
+        None,
+        vec!["--sensor-addr".into(), sensor_addr.to_string()],
+    )
+    .await;
+    let config = gateway.envoy_dir().join("sensor.yaml");
+    let lds = std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).unwrap();
+    assert!(
+        !lds.contains("ext_proc"),
+        "no inline filter without a contract"
+    );
+    let sensor = Sensor::start(&config, sensor_addr, gateway.dir.path()).await;
+
+    let now = unix_now();
+    let token = issuer.token(&json!({
+        "iss": ISSUER, "aud": "users-api", "sub": "ann", "scope": "users:read",
+        "iat": now, "exp": now + 600,
+    }));
+    let traffic: Vec<(Request, u16)> = vec![
+        (Request::get("/health"), 200),
+        (Request::get("/health"), 200),
+        (Request::get("/users/123").bearer(&token), 200),
+        (
+            Request::get(&format!("/users/{UUID}?expand=1")).bearer(&token),
+            200,
+        ),
+        (Request::get("/users/7"), 401),
+        (Request::get("/v1/admin/export"), 404),
+        (Request::get("/v1/admin/export"), 404),
+        (Request::get("/v1/admin/export").bearer(&token), 404),
+        (
+            Request::get("/orders/12345/items/abcdef0123456789abcd"),
+            404,
+        ),
+    ];
+    for (request, expected) in &traffic {
+        let r = gateway.send(request).await;
+        assert_eq!(
+            r.status,
+            *expected,
+            "{} {}: {}",
+            request.method,
+            request.path,
+            r.text()
+        );
+    }
+
+    // The access log reaches the sensor within its flush interval (0.5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inventory = loop {
+        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
+        if status == 200 {
+            let inventory: Value = serde_json::from_str(&body).unwrap();
+            if inventory["observed"] == traffic.len() {
+                break inventory;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sensor did not see the {} requests (last answer {status}: {body})\nsensor log:\n{}",
+            traffic.len(),
+            sensor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(inventory["policy"], "test/users");
+
+    let users = endpoint(&inventory, "GET", "/users/{id}");
+    assert_eq!(users["declared"], true);
+    assert_eq!(users["requests"], 3, "{users}");
+    assert_eq!(users["statuses"], json!({"2xx": 2, "4xx": 1}), "{users}");
+    assert_eq!(users["authenticated"], 2, "{users}");
+    let health = endpoint(&inventory, "GET", "/health");
+    assert_eq!(
+        (health["declared"].clone(), health["requests"].clone()),
+        (json!(true), json!(2))
+    );
+    let export = endpoint(&inventory, "GET", "/v1/admin/export");
+    assert_eq!(export["declared"], false);
+    assert_eq!(export["statuses"], json!({"4xx": 3}), "{export}");
+    // The catch-all route does not verify tokens: a bearer token there is no identity.
+    assert_eq!(export["authenticated"], 0, "{export}");
+    let items = endpoint(&inventory, "GET", "/orders/{param}/items/{param2}");
+    assert_eq!(items["declared"], false);
+    let shadow = inventory["shadow"].as_array().unwrap();
+    assert!(
+        shadow.contains(&json!("GET /v1/admin/export")),
+        "{shadow:?}"
+    );
+    assert!(
+        shadow.contains(&json!("GET /orders/{param}/items/{param2}")),
+        "{shadow:?}"
+    );
+    assert!(!shadow.contains(&json!("GET /users/{id}")), "{shadow:?}");
+
+    // The inventory's size in the sensor's metrics.
+    let (_, metrics) = sensor.admin_get("/metrics").await.expect("/metrics");
+    for series in [
+        r#"apiguard_endpoints{policy="test/users",declared="true"} 2"#,
+        r#"apiguard_endpoints{policy="test/users",declared="false"} 2"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+
+    // Classes and counts only: no id, token or query value is kept.
+    let text = inventory.to_string();
+    for value in [
+        UUID,
+        "12345",
+        "abcdef0123456789abcd",
+        "expand",
+        token.as_str(),
+        "ann",
+    ] {
+        assert!(
+            !text.contains(value),
+            "{value:?} is in the inventory: {text}"
+        );
+    }
+}
