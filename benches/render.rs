@@ -134,7 +134,7 @@ fn bench_render(iterations: usize) {
 /// The full policy of the gateway tests; the benchmark's operation is
 /// `PUT /users/{userId}/orders` (scope, ownership, a JSON body), and `openapi` is inserted
 /// under `spec` when given (config (c)).
-fn full_policy(jwks: &str, openapi: Option<&str>) -> String {
+fn full_policy(jwks: &str, openapi: Option<&str>, discovery: bool) -> String {
     let openapi = openapi
         .map(|doc| {
             format!(
@@ -143,6 +143,12 @@ fn full_policy(jwks: &str, openapi: Option<&str>) -> String {
             )
         })
         .unwrap_or_default();
+    // Discovery is on by default; (b) measures the chain without it, (d) with it.
+    let discovery = if discovery {
+        ""
+    } else {
+        "  discovery: {enabled: false}\n"
+    };
     format!(
         r#"
 apiVersion: apiguard.dev/v1alpha1
@@ -183,7 +189,7 @@ spec:
     limit: {{requests: 100000000, per: Second}}
     by: {{claim: sub}}
   requestValidation: {{maxBodyBytes: 65536, allowedContentTypes: [application/json]}}
-{openapi}  eastWest: {{mtls: Disabled}}
+{openapi}{discovery}  eastWest: {{mtls: Disabled}}
   audit: {{accessLog: true}}
 ---
 apiVersion: v1
@@ -457,8 +463,8 @@ async fn drive(
     }
 }
 
-/// A running `apiguard sensor` (the built binary), killed on drop.
-struct Sensor(Child);
+/// A running `apiguard sensor` (the built binary) and its admin address, killed on drop.
+struct Sensor(Child, std::net::SocketAddr);
 
 impl Drop for Sensor {
     fn drop(&mut self) {
@@ -479,8 +485,8 @@ impl Sensor {
             .stderr(Stdio::from(std::fs::File::create(log).expect("log file")))
             .spawn()
             .expect("start apiguard sensor");
-        let sensor = Sensor(child);
         let admin: std::net::SocketAddr = admin.parse().expect("addr");
+        let sensor = Sensor(child, admin);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = raw_request(admin, None, None, &Request::get("/readyz").host("x")).await;
@@ -494,6 +500,15 @@ impl Sensor {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `GET /inventory` (after the access log's flush interval).
+    async fn inventory(&self) -> String {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        raw_request(self.1, None, None, &Request::get("/inventory").host("x"))
+            .await
+            .map(|r| r.text())
+            .unwrap_or_default()
     }
 }
 
@@ -577,7 +592,7 @@ async fn bench_envoy(bench: Bench) {
     );
 
     // (b) today's full policy, then (a) the same listener with the router alone.
-    let gateway = Gateway::start(&full_policy(&issuer.jwks(), None), upstream.addr).await;
+    let gateway = Gateway::start(&full_policy(&issuer.jwks(), None, false), upstream.addr).await;
     let check = gateway.send(&put(&body)).await;
     assert_eq!(
         check.status, 200,
@@ -660,7 +675,7 @@ async fn bench_envoy(bench: Bench) {
         );
         // Back to the full chain.
         let before = gateway.counter("listener_manager.lds.update_success").await;
-        gateway.render(&full_policy(&issuer.jwks(), None));
+        gateway.render(&full_policy(&issuer.jwks(), None, false));
         gateway.wait_listener_update(before).await;
     }
 
@@ -690,7 +705,7 @@ async fn bench_envoy(bench: Bench) {
 
     // (c) the full policy with the contract: the sensor validates the body.
     let sensor_addr = format!("127.0.0.1:{}", free_port());
-    let manifests = full_policy(&issuer.jwks(), Some(OPENAPI));
+    let manifests = full_policy(&issuer.jwks(), Some(OPENAPI), true);
     let gateway = Gateway::start_with_args(
         &manifests,
         upstream.addr,
@@ -714,12 +729,48 @@ async fn bench_envoy(bench: Bench) {
     );
     let sensor = bench.run(&gateway, &request).await;
     print_run("(c) full policy + sensor (body validated)", &sensor);
+    drop(gateway);
+
+    // (d) the full policy with discovery (the default): the access log streams to the
+    // sensor, nothing inline.
+    let discovery = {
+        let sensor_addr = format!("127.0.0.1:{}", free_port());
+        let gateway = Gateway::start_with_args(
+            &full_policy(&issuer.jwks(), None, true),
+            upstream.addr,
+            None,
+            vec!["--sensor-addr".to_string(), sensor_addr.clone()],
+        )
+        .await;
+        let sensor = Sensor::start(
+            &gateway.envoy_dir().join(SENSOR_CONFIG_FILE),
+            &sensor_addr,
+            &gateway.dir.path().join("sensor.log"),
+        )
+        .await;
+        assert_eq!(gateway.send(&put(&body)).await.status, 200);
+        let run = bench.run(&gateway, &request).await;
+        print_run("(d) full policy + discovery (default)", &run);
+        let inventory = sensor.inventory().await;
+        assert!(
+            inventory.contains("/users/{userId}/orders"),
+            "the sensor learned nothing: {inventory}"
+        );
+        run
+    };
 
     println!(
         "  (b)/(a) closed-loop throughput: {:.0}% ({:.0} vs {:.0} req/s)",
         full.closed.rps / pass.closed.rps * 100.0,
         full.closed.rps,
         pass.closed.rps
+    );
+    println!(
+        "  discovery cost at {} req/s, (d) - (b): p50 {:+.3} ms, p99 {:+.3} ms; closed loop {:.0}% of (b)",
+        bench.rate,
+        discovery.fixed.p50_ms - full.fixed.p50_ms,
+        discovery.fixed.p99_ms - full.fixed.p99_ms,
+        discovery.closed.rps / full.closed.rps * 100.0
     );
     println!(
         "  sensor cost at {} req/s, (c) - (b): p50 {:+.3} ms, p99 {:+.3} ms (targets < 0.3 / < 1.5 ms); closed loop {:.0}% of (b)",
