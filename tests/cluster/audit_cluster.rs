@@ -32,6 +32,8 @@ fn install_report_crds() {
     cp.kubectl_ok([
         "apply",
         "--server-side",
+        // A chart release of another module may have installed them (kept on uninstall).
+        "--force-conflicts",
         "-f",
         "charts/apiguard/files/policyreport-crds.yaml",
     ]);

@@ -688,6 +688,11 @@ fn policy_report_crds_and_the_audit_rbac_follow_their_values() {
         .iter()
         .find(|m| m.object["metadata"]["name"] == "policyreports.wgpolicyk8s.io")
         .unwrap();
+    // Deleting a CRD deletes every engine's reports: helm uninstall keeps it.
+    assert_eq!(
+        crd.object["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
     let version = &crd.object["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha2");
     assert_eq!(crd.object["spec"]["scope"], "Namespaced");
