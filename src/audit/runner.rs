@@ -271,19 +271,14 @@ impl Auditor {
             None => Ok(Written::Unchanged),
         };
         match result {
-            Ok(Written::Applied | Written::Deleted) => {
-                let written = result.as_ref().map(|w| w.as_str()).unwrap_or("error");
+            Ok(written @ (Written::Applied | Written::Deleted)) => {
                 tracing::info!(
                     namespace,
                     report = AUDIT_REPORT,
-                    written,
+                    written = written.as_str(),
                     "audit report updated"
                 );
-                self.metrics.wrote(if written == "applied" {
-                    "applied"
-                } else {
-                    "deleted"
-                });
+                self.metrics.wrote(written.as_str());
             }
             Ok(_) => {}
             Err(e) => {
