@@ -8,6 +8,7 @@
 #![warn(unreachable_pub)]
 
 pub mod api;
+pub mod audit;
 pub mod catalog;
 pub mod certs;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod lint;
 pub mod manifest;
 mod poll;
 pub mod render;
+pub mod reports;
 pub mod rules;
 pub mod sensor;
 

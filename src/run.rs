@@ -152,6 +152,14 @@ pub struct RunArgs {
     /// identities), renewed at two thirds; also how long a CA rotation keeps the old root.
     #[arg(long, env = "APIGUARD_LEAF_LIFETIME", default_value = "24h", value_parser = parse_duration)]
     pub leaf_lifetime: Duration,
+    /// Do not run the background audit (the leader reviewing every existing object of the
+    /// checked kinds into PolicyReports `apiguard-audit`).
+    #[arg(long, env = "APIGUARD_NO_AUDIT")]
+    pub no_audit: bool,
+    /// How often the background audit reviews every existing object (changes are audited as
+    /// they happen, after 2 s of quiet).
+    #[arg(long, env = "APIGUARD_AUDIT_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub audit_interval: Duration,
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
@@ -305,6 +313,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if args.audit_interval < Duration::from_secs(10) {
+        eprintln!("error: --audit-interval (APIGUARD_AUDIT_INTERVAL) must be at least 10s");
+        return Ok(ExitCode::from(2));
+    }
     if args.leaf_lifetime_checked().is_none() {
         eprintln!("error: --leaf-lifetime (APIGUARD_LEAF_LIFETIME) must be between 5m and 8760h");
         return Ok(ExitCode::from(2));
@@ -381,6 +393,14 @@ fn start_controller(
         renderer: Arc::new(controller::EnvoyRenderer { options }),
         metrics: controller_metrics,
         health: health.clone(),
+        audit: (!args.no_audit).then(|| crate::audit::Audit {
+            config: crate::audit::AuditConfig {
+                engine: args.engine_config(),
+                interval: args.audit_interval,
+                debounce: crate::audit::AuditConfig::DEFAULT_DEBOUNCE,
+            },
+            metrics: crate::audit::AuditMetrics::register(metrics),
+        }),
     };
     let shutdown = controller::shutdown_on(stopped(stop_rx));
     tokio::spawn(async move {
@@ -619,6 +639,8 @@ mod tests {
             args.leaf_lifetime_checked(),
             Some(crate::identity::DEFAULT_LEAF_LIFETIME)
         );
+        assert_eq!(args.audit_interval, Duration::from_secs(600));
+        assert!(!args.no_audit);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub(crate) fn target_identity_secret_name(policy_name: &str) -> String {
 /// Name of the trust bundle ConfigMap in every namespace that has a policy.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "apiguard-trust-bundle";
 
+/// Name of the background audit's PolicyReport in each namespace with findings.
+pub const AUDIT_REPORT: &str = "apiguard-audit";
+
 impl ApiSecurityPolicy {
     /// `<name>-apiguard` ([`gateway_name`]); a policy without a name gives `-apiguard`.
     pub fn gateway_name(&self) -> String {
@@ -90,6 +93,10 @@ pub mod labels {
     /// Component of the workload-identity objects (CA, leaf and serving certificate Secrets,
     /// trust bundle ConfigMap). See the module docs for why there are two component keys.
     pub(crate) const APP_COMPONENT: &str = "app.kubernetes.io/component";
+    /// On a PolicyReport apiguard writes: which report it is (the audit's is [`REPORT_AUDIT`]).
+    pub const REPORT: &str = "apiguard.dev/report";
+    /// The value of [`REPORT`] on the background audit's reports.
+    pub const REPORT_AUDIT: &str = "audit";
 }
 
 /// Annotation keys apiguard writes on its children.
@@ -121,6 +128,9 @@ pub mod field_managers {
     /// The field manager of the webhook's `caBundle` apply to its
     /// ValidatingWebhookConfiguration.
     pub const WEBHOOK_CA_BUNDLE: &str = "apiguard-webhook-ca";
+
+    /// The field manager of the background audit's PolicyReport writes.
+    pub const AUDIT: &str = "apiguard-audit";
 
     /// The field manager of one replica's leader-election Lease writes.
     pub fn lease(identity: &str) -> String {

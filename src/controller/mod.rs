@@ -607,6 +607,8 @@ pub struct Options {
     pub renderer: Arc<dyn GatewayRenderer>,
     pub metrics: Arc<ControllerMetrics>,
     pub health: Arc<Health>,
+    /// The background audit, run by the leader alongside reconciliation (`None`: off).
+    pub audit: Option<crate::audit::Audit>,
 }
 
 /// The controller with leader election: every replica competes for the Lease; the holder
@@ -618,6 +620,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
         renderer,
         metrics,
         health,
+        audit,
     } = opts;
     let reporter = Reporter {
         controller: "apiguard".into(),
@@ -632,6 +635,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
             let metrics = metrics.clone();
             let health = health.clone();
             let reporter = reporter.clone();
+            let audit = audit.clone();
             async move {
                 health.set_leader(true);
                 let now = time::OffsetDateTime::now_utc();
@@ -644,8 +648,17 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: Shutdown) -> Res
                 .await?;
                 tracing::info!(ca.fingerprint = %ca.fingerprint(), origin = ?origin, "leading; reconciling policies");
                 // The controller also drives CA rotations, on its own watch of the CA Secret.
-                run_controller(client, config, renderer, metrics, health.clone(), reporter, lost)
-                    .await;
+                let audit = audit.map(|a| {
+                    crate::audit::run(client.clone(), a.config, a.metrics, lost.clone())
+                });
+                let audit = async move {
+                    if let Some(audit) = audit {
+                        audit.await;
+                    }
+                };
+                let reconcile =
+                    run_controller(client, config, renderer, metrics, health.clone(), reporter, lost);
+                tokio::join!(reconcile, audit);
                 health.set_leader(false);
                 Ok::<(), RunError>(())
             }

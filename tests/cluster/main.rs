@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit_cluster;
 mod ca_rotation_cluster;
 mod chart_apiserver;
 mod cluster_smoke;

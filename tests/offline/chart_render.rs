@@ -37,6 +37,8 @@ const VALUE_SETS: &[&[&str]] = &[
         "admission.mode=Audit",
         "webhook.failurePolicy=Ignore",
     ],
+    &["audit.enabled=false", "policyReports.installCRDs=false"],
+    &["audit.interval=1h30m"],
 ];
 
 fn set_args(values: &[&str]) -> Vec<String> {
@@ -652,4 +654,91 @@ fn chart_app_version_and_dockerfile_match_the_crate() {
         dockerfile.contains(&format!("\nUSER {uid}:{uid}\n")),
         "the Dockerfile does not run as {uid}"
     );
+}
+
+fn crd_names(manifests: &[Manifest]) -> Vec<String> {
+    manifests
+        .iter()
+        .filter(|m| m.object["kind"] == "CustomResourceDefinition")
+        .map(|m| m.object["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn cluster_role(manifests: &[Manifest]) -> &Manifest {
+    manifests
+        .iter()
+        .find(|m| m.object["kind"] == "ClusterRole")
+        .expect("a ClusterRole")
+}
+
+/// The PolicyReport CRDs (`wgpolicyk8s.io/v1alpha2`) ship by default, unless another engine
+/// installed them (`policyReports.installCRDs=false`); the audit's RBAC (list/watch of every
+/// checked kind, PolicyReport writes) and settings follow `audit.enabled`.
+#[test]
+fn policy_report_crds_and_the_audit_rbac_follow_their_values() {
+    let default = template(&[]);
+    assert_eq!(
+        crd_names(&default),
+        [
+            "policyreports.wgpolicyk8s.io",
+            "clusterpolicyreports.wgpolicyk8s.io"
+        ]
+    );
+    let crd = default
+        .iter()
+        .find(|m| m.object["metadata"]["name"] == "policyreports.wgpolicyk8s.io")
+        .unwrap();
+    // Deleting a CRD deletes every engine's reports: helm uninstall keeps it.
+    assert_eq!(
+        crd.object["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let version = &crd.object["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha2");
+    assert_eq!(crd.object["spec"]["scope"], "Namespaced");
+    let result = &version["schema"]["openAPIV3Schema"]["properties"]["results"]["items"];
+    assert_eq!(result["required"], serde_json::json!(["policy"]));
+    assert_eq!(
+        result["properties"]["result"]["enum"],
+        serde_json::json!(["pass", "fail", "warn", "error", "skip"])
+    );
+    let role = cluster_role(&default);
+    let reports = grants(role, "wgpolicyk8s.io", "policyreports");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    for verb in ["get", "list", "patch", "delete"] {
+        assert!(reports[0].1.iter().any(|v| v == verb), "{reports:?}");
+    }
+    for (group, resource) in apiguard::rules::coverage::KINDS
+        .iter()
+        .flat_map(|c| c.webhook.iter())
+    {
+        let verbs: Vec<String> = grants(role, group, resource)
+            .into_iter()
+            .flat_map(|(_, verbs)| verbs)
+            .collect();
+        assert!(
+            verbs.iter().any(|v| v == "list") && verbs.iter().any(|v| v == "watch"),
+            "the audit cannot list and watch {group}/{resource}: {verbs:?}"
+        );
+    }
+    let env = |manifests: &[Manifest]| -> Vec<Value> {
+        manifests
+            .iter()
+            .find(|m| m.object["kind"] == "Deployment")
+            .unwrap()
+            .object["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        env_value(&env(&default), "APIGUARD_AUDIT_INTERVAL"),
+        Some("10m")
+    );
+
+    let off = template(&["audit.enabled=false", "policyReports.installCRDs=false"]);
+    assert!(crd_names(&off).is_empty());
+    assert!(grants(cluster_role(&off), "wgpolicyk8s.io", "policyreports").is_empty());
+    assert_eq!(env_value(&env(&off), "APIGUARD_NO_AUDIT"), Some("true"));
+    assert_eq!(env_value(&env(&off), "APIGUARD_AUDIT_INTERVAL"), None);
 }

@@ -144,6 +144,7 @@ fn registered_metrics() -> Vec<(String, String, String)> {
     let controller = ControllerMetrics::register(&metrics);
     let requests = apiguard::kube_client::register(&metrics);
     let serving = ServingMetrics::register(&metrics);
+    let audit = apiguard::audit::AuditMetrics::register(&metrics);
     // A label family with no series is not encoded at all: give each one series.
     admission
         .requests
@@ -177,6 +178,9 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         .ca_bundle_applies
         .get_or_create(&apiguard::certs::serving::ApplyLabels { result: "applied" })
         .inc();
+    audit.ran("full", std::time::Duration::from_millis(1));
+    audit.wrote("applied");
+    audit.set_findings([&std::collections::BTreeMap::from([(("APG005", "deny"), 1)])]);
     // `apiguard sensor` is another process with its own registry; its metrics share the table.
     let sensor = apiguard::sensor::observe::SensorMetrics::register(&metrics);
     let policy = "shop/orders".to_string();

@@ -45,6 +45,16 @@ impl Operator {
         lease: &str,
         configure: impl FnOnce(&mut Config),
     ) -> Operator {
+        Self::start_with_options(identity, lease, |o| configure(&mut o.config))
+    }
+
+    /// [`Operator::start`] with all its options adjusted by `configure` (e.g. the background
+    /// audit on).
+    pub fn start_with_options(
+        identity: &str,
+        lease: &str,
+        configure: impl FnOnce(&mut Options),
+    ) -> Operator {
         let cp = control_plane();
         install_policy_crd();
         let metrics = Arc::new(ControllerMetrics::default());
@@ -69,8 +79,9 @@ impl Operator {
             renderer: Arc::new(EnvoyRenderer::default()),
             metrics: metrics.clone(),
             health: health.clone(),
+            audit: None,
         };
-        configure(&mut opts.config);
+        configure(&mut opts);
         let thread = std::thread::Builder::new()
             .name(format!("operator-{identity}"))
             .spawn(move || {
