@@ -186,7 +186,7 @@ pub fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISO 13616: 15–34 characters (spaces ignored), country letters, check digits, and the
