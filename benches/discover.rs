@@ -79,12 +79,8 @@ fn lines(n: usize, scan: bool) -> String {
     for i in 0..n {
         p.clear();
         if scan {
-            write!(p, "/{}/{}", rng.below(1 << 40), rng.next() % 7).unwrap();
-            // Letters only so the heuristic keeps them: every path a new endpoint.
-            p = p
-                .replace(|c: char| c.is_ascii_digit(), "q")
-                .replace("/q/", &format!("/w{}/", char::from(b'a' + (i % 26) as u8)));
-            write!(p, "/{}", to_letters(rng.next())).unwrap();
+            // Letters only, so the heuristic keeps the segment: every path a new endpoint.
+            write!(p, "/scan/{}", to_letters(rng.next())).unwrap();
         } else {
             path(&mut rng, &mut p);
         }

@@ -186,12 +186,17 @@ fn table(report: &Report, with_policy: bool) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "{} endpoints, {} requests, {} shadow, {} zombie",
+        "{} endpoints, {} requests",
         report.endpoints.len(),
-        report.observed,
-        report.shadow.len(),
-        report.zombie.len()
+        report.observed
     ));
+    if with_policy {
+        out.push_str(&format!(
+            ", {} shadow, {} zombie",
+            report.shadow.len(),
+            report.zombie.len()
+        ));
+    }
     if report.overflow > 0 {
         out.push_str(&format!(
             ", {} requests past the {}-endpoint bound not counted",

@@ -30,6 +30,9 @@ pub struct AccessLogLine<'a> {
     client_cert: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     response_content_type: Option<Cow<'a, str>>,
+    /// `time`, parsed once by [`parse_line`].
+    #[serde(skip)]
+    at_unix_ms: i64,
 }
 
 /// Why a line is not an access-log line: the field and what is wrong, in the
@@ -55,7 +58,8 @@ fn error(field: &'static str, problem: impl Into<String>) -> LineError {
 
 /// Parses one line. Blank lines are the caller's to skip.
 pub fn parse_line(line: &str) -> Result<AccessLogLine<'_>, LineError> {
-    let parsed: AccessLogLine<'_> = serde_json::from_str(line).map_err(|e| explain(line, &e))?;
+    let mut parsed: AccessLogLine<'_> =
+        serde_json::from_str(line).map_err(|e| explain(line, &e))?;
     for (field, value) in [
         ("time", &parsed.time),
         ("method", &parsed.method),
@@ -65,15 +69,13 @@ pub fn parse_line(line: &str) -> Result<AccessLogLine<'_>, LineError> {
             return Err(error(field, "is missing"));
         }
     }
-    if parsed.time.as_deref().and_then(parse_ms).is_none() {
-        return Err(error(
-            "time",
-            format!(
-                "{:?} is not an RFC 3339 time",
-                parsed.time.as_deref().unwrap_or("")
-            ),
-        ));
-    }
+    parsed.at_unix_ms = match parsed.time.as_deref().and_then(parse_ms) {
+        Some(ms) => ms,
+        None => {
+            let time = parsed.time.as_deref().unwrap_or("");
+            return Err(error("time", format!("{time:?} is not an RFC 3339 time")));
+        }
+    };
     if parsed.status.is_none() {
         return Err(error("status", "is missing"));
     }
@@ -119,7 +121,7 @@ impl AccessLogLine<'_> {
                 || present(&self.client_id)
                 || present(&self.client_cert),
             content_type: self.response_content_type.as_deref().filter(|c| *c != "-"),
-            at_unix_ms: self.time.as_deref().and_then(parse_ms).unwrap_or(0),
+            at_unix_ms: self.at_unix_ms,
             sensitive: Sensitive::NONE,
         }
     }
