@@ -127,12 +127,12 @@ fn learn(log: &str, inventory: &mut Inventory) -> f64 {
     log.lines().count() as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The process's peak resident memory (`VmHWM`), in MiB.
-fn peak_rss_mib() -> f64 {
+/// The process's resident memory now (`VmRSS`) or at its peak (`VmHWM`), in MiB.
+fn rss_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }
@@ -161,7 +161,7 @@ fn main() {
 
     let log = lines(n, false);
     let mib = log.len() as f64 / (1 << 20) as f64;
-    let rss_before = peak_rss_mib();
+    let rss_before = rss_mib("VmRSS:");
     let mut inventory = Inventory::new(Some("shop/api".into()), declared());
     let rate = learn(&log, &mut inventory);
     let report = inventory.report();
@@ -173,23 +173,22 @@ fn main() {
         report.overflow
     );
     println!(
-        "discover: peak RSS {:.0} MiB with the log in memory ({:.0} MiB before learning)",
-        peak_rss_mib(),
-        rss_before
+        "discover: RSS {:.1} MiB after learning, {rss_before:.1} MiB before (the log in memory)",
+        rss_mib("VmRSS:"),
     );
     drop(log);
 
     let scan = lines(n, true);
-    let rss_before = peak_rss_mib();
+    let rss_before = rss_mib("VmRSS:");
     let mut inventory = Inventory::new(Some("shop/api".into()), declared());
     let rate = learn(&scan, &mut inventory);
     let report = inventory.report();
     println!(
-        "discover: scan {rate:.0} lines/s ({} endpoints, overflow {} requests), peak RSS {:.0} MiB ({:.0} MiB before learning)",
+        "discover: scan {rate:.0} lines/s ({} endpoints, overflow {} requests), RSS {:.1} MiB after learning, {rss_before:.1} MiB before; peak {:.0} MiB",
         report.endpoints.len(),
         report.overflow,
-        peak_rss_mib(),
-        rss_before
+        rss_mib("VmRSS:"),
+        rss_mib("VmHWM:"),
     );
     assert!(report.endpoints.len() <= apiguard::discovery::MAX_ENDPOINTS);
 
