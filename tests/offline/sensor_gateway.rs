@@ -508,6 +508,17 @@ async fn enforce_the_rendered_gateway_and_sensor_enforce_the_contract_and_reload
     cases.check("sensor killed: 503", r.status == 503, || {
         format!("{} {}", r.status, r.text())
     });
+    cases.check(
+        "sensor killed: the 503 is problem+json",
+        r.header("content-type") == Some("application/problem+json")
+            && serde_json::from_slice::<Value>(&r.body).is_ok_and(|p| {
+                p["status"] == 503
+                    && p["type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with("/sensor-unavailable"))
+            }),
+        || format!("{:?} {}", r.header("content-type"), r.text()),
+    );
 
     cases.finish(&stack);
 }

@@ -187,19 +187,23 @@ pub(crate) fn decision_format(audit: bool) -> String {
     format!("%CEL({expr})%")
 }
 
-/// Enforce with ownership checks: the ownership filter's 403 says `forbidden` (as the gateway's
-/// other refusals of an authenticated caller), not RBAC's text.
+/// Envoy's own replies the gateway rewrites, in Enforce: the ownership filter's 403 says
+/// `forbidden` (as the gateway's other refusals of an authenticated caller), not RBAC's text;
+/// the sensor's failure is a problem+json 503 ([`super::ext_proc::sensor_failure_reply`]).
 pub(super) fn local_reply_config(ctx: &Ctx<'_>) -> Option<Value> {
-    (!ctx.audit && has_ownership(ctx)).then(|| {
+    let ownership = (!ctx.audit && has_ownership(ctx)).then(|| {
         json!({
-            "mappers": [{
-                "filter": {"metadata_filter": {"matcher": {
-                    "filter": DECISION_NAMESPACE,
-                    "path": [{"key": "decision"}],
-                    "value": {"string_match": {"exact": "deny:ownership"}},
-                }}},
-                "body": {"inline_string": "forbidden\n"},
-            }]
+            "filter": {"metadata_filter": {"matcher": {
+                "filter": DECISION_NAMESPACE,
+                "path": [{"key": "decision"}],
+                "value": {"string_match": {"exact": "deny:ownership"}},
+            }}},
+            "body": {"inline_string": "forbidden\n"},
         })
-    })
+    });
+    let mappers: Vec<Value> = ownership
+        .into_iter()
+        .chain(super::ext_proc::sensor_failure_reply(ctx))
+        .collect();
+    (!mappers.is_empty()).then(|| json!({ "mappers": mappers }))
 }

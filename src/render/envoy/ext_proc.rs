@@ -48,6 +48,33 @@ pub(super) fn discovery_access_log(ctx: &Ctx<'_>) -> Option<AccessLog> {
     })
 }
 
+/// The local reply when the sensor fails in Enforce (unreachable, timed out, a gRPC error):
+/// Envoy's `503` carries a problem+json body saying so, instead of an empty one. Matched by the
+/// response code details Envoy gives ext_proc failures (`ext_proc_error_...`). None when the
+/// policy has no contract, or in Audit (the request goes through).
+pub(super) fn sensor_failure_reply(ctx: &Ctx<'_>) -> Option<serde_json::Value> {
+    (ctx.spec.openapi.is_some() && ctx.spec.mode != PolicyMode::Audit).then(|| {
+        serde_json::json!({
+            "filter": {"extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": "response.code_details.startsWith('ext_proc_error')",
+                },
+            }},
+            "body_format_override": {
+                "json_format": {
+                    "type": "https://apiguard.dev/problems/sensor-unavailable",
+                    "title": "The API contract could not be checked",
+                    "status": 503,
+                    "detail": "the gateway's sensor did not answer, so the request was refused",
+                },
+                "content_type": "application/problem+json",
+            },
+        })
+    })
+}
+
 /// The policy's contract and its resolved document, when it has one.
 pub(super) fn contract<'a>(ctx: &Ctx<'a>) -> Result<Option<(&'a OpenApi, &'a str)>, RenderError> {
     let Some(openapi) = ctx.spec.openapi.as_ref() else {
