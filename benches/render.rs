@@ -502,6 +502,25 @@ impl Sensor {
         }
     }
 
+    /// A gateway rendered from `manifests` for a sensor on a free port, and that sensor.
+    async fn beside(manifests: &str, upstream: std::net::SocketAddr) -> (Gateway, Sensor) {
+        let sensor_addr = format!("127.0.0.1:{}", free_port());
+        let gateway = Gateway::start_with_args(
+            manifests,
+            upstream,
+            None,
+            vec!["--sensor-addr".to_string(), sensor_addr.clone()],
+        )
+        .await;
+        let sensor = Sensor::start(
+            &gateway.envoy_dir().join(SENSOR_CONFIG_FILE),
+            &sensor_addr,
+            &gateway.dir.path().join("sensor.log"),
+        )
+        .await;
+        (gateway, sensor)
+    }
+
     /// `GET /inventory` (after the access log's flush interval).
     async fn inventory(&self) -> String {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -704,21 +723,8 @@ async fn bench_envoy(bench: Bench) {
     drop(gateway);
 
     // (c) the full policy with the contract: the sensor validates the body.
-    let sensor_addr = format!("127.0.0.1:{}", free_port());
     let manifests = full_policy(&issuer.jwks(), Some(OPENAPI), true);
-    let gateway = Gateway::start_with_args(
-        &manifests,
-        upstream.addr,
-        None,
-        vec!["--sensor-addr".to_string(), sensor_addr.clone()],
-    )
-    .await;
-    let _sensor = Sensor::start(
-        &gateway.envoy_dir().join(SENSOR_CONFIG_FILE),
-        &sensor_addr,
-        &gateway.dir.path().join("sensor.log"),
-    )
-    .await;
+    let (gateway, _sensor) = Sensor::beside(&manifests, upstream.addr).await;
     let check = gateway.send(&put(&body)).await;
     assert_eq!(check.status, 200, "the sensor admits the benchmark body");
     let invalid = body.replacen("SKU-", "sku-", 1);
@@ -734,20 +740,8 @@ async fn bench_envoy(bench: Bench) {
     // (d) the full policy with discovery (the default): the access log streams to the
     // sensor, nothing inline.
     let discovery = {
-        let sensor_addr = format!("127.0.0.1:{}", free_port());
-        let gateway = Gateway::start_with_args(
-            &full_policy(&issuer.jwks(), None, true),
-            upstream.addr,
-            None,
-            vec!["--sensor-addr".to_string(), sensor_addr.clone()],
-        )
-        .await;
-        let sensor = Sensor::start(
-            &gateway.envoy_dir().join(SENSOR_CONFIG_FILE),
-            &sensor_addr,
-            &gateway.dir.path().join("sensor.log"),
-        )
-        .await;
+        let manifests = full_policy(&issuer.jwks(), None, true);
+        let (gateway, sensor) = Sensor::beside(&manifests, upstream.addr).await;
         assert_eq!(gateway.send(&put(&body)).await.status, 200);
         let run = bench.run(&gateway, &request).await;
         print_run("(d) full policy + discovery (default)", &run);

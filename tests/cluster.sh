@@ -518,15 +518,6 @@ apiguard_install() { # DIR [extra helm install args...]
   apiguard_start "$dir"
 }
 
-# --- the commands for people ------------------------------------------------------------------
-
-running_pid() {
-  local pid
-  [[ -f "$STATE/supervisor.pid" ]] || return 1
-  pid=$(cat "$STATE/supervisor.pid")
-  kill -0 "$pid" 2>/dev/null && echo "$pid"
-}
-
 # --- apiguard on the node: the chart as a user installs it -------------------------------------
 
 apiguard_install_node() { # DIR [extra helm install args...]
