@@ -17,7 +17,7 @@ mod params;
 mod problem;
 mod request;
 mod response;
-mod schema;
+pub(crate) mod schema;
 mod shape;
 pub mod starter;
 mod tape;

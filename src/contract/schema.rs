@@ -149,8 +149,8 @@ pub(crate) fn compile<F: Json>(
         })
 }
 
-/// `8-4-4-4-12` hexadecimal digits.
-fn is_uuid(s: &str) -> bool {
+/// `8-4-4-4-12` hexadecimal digits (also discovery's UUID path segments).
+pub(crate) fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {

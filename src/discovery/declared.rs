@@ -83,16 +83,20 @@ impl Declared {
     /// The paths of a policy's authorization rules (an empty `paths` declares every path).
     pub fn add_policy(&mut self, spec: &ApiSecurityPolicySpec) -> Result<(), String> {
         for (i, rule) in spec.rules().iter().enumerate() {
-            let paths = if rule.route.paths.is_empty() {
-                vec!["/*".to_string(), "/".to_string()]
-            } else {
-                rule.route.paths.clone()
-            };
-            for path in &paths {
-                self.add(&rule.route.methods, path, false).map_err(|e| {
-                    format!("spec.authorization.rules[{i}].match.paths {path:?}: {e}")
-                })?;
-            }
+            self.add_route(&rule.route.methods, &rule.route.paths)
+                .map_err(|e| format!("spec.authorization.rules[{i}].match.paths {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// One rule's `match`: `methods` (empty: any) on `paths` (empty: every path). `Err` names
+    /// the path that is not a template.
+    pub fn add_route(&mut self, methods: &[String], paths: &[String]) -> Result<(), String> {
+        let every = ["/*".to_string(), "/".to_string()];
+        let paths = if paths.is_empty() { &every[..] } else { paths };
+        for path in paths {
+            self.add(methods, path, false)
+                .map_err(|e| format!("{path:?}: {e}"))?;
         }
         Ok(())
     }

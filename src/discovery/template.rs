@@ -2,6 +2,7 @@
 //! against request paths, and the heuristic that turns an undeclared path's id-like segments
 //! into `{param}`.
 
+use crate::contract::schema::is_uuid;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -83,15 +84,6 @@ impl ParamType {
 
 fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 /// The segments of a request path: the query string and fragment cut, empty segments (a

@@ -34,17 +34,13 @@ pub(crate) fn discovery_config(config: &SensorConfig) -> Result<Option<Discovery
         fingerprint.push_str(&openapi.document);
     }
     for (i, route) in discovery.declared.iter().enumerate() {
-        let paths = if route.paths.is_empty() {
-            vec!["/*".to_string(), "/".to_string()]
-        } else {
-            route.paths.clone()
-        };
-        for path in &paths {
-            declared
-                .add(&route.methods, path, false)
-                .map_err(|e| format!("discovery.declared[{i}].paths {path:?}: {e}"))?;
-        }
-        fingerprint.push_str(&format!("\n{}:{:?}:{:?}", route.rule, route.methods, paths));
+        declared
+            .add_route(&route.methods, &route.paths)
+            .map_err(|e| format!("discovery.declared[{i}].paths {e}"))?;
+        fingerprint.push_str(&format!(
+            "\n{}:{:?}:{:?}",
+            route.rule, route.methods, route.paths
+        ));
     }
     Ok(Some(DiscoveryConfig {
         policy: format!("{}/{}", config.policy.namespace, config.policy.name),

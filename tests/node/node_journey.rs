@@ -76,19 +76,13 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
     // A policy and its target: the gateway pods run Envoy and the sensor, both Ready.
     let api = workload::deploy(cluster, "journey", json!({}));
     for pod in api.gateway_pods() {
-        let containers: Vec<&str> = pod["spec"]["containers"]
+        let (names, images): (Vec<&str>, Vec<&str>) = pod["spec"]["containers"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(containers, ["envoy", "sensor"], "{pod}");
-        let images: Vec<&str> = pod["spec"]["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["image"].as_str().unwrap())
-            .collect();
+            .map(|c| (c["name"].as_str().unwrap(), c["image"].as_str().unwrap()))
+            .unzip();
+        assert_eq!(names, ["envoy", "sensor"], "{pod}");
         assert_eq!(images[0], cluster.envoy_image);
         assert!(
             images[1].starts_with("ghcr.io/apiguard/apiguard:"),
@@ -162,7 +156,7 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
     // stream (its admin port on the pod IP, as the kubelet's probes reach it).
     let _ = api.call(&Request::get("/v1/admin/export")).unwrap();
     let pods = api.gateway_pods();
-    let learned = crate::support::tools::wait_until(
+    crate::support::tools::wait_until(
         std::time::Duration::from_secs(30),
         "the gateway pods' inventories hold every request made",
         || {
@@ -181,10 +175,9 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
             }
             // GET /orders: anonymous, wrong scope, allowed (and the readiness probe's own
             // calls went to /public/ready).
-            (orders_get >= 3 && shadow).then_some(orders_get)
+            (orders_get >= 3 && shadow).then_some(())
         },
     );
-    assert!(learned >= 3);
 }
 
 /// `GET http://IP:9003/inventory` of a gateway pod's sensor.

@@ -212,3 +212,34 @@ fn openapi_example_holds_its_document_lints_clean_and_renders() {
         String::from_utf8_lossy(&render.stderr)
     );
 }
+
+/// The README's `apiguard discover` example: the orders API's access log against its policy and
+/// contract shows the undeclared `/v1/admin/export` as a shadow endpoint.
+#[test]
+fn the_example_access_log_shows_a_shadow_endpoint() {
+    let out = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+        .args([
+            "discover",
+            "--access-log",
+            "examples/openapi/orders-gateway.log",
+            "--policy",
+            "examples/openapi/orders-api.yaml",
+            "--format",
+            "json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run apiguard discover");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["shadow"],
+        serde_json::json!(["GET /v1/admin/export"]),
+        "{report:#}"
+    );
+    assert_eq!(report["observed"], 9, "{report:#}");
+}
