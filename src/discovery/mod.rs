@@ -9,6 +9,7 @@
 //!   endpoints).
 //! - [`access_log`]: one gateway access-log line as an [`Observation`] (`apiguard discover`).
 //! - [`openapi`]: an OpenAPI 3.1 skeleton of a report.
+//! - [`push`]: the inventory a sensor pushes to the operator (the wire format).
 //!
 //! The sensor calls it per exchange: [`sensitive::classify`] on the response body it scanned,
 //! then [`Inventory::observe`] with an [`Observation`], and serves [`Inventory::report`].
@@ -17,6 +18,7 @@ pub mod access_log;
 pub mod declared;
 pub mod inventory;
 pub mod openapi;
+pub mod push;
 pub mod sensitive;
 pub mod template;
 mod timestamp;
