@@ -16,6 +16,7 @@ pub mod contract;
 pub mod controller;
 pub mod discovery;
 pub mod identity;
+pub mod intake;
 pub mod kube_client;
 pub mod lint;
 pub mod manifest;

@@ -160,6 +160,16 @@ pub struct RunArgs {
     /// they happen, after 2 s of quiet).
     #[arg(long, env = "APIGUARD_AUDIT_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub audit_interval: Duration,
+    /// Where gateway sensors push their discovery inventory (the webhook's HTTPS endpoint,
+    /// path /v1/discovery) [default: https://<first --webhook-dns-name>/v1/discovery with the
+    /// managed serving certificate; none with --tls-cert or --no-webhook: sensors keep their
+    /// inventory to themselves (GET /inventory)].
+    #[arg(long, env = "APIGUARD_DISCOVERY_URL")]
+    pub discovery_url: Option<String>,
+    /// How often each gateway sensor pushes its inventory when it changed (it pushes at least
+    /// every ten intervals).
+    #[arg(long, env = "APIGUARD_DISCOVERY_REPORT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub discovery_report_interval: Duration,
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
@@ -255,6 +265,34 @@ impl RunArgs {
         })))
     }
 
+    /// Where sensors push (`--discovery-url`): the flag, else the first webhook DNS name when the
+    /// operator manages the serving certificate (issued by the CA the sensors trust), else
+    /// none. An error names the flag.
+    pub(crate) fn discovery_url_checked(&self) -> Result<Option<String>, String> {
+        use crate::discovery::push::PUSH_PATH;
+        if let Some(url) = self.discovery_url.as_deref().filter(|u| !u.is_empty()) {
+            let rest = url.strip_prefix("https://").ok_or_else(|| {
+                format!("--discovery-url (APIGUARD_DISCOVERY_URL) '{url}' must be an https:// URL")
+            })?;
+            if rest.split(['/', ':']).next().unwrap_or("").is_empty() {
+                return Err(format!(
+                    "--discovery-url (APIGUARD_DISCOVERY_URL) '{url}' has no host"
+                ));
+            }
+            return Ok(Some(url.to_owned()));
+        }
+        let managed = !self.no_webhook && self.tls_cert.is_none() && self.tls_key.is_none();
+        Ok(managed
+            .then(|| {
+                self.webhook_dns_names
+                    .iter()
+                    .map(|n| n.trim())
+                    .find(|n| !n.is_empty())
+                    .map(|n| format!("https://{n}{PUSH_PATH}"))
+            })
+            .flatten())
+    }
+
     /// `--leaf-lifetime` as a certificate lifetime: 5 minutes to 1 year. Certificates are
     /// backdated 5 minutes against clock skew and renewed at two thirds of notBefore..notAfter,
     /// so 5m renews 100 s after issue: short lifetimes are for tests and demonstrations of
@@ -317,6 +355,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: --audit-interval (APIGUARD_AUDIT_INTERVAL) must be at least 10s");
         return Ok(ExitCode::from(2));
     }
+    if let Err(message) = args.discovery_url_checked() {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(2));
+    }
+    if args.discovery_report_interval < Duration::from_secs(1) {
+        eprintln!(
+            "error: --discovery-report-interval (APIGUARD_DISCOVERY_REPORT_INTERVAL) must be at least 1s"
+        );
+        return Ok(ExitCode::from(2));
+    }
     if args.leaf_lifetime_checked().is_none() {
         eprintln!("error: --leaf-lifetime (APIGUARD_LEAF_LIFETIME) must be between 5m and 8760h");
         return Ok(ExitCode::from(2));
@@ -361,11 +409,7 @@ fn start_controller(
         });
     }
     let namespace = args.operator_namespace();
-    let identity = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| format!("apiguard-{}", std::process::id()));
+    let identity = pod_identity();
     let options = crate::render::RenderOptions {
         envoy_image: args.envoy_image.clone(),
         replicas: args.gateway_replicas,
@@ -409,6 +453,15 @@ fn start_controller(
             health.set_stopped();
         }
     })
+}
+
+/// This replica's name: `$POD_NAME`, else `$HOSTNAME`, else `apiguard-<pid>`.
+fn pod_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| format!("apiguard-{}", std::process::id()))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -504,6 +557,10 @@ async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> 
         })?;
     let controller_task = (!args.no_controller)
         .then(|| start_controller(&args, client.clone(), &metrics, &readiness, &stop_rx));
+    // Client certificates (discovery pushes) are verified against the operator CA's roots,
+    // which the managed serving Secret carries; with certificate files the CA is not known.
+    let client_roots = matches!(tls, Some(ServingSource::Managed(_)))
+        .then(|| Arc::new(crate::certs::SwappableClientRoots::new()));
     // One resolver serves the webhook; the files or the serving Secret feed it.
     let resolver: Option<Arc<SwappableCert>> = match tls {
         Some(ServingSource::Files(..)) => files_cert.map(|reloading| {
@@ -523,6 +580,7 @@ async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> 
                 client.clone(),
                 config,
                 managed.clone(),
+                client_roots.clone(),
                 certificate_ready.expect("registered for the managed certificate"),
                 ServingMetrics::register(&metrics),
                 stopped(&stop_rx),
@@ -533,7 +591,11 @@ async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> 
     };
     match resolver {
         Some(resolver) => {
-            serve_webhook(&args, resolver, client, &metrics, &readiness, &stop_rx).await?
+            let webhook = Webhook {
+                resolver,
+                client_roots,
+            };
+            serve_webhook(&args, webhook, client, &metrics, &readiness, &stop_rx).await?
         }
         None => stopped(&stop_rx).await,
     }
@@ -555,9 +617,16 @@ async fn serve(args: RunArgs, tls: Option<ServingSource>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What the webhook's TLS endpoint serves with.
+struct Webhook {
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    /// Roots of client certificates: with them, the endpoint also takes discovery pushes.
+    client_roots: Option<Arc<crate::certs::SwappableClientRoots>>,
+}
+
 async fn serve_webhook(
     args: &RunArgs,
-    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    webhook: Webhook,
     client: kube::Client,
     metrics: &Metrics,
     readiness: &Readiness,
@@ -566,12 +635,18 @@ async fn serve_webhook(
     let admission_metrics = AdmissionMetrics::register(metrics);
     let caches_ready = readiness.component("webhook-caches");
 
-    let tls = Arc::new(server_config(resolver)?);
+    let tls = Arc::new(match &webhook.client_roots {
+        Some(roots) => {
+            crate::webhook::server::server_config_with_client_auth(webhook.resolver, roots.clone())?
+        }
+        None => server_config(webhook.resolver)?,
+    });
 
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding the webhook listener on {}", args.webhook_addr))?;
     let webhook_addr = listener.local_addr()?;
+    let client_for_intake = client.clone();
     // Discovery can hang on an unreachable apiserver: a signal must still stop the process.
     let view = tokio::select! {
         view = ReflectorView::start(client, stop_rx.clone()) => view?,
@@ -606,9 +681,24 @@ async fn serve_webhook(
         max_body_bytes: args.webhook_max_body_bytes,
         request_timeout: args.webhook_timeout,
     };
-    let app = webhook::router(admission, limits).layer(middleware::from_fn(move |req, next| {
-        require_synced(caches_ready.clone(), req, next)
-    }));
+    let mut app =
+        webhook::router(admission, limits).layer(middleware::from_fn(move |req, next| {
+            require_synced(caches_ready.clone(), req, next)
+        }));
+    if webhook.client_roots.is_some() {
+        let intake = crate::intake::handler::IntakeService::new(
+            client_for_intake,
+            args.trust_domain.clone(),
+            pod_identity(),
+            crate::intake::IntakeLimits::default(),
+            crate::intake::handler::IntakeMetrics::register(metrics),
+        );
+        app = app.merge(crate::intake::handler::router(Arc::new(intake)));
+        tracing::info!(
+            path = crate::discovery::push::PUSH_PATH,
+            "discovery intake listening (gateway sensors' inventory pushes, mTLS)"
+        );
+    }
     webhook::server::serve_tls(listener, tls, app, stopped(stop_rx), args.shutdown_drain).await;
     Ok(())
 }
@@ -733,6 +823,54 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("at least 1h"), "{err}");
         assert!(Cli::try_parse_from(["apiguard", "--webhook-ip-address", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn sensors_push_to_the_first_webhook_name_unless_told_otherwise() {
+        let url = |args: &[&str]| {
+            let mut all = vec!["apiguard"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+                .unwrap()
+                .run
+                .discovery_url_checked()
+        };
+        assert_eq!(
+            url(&["--webhook-dns-name", "apiguard.guard.svc,localhost"]),
+            Ok(Some("https://apiguard.guard.svc/v1/discovery".into()))
+        );
+        assert_eq!(
+            url(&[
+                "--webhook-dns-name",
+                "apiguard.guard.svc",
+                "--discovery-url",
+                "https://127.0.0.1:9443/v1/discovery"
+            ]),
+            Ok(Some("https://127.0.0.1:9443/v1/discovery".into()))
+        );
+        // Certificate files or no webhook: the sensors cannot trust the endpoint; no push.
+        assert_eq!(
+            url(&[
+                "--tls-cert",
+                "a",
+                "--tls-key",
+                "b",
+                "--webhook-dns-name",
+                "x.svc"
+            ]),
+            Ok(None)
+        );
+        assert_eq!(
+            url(&["--no-webhook", "--webhook-dns-name", "x.svc"]),
+            Ok(None)
+        );
+        let err = url(&["--discovery-url", "http://x/v1/discovery"]).unwrap_err();
+        assert!(
+            err.contains("--discovery-url") && err.contains("https://"),
+            "{err}"
+        );
+        let err = url(&["--discovery-url", "https:///v1/discovery"]).unwrap_err();
+        assert!(err.contains("no host"), "{err}");
     }
 
     #[test]

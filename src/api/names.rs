@@ -40,6 +40,12 @@ pub const TRUST_BUNDLE_CONFIGMAP: &str = "apiguard-trust-bundle";
 /// Name of the background audit's PolicyReport in each namespace with findings.
 pub const AUDIT_REPORT: &str = "apiguard-audit";
 
+/// `apiguard-<policy>`: the PolicyReport of a policy's discovery findings (shadow, zombie and
+/// sensitive-data endpoints), in the policy's namespace.
+pub fn discovery_report_name(policy_name: &str) -> String {
+    format!("apiguard-{policy_name}")
+}
+
 impl ApiSecurityPolicy {
     /// `<name>-apiguard` ([`gateway_name`]); a policy without a name gives `-apiguard`.
     pub fn gateway_name(&self) -> String {
@@ -97,6 +103,8 @@ pub mod labels {
     pub const REPORT: &str = "apiguard.dev/report";
     /// The value of [`REPORT`] on the background audit's reports.
     pub const REPORT_AUDIT: &str = "audit";
+    /// The value of [`REPORT`] on a policy's discovery report (`apiguard-<policy>`).
+    pub const REPORT_DISCOVERY: &str = "discovery";
 }
 
 /// Annotation keys apiguard writes on its children.
@@ -108,6 +116,9 @@ pub mod annotations {
     pub(crate) const BOOTSTRAP_HASH: &str = "apiguard.dev/bootstrap-hash";
     /// On a leaf certificate Secret: its SPIFFE ID (label values cannot hold `/` and `:`).
     pub(crate) const SPIFFE_ID: &str = "apiguard.dev/spiffe-id";
+    /// On a discovery PolicyReport: SHA-256 (hex) of the declarations its findings were
+    /// learned under (a change of the policy's rules or OpenAPI document starts it over).
+    pub const DECLARATIONS: &str = "apiguard.dev/declarations";
     /// On a certificate Secret: the certificate's `notAfter` (RFC 3339).
     pub(crate) const NOT_AFTER: &str = "apiguard.dev/not-after";
     /// Set by the user to `requested` on the CA Secret to start a CA rotation.
@@ -131,6 +142,10 @@ pub mod field_managers {
 
     /// The field manager of the background audit's PolicyReport writes.
     pub const AUDIT: &str = "apiguard-audit";
+
+    /// The field manager of the discovery intake's writes (`status.discovery`, the
+    /// PolicyReport `apiguard-<policy>`).
+    pub const DISCOVERY: &str = "apiguard-discovery";
 
     /// The field manager of one replica's leader-election Lease writes.
     pub fn lease(identity: &str) -> String {

@@ -884,6 +884,28 @@ pub struct ApiSecurityPolicyStatus {
     /// Certificates issued for this policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateStatus>,
+    /// What the gateway's sensors reported of the endpoints really called (written by the
+    /// operator's discovery intake, not by the reconcile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// `status.discovery`: the endpoints the gateway replicas reported (see the PolicyReport
+/// `apiguard-<policy>` for which).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryStatus {
+    /// Endpoints called (method + path template), declared or not.
+    pub endpoints: i64,
+    /// Of them, not declared by the policy's rules or OpenAPI document (shadow endpoints).
+    pub undeclared: i64,
+    /// Of them, with sensitive data seen in responses.
+    pub sensitive: i64,
+    /// Of them, declared deprecated and still called (zombie endpoints).
+    #[serde(default)]
+    pub zombie: i64,
+    /// When a gateway replica last reported (RFC 3339).
+    pub last_report_time: String,
 }
 
 /// The generated gateway.

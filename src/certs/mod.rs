@@ -5,6 +5,8 @@
 //! - [`ca`]: the operator CA: race-free bootstrap ([`ensure_ca`]) or a user-supplied CA
 //!   ([`load_ca`]).
 //! - [`ca_rotation`]: the leader's CA rotation driver ([`drive_ca_rotation`]).
+//! - [`client_auth`]: [`SwappableClientRoots`], optional client certificates checked against
+//!   the operator CA's roots (swapped in place), and the SPIFFE ID of a presented one.
 //! - [`resolver`]: [`SwappableCert`], the rustls resolver of the webhook, swapped in place.
 //! - [`files`]: [`ReloadingCert`], the serving certificate from PEM files, re-read by polling.
 //! - [`serving_secret`]: the operator-managed serving certificate Secret.
@@ -15,6 +17,7 @@
 pub mod ca;
 pub mod ca_bundle;
 pub mod ca_rotation;
+pub mod client_auth;
 pub mod files;
 pub mod resolver;
 pub mod serving;
@@ -25,5 +28,6 @@ mod watch;
 
 pub use ca::{CaOrigin, CaSecretError, ensure_ca, load_ca};
 pub use ca_rotation::drive_ca_rotation;
+pub use client_auth::{SwappableClientRoots, spiffe_id_of};
 pub use files::ReloadingCert;
 pub use resolver::{SwappableCert, TlsError, certified_key, provider};

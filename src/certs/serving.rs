@@ -6,7 +6,8 @@
 //! 2. makes sure the serving Secret holds a good certificate for the wanted names
 //!    (`ensure_serving_secret`), safe against racing replicas;
 //! 3. serves that certificate, swapped in without a restart when the Secret changes
-//!    ([`SwappableCert`]);
+//!    ([`SwappableCert`]), and trusts the CA's roots for client certificates (the sensors'
+//!    discovery pushes, [`SwappableClientRoots`]);
 //! 4. server-side applies `webhooks[].clientConfig.caBundle` of the named
 //!    ValidatingWebhookConfiguration (`ensure_ca_bundle`) whenever it
 //!    differs from the CA's roots.
@@ -28,6 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use time::OffsetDateTime;
 
 use super::ca_bundle::{CaBundleOutcome, ensure_ca_bundle};
+use super::client_auth::SwappableClientRoots;
 use super::resolver::SwappableCert;
 use super::serving_secret::{SecretOutcome, ServingConfig, ServingError, ensure_serving_secret};
 use super::watch::watch_by_name;
@@ -87,6 +89,7 @@ pub(crate) async fn reconcile_once(
     client: kube::Client,
     config: &ServingConfig,
     cert: &SwappableCert,
+    client_roots: Option<&SwappableClientRoots>,
     metrics: &ServingMetrics,
     now: OffsetDateTime,
 ) -> Result<OffsetDateTime, ServingError> {
@@ -116,6 +119,22 @@ pub(crate) async fn reconcile_once(
         );
     }
     metrics.not_after.set(material.not_after.unix_timestamp());
+    if let Some(roots) = client_roots {
+        match roots.install(&material.ca_bundle_pem) {
+            Ok(true) => tracing::info!(
+                secret.namespace = %config.namespace,
+                secret.name = %config.secret,
+                "client certificates are verified against the operator CA's roots"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                secret.namespace = %config.namespace,
+                secret.name = %config.secret,
+                error = %e,
+                "the CA roots in the serving Secret cannot verify client certificates; keeping the previous ones"
+            ),
+        }
+    }
     if let Some(name) = &config.webhook_config {
         match ensure_ca_bundle(client, name, &material.ca_bundle_pem).await {
             Ok(CaBundleOutcome::Applied) => {
@@ -156,6 +175,7 @@ pub async fn run(
     client: kube::Client,
     config: ServingConfig,
     cert: Arc<SwappableCert>,
+    client_roots: Option<Arc<SwappableClientRoots>>,
     ready: ReadyHandle,
     metrics: ServingMetrics,
     shutdown: impl std::future::Future<Output = ()>,
@@ -174,7 +194,16 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     loop {
         let now = OffsetDateTime::now_utc();
-        let wait = match reconcile_once(client.clone(), &config, &cert, &metrics, now).await {
+        let wait = match reconcile_once(
+            client.clone(),
+            &config,
+            &cert,
+            client_roots.as_deref(),
+            &metrics,
+            now,
+        )
+        .await
+        {
             Ok(next) => {
                 backoff = Duration::from_secs(1);
                 ready.set_ready(cert.current().is_some());
@@ -254,11 +283,15 @@ mod tests {
         });
         let cert = SwappableCert::new();
         let metrics = ServingMetrics::default();
-        let next = reconcile_once(client, &config(), &cert, &metrics, NOW)
+        let roots = SwappableClientRoots::new();
+        let next = reconcile_once(client, &config(), &cert, Some(&roots), &metrics, NOW)
             .await
             .unwrap();
         let (created, applied) = server.await.unwrap();
         assert!(cert.current().is_some());
+        // The CA's roots now verify client certificates (the sensors' pushes).
+        assert!(roots.is_installed());
+        assert_eq!(roots.install(&bundle), Ok(false), "the same roots");
         assert_eq!(next, NOW + time::Duration::seconds(60));
         assert_eq!(
             applied,

@@ -275,6 +275,9 @@ pub fn status(
         conditions: conditions(outcome, prev_conditions, generation, now),
         gateway,
         certificates,
+        // Written by the discovery intake under its own field manager; the reconcile's apply
+        // leaves it out, so it is kept.
+        discovery: None,
     }
 }
 

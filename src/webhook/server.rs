@@ -1,6 +1,9 @@
 //! The HTTPS accept loop: TLS handshakes (rustls), HTTP/1.1 and HTTP/2 (hyper), graceful
 //! shutdown that stops accepting and lets in-flight requests finish. The certificate comes
-//! from a resolver of `crate::certs`.
+//! from a resolver of `crate::certs`. With client authentication
+//! ([`server_config_with_client_auth`]), a presented client certificate is verified during the
+//! handshake and its SPIFFE ID reaches every request of the connection as a [`PeerIdentity`]
+//! extension.
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
-use crate::certs::{TlsError, provider};
+use crate::certs::{SwappableClientRoots, TlsError, provider, spiffe_id_of};
 
 /// Time a client gets to complete the TLS handshake, and to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +34,43 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConf
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// [`server_config`] that also asks for a client certificate: optional (the apiserver sends
+/// none), verified against `client_roots` when presented.
+pub fn server_config_with_client_auth(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_roots: Arc<SwappableClientRoots>,
+) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(client_roots)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Who is at the other end of a connection, as its verified client certificate says: an
+/// extension of every request (none presented: both fields empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// A client certificate was presented (and verified: an unverified one fails the
+    /// handshake).
+    pub certificate: bool,
+    /// Its SPIFFE ID, when it has exactly one `spiffe://` URI SAN.
+    pub spiffe_id: Option<String>,
+}
+
+impl PeerIdentity {
+    fn of(certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Self {
+        match certificates.and_then(|c| c.first()) {
+            Some(leaf) => PeerIdentity {
+                certificate: true,
+                spiffe_id: spiffe_id_of(leaf),
+            },
+            None => PeerIdentity::default(),
+        }
+    }
 }
 
 /// Serve `app` over TLS on `listener` until `shutdown` completes, then stop accepting, ask
@@ -108,6 +149,11 @@ async fn serve_connection(
             return;
         }
     };
+    let peer_identity = PeerIdentity::of(tls.get_ref().1.peer_certificates());
+    let app = app.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer_identity.clone());
+        request
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -16,6 +16,7 @@ mod controller_crash;
 mod controller_envoy;
 mod controller_leader;
 mod controller_openapi;
+mod discovery_cluster;
 mod identity_cluster;
 mod image;
 mod policy_invariants_apiserver;

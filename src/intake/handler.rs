@@ -1,0 +1,316 @@
+//! The edge of the discovery intake: `POST /v1/discovery` on the webhook's HTTPS endpoint.
+//!
+//! Per push: the client certificate (verified by the TLS server, its SPIFFE ID in
+//! [`PeerIdentity`]) must be the policy's gateway identity; the policy's push budget must
+//! allow it; the policy must exist. Then the merged view goes to the apiserver: the
+//! PolicyReport `apiguard-<policy>` (server-side applied only when it changed, owned by the
+//! policy so it goes with it), `status.discovery` (server-side applied under its own field
+//! manager, so the reconcile's status writes keep it), and an Event per new shadow endpoint.
+
+use super::{
+    Intake, IntakeLimits, Refusal, SHADOW_EVENT_REASON, authorize, carried_over, reported_shadow,
+    results, status,
+};
+use crate::admin::Metrics;
+use crate::api::ApiSecurityPolicy;
+use crate::api::names::annotations::DECLARATIONS;
+use crate::api::names::field_managers::DISCOVERY;
+use crate::api::names::{discovery_report_name, labels};
+use crate::discovery::push::{MAX_PUSH_BYTES, PUSH_PATH, Push, PushAnswer};
+use crate::reports::{ReportBuilder, ReportWriter, Timestamp};
+use crate::webhook::server::PeerIdentity;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Labels of `apiguard_discovery_pushes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabels {
+    /// accepted, unauthenticated, forbidden, invalid, not_found, rate_limited, error.
+    result: &'static str,
+}
+
+/// The intake's metrics.
+#[derive(Clone, Default)]
+pub struct IntakeMetrics {
+    pushes: Family<PushLabels, Counter>,
+}
+
+impl IntakeMetrics {
+    /// Registers `apiguard_discovery_pushes_total{result}` in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self::default();
+        metrics.register(
+            "apiguard_discovery_pushes",
+            "Inventory pushes of gateway sensors received by this replica, by result",
+            this.pushes.clone(),
+        );
+        this
+    }
+
+    fn count(&self, result: &'static str) {
+        self.pushes.get_or_create(&PushLabels { result }).inc();
+    }
+}
+
+/// What the route needs.
+pub struct IntakeService {
+    client: kube::Client,
+    trust_domain: String,
+    writer: ReportWriter,
+    recorder: Recorder,
+    metrics: IntakeMetrics,
+    intake: Mutex<Intake>,
+}
+
+impl IntakeService {
+    /// The intake of one operator replica (`instance`, its pod name, in Events).
+    pub fn new(
+        client: kube::Client,
+        trust_domain: String,
+        instance: String,
+        limits: IntakeLimits,
+        metrics: IntakeMetrics,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "apiguard".into(),
+            instance: Some(instance),
+        };
+        IntakeService {
+            writer: ReportWriter::new(client.clone(), DISCOVERY),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            trust_domain,
+            metrics,
+            intake: Mutex::new(Intake::new(limits)),
+        }
+    }
+}
+
+/// The route `POST /v1/discovery`, with its body limit.
+pub fn router(service: Arc<IntakeService>) -> Router {
+    Router::new()
+        .route(PUSH_PATH, post(push))
+        .layer(DefaultBodyLimit::max(MAX_PUSH_BYTES))
+        .with_state(service)
+}
+
+/// An answer with a JSON [`PushAnswer`] body.
+fn answer(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = PushAnswer {
+        accepted: status == StatusCode::ACCEPTED,
+        message: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+fn refused(service: &IntakeService, refusal: &Refusal) -> Response {
+    let (status, label) = match refusal {
+        Refusal::NoCertificate => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        Refusal::NoSpiffeId | Refusal::WrongIdentity { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+        Refusal::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        Refusal::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+    };
+    service.metrics.count(label);
+    tracing::info!(result = label, reason = %refusal, "discovery push refused");
+    let mut response = answer(status, refusal.to_string());
+    if let Refusal::RateLimited {
+        retry_after_seconds,
+        ..
+    } = refusal
+        && let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+async fn push(
+    State(service): State<Arc<IntakeService>>,
+    peer: Option<axum::Extension<PeerIdentity>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let peer = peer.map(|p| p.0).unwrap_or_default();
+    if !peer.certificate {
+        return refused(&service, &Refusal::NoCertificate);
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            service.metrics.count("invalid");
+            let status = rejection.status();
+            return answer(
+                status,
+                format!("cannot read the push: {}", rejection.body_text()),
+            );
+        }
+    };
+    let push: Push = match serde_json::from_slice(&body) {
+        Ok(push) => push,
+        Err(e) => {
+            service.metrics.count("invalid");
+            return answer(
+                StatusCode::BAD_REQUEST,
+                format!("not a discovery push: {e}"),
+            );
+        }
+    };
+    let (namespace, name) = (push.namespace.clone(), push.name.clone());
+    if let Err(refusal) = authorize(
+        peer.certificate,
+        peer.spiffe_id.as_deref(),
+        &service.trust_domain,
+        &namespace,
+        &name,
+    ) {
+        return refused(&service, &refusal);
+    }
+    let admitted = service
+        .intake
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .admit(&namespace, &name, now_ms());
+    if let Err(refusal) = admitted {
+        return refused(&service, &refusal);
+    }
+    match record(&service, push).await {
+        Ok(Some(message)) => {
+            service.metrics.count("accepted");
+            answer(StatusCode::ACCEPTED, message)
+        }
+        Ok(None) => {
+            service.metrics.count("not_found");
+            service
+                .intake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget(&namespace, &name);
+            answer(
+                StatusCode::NOT_FOUND,
+                format!("ApiSecurityPolicy {namespace}/{name} not found"),
+            )
+        }
+        Err(e) => {
+            service.metrics.count("error");
+            tracing::warn!(policy = %format!("{namespace}/{name}"), error = %e, "discovery push not recorded");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not recorded, retry later: {e}"),
+            )
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// Writes what `push` changes; `None` when the policy does not exist. Returns what was done.
+async fn record(service: &IntakeService, push: Push) -> Result<Option<String>, kube::Error> {
+    let (namespace, name) = (push.namespace.clone(), push.name.clone());
+    let policies: Api<ApiSecurityPolicy> = Api::namespaced(service.client.clone(), &namespace);
+    let Some(policy) = policies.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    let report_name = discovery_report_name(&name);
+    let stored = service.writer.get(&namespace, &report_name).await?;
+    let known = reported_shadow(stored.as_ref());
+    let taken = service
+        .intake
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take(push, &known, now_ms());
+    let object = policy.object_ref(&());
+    let fresh = results(&object, &taken.endpoints);
+    let kept = carried_over(stored.as_ref(), &taken.declarations, &fresh);
+    let mut builder = ReportBuilder::new(&namespace, &report_name)
+        .label(labels::REPORT, labels::REPORT_DISCOVERY)
+        .label(labels::POLICY, &name);
+    builder.extend(fresh);
+    builder.extend(kept);
+    let mut desired = builder.build(stored.as_ref(), Timestamp::now());
+    desired.metadata.annotations = Some(BTreeMap::from([(
+        DECLARATIONS.to_owned(),
+        taken.declarations.clone(),
+    )]));
+    desired.metadata.owner_references = policy.owner_ref(&()).map(|o| vec![o]);
+    let same_declarations = stored
+        .as_ref()
+        .and_then(|s| s.metadata.annotations.as_ref())
+        .and_then(|a| a.get(DECLARATIONS))
+        .is_some_and(|d| *d == taken.declarations);
+    // New declarations are written even when the results happen to be the same.
+    let compare_with = stored.as_ref().filter(|_| same_declarations);
+    let written = match service.writer.apply(&desired, compare_with).await {
+        Ok((written, _)) => written.as_str(),
+        // The PolicyReport CRDs are not installed (policyReports.installCRDs=false and no
+        // other engine brought them): status and Events still tell.
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::warn!(
+                policy = %format!("{namespace}/{name}"),
+                "PolicyReport apiguard-{name} not written: the wgpolicyk8s.io/v1alpha2 PolicyReport CRD is not installed"
+            );
+            "no_crd"
+        }
+        Err(e) => return Err(e),
+    };
+    let report_time = crate::identity::rfc3339(time::OffsetDateTime::now_utc());
+    let discovery = status(&taken.endpoints, report_time);
+    let patch = serde_json::json!({
+        "apiVersion": ApiSecurityPolicy::api_version(&()),
+        "kind": ApiSecurityPolicy::kind(&()),
+        "status": { "discovery": discovery },
+    });
+    policies
+        .patch_status(
+            &name,
+            &PatchParams::apply(DISCOVERY).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    for endpoint in &taken.new_shadow {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: SHADOW_EVENT_REASON.into(),
+            note: Some(format!(
+                "{endpoint} is called but not declared (shadow endpoint): declare it in spec.authorization.rules or the OpenAPI document, or stop serving it"
+            )),
+            action: "Discover".into(),
+            secondary: None,
+        };
+        if let Err(e) = service.recorder.publish(&event, &object).await {
+            tracing::warn!(policy = %format!("{namespace}/{}", policy.name_any()), error = %e, "could not publish a ShadowEndpoint Event");
+        }
+    }
+    tracing::info!(
+        policy = %format!("{namespace}/{name}"),
+        endpoints = discovery.endpoints,
+        undeclared = discovery.undeclared,
+        sensitive = discovery.sensitive,
+        new_shadow = taken.new_shadow.len(),
+        report = written,
+        "discovery push recorded"
+    );
+    Ok(Some(format!(
+        "recorded: {} endpoints, {} undeclared, {} with sensitive data",
+        discovery.endpoints, discovery.undeclared, discovery.sensitive
+    )))
+}
