@@ -60,7 +60,8 @@ impl IntakeMetrics {
         this
     }
 
-    fn count(&self, result: &'static str) {
+    /// Counts one push with `result`.
+    pub fn count(&self, result: &'static str) {
         self.pushes.get_or_create(&PushLabels { result }).inc();
     }
 }

@@ -145,6 +145,8 @@ fn registered_metrics() -> Vec<(String, String, String)> {
     let requests = apiguard::kube_client::register(&metrics);
     let serving = ServingMetrics::register(&metrics);
     let audit = apiguard::audit::AuditMetrics::register(&metrics);
+    let intake = apiguard::intake::handler::IntakeMetrics::register(&metrics);
+    intake.count("accepted");
     // A label family with no series is not encoded at all: give each one series.
     admission
         .requests
