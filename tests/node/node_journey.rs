@@ -178,6 +178,49 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
             (orders_get >= 3 && shadow).then_some(())
         },
     );
+
+    // The sensors pushed their inventories to the operator through its Service, over mTLS
+    // with the gateway's certificate (the chart's report interval is 5 s here): the policy's
+    // PolicyReport names the shadow endpoint, its status counts it, one Event announces it.
+    let report_name = format!("apiguard-{}", workload::POLICY);
+    let shadow = crate::support::tools::wait_until(
+        std::time::Duration::from_secs(90),
+        "the policy's PolicyReport with the shadow endpoint",
+        || {
+            let report = cluster.get(api.ns(), "policyreport", &report_name)?;
+            report["results"]
+                .as_array()?
+                .iter()
+                .find(|r| {
+                    r["rule"] == "shadow-endpoint" && r["properties"]["path"] == "/v1/admin/export"
+                })
+                .cloned()
+        },
+    );
+    assert_eq!(shadow["result"], "fail", "{shadow}");
+    let policy = cluster
+        .get(api.ns(), "apisecuritypolicy", workload::POLICY)
+        .unwrap();
+    let discovery = &policy["status"]["discovery"];
+    assert!(
+        discovery["undeclared"].as_i64() >= Some(1) && discovery["endpoints"].as_i64() >= Some(2),
+        "{discovery}"
+    );
+    let events = cluster.cp.kubectl_ok([
+        "get",
+        "events",
+        "-n",
+        api.ns(),
+        "--field-selector",
+        "reason=ShadowEndpoint",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert_eq!(
+        events.matches("GET /v1/admin/export").count(),
+        1,
+        "one Event for the shadow endpoint, from both replicas' pushes: {events}"
+    );
 }
 
 /// `GET http://IP:9003/inventory` of a gateway pod's sensor.

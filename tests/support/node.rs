@@ -77,6 +77,8 @@ fn start() -> Result<NodeCluster, String> {
         .args(["apiguard-install-node"])
         .arg(&cluster.cp.dir)
         .args(["--set", &format!("identity.leafLifetime={LEAF_LIFETIME}")])
+        // Sensors push their inventories every 5 s (the journey waits for the report).
+        .args(["--set", "discovery.reportInterval=5s"])
         .env("APIGUARD_BIN", env!("CARGO_BIN_EXE_apiguard"))
         .env("APIGUARD_HELM", tool("helm"))
         .env("APIGUARD_READY_TIMEOUT", "240")
