@@ -171,10 +171,55 @@ async fn the_contract_comes_from_its_config_map_and_a_bad_one_keeps_the_gateway(
                 && message.contains("/paths/~1items/get/responses/9000"),
             "{message}"
         );
+        assert!(
+            message.contains("the gateway enforces the last OpenAPI document that loaded"),
+            "{message}"
+        );
         assert_eq!(
             gateway_document(&client, &ns).await.as_deref(),
             Some(DOCUMENT)
         );
+        // The rest of the policy still goes out with the last good contract: a new rule is
+        // rendered (and certificates would be renewed), the document stays.
+        Api::<ApiSecurityPolicy>::namespaced(client.clone(), &ns)
+            .patch(
+                "items",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"authorization": {"rules": [
+                    {"name": "read", "match": {"methods": ["GET"], "paths": ["/items"]},
+                     "allow": {"scopes": ["items:read"]}},
+                    {"name": "audit-log", "match": {"methods": ["GET"], "paths": ["/audit"]},
+                     "allow": {"scopes": ["audit:read"]}}]}}})),
+            )
+            .await
+            .expect("adding a rule");
+        contract_loaded(&client, &ns, "False", "InvalidOpenAPI").await;
+        eventually(
+            WAIT,
+            "the new rule rendered beside the kept document",
+            || async {
+                let cm = cms.get_opt("items-apiguard").await.ok()??;
+                let text = cm.data?.get(SENSOR_CONFIG_FILE)?.clone();
+                let config = SensorConfig::from_yaml(SENSOR_CONFIG_FILE, &text).ok()?;
+                let declared = config.discovery?.declared;
+                (declared.iter().any(|r| r.rule == "audit-log")
+                    && config.openapi?.document == DOCUMENT)
+                    .then_some(())
+            },
+        )
+        .await;
+        let p = Api::<ApiSecurityPolicy>::namespaced(client.clone(), &ns)
+            .get("items")
+            .await
+            .unwrap();
+        let programmed = p
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Programmed")
+            .unwrap();
+        assert_eq!(programmed.status, "True", "{programmed:?}");
         let events = Api::<Event>::namespaced(client.clone(), &ns);
         eventually(WAIT, "InvalidOpenAPI Event", || async {
             let list = events.list(&Default::default()).await.ok()?;

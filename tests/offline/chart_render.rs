@@ -703,11 +703,14 @@ fn policy_report_crds_and_the_audit_rbac_follow_their_values() {
         serde_json::json!(["pass", "fail", "warn", "error", "skip"])
     );
     let role = cluster_role(&default);
+    // Two grants: the audit's (it lists and deletes its reports) and the discovery intake's
+    // (apiguard-<policy>, every replica, with the managed serving certificate).
     let reports = grants(role, "wgpolicyk8s.io", "policyreports");
-    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports.len(), 2, "{reports:?}");
     for verb in ["get", "list", "patch", "delete"] {
         assert!(reports[0].1.iter().any(|v| v == verb), "{reports:?}");
     }
+    assert_eq!(reports[1].1, ["get", "create", "patch"], "{reports:?}");
     for (group, resource) in apiguard::rules::coverage::KINDS
         .iter()
         .flat_map(|c| c.webhook.iter())
@@ -735,10 +738,21 @@ fn policy_report_crds_and_the_audit_rbac_follow_their_values() {
         env_value(&env(&default), "APIGUARD_AUDIT_INTERVAL"),
         Some("10m")
     );
+    assert_eq!(
+        env_value(&env(&default), "APIGUARD_DISCOVERY_REPORT_INTERVAL"),
+        Some("30s")
+    );
 
     let off = template(&["audit.enabled=false", "policyReports.installCRDs=false"]);
     assert!(crd_names(&off).is_empty());
-    assert!(grants(cluster_role(&off), "wgpolicyk8s.io", "policyreports").is_empty());
+    assert_eq!(
+        grants(cluster_role(&off), "wgpolicyk8s.io", "policyreports").len(),
+        1,
+        "the discovery intake still writes apiguard-<policy>"
+    );
+    // With cert-manager's certificate the sensors cannot push: no intake, no grant.
+    let neither = template(&["audit.enabled=false", "certManager.enabled=true"]);
+    assert!(grants(cluster_role(&neither), "wgpolicyk8s.io", "policyreports").is_empty());
     assert_eq!(env_value(&env(&off), "APIGUARD_NO_AUDIT"), Some("true"));
     assert_eq!(env_value(&env(&off), "APIGUARD_AUDIT_INTERVAL"), None);
 }

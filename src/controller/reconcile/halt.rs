@@ -54,6 +54,18 @@ impl Stop {
         self.aspect == Aspect::Contract
     }
 
+    /// ContractLoaded=False when the gateway goes on with the last contract that loaded: the
+    /// rest of the policy (and certificate renewals) is still programmed.
+    pub(super) fn contract_kept_previous(&self) -> Verdict {
+        Verdict::fail(
+            self.reason,
+            format!(
+                "{}; the gateway enforces the last OpenAPI document that loaded until this one does",
+                self.message
+            ),
+        )
+    }
+
     /// The conditions: the failed aspect, the later ones waiting; `contract` is ContractLoaded
     /// as decided before the stop (None: the policy has no contract).
     pub(super) fn outcome(

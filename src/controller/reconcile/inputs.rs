@@ -113,6 +113,40 @@ pub(super) async fn openapi_document(
     })
 }
 
+/// The OpenAPI document the gateway enforces now: `openapi.document` of the `sensor.yaml` in
+/// the gateway's ConfigMap (None: no gateway yet, no contract in it, or a file this version
+/// cannot read, which is logged).
+pub(super) async fn last_loaded_document(
+    ctx: &Context,
+    policy: &ApiSecurityPolicy,
+) -> Result<Option<String>, Error> {
+    use crate::sensor::config::{SENSOR_CONFIG_FILE, SensorConfig};
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.gateway_name();
+    let config_map = Api::<ConfigMap>::namespaced(ctx.settings.client.clone(), &ns)
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::Read {
+            kind: "ConfigMap",
+            namespace: ns.clone(),
+            name: name.clone(),
+            source: Box::new(e),
+        })?;
+    let Some(text) = config_map
+        .and_then(|cm| cm.data)
+        .and_then(|mut data| data.remove(SENSOR_CONFIG_FILE))
+    else {
+        return Ok(None);
+    };
+    match SensorConfig::from_yaml(&format!("ConfigMap {ns}/{name}"), &text) {
+        Ok(config) => Ok(config.openapi.map(|o| o.document)),
+        Err(e) => {
+            tracing::warn!(error = %e, "the gateway's sensor.yaml cannot be read back; its contract is not kept");
+            Ok(None)
+        }
+    }
+}
+
 /// Secrets the policy refers to, read for the renderer.
 pub(super) struct References {
     pub(super) api_keys: BTreeMap<String, String>,

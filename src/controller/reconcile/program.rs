@@ -69,22 +69,29 @@ pub(super) async fn program(
     now: OffsetDateTime,
 ) -> Result<Programmed, Error> {
     let isolation_disabled = policy.spec.network().isolation == Isolation::None;
-    // The contract first: an invalid one leaves the gateway as it is (nothing rendered,
-    // applied or pruned).
-    let document = match inputs::openapi_document(ctx, policy).await {
-        Ok(document) => document,
-        Err(Halt::Stop(stop)) => {
-            let outcome = stop.outcome(accepted, isolation_disabled, None);
-            return Ok(Programmed::previous_kept(outcome, policy));
+    // The contract first. An invalid one keeps the last document that loaded (read back from
+    // the gateway's sensor.yaml), so the rest of the policy and certificate renewals still
+    // go out; with none to keep, the gateway is left as it is (nothing rendered, applied or
+    // pruned).
+    let (document, contract) = match inputs::openapi_document(ctx, policy).await {
+        Ok(document) => {
+            let contract = document.as_ref().map(|_| {
+                Verdict::ok(
+                    Reason::Loaded,
+                    "the OpenAPI document compiles; the gateway's sensor enforces it",
+                )
+            });
+            (document, contract)
         }
+        Err(Halt::Stop(stop)) => match inputs::last_loaded_document(ctx, policy).await? {
+            Some(previous) => (Some(previous), Some(stop.contract_kept_previous())),
+            None => {
+                let outcome = stop.outcome(accepted, isolation_disabled, None);
+                return Ok(Programmed::previous_kept(outcome, policy));
+            }
+        },
         Err(Halt::Failed(e)) => return Err(e),
     };
-    let contract = document.as_ref().map(|_| {
-        Verdict::ok(
-            Reason::Loaded,
-            "the OpenAPI document compiles; the gateway's sensor enforces it",
-        )
-    });
     match phases(ctx, policy, owner, document.as_deref(), now).await {
         Ok(done) => {
             let mut programmed = conditions(policy, accepted, isolation_disabled, done, now);
