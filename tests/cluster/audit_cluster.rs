@@ -4,6 +4,7 @@
 //! its report, an exempt namespace gets none, and an audit cycle that finds nothing new
 //! writes nothing (the report's resourceVersion stays).
 
+use crate::support::controller::install_report_crds;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,26 +25,6 @@ const EXEMPT_NS: &str = "apiguard-audit-exempt";
 struct AuditedOperator {
     _operator: Operator,
     metrics: Arc<AuditMetrics>,
-}
-
-/// The PolicyReport CRDs as the chart ships them.
-fn install_report_crds() {
-    let cp = control_plane();
-    cp.kubectl_ok([
-        "apply",
-        "--server-side",
-        // A chart release of another module may have installed them (kept on uninstall).
-        "--force-conflicts",
-        "-f",
-        "charts/apiguard/files/policyreport-crds.yaml",
-    ]);
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/policyreports.wgpolicyk8s.io",
-        "crd/clusterpolicyreports.wgpolicyk8s.io",
-    ]);
 }
 
 /// The operator this module's tests share, with the audit on: a full audit every 3 s (so a

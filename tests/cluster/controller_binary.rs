@@ -2,7 +2,8 @@
 //! plane reconciles a policy to Ready, serves /readyz, /healthz and the controller metrics,
 //! and on SIGTERM stops gracefully and releases its Lease.
 
-use std::process::{Child, Command, Stdio};
+use crate::support::controller::Process;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{control_plane, eventually, with_temp_ns};
@@ -33,15 +34,6 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((code, body))
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

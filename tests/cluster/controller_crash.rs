@@ -3,8 +3,9 @@
 //! takes the Lease over once the dead holder's Lease expires (15 s default duration, no flag
 //! to shorten it), converges every policy to Ready and creates nothing twice.
 
+use crate::support::controller::Process;
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{ControlPlane, control_plane, eventually, with_temp_ns};
@@ -20,15 +21,6 @@ use serde_json::json;
 
 const OP_NS: &str = "apiguard-crash";
 const POLICIES: usize = 6;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start(cp: &ControlPlane, identity: &str) -> Process {
     let admin = std::net::TcpListener::bind("127.0.0.1:0")

@@ -5,7 +5,8 @@
 //! `retry-after`), and writes the PolicyReport `apiguard-<policy>`, `status.discovery` and one
 //! `ShadowEndpoint` Event per new shadow endpoint. The report goes with its policy.
 
-use std::process::{Child, Command, Stdio};
+use crate::support::controller::{Process, install_report_crds};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,33 +27,6 @@ use serde_json::{Value, json};
 
 const OP_NS: &str = "apiguard-discovery";
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The PolicyReport CRDs as the chart ships them.
-fn install_report_crds() {
-    let cp = control_plane();
-    cp.kubectl_ok([
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        "charts/apiguard/files/policyreport-crds.yaml",
-    ]);
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/policyreports.wgpolicyk8s.io",
-    ]);
-}
 
 /// A TLS client configuration trusting `roots_pem`, presenting `identity` (cert, key) if any.
 fn client_config(roots_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Arc<rustls::ClientConfig> {

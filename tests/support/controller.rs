@@ -22,6 +22,36 @@ pub fn install_policy_crd() {
     control_plane().install_crds();
 }
 
+/// The PolicyReport CRDs as the chart ships them, established.
+pub fn install_report_crds() {
+    let cp = control_plane();
+    cp.kubectl_ok([
+        "apply",
+        "--server-side",
+        // A chart release of another module may have installed them (kept on uninstall).
+        "--force-conflicts",
+        "-f",
+        "charts/apiguard/files/policyreport-crds.yaml",
+    ]);
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/policyreports.wgpolicyk8s.io",
+        "crd/clusterpolicyreports.wgpolicyk8s.io",
+    ]);
+}
+
+/// A child process (an `apiguard run` binary) killed and reaped when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An operator (controller with leader election) running on its own thread and runtime, so
 /// it outlives any single test's runtime. Stopped (gracefully, releasing the Lease) on drop.
 pub struct Operator {
