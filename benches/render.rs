@@ -91,6 +91,7 @@ fn bench_render(iterations: usize) {
             trust_bundle_pem: "CA".into(),
             target_spiffe_id: "spiffe://cluster.local/ns/x/sa/y".into(),
         }),
+        workload: None,
     };
     let options = RenderOptions::default();
     let jwks = BTreeMap::new();

@@ -11,10 +11,10 @@ use crate::identity::{
 use crate::manifest::{Manifest, load_paths};
 use crate::render::envoy::{self as envoy_render, BOOTSTRAP_FILE};
 use crate::render::{
-    GatewayIdentity, RenderInput, RenderOptions, RenderedGateway, UpstreamIdentity, network,
-    objects, openapi, render_gateway,
+    DiscoveryReportOptions, GatewayIdentity, RenderInput, RenderOptions, RenderedGateway,
+    UpstreamIdentity, WorkloadIdentity, network, objects, openapi, render_gateway,
 };
-use crate::sensor::config::{DEFAULT_SENSOR_ADDR, SENSOR_CONFIG_FILE};
+use crate::sensor::config::{DEFAULT_SENSOR_ADDR, SENSOR_CONFIG_FILE, check_report_url};
 use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -58,6 +58,17 @@ pub struct RenderArgs {
     /// `apiguard sensor --config DIR/sensor.yaml --listen ADDR` there.
     #[arg(long, default_value = DEFAULT_SENSOR_ADDR)]
     pub sensor_addr: String,
+    /// The operator's discovery endpoint (`https://…/v1/discovery`): a gateway with discovery
+    /// has its sensor push the inventory there, over mTLS with the gateway's certificate
+    /// (`sensor.yaml`'s `report` section, and `identity.crt`, `identity.key`,
+    /// `identity-ca.crt`). Absent: no push.
+    #[arg(long, value_name = "URL")]
+    pub discovery_url: Option<String>,
+    /// Seconds between two looks at the inventory, with `--discovery-url` (a push when it
+    /// changed, and every 10 intervals regardless).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::sensor::config::DEFAULT_REPORT_INTERVAL_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub discovery_interval: u64,
 }
 
 fn split_addr(s: &str, flag: &str) -> anyhow::Result<(String, u16)> {
@@ -353,6 +364,16 @@ fn render_options(args: &RenderArgs) -> anyhow::Result<RenderOptions> {
     let (listen_address, listen_port) = split_addr(&args.listen, "--listen")?;
     let (admin_address, admin_port) = split_addr(&args.admin, "--admin")?;
     split_addr(&args.sensor_addr, "--sensor-addr")?;
+    let discovery_report = match &args.discovery_url {
+        Some(url) => {
+            check_report_url(url).map_err(|e| anyhow!("--discovery-url: {e}"))?;
+            Some(DiscoveryReportOptions {
+                url: url.clone(),
+                interval_seconds: args.discovery_interval,
+            })
+        }
+        None => None,
+    };
     let mut options = RenderOptions {
         listen_address,
         listen_port,
@@ -362,6 +383,7 @@ fn render_options(args: &RenderArgs) -> anyhow::Result<RenderOptions> {
         access_log_path: args.access_log.clone(),
         envoy_image: args.envoy_image.clone(),
         sensor_address: args.sensor_addr.clone(),
+        discovery_report,
         ..RenderOptions::default()
     };
     if let Some(dir) = &args.envoy_dir {
@@ -377,7 +399,8 @@ fn render_options(args: &RenderArgs) -> anyhow::Result<RenderOptions> {
 
 /// The gateway's certificates, issued by `ca` now: a server leaf for the policy's hosts, the
 /// gateway Service's names and `localhost`, reused as the client certificate towards the target
-/// unless east-west mTLS is disabled.
+/// unless east-west mTLS is disabled, and as the sensor's towards the operator (used with
+/// `--discovery-url`).
 fn gateway_identity(
     args: &RenderArgs,
     inputs: &Inputs,
@@ -417,6 +440,11 @@ fn gateway_identity(
         server_key_pem: leaf.key_pem.clone(),
         client_ca_pem: Some(ca.roots_pem()),
         upstream,
+        workload: Some(WorkloadIdentity {
+            cert_pem: leaf.cert_pem.clone(),
+            key_pem: leaf.key_pem.clone(),
+            trust_bundle_pem: ca.roots_pem(),
+        }),
     })
 }
 

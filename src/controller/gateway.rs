@@ -17,11 +17,13 @@ pub struct GatewayInput<'a> {
     pub policy: &'a ApiSecurityPolicy,
     /// The target Service as it is in the cluster.
     pub target: &'a Service,
-    /// The gateway's own leaf (served to the target for east-west mTLS).
+    /// The gateway's own leaf (served to the target for east-west mTLS, and the sensor's
+    /// client certificate towards the operator).
     pub gateway_leaf: &'a Leaf,
     /// The identity the target presents (what the gateway verifies upstream).
     pub target_identity: &'a SpiffeId,
-    /// PEM of the roots every workload trusts.
+    /// PEM of the roots every workload trusts (also what the sensor checks the operator's
+    /// serving certificate against).
     pub trust_bundle_pem: &'a str,
     /// The gateway's serving certificate for clients (from `tls.certificateSecretRef`, else
     /// the gateway leaf, which then also carries `hosts`).
@@ -96,6 +98,13 @@ impl GatewayRenderer for EnvoyRenderer {
                 key_pem: input.gateway_leaf.key_pem.clone(),
                 trust_bundle_pem: input.trust_bundle_pem.to_string(),
                 target_spiffe_id: input.target_identity.uri(),
+            }),
+            // The gateway leaf also identifies the gateway's sensor to the operator (the
+            // inventory push; rendered only with `options.discovery_report`).
+            workload: Some(render::WorkloadIdentity {
+                cert_pem: input.gateway_leaf.cert_pem.clone(),
+                key_pem: input.gateway_leaf.key_pem.clone(),
+                trust_bundle_pem: input.trust_bundle_pem.to_string(),
             }),
         };
         let rendered = render::render_gateway(&render::RenderInput {

@@ -44,6 +44,9 @@ pub struct GatewayIdentity {
     pub client_ca_pem: Option<String>,
     /// The gateway's own identity towards the target (east-west mTLS).
     pub upstream: Option<UpstreamIdentity>,
+    /// The gateway's workload identity for the sensor's inventory push to the operator
+    /// (used only with [`RenderOptions::discovery_report`]).
+    pub workload: Option<WorkloadIdentity>,
 }
 
 impl std::fmt::Debug for GatewayIdentity {
@@ -51,8 +54,36 @@ impl std::fmt::Debug for GatewayIdentity {
         f.debug_struct("GatewayIdentity")
             .field("client_ca", &self.client_ca_pem.is_some())
             .field("upstream", &self.upstream)
+            .field("workload", &self.workload)
             .finish_non_exhaustive()
     }
+}
+
+/// The gateway's SPIFFE certificate as the sensor presents it to the operator, and the roots
+/// the operator's serving certificate must chain to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    /// The gateway's SPIFFE certificate chain (`spiffe://<td>/ns/<ns>/sa/<policy>-apiguard`).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The operator CA's roots.
+    pub trust_bundle_pem: String,
+}
+
+impl std::fmt::Debug for WorkloadIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadIdentity").finish_non_exhaustive()
+    }
+}
+
+/// Where the sensor pushes its discovery inventory (the operator's `POST /v1/discovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryReportOptions {
+    /// `https://…/v1/discovery`.
+    pub url: String,
+    /// Seconds between two looks at the inventory (at least 1).
+    pub interval_seconds: u64,
 }
 
 /// The gateway's client certificate for the target and how it checks the target.
@@ -114,6 +145,10 @@ pub struct RenderOptions {
     pub sensor_resources: ResourceRequirements,
     /// Directory (inside the sensor container) holding `sensor.yaml`.
     pub sensor_config_dir: String,
+    /// Where the sensor of a gateway with discovery pushes its inventory (with the workload
+    /// identity of [`GatewayIdentity::workload`]); None: no push, the inventory stays in the
+    /// sidecar.
+    pub discovery_report: Option<DiscoveryReportOptions>,
 }
 
 /// The sensor image when none is configured: the operator's image of this version.
@@ -165,6 +200,7 @@ impl Default for RenderOptions {
             sensor_image: DEFAULT_SENSOR_IMAGE.into(),
             sensor_resources: default_sensor_resources(),
             sensor_config_dir: "/etc/apiguard/sensor".into(),
+            discovery_report: None,
         }
     }
 }

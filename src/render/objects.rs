@@ -7,14 +7,17 @@ use super::{RenderError, RenderOptions, RenderedGateway, envoy, policy_ref};
 use crate::api::ApiSecurityPolicy;
 use crate::api::names::annotations::{BOOTSTRAP_HASH, CONFIG_HASH};
 use crate::api::names::labels::{COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, POLICY};
-use crate::sensor::config::{SENSOR_ADMIN_PORT, SENSOR_CONFIG_FILE};
+use crate::sensor::config::{
+    IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE, SENSOR_ADMIN_PORT, SENSOR_CONFIG_FILE,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ProjectedVolumeSource, SeccompProfile, Secret, SecretProjection, SecurityContext,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -186,8 +189,9 @@ fn gateway_pod_spec(
     let mut containers = vec![envoy_container(options)];
     let mut volumes = vec![files_volume(policy), tmp_volume()];
     if rendered.files.contains_key(SENSOR_CONFIG_FILE) {
-        containers.push(sensor_container(options));
-        volumes.push(sensor_volume(policy));
+        let pushes = pushes_inventory(rendered);
+        containers.push(sensor_container(options, pushes));
+        volumes.push(sensor_volume(policy, pushes));
     }
     PodSpec {
         automount_service_account_token: Some(false),
@@ -246,15 +250,25 @@ fn envoy_container(options: &RenderOptions) -> Container {
     }
 }
 
-/// The sensor's uid and gid (the operator image's `nonroot` user). It reads `sensor.yaml`
-/// through the pod's fsGroup.
+/// The sensor's uid and gid (the operator image's `nonroot` user). It reads its 0440 files
+/// (`sensor.yaml`, and the workload identity when it pushes its inventory) through the pod's
+/// fsGroup (101, Envoy's gid), which the kubelet adds to every container's groups and gives
+/// the volume's files.
 const SENSOR_UID: i64 = 65532;
 /// The name of the sensor's admin port (probes, metrics).
 const SENSOR_ADMIN_PORT_NAME: &str = "sensor-admin";
 
+/// Whether the sensor pushes its inventory: the workload identity files were rendered.
+fn pushes_inventory(rendered: &RenderedGateway) -> bool {
+    [IDENTITY_CERT_FILE, IDENTITY_KEY_FILE, IDENTITY_CA_FILE]
+        .iter()
+        .all(|f| rendered.files.contains_key(*f))
+}
+
 /// The sensor sidecar: `apiguard sensor` on `sensor.yaml`, gRPC on the loopback address Envoy
-/// calls, the admin port (probes, metrics) on the pod IP.
-fn sensor_container(options: &RenderOptions) -> Container {
+/// calls, the admin port (probes, metrics) on the pod IP. When it pushes its inventory, its pod
+/// name (`POD_NAME`, from the downward API) names the reporter.
+fn sensor_container(options: &RenderOptions, pushes: bool) -> Container {
     let probe = |path: &str, initial: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -289,6 +303,19 @@ fn sensor_container(options: &RenderOptions) -> Container {
         readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: Some(options.sensor_resources.clone()),
+        env: pushes.then(|| {
+            vec![EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]
+        }),
         security_context: Some(security),
         volume_mounts: Some(vec![VolumeMount {
             name: "sensor".into(),
@@ -301,18 +328,52 @@ fn sensor_container(options: &RenderOptions) -> Container {
 }
 
 /// Volume `sensor`: only `sensor.yaml` of the ConfigMap (the sensor never sees the gateway's
-/// keys).
-fn sensor_volume(policy: &ApiSecurityPolicy) -> Volume {
+/// serving or upstream keys). When it pushes its inventory, a projected volume of `sensor.yaml`,
+/// `identity.crt` and `identity-ca.crt` from the ConfigMap and `identity.key` from the Secret
+/// (swapped as a whole on renewal, like the gateway's files).
+fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool) -> Volume {
+    let item = |name: &str| KeyToPath {
+        key: name.into(),
+        path: name.into(),
+        ..Default::default()
+    };
+    if pushes {
+        return Volume {
+            name: "sensor".into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o440),
+                sources: Some(vec![
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: policy.gateway_name(),
+                            items: Some(vec![
+                                item(SENSOR_CONFIG_FILE),
+                                item(IDENTITY_CERT_FILE),
+                                item(IDENTITY_CA_FILE),
+                            ]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        secret: Some(SecretProjection {
+                            name: policy.gateway_secrets_name(),
+                            items: Some(vec![item(IDENTITY_KEY_FILE)]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+            }),
+            ..Default::default()
+        };
+    }
     Volume {
         name: "sensor".into(),
         config_map: Some(ConfigMapVolumeSource {
             name: policy.gateway_name(),
             default_mode: Some(0o440),
-            items: Some(vec![KeyToPath {
-                key: SENSOR_CONFIG_FILE.into(),
-                path: SENSOR_CONFIG_FILE.into(),
-                ..Default::default()
-            }]),
+            items: Some(vec![item(SENSOR_CONFIG_FILE)]),
             ..Default::default()
         }),
         ..Default::default()
@@ -513,5 +574,93 @@ mod tests {
         let g = f.render().expect("render");
         let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
         assert_eq!(o.config_map.metadata.owner_references, None);
+    }
+
+    /// The sensor container and its volume of a rendered example.
+    fn sensor_parts(f: &crate::render::tests::Fixture) -> (Container, Volume, PodSpec) {
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        let pod = o.deployment.spec.expect("spec").template.spec.expect("pod");
+        let sensor = pod
+            .containers
+            .iter()
+            .find(|c| c.name == "sensor")
+            .cloned()
+            .expect("sensor container");
+        let volume = pod
+            .volumes
+            .as_ref()
+            .and_then(|v| v.iter().find(|v| v.name == "sensor").cloned())
+            .expect("sensor volume");
+        (sensor, volume, pod)
+    }
+
+    #[test]
+    fn the_pushing_sensor_mounts_its_identity_with_the_key_from_the_secret() {
+        let mut f = example("bola-user-orders.yaml");
+        f.options.discovery_report = Some(crate::render::DiscoveryReportOptions {
+            url: "https://apiguard.apiguard-system.svc/v1/discovery".into(),
+            interval_seconds: 30,
+        });
+        let (sensor, volume, pod) = sensor_parts(&f);
+        let projected = volume.projected.expect("a projected volume");
+        assert_eq!(projected.default_mode, Some(0o440));
+        let sources = projected.sources.expect("sources");
+        let items = |i: &Option<Vec<KeyToPath>>| -> Vec<(String, String)> {
+            i.iter()
+                .flatten()
+                .map(|k| (k.key.clone(), k.path.clone()))
+                .collect()
+        };
+        let cm = sources[0].config_map.as_ref().expect("the ConfigMap");
+        assert_eq!(cm.name, "orders-apiguard");
+        assert_eq!(
+            items(&cm.items),
+            [
+                ("sensor.yaml".to_string(), "sensor.yaml".to_string()),
+                ("identity.crt".into(), "identity.crt".into()),
+                ("identity-ca.crt".into(), "identity-ca.crt".into()),
+            ]
+        );
+        let secret = sources[1].secret.as_ref().expect("the Secret");
+        assert_eq!(secret.name, "orders-apiguard-secrets");
+        assert_eq!(
+            items(&secret.items),
+            [("identity.key".to_string(), "identity.key".to_string())],
+            "only the workload key: never the serving or upstream keys"
+        );
+        assert_eq!(sources.len(), 2);
+        // The files (owner root, group fsGroup, 0440) are readable by the sensor through the
+        // fsGroup the kubelet adds to its groups.
+        let sc = sensor.security_context.expect("security context");
+        assert_eq!(sc.run_as_user, Some(SENSOR_UID));
+        let fs_group = pod.security_context.and_then(|s| s.fs_group);
+        assert_eq!(fs_group, Some(101));
+        assert_ne!(sc.run_as_group, fs_group, "read by group, not by owner");
+        let env = sensor.env.expect("env");
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].name, "POD_NAME");
+        let field = env[0]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .expect("from the downward API");
+        assert_eq!(field.field_path, "metadata.name");
+        assert_eq!(
+            sensor.volume_mounts.expect("mounts")[0].mount_path,
+            f.options.sensor_config_dir
+        );
+    }
+
+    #[test]
+    fn without_the_push_the_sensor_sees_only_sensor_yaml() {
+        let f = example("bola-user-orders.yaml");
+        let (sensor, volume, _) = sensor_parts(&f);
+        assert!(volume.projected.is_none());
+        let cm = volume.config_map.expect("the ConfigMap only");
+        let keys: Vec<String> = cm.items.iter().flatten().map(|k| k.key.clone()).collect();
+        assert_eq!(keys, ["sensor.yaml"]);
+        assert_eq!(cm.default_mode, Some(0o440));
+        assert_eq!(sensor.env, None);
     }
 }

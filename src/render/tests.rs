@@ -48,6 +48,11 @@ pub(crate) fn example(name: &str) -> Fixture {
                 trust_bundle_pem: "TRUST".into(),
                 target_spiffe_id: "spiffe://cluster.local/ns/x/sa/y".into(),
             }),
+            workload: Some(WorkloadIdentity {
+                cert_pem: "WORKLOAD-CERT".into(),
+                key_pem: "WORKLOAD-PRIVATE-KEY".into(),
+                trust_bundle_pem: "WORKLOAD-TRUST".into(),
+            }),
         },
         options: RenderOptions::default(),
         jwks: BTreeMap::new(),
@@ -247,4 +252,109 @@ fn upstream_override_and_cluster_dns() {
         cds.contains("spiffe://cluster.local/ns/x/sa/y"),
         "target SAN checked"
     );
+}
+
+/// The fixture with the inventory push on.
+fn pushing(name: &str) -> Fixture {
+    let mut f = example(name);
+    f.options.discovery_report = Some(DiscoveryReportOptions {
+        url: "https://apiguard.apiguard-system.svc:443/v1/discovery".into(),
+        interval_seconds: 15,
+    });
+    f
+}
+
+fn sensor_yaml(g: &RenderedGateway) -> crate::sensor::config::SensorConfig {
+    crate::sensor::config::SensorConfig::from_yaml(
+        "sensor.yaml",
+        &g.files[crate::sensor::config::SENSOR_CONFIG_FILE].contents,
+    )
+    .expect("sensor.yaml parses")
+}
+
+#[test]
+fn the_inventory_push_renders_the_report_section_and_the_workload_identity() {
+    use crate::sensor::config::SensorReport;
+    use envoy::{IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
+    let f = pushing("bola-user-orders.yaml");
+    let g = f.render().expect("render");
+    assert_eq!(
+        sensor_yaml(&g).report,
+        Some(SensorReport {
+            url: "https://apiguard.apiguard-system.svc:443/v1/discovery".into(),
+            interval_seconds: 15,
+            cert_file: "identity.crt".into(),
+            key_file: "identity.key".into(),
+            ca_file: "identity-ca.crt".into(),
+        })
+    );
+    assert_eq!(
+        g.files[IDENTITY_CERT_FILE],
+        RenderedFile {
+            contents: "WORKLOAD-CERT".into(),
+            secret: false
+        }
+    );
+    assert_eq!(
+        g.files[IDENTITY_CA_FILE],
+        RenderedFile {
+            contents: "WORKLOAD-TRUST".into(),
+            secret: false
+        }
+    );
+    assert_eq!(
+        g.files[IDENTITY_KEY_FILE],
+        RenderedFile {
+            contents: "WORKLOAD-PRIVATE-KEY".into(),
+            secret: true
+        }
+    );
+    assert!(
+        g.config_files()
+            .values()
+            .all(|c| !c.contains("WORKLOAD-PRIVATE-KEY")),
+        "the key stays out of the ConfigMap"
+    );
+    let debug = format!("{:?}", f.identity);
+    assert!(
+        debug.contains("WorkloadIdentity") && !debug.contains("WORKLOAD-PRIVATE-KEY"),
+        "{debug}"
+    );
+    // A renewed workload certificate changes the config (the ConfigMap is re-applied).
+    let mut renewed = pushing("bola-user-orders.yaml");
+    renewed.identity.workload.as_mut().unwrap().cert_pem = "RENEWED".into();
+    assert_ne!(renewed.render().unwrap().config_hash, g.config_hash);
+}
+
+#[test]
+fn without_the_push_option_nothing_changes() {
+    use envoy::{IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
+    let mut f = example("bola-user-orders.yaml");
+    let g = f.render().expect("render");
+    assert_eq!(sensor_yaml(&g).report, None);
+    for file in [IDENTITY_CERT_FILE, IDENTITY_KEY_FILE, IDENTITY_CA_FILE] {
+        assert!(!g.files.contains_key(file), "{file}");
+    }
+    // The workload identity alone changes nothing: the same files as without it.
+    f.identity.workload = None;
+    assert_eq!(f.render().expect("render"), g);
+}
+
+#[test]
+fn the_push_without_discovery_renders_nothing_and_without_identity_is_an_error() {
+    let mut f = pushing("bola-user-orders.yaml");
+    f.identity.workload = None;
+    let e = f.render().expect_err("no workload identity").to_string();
+    assert!(
+        e.contains("shop/orders") && e.contains("options.discoveryReport"),
+        "{e}"
+    );
+
+    // Discovery off: no inventory, no push, no identity needed.
+    f.policy.spec.discovery = Some(crate::api::Discovery { enabled: false });
+    let g = f.render().expect("render");
+    assert!(!g.files.contains_key(envoy::IDENTITY_KEY_FILE));
+    if let Some(sensor) = g.files.get(crate::sensor::config::SENSOR_CONFIG_FILE) {
+        assert!(!sensor.contents.contains("report"), "{}", sensor.contents);
+    }
 }

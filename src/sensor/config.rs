@@ -56,6 +56,91 @@ pub struct SensorConfig {
     /// Discovery (`spec.discovery.enabled`): the gateway streams its access log to the sensor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<SensorDiscovery>,
+    /// Where the sensor pushes its discovery inventory (the operator's `POST /v1/discovery`,
+    /// over mTLS); absent: the inventory stays in the sidecar (`GET /inventory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<SensorReport>,
+}
+
+/// The inventory push to the operator: the URL, how often, and the files of the gateway's
+/// workload identity (relative paths are relative to `sensor.yaml`'s directory; they are read
+/// at every push, so a renewed certificate is picked up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SensorReport {
+    /// `https://host[:port]/v1/discovery`.
+    pub url: String,
+    /// Seconds between two looks at the inventory (a push when it changed, and at least every
+    /// [`HEARTBEAT_INTERVALS`] intervals); at least 1.
+    #[serde(default = "default_report_interval")]
+    pub interval_seconds: u64,
+    /// The client certificate chain (PEM), whose URI SAN is the gateway's SPIFFE ID.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// The roots the operator's serving certificate must chain to (PEM).
+    pub ca_file: String,
+}
+
+/// `report.intervalSeconds` when not given.
+pub const DEFAULT_REPORT_INTERVAL_SECONDS: u64 = 30;
+/// An unchanged inventory is pushed again after this many intervals (a heartbeat: the
+/// operator shows when each gateway last reported).
+pub const HEARTBEAT_INTERVALS: u32 = 10;
+/// The file names the renderer gives the workload identity, beside `sensor.yaml`.
+pub const IDENTITY_CERT_FILE: &str = "identity.crt";
+/// The workload identity's private key (from the gateway Secret).
+pub const IDENTITY_KEY_FILE: &str = "identity.key";
+/// The roots the operator's certificate is checked against.
+pub const IDENTITY_CA_FILE: &str = "identity-ca.crt";
+
+fn default_report_interval() -> u64 {
+    DEFAULT_REPORT_INTERVAL_SECONDS
+}
+
+impl SensorReport {
+    /// The section for `url` every `interval_seconds`, with the renderer's file names.
+    pub fn new(url: &str, interval_seconds: u64) -> Self {
+        SensorReport {
+            url: url.into(),
+            interval_seconds,
+            cert_file: IDENTITY_CERT_FILE.into(),
+            key_file: IDENTITY_KEY_FILE.into(),
+            ca_file: IDENTITY_CA_FILE.into(),
+        }
+    }
+
+    /// The first problem of the section, as `(field, message)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.interval_seconds == 0 {
+            return Err(("report.intervalSeconds", "must be at least 1".into()));
+        }
+        check_report_url(&self.url).map_err(|m| ("report.url", m))?;
+        for (field, value) in [
+            ("report.certFile", &self.cert_file),
+            ("report.keyFile", &self.key_file),
+            ("report.caFile", &self.ca_file),
+        ] {
+            if value.is_empty() {
+                return Err((field, "must name a file".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `url` is `https://` with a host (the push always goes over TLS).
+pub fn check_report_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{url:?} must be an https:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
 }
 
 /// What discovery needs beside the contract: the routes `spec.authorization.rules` declare.
@@ -123,6 +208,12 @@ pub enum SensorConfigError {
         expected: &'static str,
         found: String,
     },
+    #[error("{file}: {field} {message}")]
+    Invalid {
+        file: String,
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl SensorConfig {
@@ -138,6 +229,7 @@ impl SensorConfig {
             mode,
             openapi: None,
             discovery: None,
+            report: None,
         }
     }
 
@@ -160,6 +252,15 @@ impl SensorConfig {
                     found: found.clone(),
                 });
             }
+        }
+        if let Some(report) = &config.report {
+            report
+                .check()
+                .map_err(|(field, message)| SensorConfigError::Invalid {
+                    file: file.into(),
+                    field,
+                    message,
+                })?;
         }
         Ok(config)
     }
@@ -224,5 +325,77 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("extra"), "{text}");
+    }
+
+    const HEADER: &str =
+        "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: a, name: b}\n";
+
+    #[test]
+    fn the_report_section_round_trips_and_defaults_its_interval() {
+        let mut config = with_contract();
+        config.report = Some(SensorReport::new(
+            "https://apiguard.apiguard-system.svc:443/v1/discovery",
+            15,
+        ));
+        let text = config.to_yaml();
+        assert!(text.contains("intervalSeconds: 15"), "{text}");
+        assert!(text.contains("certFile: identity.crt"), "{text}");
+        assert_eq!(SensorConfig::from_yaml("sensor.yaml", &text), Ok(config));
+
+        let text = format!(
+            "{HEADER}report:\n  url: https://op.example/v1/discovery\n  certFile: c\n  keyFile: k\n  caFile: ca\n"
+        );
+        let report = SensorConfig::from_yaml("f", &text).unwrap().report.unwrap();
+        assert_eq!(report.interval_seconds, 30);
+        assert_eq!(
+            (
+                report.cert_file.as_str(),
+                report.key_file.as_str(),
+                report.ca_file.as_str()
+            ),
+            ("c", "k", "ca")
+        );
+        // Without the section, nothing is pushed and nothing is printed.
+        let plain = SensorConfig::new("a", "b", PolicyMode::Enforce);
+        assert!(!plain.to_yaml().contains("report"));
+    }
+
+    #[test]
+    fn a_bad_report_section_names_its_field() {
+        let section = |url: &str, interval: &str, extra: &str| {
+            format!(
+                "{HEADER}report:\n  url: {url}\n  intervalSeconds: {interval}\n  certFile: c\n  keyFile: k\n  caFile: ca\n{extra}"
+            )
+        };
+        let err = SensorConfig::from_yaml(
+            "/etc/s/sensor.yaml",
+            &section("https://op/v1/discovery", "0", ""),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/s/sensor.yaml: report.intervalSeconds must be at least 1"
+        );
+        for url in ["http://op/v1/discovery", "op/v1/discovery", "https:///x"] {
+            let err = SensorConfig::from_yaml("/etc/s/sensor.yaml", &section(url, "5", ""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("/etc/s/sensor.yaml: report.url "),
+                "{url}: {err}"
+            );
+        }
+        let err = SensorConfig::from_yaml(
+            "f",
+            &section("https://op/v1/discovery", "5", "  token: x\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("token"), "{err}");
+        let missing = format!("{HEADER}report:\n  url: https://op/v1/discovery\n");
+        let err = SensorConfig::from_yaml("f", &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certFile"), "{err}");
     }
 }

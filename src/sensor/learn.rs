@@ -8,6 +8,7 @@
 use super::access_log::Logged;
 use super::config::SensorConfig;
 use crate::discovery::{Declared, Inventory, Observation, Report, Sensitive};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::UNIX_EPOCH;
 
@@ -53,6 +54,19 @@ pub(crate) fn discovery_config(config: &SensorConfig) -> Result<Option<Discovery
 #[derive(Default)]
 pub(crate) struct Learner {
     state: Mutex<Option<(String, Inventory)>>,
+    /// Bumped whenever requests are counted or the inventory starts over: the push sends the
+    /// inventory again only when this moved.
+    generation: AtomicU64,
+}
+
+/// The inventory at one moment, for the push.
+pub(crate) struct Snapshot {
+    /// [`Learner`]'s change counter when the report was taken.
+    pub(crate) generation: u64,
+    /// The declarations' fingerprint the inventory was learned under (None before the first
+    /// request).
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) report: Report,
 }
 
 impl Learner {
@@ -79,6 +93,7 @@ impl Learner {
             ));
         }
         let (_, inventory) = state.as_mut().expect("set above");
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for r in requests {
             let at_unix_ms = r
                 .time
@@ -106,6 +121,27 @@ impl Learner {
         match state.as_ref() {
             Some((_, inventory)) => inventory.report(),
             None => Inventory::new(Some(policy.to_owned()), Declared::none()).report(),
+        }
+    }
+}
+
+impl Learner {
+    /// The inventory, the declarations it was learned under and the change counter, taken
+    /// together.
+    pub(crate) fn snapshot(&self, policy: &str) -> Snapshot {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.generation.load(Ordering::Relaxed);
+        match state.as_ref() {
+            Some((fingerprint, inventory)) => Snapshot {
+                generation,
+                fingerprint: Some(fingerprint.clone()),
+                report: inventory.report(),
+            },
+            None => Snapshot {
+                generation,
+                fingerprint: None,
+                report: Inventory::new(Some(policy.to_owned()), Declared::none()).report(),
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Pure: the caller reads the file.
 
-use super::config::SensorConfig;
+use super::config::{SensorConfig, SensorReport};
 use super::contract_stage::{ContractStage, RequestMode};
 use super::pipeline::{Pipeline, Stage};
 use crate::api::PolicyMode;
@@ -26,9 +26,24 @@ pub(crate) enum LoadError {
     Discovery { file: String, message: String },
 }
 
-/// Parses and compiles `text`, read from `file` (named in errors).
+/// Parses and compiles `text`, read from `file` (named in errors). The sensor itself uses
+/// [`compile_with_report`]; the tests build pipelines with this.
+#[cfg(test)]
 pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
+    compile_config(file, &SensorConfig::from_yaml(file, text)?)
+}
+
+/// [`compile`], and the config's `report` section (the inventory push, not part of the
+/// pipeline).
+pub(crate) fn compile_with_report(
+    file: &str,
+    text: &str,
+) -> Result<(Pipeline, Option<SensorReport>), LoadError> {
     let config = SensorConfig::from_yaml(file, text)?;
+    Ok((compile_config(file, &config)?, config.report))
+}
+
+fn compile_config(file: &str, config: &SensorConfig) -> Result<Pipeline, LoadError> {
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     let mut max_response_bytes = 0;
     if let Some(openapi) = &config.openapi {
@@ -51,7 +66,7 @@ pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
         }));
     }
     let discovery =
-        super::learn::discovery_config(&config).map_err(|message| LoadError::Discovery {
+        super::learn::discovery_config(config).map_err(|message| LoadError::Discovery {
             file: file.to_string(),
             message,
         })?;

@@ -11,7 +11,8 @@
 //!   `load` (`sensor.yaml` text → pipeline), `ext_proc` (Envoy's messages ↔ the pipeline,
 //!   synchronous), `access_log` (an access log entry → the logged request);
 //! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
-//!   swapping the pipeline), `observe` (metrics and decision log lines).
+//!   swapping the pipeline), `observe` (metrics and decision log lines), `push` (the
+//!   inventory pushed to the operator over mTLS).
 //!
 //! See `docs/sensor.md`.
 
@@ -24,6 +25,9 @@ mod learn;
 mod load;
 pub mod observe;
 mod pipeline;
+mod push;
+#[cfg(test)]
+mod push_tests;
 mod reload;
 mod server;
 #[cfg(test)]

@@ -35,7 +35,9 @@ pub struct EndpointLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `loaded` or `failed`.
+    /// Config reloads: `loaded` or `failed`. Inventory pushes: `accepted`, `refused` (the
+    /// operator answered another status than 202) or `error` (no answer: a file, the
+    /// connection, TLS).
     pub result: &'static str,
 }
 
@@ -63,6 +65,8 @@ pub struct SensorMetrics {
     pub stream_errors: Counter,
     /// Endpoints in the discovery inventory, declared or not.
     pub endpoints: Family<EndpointLabels, Gauge>,
+    /// Inventory pushes to the operator, by result.
+    pub pushes: Family<ResultLabels, Counter>,
 }
 
 impl SensorMetrics {
@@ -74,6 +78,7 @@ impl SensorMetrics {
             processing: Family::new_with_constructor(|| Histogram::new(PROCESSING_BUCKETS)),
             stream_errors: Counter::default(),
             endpoints: Family::default(),
+            pushes: Family::default(),
         };
         metrics.register(
             "apiguard_sensor_requests",
@@ -104,6 +109,11 @@ impl SensorMetrics {
             "apiguard_endpoints",
             "Endpoints in the discovery inventory (method and path template), by policy and whether the policy declares them",
             this.endpoints.clone(),
+        );
+        metrics.register(
+            "apiguard_sensor_pushes",
+            "Pushes of the discovery inventory to the operator, by result (accepted, refused, error)",
+            this.pushes.clone(),
         );
         this
     }

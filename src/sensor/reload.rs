@@ -5,10 +5,11 @@
 //! Polling by content hash, not inotify or mtime: a ConfigMap volume is updated by swapping a
 //! `..data` symlink, which watches on the file path miss, and mtimes can stay equal.
 
-use super::load::{LoadError, compile};
+use super::config::SensorReport;
+use super::load::{LoadError, compile_with_report};
 use super::observe::{ResultLabels, SensorMetrics};
 use super::pipeline::Pipeline;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use std::time::Duration;
 pub(crate) struct ConfigFile {
     path: PathBuf,
     current: ArcSwap<Pipeline>,
+    /// The `report` section of the same content (the inventory push).
+    report: ArcSwapOption<SensorReport>,
     /// SHA-256 of the text last tried (good or bad), so a bad file is reported once.
     last_hash: Mutex<[u8; 32]>,
 }
@@ -49,10 +52,11 @@ impl ConfigFile {
     pub(crate) fn load(path: impl Into<PathBuf>) -> Result<Self, ReloadError> {
         let path = path.into();
         let (text, hash) = read(&path)?;
-        let pipeline = compile(&path.display().to_string(), &text)?;
+        let (pipeline, report) = compile_with_report(&path.display().to_string(), &text)?;
         Ok(ConfigFile {
             path,
             current: ArcSwap::from_pointee(pipeline),
+            report: ArcSwapOption::new(report.map(Arc::new)),
             last_hash: Mutex::new(hash),
         })
     }
@@ -76,9 +80,20 @@ impl ConfigFile {
             }
             *last = hash;
         }
-        let pipeline = compile(&self.path.display().to_string(), &text)?;
+        let (pipeline, report) = compile_with_report(&self.path.display().to_string(), &text)?;
+        self.report.store(report.map(Arc::new));
         self.current.store(Arc::new(pipeline));
         Ok(true)
+    }
+
+    /// The `report` section in force (None: no push).
+    pub(crate) fn report(&self) -> Option<Arc<SensorReport>> {
+        self.report.load_full()
+    }
+
+    /// The file (relative paths of the `report` section are relative to its directory).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Polls the file every `interval` until `shutdown`, logging and counting each reload.

@@ -1,6 +1,6 @@
 //! `apiguard sensor`: the flags, the gRPC server (h2c, for Envoy on loopback: ext_proc and the
-//! access log service), the admin server (with `GET /inventory`), the config's reload loop, and
-//! a graceful stop on SIGTERM.
+//! access log service), the admin server (with `GET /inventory`), the config's reload loop, the
+//! inventory push to the operator, and a graceful stop on SIGTERM.
 
 use super::access_log::logged;
 use super::config::DEFAULT_SENSOR_ADDR;
@@ -104,6 +104,14 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         sensor_metrics.clone(),
         stopped(&stopping),
     ));
+    // Pushes the inventory while the config has a `report` section (looked at every tick).
+    let pusher = tokio::spawn(super::push::run(
+        config.clone(),
+        learner.clone(),
+        sensor_metrics.clone(),
+        super::push::reporter(),
+        stopped(&stopping),
+    ));
     let access_logs = AccessLogServiceServer::new(AccessLogs {
         config: config.clone(),
         learner,
@@ -146,6 +154,7 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut admin).await;
     }
     let _ = watcher.await;
+    let _ = pusher.await;
     result
 }
 

@@ -211,6 +211,10 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         })
         .observe(0.001);
     sensor.set_endpoints("shop/orders", 3, 1);
+    sensor
+        .pushes
+        .get_or_create(&apiguard::sensor::observe::ResultLabels { result: "accepted" })
+        .inc();
     let text = metrics.encode();
 
     let mut help = std::collections::HashMap::new();

@@ -85,3 +85,97 @@ fn missing_service_is_a_clear_error() {
         "error names the missing Service: {err}"
     );
 }
+
+#[test]
+fn discovery_url_has_the_sensor_push_its_inventory_with_the_gateway_identity() {
+    let path = format!(
+        "{}/examples/bola-user-orders.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = apiguard_render(&[
+        "-f",
+        &path,
+        "--discovery-url",
+        "https://apiguard.apiguard-system.svc/v1/discovery",
+        "--discovery-interval",
+        "20",
+    ]);
+    let objs: Vec<Value> = apiguard::manifest::parse_str("render output", &out)
+        .expect("valid YAML")
+        .into_iter()
+        .map(|m| m.object)
+        .collect();
+    let data = &objs[0]["data"];
+    let sensor = apiguard::sensor::config::SensorConfig::from_yaml(
+        "sensor.yaml",
+        data["sensor.yaml"].as_str().expect("sensor.yaml"),
+    )
+    .expect("sensor.yaml parses");
+    let report = sensor.report.expect("a report section");
+    assert_eq!(
+        (report.url.as_str(), report.interval_seconds),
+        ("https://apiguard.apiguard-system.svc/v1/discovery", 20)
+    );
+    let cert = data["identity.crt"].as_str().expect("identity.crt");
+    assert!(cert.contains("BEGIN CERTIFICATE"), "{cert}");
+    // The gateway's certificate: the same the gateway serves.
+    assert_eq!(data["identity.crt"], data["server.crt"]);
+    assert!(
+        data["identity-ca.crt"]
+            .as_str()
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+    );
+    assert!(
+        data.get("identity.key").is_none(),
+        "no key in the ConfigMap"
+    );
+    assert!(
+        objs[1]["data"].get("identity.key").is_some(),
+        "the key is in the Secret"
+    );
+    let pod = &objs[2]["spec"]["template"]["spec"];
+    let sensor_volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "sensor")
+        .expect("the sensor volume");
+    assert_eq!(
+        sensor_volume["projected"]["sources"][1]["secret"]["items"][0]["key"],
+        "identity.key"
+    );
+
+    // Without the flag: no push, no identity files.
+    let plain = objects("bola-user-orders.yaml");
+    assert!(plain[0]["data"].get("identity.crt").is_none());
+    assert!(
+        !plain[0]["data"]["sensor.yaml"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("report")
+    );
+}
+
+#[test]
+fn a_discovery_url_that_is_not_https_is_refused() {
+    let path = format!(
+        "{}/examples/bola-user-orders.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apiguard"))
+        .args([
+            "render",
+            "-f",
+            &path,
+            "--discovery-url",
+            "http://op/v1/discovery",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--discovery-url") && err.contains("https://"),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use crate::api::{OpenApi, PolicyMode, RequestContractMode, ResponseContractMode}
 use crate::render::CLIENT_ID_HEADER;
 use crate::sensor::config::{
     ACCESS_LOG_NAME, DeclaredRoute, JWT_METADATA_NAMESPACE, REQUEST_ATTRIBUTES, SENSOR_CLUSTER,
-    SensorConfig, SensorContract, SensorDiscovery,
+    SensorConfig, SensorContract, SensorDiscovery, SensorReport,
 };
 use std::collections::BTreeMap;
 
@@ -182,9 +182,13 @@ pub(super) fn skip_direct_responses(routes: &mut RouteConfiguration) {
     }
 }
 
-/// `sensor.yaml`: the policy, its mode, the contract with the resolved document, and what
-/// discovery needs (the routes the rules declare).
-pub(super) fn sensor_config(ctx: &Ctx<'_>, contract: Option<(&OpenApi, &str)>) -> String {
+/// `sensor.yaml`: the policy, its mode, the contract with the resolved document, what
+/// discovery needs (the routes the rules declare), and where the inventory is pushed.
+pub(super) fn sensor_config(
+    ctx: &Ctx<'_>,
+    contract: Option<(&OpenApi, &str)>,
+    report: Option<SensorReport>,
+) -> String {
     let meta = &ctx.input.policy.metadata;
     let mut config = SensorConfig::new(
         meta.namespace.as_deref().unwrap_or("default"),
@@ -204,6 +208,7 @@ pub(super) fn sensor_config(ctx: &Ctx<'_>, contract: Option<(&OpenApi, &str)>) -
             })
             .collect(),
     });
+    config.report = report;
     let Some((openapi, document)) = contract else {
         return config.to_yaml();
     };

@@ -37,7 +37,7 @@ use crate::api::{
 use crate::render::{
     RenderError, RenderInput, RenderOptions, RenderedFile, RenderedGateway, policy_ref,
 };
-use crate::sensor::config::SENSOR_CONFIG_FILE;
+use crate::sensor::config::{SENSOR_CONFIG_FILE, SensorReport};
 use api_key::build_api_key_auth;
 use bootstrap::build_bootstrap;
 use clusters::{build_clusters, certificates_metadata};
@@ -55,6 +55,9 @@ pub(crate) const CLIENT_CA_FILE: &str = "client-ca.crt";
 pub(crate) const UPSTREAM_CERT_FILE: &str = "upstream.crt";
 pub(crate) const UPSTREAM_KEY_FILE: &str = "upstream.key";
 pub(crate) const UPSTREAM_CA_FILE: &str = "upstream-ca.crt";
+/// The workload identity the sensor pushes its inventory with (the names `sensor.yaml`'s
+/// `report` section gives, beside it).
+pub(crate) use crate::sensor::config::{IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
 
 const TARGET_CLUSTER: &str = "target";
 const LISTENER_NAME: &str = "gateway";
@@ -189,9 +192,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
     }
     if ext_proc::sensor_needed(&ctx) {
         let contract = ext_proc::contract(&ctx)?;
+        let report = insert_workload_identity(&ctx, &mut files)?;
         files.insert(
             SENSOR_CONFIG_FILE.into(),
-            plain(ext_proc::sensor_config(&ctx, contract)),
+            plain(ext_proc::sensor_config(&ctx, contract, report)),
         );
     }
     files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
@@ -241,6 +245,34 @@ fn insert_upstream_certificates(ctx: &Ctx<'_>, files: &mut Files) -> Result<(), 
     files.insert(UPSTREAM_KEY_FILE.into(), secret(up.key_pem.clone()));
     files.insert(UPSTREAM_CA_FILE.into(), plain(up.trust_bundle_pem.clone()));
     Ok(())
+}
+
+/// With discovery on and `options.discovery_report` set: the workload certificate, key and
+/// roots the sensor pushes its inventory with, and the `report` section of `sensor.yaml` (an
+/// error when no workload identity was given). None: no push.
+fn insert_workload_identity(
+    ctx: &Ctx<'_>,
+    files: &mut Files,
+) -> Result<Option<SensorReport>, RenderError> {
+    let Some(report) = ctx.opts().discovery_report.as_ref() else {
+        return Ok(None);
+    };
+    if !ctx.spec.discovery().enabled {
+        return Ok(None);
+    }
+    let id = ctx.input.identity.workload.as_ref().ok_or_else(|| {
+        ctx.invalid(
+            "options.discoveryReport",
+            "the sensor pushes its inventory but no workload certificate, key and trust bundle were given",
+        )
+    })?;
+    files.insert(IDENTITY_CERT_FILE.into(), plain(id.cert_pem.clone()));
+    files.insert(IDENTITY_KEY_FILE.into(), secret(id.key_pem.clone()));
+    files.insert(IDENTITY_CA_FILE.into(), plain(id.trust_bundle_pem.clone()));
+    Ok(Some(SensorReport::new(
+        &report.url,
+        report.interval_seconds,
+    )))
 }
 
 /// The metadata naming the certificates among `names` present in `files` (None: none is).
