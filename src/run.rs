@@ -419,6 +419,12 @@ fn start_controller(
             .filter(|i| !i.is_empty())
             .unwrap_or_else(|| crate::render::DEFAULT_SENSOR_IMAGE.to_string()),
         sensor_resources: args.sensor_resources.clone(),
+        discovery_report: args.discovery_url_checked().ok().flatten().map(|url| {
+            crate::render::DiscoveryReportOptions {
+                url,
+                interval_seconds: args.discovery_report_interval.as_secs().max(1),
+            }
+        }),
         ..Default::default()
     };
     let opts = controller::Options {
