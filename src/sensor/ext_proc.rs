@@ -99,6 +99,11 @@ impl ExchangeStream {
         &self.pipeline.policy
     }
 
+    /// The discovery settings of the config snapshot this stream uses (None: discovery off).
+    pub(crate) fn discovery(&self) -> Option<&super::learn::DiscoveryConfig> {
+        self.pipeline.discovery.as_ref()
+    }
+
     /// Handles one message from Envoy.
     pub(crate) fn handle(&mut self, message: ProcessingRequest) -> Handled {
         if let Some(config) = &message.protocol_config {

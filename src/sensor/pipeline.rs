@@ -4,12 +4,14 @@
 //! hands the new body to the stages after it.
 //!
 //! Pure: no I/O, no clock. What happened is returned as [`Event`]s, which the edge turns into
-//! metrics and log lines. A later feature (block enforcement, sensitive-data scanning, a
-//! global rate limit) is one more `Stage` in [`Pipeline::stages`], not a change to the
-//! gRPC layer.
+//! metrics and log lines. The stages: the contract ([`super::contract_stage`]), then the
+//! sensitive-data scan ([`super::scan_stage`], which sees the body as the contract left it). A
+//! later feature (block enforcement, a global rate limit) is one more `Stage` in
+//! [`Pipeline::stages`], not a change to the gRPC layer.
 
 use super::context::{RequestContext, ResponseHead};
 use crate::contract::{FieldError, OperationRef};
+use crate::discovery::Sensitive;
 
 /// The state of one HTTP exchange, shared by the stages.
 #[derive(Debug, Default)]
@@ -126,6 +128,15 @@ pub(crate) enum Event {
         verdict: ResponseVerdict,
         removed: Vec<FieldError>,
         violations: Vec<FieldError>,
+    },
+    /// A JSON response body scanned for sensitive data (`spec.discovery.sensitiveData`):
+    /// the classes and counts found (possibly none), never the values. The method and path
+    /// are the request's, to count into the inventory's endpoint; they are never logged (a
+    /// path holds ids).
+    Sensitive {
+        method: String,
+        path: String,
+        found: Sensitive,
     },
 }
 
