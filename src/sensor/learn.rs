@@ -1,8 +1,8 @@
 //! Discovery in the sensor: the policy's inventory ([`crate::discovery::Inventory`]), fed by
 //! the gateway's access log stream ([`super::access_log`]) and served at `GET /inventory`.
 //!
-//! The sensitive-data stage ([`super::scan_stage`]) adds the classes it finds in response
-//! bodies to the same inventory ([`Learner::add_sensitive`]).
+//! The classes the sensitive-data stage ([`super::scan_stage`]) finds in response bodies are
+//! added to the same inventory ([`Learner::add_sensitive`]).
 //!
 //! The declared endpoints come from `sensor.yaml` (the rules' `match`, the OpenAPI document);
 //! when a reload changes them, the inventory starts over with the new declarations (the counts
@@ -10,7 +10,6 @@
 
 use super::access_log::Logged;
 use super::config::SensorConfig;
-use super::pipeline::Event;
 use crate::discovery::{Declared, Inventory, Observation, Report, Sensitive};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -95,21 +94,18 @@ impl Learner {
         Some((declared, endpoints.len() - declared))
     }
 
-    /// Adds what the sensitive-data stage found ([`Event::Sensitive`] among `events`) to the
-    /// endpoints of `config`'s inventory, without counting requests (the access log does).
-    /// With discovery off, nothing is added.
-    pub(crate) fn add_sensitive(&self, config: Option<&DiscoveryConfig>, events: &[Event]) {
+    /// Adds what the sensitive-data stage found (method, path, classes: from its
+    /// `Event::Sensitive`) to the endpoints of `config`'s inventory, without counting requests
+    /// (the access log does). With discovery off, nothing is added.
+    pub(crate) fn add_sensitive<'e>(
+        &self,
+        config: Option<&DiscoveryConfig>,
+        found: impl IntoIterator<Item = (&'e str, &'e str, &'e Sensitive)>,
+    ) {
         let Some(config) = config else {
             return;
         };
-        let mut found = events.iter().filter_map(|e| match e {
-            Event::Sensitive {
-                method,
-                path,
-                found,
-            } if !found.is_empty() => Some((method, path, found)),
-            _ => None,
-        });
+        let mut found = found.into_iter().filter(|(_, _, f)| !f.is_empty());
         let Some(first) = found.next() else {
             return;
         };

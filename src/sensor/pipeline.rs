@@ -140,6 +140,20 @@ pub(crate) enum Event {
     },
 }
 
+impl Event {
+    /// The method, path and classes of an [`Event::Sensitive`] that found something.
+    pub(crate) fn sensitive(&self) -> Option<(&str, &str, &Sensitive)> {
+        match self {
+            Event::Sensitive {
+                method,
+                path,
+                found,
+            } if !found.is_empty() => Some((method, path, found)),
+            _ => None,
+        }
+    }
+}
+
 /// One step of the pipeline. Every method defaults to [`Action::Continue`]; a stage overrides
 /// the ones it needs. `events` collects what it did.
 pub(crate) trait Stage: Send + Sync {

@@ -220,7 +220,8 @@ impl ExternalProcessor for Processor {
                             .observe(started.elapsed().as_secs_f64());
                     }
                     metrics.record(stream.policy(), &handled.events);
-                    learner.add_sensitive(stream.discovery(), &handled.events);
+                    let found = handled.events.iter().filter_map(|e| e.sensitive());
+                    learner.add_sensitive(stream.discovery(), found);
                     if let Some(answer) = handled.answer {
                         return Some((Ok(answer), (inbound, stream, (metrics, learner))));
                     }

@@ -876,8 +876,19 @@ fn scanned_classes_reach_the_inventory_without_counting_a_request_or_keeping_a_v
         br#"{"card":"4111 1111 1111 1112"}"#,
     );
     assert!(found(&events_bad)[0].is_empty(), "{events_bad:?}");
-    learner.add_sensitive(p.discovery.as_ref(), &events);
-    learner.add_sensitive(p.discovery.as_ref(), &events_bad);
+    let sensitive = |events: &[Event]| -> Vec<(String, String, crate::discovery::Sensitive)> {
+        events
+            .iter()
+            .filter_map(Event::sensitive)
+            .map(|(m, p, f)| (m.to_string(), p.to_string(), *f))
+            .collect()
+    };
+    for found in [sensitive(&events), sensitive(&events_bad)] {
+        learner.add_sensitive(
+            p.discovery.as_ref(),
+            found.iter().map(|(m, p, f)| (m.as_str(), p.as_str(), f)),
+        );
+    }
     let report = learner.report("shop/users");
     let users = &report.endpoints[0];
     assert_eq!(
@@ -917,7 +928,7 @@ fn scanned_classes_reach_the_inventory_without_counting_a_request_or_keeping_a_v
     }
     // With discovery off, nothing is added.
     let other = Learner::default();
-    other.add_sensitive(None, &events);
+    other.add_sensitive(None, events.iter().filter_map(Event::sensitive));
     assert!(other.report("shop/users").endpoints.is_empty());
 }
 

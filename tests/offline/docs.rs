@@ -209,6 +209,13 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         })
         .observe(0.001);
     sensor.set_endpoints("shop/orders", 3, 1);
+    sensor
+        .sensitive
+        .get_or_create(&apiguard::sensor::observe::SensitiveLabels {
+            policy: "shop/orders".into(),
+            class: "email",
+        })
+        .inc();
     let text = metrics.encode();
 
     let mut help = std::collections::HashMap::new();
