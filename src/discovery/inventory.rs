@@ -505,6 +505,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sensitive_counts_are_added_without_counting_a_request() {
+        let mut inv = Inventory::new(Some("shop/users".into()), declared()).with_limit(2);
+        let found = classify(br#"{"email":"a@x.io","card":"4111111111111111"}"#);
+        inv.add_sensitive("GET", "/users/7", &found, 5_000);
+        let r = inv.report();
+        let users = &r.endpoints[0];
+        assert_eq!(
+            (users.path.as_str(), users.requests, r.observed),
+            ("/users/{userId}", 0, 0),
+            "an endpoint first seen by a scan, its request still to come"
+        );
+        inv.observe(&obs("GET", "/users/8", 200, 4_000));
+        inv.add_sensitive("GET", "/users/9", &found, 6_000);
+        inv.add_sensitive("GET", "/users/9", &Sensitive::NONE, 7_000);
+        let r = inv.report();
+        let users = &r.endpoints[0];
+        assert_eq!((users.requests, r.observed), (1, 1));
+        assert_eq!(users.sensitive_counts[&SensitiveClass::Email], 2);
+        assert_eq!(users.sensitive_counts[&SensitiveClass::PaymentCard], 2);
+        // Seen from the scan that added it (5 s) and the request (4 s); the later scan (6 s)
+        // of a known endpoint changes no time: the access log dates requests.
+        assert_eq!(users.first_seen, "1970-01-01T00:00:04Z");
+        assert_eq!(users.last_seen, "1970-01-01T00:00:05Z");
+        assert_eq!(
+            endpoint_key(&declared(), "GET", "/users/9?x=1"),
+            "GET /users/{userId}"
+        );
+        assert_eq!(
+            endpoint_key(&Declared::none(), "", "/a/123"),
+            "OTHER /a/{param}"
+        );
+        // Full: a scan of a new endpoint adds nothing (and is no overflow: not a request).
+        inv.observe(&obs("GET", "/v0/users", 200, 0));
+        inv.add_sensitive("GET", "/new", &found, 0);
+        let r = inv.report();
+        assert_eq!((r.endpoints.len(), r.overflow), (2, 0));
+    }
+
     proptest::proptest! {
         /// Whatever the body holds, the report holds classes and counts, never the values.
         #[test]
