@@ -482,6 +482,10 @@ fn sensitive_data_alone_sends_responses_to_the_sensor_and_fails_open_even_in_enf
             config["failure_mode_allow"], true,
             "{mode:?}: scanning is observation"
         );
+        assert_eq!(
+            config["allow_mode_override"], true,
+            "{mode:?}: the sensor skips the bodies it does not scan"
+        );
         let text = &g.files[LDS_FILE].contents;
         assert!(
             !text.contains("sensor-unavailable"),
@@ -534,6 +538,7 @@ fn sensitive_data_with_a_contract_adds_the_response_and_keeps_the_contract_failu
         config["failure_mode_allow"], false,
         "the contract fails closed"
     );
+    assert_eq!(config["allow_mode_override"], true);
     let names = filter_names(&lds(&f));
     assert_eq!(
         names

@@ -23,6 +23,8 @@ pub(crate) struct Exchange {
     pub(crate) operation: Option<Operation>,
     /// Set once the response headers arrived.
     pub(crate) response: Option<ResponseHead>,
+    /// The sensitive-data stage picked this response (JSON, in the sample) at its headers.
+    pub(crate) scan_response: bool,
 }
 
 /// An operation of the contract the exchange's snapshot of the config compiled.
@@ -174,6 +176,12 @@ pub(crate) trait Stage: Send + Sync {
     fn response_headers(&self, _exchange: &mut Exchange, _events: &mut Vec<Event>) -> Action {
         Action::Continue
     }
+    /// Whether the stage needs this exchange's response body; asked after the response
+    /// headers ran. When no stage does, Envoy is asked not to send it (a `mode_override`,
+    /// honoured when the filter allows it). Defaults to true.
+    fn wants_response_body(&self, _exchange: &Exchange) -> bool {
+        true
+    }
     /// The whole response body (`None` when it was larger than the sensor buffers).
     fn response_body(
         &self,
@@ -220,6 +228,11 @@ impl Point {
 }
 
 impl Pipeline {
+    /// Whether any stage needs the response body of `exchange` ([`Stage::wants_response_body`]).
+    pub(crate) fn wants_response_body(&self, exchange: &Exchange) -> bool {
+        self.stages.iter().any(|s| s.wants_response_body(exchange))
+    }
+
     /// Runs every stage at `point` (bodies: with `body`). A `Respond` stops at once; a
     /// `ReplaceBody` is what the later stages see and what is returned (unless a later stage
     /// answers the client).

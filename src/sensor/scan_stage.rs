@@ -1,6 +1,8 @@
 //! The sensitive-data stage (`spec.discovery.sensitiveData`): JSON response bodies scanned with
-//! [`classify`], per endpoint, as the mode says (Sampled: the 1st, 11th, 21st, ... scannable
-//! response of each endpoint; All: every one). What it found goes out as an
+//! [`classify`], per endpoint, as the mode says (Sampled: the 1st, 11th, 21st, ... JSON
+//! response of each endpoint; All: every one). The pick is made at the response headers, so
+//! the body of a response not picked is not even sent by Envoy (see
+//! [`Stage::wants_response_body`]). What it found goes out as an
 //! [`Event::Sensitive`]: the edge adds the classes to the discovery inventory (without counting
 //! a request: the access log entry of the exchange counts it) and to
 //! `apiguard_sensitive_responses_total`. The body is never kept, and no value leaves the stage:
@@ -101,31 +103,44 @@ impl ScanStage {
 }
 
 impl Stage for ScanStage {
-    /// A response that is not JSON, or larger than `maxResponseBytes` (`body` None when the
-    /// edge did not buffer it all), is not scanned and does not count toward the sample.
+    /// Picks the response at its headers: JSON, and in the sample. A response that is not
+    /// JSON is not scanned and does not count toward the sample.
+    fn response_headers(&self, exchange: &mut Exchange, _events: &mut Vec<Event>) -> Action {
+        let json = exchange
+            .response
+            .as_ref()
+            .is_some_and(|head| is_json(head.content_type.as_deref()));
+        let request = &exchange.request;
+        exchange.scan_response =
+            json && !request.method.is_empty() && self.picked(&request.method, &request.path);
+        Action::Continue
+    }
+
+    /// Only the picked responses: for the others, Envoy need not send the body at all.
+    fn wants_response_body(&self, exchange: &Exchange) -> bool {
+        exchange.scan_response
+    }
+
+    /// A picked body larger than `maxResponseBytes` (`body` None when the edge did not
+    /// buffer it all) is not scanned.
     fn response_body(
         &self,
         exchange: &mut Exchange,
         body: Option<&[u8]>,
         events: &mut Vec<Event>,
     ) -> Action {
-        let Some(head) = &exchange.response else {
-            return Action::Continue;
-        };
-        let request = &exchange.request;
-        if request.method.is_empty() || !is_json(head.content_type.as_deref()) {
+        if !exchange.scan_response {
             return Action::Continue;
         }
         let Some(body) = body.filter(|b| b.len() <= self.max_bytes) else {
             return Action::Continue;
         };
-        if self.picked(&request.method, &request.path) {
-            events.push(Event::Sensitive {
-                method: request.method.clone(),
-                path: request.path.clone(),
-                found: classify(body),
-            });
-        }
+        let request = &exchange.request;
+        events.push(Event::Sensitive {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            found: classify(body),
+        });
         Action::Continue
     }
 }

@@ -724,22 +724,45 @@ fn scanning(mode: &str) -> Arc<Pipeline> {
 
 const PII: &[u8] = br#"{"id":"7","email":"ann.example@example.org","card":"4111 1111 1111 1111"}"#;
 
+/// Whether the answer asks Envoy to send no response body (a `mode_override`).
+fn skips_the_body(handled: &Handled) -> bool {
+    let mode = handled.answer.as_ref().and_then(|a| a.mode_override);
+    if let Some(mode) = mode {
+        assert_eq!(mode.response_body_mode, BodySendMode::None as i32);
+    }
+    mode.is_some()
+}
+
 /// One exchange `GET path` answered with `content_type` and `response`; the events of the
-/// response body.
+/// response body, and whether the sensor asked Envoy not to send it (the body is then handled
+/// anyway, as when the filter does not allow the override: it must not be scanned).
+fn scan_exchange_skips(
+    pipeline: &Arc<Pipeline>,
+    path: &str,
+    content_type: &str,
+    response: &[u8],
+) -> (Vec<Event>, bool) {
+    let mut stream = ExchangeStream::new(pipeline.clone());
+    let handled = stream.handle(request_headers("GET", path, &[], true));
+    assert!(is_continue(&handled));
+    let handled = stream.handle(response_headers("200", content_type));
+    assert!(is_continue(&handled));
+    let skipped = skips_the_body(&handled);
+    let handled = stream.handle(body(Message::ResponseBody, response));
+    assert!(is_continue(&handled), "scanning never changes a response");
+    if skipped {
+        assert!(handled.events.is_empty(), "{:?}", handled.events);
+    }
+    (handled.events, skipped)
+}
+
 fn scan_exchange(
     pipeline: &Arc<Pipeline>,
     path: &str,
     content_type: &str,
     response: &[u8],
 ) -> Vec<Event> {
-    let mut stream = ExchangeStream::new(pipeline.clone());
-    let handled = stream.handle(request_headers("GET", path, &[], true));
-    assert!(is_continue(&handled));
-    let handled = stream.handle(response_headers("200", content_type));
-    assert!(is_continue(&handled));
-    let handled = stream.handle(body(Message::ResponseBody, response));
-    assert!(is_continue(&handled), "scanning never changes a response");
-    handled.events
+    scan_exchange_skips(pipeline, path, content_type, response).0
 }
 
 fn found(events: &[Event]) -> Vec<crate::discovery::Sensitive> {
@@ -758,10 +781,13 @@ fn sampled_scans_the_first_of_every_ten_responses_of_each_endpoint() {
     let mut scanned_users = Vec::new();
     for i in 1..=25 {
         // One endpoint, many ids: GET /users/{id}.
-        let events = scan_exchange(&p, &format!("/users/{i}"), "application/json", PII);
+        let (events, skipped) =
+            scan_exchange_skips(&p, &format!("/users/{i}"), "application/json", PII);
         if !found(&events).is_empty() {
             scanned_users.push(i);
         }
+        // The bodies not in the sample are not even sent.
+        assert_eq!(skipped, found(&events).is_empty(), "/users/{i}");
         // Another endpoint, interleaved, keeps its own count.
         let events = scan_exchange(&p, "/orders", "application/json", PII);
         assert_eq!(
@@ -799,8 +825,12 @@ fn all_scans_every_json_response_and_skips_other_types() {
         "",
         "json",
     ] {
-        let events = scan_exchange(&p, "/users/1", ct, PII);
+        let (events, skipped) = scan_exchange_skips(&p, "/users/1", ct, PII);
         assert!(events.is_empty(), "{ct}: {events:?}");
+        assert!(
+            skipped,
+            "{ct}: Envoy need not send a body that is not scanned"
+        );
     }
 }
 
@@ -982,4 +1012,38 @@ fn scan_metrics_and_log_lines_carry_classes_never_values() {
         assert!(!logs.contains(value), "{value} in {logs}");
         assert!(!text.contains(value), "{value} in {text}");
     }
+}
+
+#[test]
+fn the_body_is_skipped_only_when_no_stage_needs_it() {
+    // A contract that redacts responses needs the body of a declared operation, sampled or not.
+    let p = pipeline(
+        "Enforce",
+        "  responses: Redact\ndiscovery:\n  sensitiveData: Sampled\n",
+    );
+    for i in 0..3 {
+        let mut stream = ExchangeStream::new(p.clone());
+        stream.handle(request_headers("GET", "/users/7", &[], true));
+        let handled = stream.handle(response_headers("200", "application/json"));
+        assert!(!skips_the_body(&handled), "response {i}");
+    }
+    // With responses Off, only the sample's bodies are wanted.
+    let p = pipeline(
+        "Enforce",
+        "  responses: Off\ndiscovery:\n  sensitiveData: Sampled\n",
+    );
+    let skipped: Vec<bool> = (0..3)
+        .map(|_| {
+            let mut stream = ExchangeStream::new(p.clone());
+            stream.handle(request_headers("GET", "/users/7", &[], true));
+            skips_the_body(&stream.handle(response_headers("200", "application/json")))
+        })
+        .collect();
+    assert_eq!(skipped, [false, true, true]);
+    // All: every JSON body is wanted.
+    let p = scanning("All");
+    let mut stream = ExchangeStream::new(p);
+    stream.handle(request_headers("GET", "/users/7", &[], true));
+    let handled = stream.handle(response_headers("200", "application/json"));
+    assert!(!skips_the_body(&handled));
 }

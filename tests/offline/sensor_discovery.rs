@@ -390,3 +390,83 @@ async fn with_sensitive_data_the_sensor_learns_the_classes_each_endpoint_answers
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["id"], "3");
 }
+
+#[tokio::test]
+async fn sampled_scans_one_response_in_ten_per_endpoint_and_envoy_sends_only_those_bodies() {
+    let (upstream, _task) = shop_upstream().await;
+    let sensor_addr: SocketAddr = ([127, 0, 0, 1], port()).into();
+    let gateway = Gateway::start_with_args(
+        &SCANNED.replace("sensitiveData: All", "sensitiveData: Sampled"),
+        upstream,
+        None,
+        vec!["--sensor-addr".into(), sensor_addr.to_string()],
+    )
+    .await;
+    let lds = std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).unwrap();
+    assert!(lds.contains(r#""allow_mode_override":true"#), "{lds}");
+    let config = gateway.envoy_dir().join("sensor.yaml");
+    let sensor = Sensor::start(&config, sensor_addr, gateway.dir.path()).await;
+
+    let mut sent = 0;
+    for i in 1..=12 {
+        let r = gateway.send(&Request::get(&format!("/profiles/{i}"))).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Scanned or not, the client gets the whole body.
+        assert_eq!(r.json()["email"], EMAIL);
+        assert_eq!(r.json()["id"], i.to_string());
+        sent += 1;
+    }
+    for _ in 0..3 {
+        let r = gateway.send(&Request::get("/notes")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("write to {EMAIL}"));
+        sent += 1;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inventory = loop {
+        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
+        if status == 200 {
+            let inventory: Value = serde_json::from_str(&body).unwrap();
+            if inventory["observed"] == sent {
+                break inventory;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sensor did not see the {sent} requests (last answer {status}: {body})\nsensor log:\n{}",
+            sensor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let profiles = endpoint(&inventory, "GET", "/profiles/{id}");
+    assert_eq!(profiles["requests"], 12);
+    assert_eq!(
+        profiles["sensitiveCounts"],
+        json!({"email": 2, "payment_card": 2}),
+        "the 1st and the 11th: {profiles}"
+    );
+    assert_eq!(
+        endpoint(&inventory, "GET", "/notes")["sensitive"],
+        json!([])
+    );
+
+    // Envoy sent the sensor only the two bodies it scanned: for the other 13 responses (10
+    // JSON ones out of the sample, 3 text/plain) the sensor's answer to the headers said "no
+    // body", and Envoy honoured it.
+    let (_, metrics) = sensor.admin_get("/metrics").await.expect("/metrics");
+    let count = |point: &str| -> u64 {
+        let prefix = format!("apiguard_sensor_processing_seconds_count{{point=\"{point}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(count("response_headers"), 15, "{metrics}");
+    assert_eq!(count("response_body"), 2, "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"apiguard_sensitive_responses_total{policy="test/shop",class="email"} 2"#),
+        "{metrics}"
+    );
+}

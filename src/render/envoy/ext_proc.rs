@@ -160,6 +160,9 @@ pub(super) fn ext_proc_filter(ctx: &Ctx<'_>) -> Result<Option<HttpFilter>, Rende
             message_timeout: MESSAGE_TIMEOUT.into(),
             request_attributes: REQUEST_ATTRIBUTES.iter().map(|a| a.to_string()).collect(),
             metadata_options,
+            // The sensor answers the response headers with "no body" when it will not scan
+            // (not JSON, or not in the sample) and the contract does not need it either.
+            allow_mode_override: scans_responses(ctx),
         }))),
         config_discovery: None,
         disabled: false,
