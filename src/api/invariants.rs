@@ -207,6 +207,13 @@ pub const OPENAPI_ONE_SOURCE: Invariant = Invariant {
     message: "APG014: spec.openapi.source must set exactly one of configMapRef or a non-empty inline document; keep one of them (a ConfigMap key, or the document inline)",
 };
 
+pub const SENSITIVE_DATA_NEEDS_DISCOVERY: Invariant = Invariant {
+    rule: RuleId::Apg014,
+    scope: "spec.discovery",
+    cel: "!has(self.sensitiveData) || self.sensitiveData == 'Off' || !has(self.enabled) || self.enabled",
+    message: "APG014: spec.discovery.sensitiveData must be Off when spec.discovery.enabled is false (the classes found are kept in the discovery inventory); set enabled: true, or sensitiveData: Off",
+};
+
 /// Every invariant, in the order the Rust validation reports them.
 pub const ALL: &[Invariant] = &[
     CORS_NO_WILDCARD,
@@ -231,4 +238,5 @@ pub const ALL: &[Invariant] = &[
     RATE_LIMIT_ONE_KEY,
     PROVIDER_REFERENCES,
     OPENAPI_ONE_SOURCE,
+    SENSITIVE_DATA_NEEDS_DISCOVERY,
 ];

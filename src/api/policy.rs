@@ -789,18 +789,43 @@ pub(crate) fn default_max_response_bytes() -> u64 {
 /// `spec.discovery`: what the sensor learns from the traffic it sees.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = inv::SENSITIVE_DATA_NEEDS_DISCOVERY.to_rule())]
 pub struct Discovery {
     /// Learn endpoints from the gateway's access log stream (default true). Off the request
     /// path: no latency is added. false: the gateway streams nothing (and, without other
     /// runtime features, runs no sensor sidecar).
     #[serde(default = "default_discovery_enabled")]
     pub enabled: bool,
+    /// Scan JSON response bodies for sensitive data (e-mail addresses, payment cards, IBANs,
+    /// national IDs, phone numbers, JWTs, private keys, cloud access keys) and record, per
+    /// endpoint, the classes and counts found, never the values. Off (default): no body is
+    /// looked at. Sampled: one response in ten per endpoint is scanned. All: every one. Not Off:
+    /// the gateway sends response bodies (up to spec.openapi.maxResponseBytes, default 1 MiB)
+    /// to the sensor, which adds latency to responses; a sensor failure never blocks traffic
+    /// for scanning alone. Needs enabled: true.
+    #[serde(default)]
+    pub sensitive_data: SensitiveDataMode,
 }
 
 impl Default for Discovery {
     fn default() -> Self {
-        Discovery { enabled: true }
+        Discovery {
+            enabled: true,
+            sensitive_data: SensitiveDataMode::Off,
+        }
     }
+}
+
+/// Which JSON response bodies the sensor scans for sensitive data.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SensitiveDataMode {
+    /// Scan none (default): nothing is added to the response path.
+    #[default]
+    Off,
+    /// Scan one response in ten of each endpoint (the 1st, 11th, 21st, ...).
+    Sampled,
+    /// Scan every JSON response.
+    All,
 }
 
 fn default_discovery_enabled() -> bool {
@@ -949,7 +974,7 @@ impl ApiSecurityPolicySpec {
     pub fn audit(&self) -> Audit {
         self.audit.clone().unwrap_or_default()
     }
-    /// `spec.discovery` with its defaults (enabled, no inline scanning).
+    /// `spec.discovery` with its defaults (enabled, no inline scanning: `sensitiveData: Off`).
     pub fn discovery(&self) -> Discovery {
         self.discovery.clone().unwrap_or_default()
     }

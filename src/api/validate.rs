@@ -84,6 +84,7 @@ const CHECKS: &[Check] = &[
     check_rate_limits,
     check_provider_references,
     check_openapi_source,
+    check_discovery,
 ];
 
 /// Every invariant the spec breaks, in [`inv::ALL`] order.
@@ -318,6 +319,16 @@ fn check_provider_references(spec: &ApiSecurityPolicySpec, out: &mut Out) {
                 );
             }
         }
+    }
+}
+
+fn check_discovery(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    let discovery = spec.discovery();
+    if !discovery.enabled && discovery.sensitive_data != SensitiveDataMode::Off {
+        out.push(
+            inv::SENSITIVE_DATA_NEEDS_DISCOVERY,
+            "spec.discovery.sensitiveData".into(),
+        );
     }
 }
 

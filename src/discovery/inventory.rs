@@ -3,8 +3,8 @@
 //! prints.
 
 use super::Observation;
-use super::declared::Declared;
-use super::sensitive::SensitiveClass;
+use super::declared::{Declared, Resolved};
+use super::sensitive::{Sensitive, SensitiveClass};
 use super::template::{MAX_PARAMS, ParamType, infer, segments};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -86,49 +86,62 @@ impl Inventory {
     /// other: a shadow endpoint is often a refused one.
     pub fn observe(&mut self, o: &Observation<'_>) {
         self.observed += 1;
-        let method = if o.method.len() <= MAX_METHOD && !o.method.is_empty() {
-            o.method
-        } else {
-            "OTHER"
-        };
-        let path: Vec<&str> = segments(o.path).collect();
-        self.key.clear();
-        self.types.clear();
-        self.key.push_str(method);
-        self.key.push(' ');
-        let resolved = self.declared.resolve(method, &path);
-        let (declared, deprecated) =
-            resolved.map_or((false, false), |r| (r.declared, r.deprecated));
-        match resolved {
-            Some(r) if !r.template.is_prefix() => {
-                self.key.push_str(r.template.as_str());
-                let values = r.template.param_values(&path);
-                self.types
-                    .extend(values.take(MAX_PARAMS).map(ParamType::of));
-            }
-            // A prefix declares the path but does not say its shape: the heuristic does.
-            _ => infer(&path, &mut self.key, &mut self.types),
+        match self.endpoint(o.method, o.path, o.at_unix_ms) {
+            Some((endpoint, types)) => endpoint.count(o, types),
+            None => self.overflow += 1,
         }
+    }
+
+    /// Adds the sensitive data classes found in one response body of `method` `path` to its
+    /// endpoint, without counting a request (the access log entry of the same exchange counts
+    /// it). An endpoint not known yet is added with no request (its entry may arrive later:
+    /// Envoy batches its access log); when the inventory is full, nothing is added.
+    pub fn add_sensitive(&mut self, method: &str, path: &str, found: &Sensitive, at_unix_ms: i64) {
+        if found.is_empty() {
+            return;
+        }
+        if let Some((endpoint, _)) = self.endpoint(method, path, at_unix_ms) {
+            endpoint.add_sensitive(found);
+        }
+    }
+
+    /// The endpoint of `method` `path` and its parameters' value types, the endpoint added
+    /// when new (first seen `at`); None when it is new and the inventory is full.
+    fn endpoint(
+        &mut self,
+        method: &str,
+        path: &str,
+        at: i64,
+    ) -> Option<(&mut Endpoint, &[ParamType])> {
+        let path: Vec<&str> = segments(path).collect();
+        let (method, resolved) = write_key(
+            &self.declared,
+            method,
+            &path,
+            &mut self.key,
+            &mut self.types,
+        );
         if !self.endpoints.contains_key(self.key.as_str()) {
             if self.endpoints.len() >= self.limit {
-                self.overflow += 1;
-                return;
+                return None;
             }
+            let (declared, deprecated) = resolved
+                .as_ref()
+                .map_or((false, false), |r| (r.declared, r.deprecated));
             let params = match resolved {
                 Some(r) if !r.template.is_prefix() => {
                     r.template.params().map(String::from).collect()
                 }
                 _ => (1..=self.types.len()).map(param_name).collect(),
             };
-            let path = &self.key[method.len() + 1..];
-            let e = Endpoint::new(method, path, (declared, deprecated), params, o.at_unix_ms);
+            let template = &self.key[method.len() + 1..];
+            let e = Endpoint::new(method, template, (declared, deprecated), params, at);
             self.endpoints.insert(self.key.clone(), e);
         }
-        let endpoint = self
-            .endpoints
+        let types = self.types.as_slice();
+        self.endpoints
             .get_mut(self.key.as_str())
-            .expect("inserted above");
-        endpoint.count(o, &self.types);
+            .map(|e| (e, types))
     }
 
     /// The report: endpoints sorted by path then method, shadow and zombie lists.
@@ -193,11 +206,15 @@ impl Endpoint {
         for ((_, seen), t) in self.params.iter_mut().zip(types) {
             t.add_to(seen);
         }
-        for (class, n) in o.sensitive.classes() {
-            self.sensitive[class as usize] += u64::from(n);
-        }
+        self.add_sensitive(&o.sensitive);
         if let Some(ct) = o.content_type.map(media_type).filter(|c| !c.is_empty()) {
             self.count_content_type(ct);
+        }
+    }
+
+    fn add_sensitive(&mut self, found: &Sensitive) {
+        for (class, n) in found.classes() {
+            self.sensitive[class as usize] += u64::from(n);
         }
     }
 
@@ -251,6 +268,48 @@ impl Endpoint {
             last_seen: super::timestamp::format_ms(self.last_ms),
         }
     }
+}
+
+/// The endpoint a request of `method` `path` counts into (`GET /users/{id}`): the same key the
+/// inventory uses, for a caller that keeps per-endpoint state of its own (the sensor's
+/// sampling of response bodies).
+pub fn endpoint_key(declared: &Declared, method: &str, path: &str) -> String {
+    let path: Vec<&str> = segments(path).collect();
+    let mut key = String::new();
+    write_key(declared, method, &path, &mut key, &mut Vec::new());
+    key
+}
+
+/// Writes `METHOD /template` into `key` (cleared first) and the parameters' value types into
+/// `types`: the declared template that matches, else the heuristic's. Returns the method as
+/// kept (`OTHER` when empty or too long) and the declaration that matched.
+fn write_key<'d, 'm>(
+    declared: &'d Declared,
+    method: &'m str,
+    path: &[&str],
+    key: &mut String,
+    types: &mut Vec<ParamType>,
+) -> (&'m str, Option<Resolved<'d>>) {
+    let method = if method.len() <= MAX_METHOD && !method.is_empty() {
+        method
+    } else {
+        "OTHER"
+    };
+    key.clear();
+    types.clear();
+    key.push_str(method);
+    key.push(' ');
+    let resolved = declared.resolve(method, path);
+    match &resolved {
+        Some(r) if !r.template.is_prefix() => {
+            key.push_str(r.template.as_str());
+            let values = r.template.param_values(path);
+            types.extend(values.take(MAX_PARAMS).map(ParamType::of));
+        }
+        // A prefix declares the path but does not say its shape: the heuristic does.
+        _ => infer(path, key, types),
+    }
+    (method, resolved)
 }
 
 /// The heuristic's name of the `n`th parameter (`param`, `param2`, ...).
@@ -444,6 +503,45 @@ mod tests {
         for value in ["ada.lovelace", "example.com", "4111", "DE89", "1111 1111"] {
             assert!(!json.contains(value), "{value} in {json}");
         }
+    }
+
+    #[test]
+    fn sensitive_counts_are_added_without_counting_a_request() {
+        let mut inv = Inventory::new(Some("shop/users".into()), declared()).with_limit(2);
+        let found = classify(br#"{"email":"a@x.io","card":"4111111111111111"}"#);
+        inv.add_sensitive("GET", "/users/7", &found, 5_000);
+        let r = inv.report();
+        let users = &r.endpoints[0];
+        assert_eq!(
+            (users.path.as_str(), users.requests, r.observed),
+            ("/users/{userId}", 0, 0),
+            "an endpoint first seen by a scan, its request still to come"
+        );
+        inv.observe(&obs("GET", "/users/8", 200, 4_000));
+        inv.add_sensitive("GET", "/users/9", &found, 6_000);
+        inv.add_sensitive("GET", "/users/9", &Sensitive::NONE, 7_000);
+        let r = inv.report();
+        let users = &r.endpoints[0];
+        assert_eq!((users.requests, r.observed), (1, 1));
+        assert_eq!(users.sensitive_counts[&SensitiveClass::Email], 2);
+        assert_eq!(users.sensitive_counts[&SensitiveClass::PaymentCard], 2);
+        // Seen from the scan that added it (5 s) and the request (4 s); the later scan (6 s)
+        // of a known endpoint changes no time: the access log dates requests.
+        assert_eq!(users.first_seen, "1970-01-01T00:00:04Z");
+        assert_eq!(users.last_seen, "1970-01-01T00:00:05Z");
+        assert_eq!(
+            endpoint_key(&declared(), "GET", "/users/9?x=1"),
+            "GET /users/{userId}"
+        );
+        assert_eq!(
+            endpoint_key(&Declared::none(), "", "/a/123"),
+            "OTHER /a/{param}"
+        );
+        // Full: a scan of a new endpoint adds nothing (and is no overflow: not a request).
+        inv.observe(&obs("GET", "/v0/users", 200, 0));
+        inv.add_sensitive("GET", "/new", &found, 0);
+        let r = inv.report();
+        assert_eq!((r.endpoints.len(), r.overflow), (2, 0));
     }
 
     proptest::proptest! {

@@ -1,12 +1,13 @@
 //! Rendering a policy with `spec.openapi`: the `ext_proc` filter, the sensor's cluster,
-//! `sensor.yaml` and the sensor sidecar; and nothing of it without `spec.openapi`.
+//! `sensor.yaml` and the sensor sidecar; and nothing of it without `spec.openapi`. Also the
+//! `ext_proc` filter of `spec.discovery.sensitiveData` (response bodies only, failing open).
 
 use super::envoy::{CDS_FILE, LDS_FILE};
 use super::objects::gateway_objects;
 use super::tests::{Fixture, example};
 use crate::api::{
     OpenApi, OpenApiSource, PolicyMode, RequestContractMode, ResponseContractMode,
-    UnknownPropertiesMode,
+    SensitiveDataMode, UnknownPropertiesMode,
 };
 use crate::sensor::config::{
     JWT_METADATA_NAMESPACE, REQUEST_ATTRIBUTES, SENSOR_ADMIN_PORT, SENSOR_CLUSTER,
@@ -334,7 +335,10 @@ fn without_openapi_discovery_streams_the_access_log_but_nothing_runs_inline() {
 fn with_discovery_disabled_and_no_openapi_there_is_no_sensor_anywhere() {
     for name in ["bola-user-orders.yaml", "partner-api-mtls-apikeys.yaml"] {
         let mut f = example(name);
-        f.policy.spec.discovery = Some(crate::api::Discovery { enabled: false });
+        f.policy.spec.discovery = Some(crate::api::Discovery {
+            enabled: false,
+            ..crate::api::Discovery::default()
+        });
         let g = f.render().unwrap();
         assert!(!g.files.contains_key(SENSOR_CONFIG_FILE), "{name}");
         for (file, f) in &g.files {
@@ -442,4 +446,139 @@ fn sensor_yaml_rejects_undeclared_operations_as_the_gateway_rejects_undeclared_r
         !reject(&f),
         "defaultAction: Allow serves what is undeclared"
     );
+}
+
+/// `example(name)` with `spec.discovery.sensitiveData: mode`.
+fn scanning(name: &str, mode: SensitiveDataMode) -> Fixture {
+    let mut f = example(name);
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: true,
+        sensitive_data: mode,
+    });
+    f
+}
+
+#[test]
+fn sensitive_data_alone_sends_responses_to_the_sensor_and_fails_open_even_in_enforce() {
+    for mode in [SensitiveDataMode::Sampled, SensitiveDataMode::All] {
+        let mut f = scanning("bola-user-orders.yaml", mode);
+        f.policy.spec.mode = PolicyMode::Enforce;
+        let g = f.render().unwrap();
+        let lds: Value = serde_json::from_str(&g.files[LDS_FILE].contents).unwrap();
+        let config = ext_proc(&lds);
+        assert_eq!(
+            config["processing_mode"],
+            json!({
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "NONE",
+                "response_body_mode": "BUFFERED_PARTIAL",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            }),
+            "{mode:?}: no request body for scanning"
+        );
+        assert_eq!(
+            config["failure_mode_allow"], true,
+            "{mode:?}: scanning is observation"
+        );
+        assert_eq!(
+            config["allow_mode_override"], true,
+            "{mode:?}: the sensor skips the bodies it does not scan"
+        );
+        let text = &g.files[LDS_FILE].contents;
+        assert!(
+            !text.contains("sensor-unavailable"),
+            "{mode:?}: no 503 for a sensor failure without a contract"
+        );
+        let names = filter_names(&lds);
+        assert_eq!(
+            names[names.len() - 2..],
+            ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+        );
+        let sensor =
+            SensorConfig::from_yaml(SENSOR_CONFIG_FILE, &g.files[SENSOR_CONFIG_FILE].contents)
+                .unwrap();
+        assert_eq!(sensor.discovery.unwrap().sensitive_data, mode);
+        assert!(sensor.openapi.is_none());
+        // The gateway's own answers (undeclared routes) are not sent to the sensor.
+        let routes = hcm(&lds)["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        for r in routes.iter().filter(|r| r.get("direct_response").is_some()) {
+            assert_eq!(
+                r["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["disabled"], true,
+                "{r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sensitive_data_with_a_contract_adds_the_response_and_keeps_the_contract_failure_mode() {
+    let mut f = with_contract(
+        "bola-user-orders.yaml",
+        RequestContractMode::Enforce,
+        ResponseContractMode::Off,
+    );
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: true,
+        sensitive_data: SensitiveDataMode::Sampled,
+    });
+    f.policy.spec.mode = PolicyMode::Enforce;
+    let config = ext_proc(&lds(&f));
+    assert_eq!(config["processing_mode"]["request_body_mode"], "BUFFERED");
+    assert_eq!(config["processing_mode"]["response_header_mode"], "SEND");
+    assert_eq!(
+        config["processing_mode"]["response_body_mode"],
+        "BUFFERED_PARTIAL"
+    );
+    assert_eq!(
+        config["failure_mode_allow"], false,
+        "the contract fails closed"
+    );
+    assert_eq!(config["allow_mode_override"], true);
+    let names = filter_names(&lds(&f));
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| *n == "envoy.filters.http.ext_proc")
+            .count(),
+        1,
+        "one filter for both"
+    );
+    f.policy.spec.mode = PolicyMode::Audit;
+    assert_eq!(ext_proc(&lds(&f))["failure_mode_allow"], true);
+}
+
+#[test]
+fn sensitive_data_off_or_without_discovery_renders_no_inline_filter() {
+    for name in ["bola-user-orders.yaml", "partner-api-mtls-apikeys.yaml"] {
+        let g = scanning(name, SensitiveDataMode::Off).render().unwrap();
+        assert!(!g.files[LDS_FILE].contents.contains("ext_proc"), "{name}");
+        let sensor = &g.files[SENSOR_CONFIG_FILE].contents;
+        assert!(!sensor.contains("sensitiveData"), "{name}: {sensor}");
+        // Discovery disabled (which the invariant refuses with sensitiveData): nothing inline.
+        let mut f = scanning(name, SensitiveDataMode::All);
+        f.policy.spec.discovery.as_mut().unwrap().enabled = false;
+        let g = f.render().unwrap();
+        for (file, f) in &g.files {
+            assert!(!f.contents.contains("ext_proc"), "{name}: {file}");
+        }
+        assert!(!g.files.contains_key(SENSOR_CONFIG_FILE), "{name}");
+    }
+}
+
+#[test]
+fn the_config_hash_follows_sensitive_data() {
+    let off = scanning("bola-user-orders.yaml", SensitiveDataMode::Off);
+    let sampled = scanning("bola-user-orders.yaml", SensitiveDataMode::Sampled);
+    let all = scanning("bola-user-orders.yaml", SensitiveDataMode::All);
+    let hashes: Vec<String> = [off, sampled, all]
+        .iter()
+        .map(|f| f.render().unwrap().config_hash)
+        .collect();
+    assert_ne!(hashes[0], hashes[1]);
+    assert_ne!(hashes[1], hashes[2]);
 }

@@ -351,7 +351,10 @@ fn the_push_without_discovery_renders_nothing_and_without_identity_is_an_error()
     );
 
     // Discovery off: no inventory, no push, no identity needed.
-    f.policy.spec.discovery = Some(crate::api::Discovery { enabled: false });
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: false,
+        ..Default::default()
+    });
     let g = f.render().expect("render");
     assert!(!g.files.contains_key(envoy::IDENTITY_KEY_FILE));
     if let Some(sensor) = g.files.get(crate::sensor::config::SENSOR_CONFIG_FILE) {

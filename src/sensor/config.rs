@@ -4,7 +4,9 @@
 //!
 //! Pure: parsing and printing only.
 
-use crate::api::{PolicyMode, RequestContractMode, ResponseContractMode, UnknownPropertiesMode};
+use crate::api::{
+    PolicyMode, RequestContractMode, ResponseContractMode, SensitiveDataMode, UnknownPropertiesMode,
+};
 use serde::{Deserialize, Serialize};
 
 /// The file name, in the Envoy directory and in the gateway ConfigMap.
@@ -149,6 +151,14 @@ pub fn check_report_url(url: &str) -> Result<(), String> {
 pub struct SensorDiscovery {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub declared: Vec<DeclaredRoute>,
+    /// `spec.discovery.sensitiveData`: which JSON response bodies the sensor scans for
+    /// sensitive data (Off: none; the gateway then sends no response body for it).
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub sensitive_data: SensitiveDataMode,
+}
+
+fn is_off(mode: &SensitiveDataMode) -> bool {
+    *mode == SensitiveDataMode::Off
 }
 
 /// One authorization rule's `match`: its methods (empty: any) and path patterns (exact,
@@ -306,6 +316,27 @@ mod tests {
         assert_eq!(contract.unknown_properties, UnknownPropertiesMode::Reject);
         assert_eq!(contract.max_response_bytes, 1_048_576);
         assert!(contract.reject_undeclared);
+    }
+
+    #[test]
+    fn sensitive_data_round_trips_and_defaults_to_off() {
+        let mut config = SensorConfig::new("shop", "orders", PolicyMode::Enforce);
+        config.discovery = Some(SensorDiscovery {
+            declared: Vec::new(),
+            sensitive_data: SensitiveDataMode::Sampled,
+        });
+        let text = config.to_yaml();
+        assert!(text.contains("sensitiveData: Sampled"), "{text}");
+        assert_eq!(SensorConfig::from_yaml("sensor.yaml", &text), Ok(config));
+        let off = "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: a, name: b}\ndiscovery: {}\n";
+        let config = SensorConfig::from_yaml("f", off).unwrap();
+        assert_eq!(
+            config.discovery.unwrap().sensitive_data,
+            SensitiveDataMode::Off
+        );
+        let bad = off.replace("discovery: {}", "discovery: {sensitiveData: Some}");
+        let err = SensorConfig::from_yaml("f", &bad).unwrap_err().to_string();
+        assert!(err.contains("Some"), "{err}");
     }
 
     #[test]

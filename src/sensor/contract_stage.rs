@@ -181,6 +181,11 @@ impl Stage for ContractStage {
         self.check(exchange, body, events)
     }
 
+    /// Only the responses of declared operations are checked.
+    fn wants_response_body(&self, exchange: &Exchange) -> bool {
+        self.responses != ResponseContractMode::Off && exchange.operation.is_some()
+    }
+
     fn response_body(
         &self,
         exchange: &mut Exchange,

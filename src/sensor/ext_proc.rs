@@ -12,7 +12,10 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
 };
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -97,6 +100,11 @@ impl ExchangeStream {
     /// The policy of the config snapshot this stream uses.
     pub(crate) fn policy(&self) -> &str {
         &self.pipeline.policy
+    }
+
+    /// The discovery settings of the config snapshot this stream uses (None: discovery off).
+    pub(crate) fn discovery(&self) -> Option<&super::learn::DiscoveryConfig> {
+        self.pipeline.discovery.as_ref()
     }
 
     /// Handles one message from Envoy.
@@ -211,11 +219,30 @@ impl ExchangeStream {
     ) -> (Option<Point>, Option<ProcessingResponse>) {
         let pairs = header_pairs(headers.headers.as_ref());
         self.exchange.response = Some(ResponseHead::new(&pairs));
+        self.exchange.scan_response = false;
         let action = self.run(Point::ResponseHeaders, None, events);
-        (
-            Some(Point::ResponseHeaders),
-            answer_headers(action, Answer::ResponseHeaders),
-        )
+        let mut answer = answer_headers(action, Answer::ResponseHeaders);
+        if let Some(answer) = answer.as_mut()
+            && matches!(answer.response, Some(Answer::ResponseHeaders(_)))
+            && !self.pipeline.wants_response_body(&self.exchange)
+        {
+            answer.mode_override = Some(nothing_more());
+        }
+        (Some(Point::ResponseHeaders), answer)
+    }
+}
+
+/// The processing mode for the rest of an exchange whose response body no stage needs: Envoy
+/// sends nothing more (it honours this only with the filter's `allow_mode_override`, rendered
+/// for the sensitive-data scan; otherwise the body comes as configured, and is let through).
+fn nothing_more() -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Skip as i32,
+        response_header_mode: HeaderSendMode::Skip as i32,
+        request_body_mode: BodySendMode::None as i32,
+        response_body_mode: BodySendMode::None as i32,
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
     }
 }
 

@@ -1,6 +1,9 @@
 //! Discovery in the sensor: the policy's inventory ([`crate::discovery::Inventory`]), fed by
 //! the gateway's access log stream ([`super::access_log`]) and served at `GET /inventory`.
 //!
+//! The classes the sensitive-data stage ([`super::scan_stage`]) finds in response bodies are
+//! added to the same inventory ([`Learner::add_sensitive`]).
+//!
 //! The declared endpoints come from `sensor.yaml` (the rules' `match`, the OpenAPI document);
 //! when a reload changes them, the inventory starts over with the new declarations (the counts
 //! so far are dropped, logged).
@@ -10,7 +13,7 @@ use super::config::SensorConfig;
 use crate::discovery::{Declared, Inventory, Observation, Report, Sensitive};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The compiled discovery settings of one `sensor.yaml`.
 #[derive(Debug)]
@@ -19,6 +22,8 @@ pub(crate) struct DiscoveryConfig {
     pub(crate) declared: Declared,
     /// Identifies the declarations (their source text): an inventory is kept while it stays.
     pub(crate) fingerprint: String,
+    /// `sensitiveData`: which JSON response bodies are scanned.
+    pub(crate) sensitive_data: crate::api::SensitiveDataMode,
 }
 
 /// The declared endpoints of `config`; None when discovery is off. An error names the field.
@@ -47,6 +52,7 @@ pub(crate) fn discovery_config(config: &SensorConfig) -> Result<Option<Discovery
         policy: format!("{}/{}", config.policy.namespace, config.policy.name),
         declared,
         fingerprint,
+        sensitive_data: discovery.sensitive_data,
     }))
 }
 
@@ -80,19 +86,7 @@ impl Learner {
     ) -> Option<(usize, usize)> {
         let config = config?;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.as_ref().is_none_or(|(f, _)| *f != config.fingerprint) {
-            if state.is_some() {
-                tracing::info!(
-                    policy = config.policy,
-                    "the declared endpoints changed; the inventory starts over"
-                );
-            }
-            *state = Some((
-                config.fingerprint.clone(),
-                Inventory::new(Some(config.policy.clone()), config.declared.clone()),
-            ));
-        }
-        let (_, inventory) = state.as_mut().expect("set above");
+        let inventory = inventory_for(&mut state, config);
         self.generation.fetch_add(1, Ordering::Relaxed);
         for r in requests {
             let at_unix_ms = r
@@ -113,6 +107,33 @@ impl Learner {
         let endpoints = inventory.report().endpoints;
         let declared = endpoints.iter().filter(|e| e.declared).count();
         Some((declared, endpoints.len() - declared))
+    }
+
+    /// Adds what the sensitive-data stage found (method, path, classes: from its
+    /// `Event::Sensitive`) to the endpoints of `config`'s inventory, without counting requests
+    /// (the access log does). With discovery off, nothing is added.
+    pub(crate) fn add_sensitive<'e>(
+        &self,
+        config: Option<&DiscoveryConfig>,
+        found: impl IntoIterator<Item = (&'e str, &'e str, &'e Sensitive)>,
+    ) {
+        let Some(config) = config else {
+            return;
+        };
+        let mut found = found.into_iter().filter(|(_, _, f)| !f.is_empty());
+        let Some(first) = found.next() else {
+            return;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let inventory = inventory_for(&mut state, config);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        for (method, path, found) in std::iter::once(first).chain(found) {
+            inventory.add_sensitive(method, path, found, now_ms);
+        }
     }
 
     /// The inventory so far (empty for `policy` before the first request).
@@ -146,14 +167,35 @@ impl Learner {
     }
 }
 
-/// Shared between the access log service and the admin route.
+/// The inventory of `config`: a new one when there was none or the declarations changed.
+fn inventory_for<'s>(
+    state: &'s mut Option<(String, Inventory)>,
+    config: &DiscoveryConfig,
+) -> &'s mut Inventory {
+    if state.as_ref().is_none_or(|(f, _)| *f != config.fingerprint) {
+        if state.is_some() {
+            tracing::info!(
+                policy = config.policy,
+                "the declared endpoints changed; the inventory starts over"
+            );
+        }
+        *state = Some((
+            config.fingerprint.clone(),
+            Inventory::new(Some(config.policy.clone()), config.declared.clone()),
+        ));
+    }
+    let (_, inventory) = state.as_mut().expect("set above");
+    inventory
+}
+
+/// Shared between the access log service, the ext_proc service and the admin route.
 pub(crate) type SharedLearner = Arc<Learner>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sensor::config::{DeclaredRoute, SensorDiscovery};
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     fn config(rules: &[(&str, &[&str], &[&str])]) -> SensorConfig {
         let mut c = SensorConfig::new("shop", "orders", crate::api::PolicyMode::Enforce);
@@ -166,6 +208,7 @@ mod tests {
                     paths: paths.iter().map(|p| p.to_string()).collect(),
                 })
                 .collect(),
+            sensitive_data: crate::api::SensitiveDataMode::Off,
         });
         c
     }

@@ -1,12 +1,14 @@
 //! From the text of `sensor.yaml` to a [`Pipeline`]: the config parsed, the contract compiled
-//! once, the stages built in order.
+//! once, the stages built in order (the contract, then the sensitive-data scan).
 //!
 //! Pure: the caller reads the file.
 
 use super::config::{SensorConfig, SensorReport};
 use super::contract_stage::{ContractStage, RequestMode};
 use super::pipeline::{Pipeline, Stage};
+use super::scan_stage::ScanStage;
 use crate::api::PolicyMode;
+use crate::api::policy::default_max_response_bytes;
 use crate::contract::{Contract, ContractError, ContractOptions};
 
 /// Request bodies larger than this are not buffered by the sensor (Envoy's own buffer limit,
@@ -70,6 +72,20 @@ fn compile_config(file: &str, config: &SensorConfig) -> Result<Pipeline, LoadErr
             file: file.to_string(),
             message,
         })?;
+    // After the contract stage: it scans what the client receives (see scan_stage), within
+    // the contract's bound (the body is buffered once for both); without a contract, within
+    // the contract's default bound.
+    if let Some(d) = &discovery {
+        let bound = if config.openapi.is_some() {
+            max_response_bytes
+        } else {
+            usize::try_from(default_max_response_bytes()).unwrap_or(usize::MAX)
+        };
+        if let Some(scan) = ScanStage::new(d.sensitive_data, d.declared.clone(), bound) {
+            max_response_bytes = bound;
+            stages.push(Box::new(scan));
+        }
+    }
     Ok(Pipeline {
         policy: format!("{}/{}", config.policy.namespace, config.policy.name),
         discovery,

@@ -1,6 +1,6 @@
 //! The runtime sensor (`apiguard sensor`): the gateway's sidecar that Envoy calls over gRPC
-//! (ext_proc) to check requests and responses against the API's OpenAPI contract, and to which
-//! it streams its access log (discovery).
+//! (ext_proc) to check requests and responses against the API's OpenAPI contract and to scan
+//! JSON responses for sensitive data, and to which it streams its access log (discovery).
 //!
 //! `config` is the contract between the renderer and the sensor: the `sensor.yaml` file and
 //! the request attributes Envoy sends. The rest is split like the crate, a pure core and thin
@@ -8,6 +8,7 @@
 //!
 //! - core: `context` (the exchange's request, principal and response), `pipeline` (stages
 //!   returning actions and events), `contract_stage` (the OpenAPI checks and redaction),
+//!   `scan_stage` (sensitive data in JSON response bodies, classes only),
 //!   `load` (`sensor.yaml` text → pipeline), `ext_proc` (Envoy's messages ↔ the pipeline,
 //!   synchronous), `access_log` (an access log entry → the logged request);
 //! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
@@ -29,6 +30,7 @@ mod push;
 #[cfg(test)]
 mod push_tests;
 mod reload;
+mod scan_stage;
 mod server;
 #[cfg(test)]
 mod tests;

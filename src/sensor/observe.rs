@@ -5,6 +5,7 @@
 use super::pipeline::{Event, RequestVerdict, ResponseVerdict};
 use crate::admin::Metrics;
 use crate::contract::FieldError;
+use crate::discovery::Sensitive;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +32,14 @@ pub struct EndpointLabels {
     pub policy: String,
     /// `true` (declared by the rules or the OpenAPI document) or `false` (shadow).
     pub declared: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensitiveLabels {
+    pub policy: String,
+    /// `email`, `payment_card`, `iban`, `national_id`, `phone`, `jwt`, `private_key`,
+    /// `cloud_key`.
+    pub class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +76,8 @@ pub struct SensorMetrics {
     pub endpoints: Family<EndpointLabels, Gauge>,
     /// Inventory pushes to the operator, by result.
     pub pushes: Family<ResultLabels, Counter>,
+    /// Scanned responses in which a class of sensitive data was found.
+    pub sensitive: Family<SensitiveLabels, Counter>,
 }
 
 impl SensorMetrics {
@@ -79,6 +90,7 @@ impl SensorMetrics {
             stream_errors: Counter::default(),
             endpoints: Family::default(),
             pushes: Family::default(),
+            sensitive: Family::default(),
         };
         metrics.register(
             "apiguard_sensor_requests",
@@ -114,6 +126,11 @@ impl SensorMetrics {
             "apiguard_sensor_pushes",
             "Pushes of the discovery inventory to the operator, by result (accepted, refused, error)",
             this.pushes.clone(),
+        );
+        metrics.register(
+            "apiguard_sensitive_responses",
+            "JSON responses scanned for sensitive data (spec.discovery.sensitiveData) in which a class was found, by policy and class",
+            this.sensitive.clone(),
         );
         this
     }
@@ -161,6 +178,18 @@ impl SensorMetrics {
                         })
                         .inc();
                     log_response(policy, operation, *status, *verdict, removed, violations);
+                }
+                // The method and path are not logged: only the classes found.
+                Event::Sensitive { found, .. } => {
+                    for (class, _) in found.classes() {
+                        self.sensitive
+                            .get_or_create(&SensitiveLabels {
+                                policy: policy.to_string(),
+                                class: class.as_str(),
+                            })
+                            .inc();
+                    }
+                    log_scan(policy, found);
                 }
             }
         }
@@ -233,5 +262,20 @@ fn log_response(
         removed = %locations(removed),
         violations = %locations(violations),
         "contract: response"
+    );
+}
+
+/// A scanned response: the classes found and their counts (`email:2,payment_card:1`), never
+/// a value, nor the path (it holds ids).
+fn log_scan(policy: &str, found: &Sensitive) {
+    let classes = found
+        .classes()
+        .map(|(c, n)| format!("{}:{n}", c.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing::debug!(
+        policy,
+        classes,
+        "discovery: response scanned for sensitive data"
     );
 }

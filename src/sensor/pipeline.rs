@@ -4,12 +4,14 @@
 //! hands the new body to the stages after it.
 //!
 //! Pure: no I/O, no clock. What happened is returned as [`Event`]s, which the edge turns into
-//! metrics and log lines. A later feature (block enforcement, sensitive-data scanning, a
-//! global rate limit) is one more `Stage` in [`Pipeline::stages`], not a change to the
-//! gRPC layer.
+//! metrics and log lines. The stages: the contract ([`super::contract_stage`]), then the
+//! sensitive-data scan ([`super::scan_stage`], which sees the body as the contract left it). A
+//! later feature (block enforcement, a global rate limit) is one more `Stage` in
+//! [`Pipeline::stages`], not a change to the gRPC layer.
 
 use super::context::{RequestContext, ResponseHead};
 use crate::contract::{FieldError, OperationRef};
+use crate::discovery::Sensitive;
 
 /// The state of one HTTP exchange, shared by the stages.
 #[derive(Debug, Default)]
@@ -21,6 +23,8 @@ pub(crate) struct Exchange {
     pub(crate) operation: Option<Operation>,
     /// Set once the response headers arrived.
     pub(crate) response: Option<ResponseHead>,
+    /// The sensitive-data stage picked this response (JSON, in the sample) at its headers.
+    pub(crate) scan_response: bool,
 }
 
 /// An operation of the contract the exchange's snapshot of the config compiled.
@@ -127,6 +131,29 @@ pub(crate) enum Event {
         removed: Vec<FieldError>,
         violations: Vec<FieldError>,
     },
+    /// A JSON response body scanned for sensitive data (`spec.discovery.sensitiveData`):
+    /// the classes and counts found (possibly none), never the values. The method and path
+    /// are the request's, to count into the inventory's endpoint; they are never logged (a
+    /// path holds ids).
+    Sensitive {
+        method: String,
+        path: String,
+        found: Sensitive,
+    },
+}
+
+impl Event {
+    /// The method, path and classes of an [`Event::Sensitive`] that found something.
+    pub(crate) fn sensitive(&self) -> Option<(&str, &str, &Sensitive)> {
+        match self {
+            Event::Sensitive {
+                method,
+                path,
+                found,
+            } if !found.is_empty() => Some((method, path, found)),
+            _ => None,
+        }
+    }
 }
 
 /// One step of the pipeline. Every method defaults to [`Action::Continue`]; a stage overrides
@@ -148,6 +175,12 @@ pub(crate) trait Stage: Send + Sync {
     /// The response headers ([`Exchange::response`] is set).
     fn response_headers(&self, _exchange: &mut Exchange, _events: &mut Vec<Event>) -> Action {
         Action::Continue
+    }
+    /// Whether the stage needs this exchange's response body; asked after the response
+    /// headers ran. When no stage does, Envoy is asked not to send it (a `mode_override`,
+    /// honoured when the filter allows it). Defaults to true.
+    fn wants_response_body(&self, _exchange: &Exchange) -> bool {
+        true
     }
     /// The whole response body (`None` when it was larger than the sensor buffers).
     fn response_body(
@@ -195,6 +228,11 @@ impl Point {
 }
 
 impl Pipeline {
+    /// Whether any stage needs the response body of `exchange` ([`Stage::wants_response_body`]).
+    pub(crate) fn wants_response_body(&self, exchange: &Exchange) -> bool {
+        self.stages.iter().any(|s| s.wants_response_body(exchange))
+    }
+
     /// Runs every stage at `point` (bodies: with `body`). A `Respond` stops at once; a
     /// `ReplaceBody` is what the later stages see and what is returned (unless a later stage
     /// answers the client).

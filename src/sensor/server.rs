@@ -114,12 +114,13 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
     ));
     let access_logs = AccessLogServiceServer::new(AccessLogs {
         config: config.clone(),
-        learner,
+        learner: learner.clone(),
         metrics: sensor_metrics.clone(),
     });
     let service = ExternalProcessorServer::new(Processor {
         config,
         metrics: sensor_metrics,
+        learner,
     });
     let mut grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -185,6 +186,8 @@ async fn termination_signal() {
 struct Processor {
     config: Arc<ConfigFile>,
     metrics: SensorMetrics,
+    /// Where the sensitive-data stage's findings go (the discovery inventory).
+    learner: SharedLearner,
 }
 
 type Answers = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -200,10 +203,11 @@ impl ExternalProcessor for Processor {
         let state = (
             request.into_inner(),
             ExchangeStream::new(self.config.current()),
-            self.metrics.clone(),
+            (self.metrics.clone(), self.learner.clone()),
         );
-        let answers =
-            futures::stream::unfold(state, |(mut inbound, mut stream, metrics)| async move {
+        let answers = futures::stream::unfold(
+            state,
+            |(mut inbound, mut stream, (metrics, learner))| async move {
                 loop {
                     let message = match inbound.message().await {
                         Ok(Some(message)) => message,
@@ -225,11 +229,14 @@ impl ExternalProcessor for Processor {
                             .observe(started.elapsed().as_secs_f64());
                     }
                     metrics.record(stream.policy(), &handled.events);
+                    let found = handled.events.iter().filter_map(|e| e.sensitive());
+                    learner.add_sensitive(stream.discovery(), found);
                     if let Some(answer) = handled.answer {
-                        return Some((Ok(answer), (inbound, stream, metrics)));
+                        return Some((Ok(answer), (inbound, stream, (metrics, learner))));
                     }
                 }
-            });
+            },
+        );
         Ok(Response::new(Box::pin(answers)))
     }
 }

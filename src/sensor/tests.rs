@@ -144,7 +144,7 @@ fn request_verdicts(events: &[Event]) -> Vec<RequestVerdict> {
         .iter()
         .filter_map(|e| match e {
             Event::Request { verdict, .. } => Some(*verdict),
-            Event::Response { .. } => None,
+            Event::Response { .. } | Event::Sensitive { .. } => None,
         })
         .collect()
 }
@@ -155,7 +155,7 @@ fn response_verdict(handled: &Handled) -> ResponseVerdict {
         .iter()
         .find_map(|e| match e {
             Event::Response { verdict, .. } => Some(*verdict),
-            Event::Request { .. } => None,
+            Event::Request { .. } | Event::Sensitive { .. } => None,
         })
         .expect("a response event")
 }
@@ -710,4 +710,340 @@ proptest! {
         let handled = stream.handle(body(Message::ResponseBody, &bytes));
         prop_assert!(handled.answer.is_some());
     }
+}
+
+// The sensitive-data stage (`discovery.sensitiveData`), through the ext_proc translation.
+
+/// A sensor.yaml without a contract: discovery of `GET /users/{id}` with `sensitiveData`.
+fn scanning(mode: &str) -> Arc<Pipeline> {
+    let text = format!(
+        "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {{namespace: shop, name: users}}\ndiscovery:\n  declared: [{{rule: read, methods: [GET], paths: ['/users/{{id}}']}}]\n  sensitiveData: {mode}\n"
+    );
+    Arc::new(compile("sensor.yaml", &text).unwrap())
+}
+
+const PII: &[u8] = br#"{"id":"7","email":"ann.example@example.org","card":"4111 1111 1111 1111"}"#;
+
+/// Whether the answer asks Envoy to send no response body (a `mode_override`).
+fn skips_the_body(handled: &Handled) -> bool {
+    let mode = handled.answer.as_ref().and_then(|a| a.mode_override);
+    if let Some(mode) = mode {
+        assert_eq!(mode.response_body_mode, BodySendMode::None as i32);
+    }
+    mode.is_some()
+}
+
+/// One exchange `GET path` answered with `content_type` and `response`; the events of the
+/// response body, and whether the sensor asked Envoy not to send it (the body is then handled
+/// anyway, as when the filter does not allow the override: it must not be scanned).
+fn scan_exchange_skips(
+    pipeline: &Arc<Pipeline>,
+    path: &str,
+    content_type: &str,
+    response: &[u8],
+) -> (Vec<Event>, bool) {
+    let mut stream = ExchangeStream::new(pipeline.clone());
+    let handled = stream.handle(request_headers("GET", path, &[], true));
+    assert!(is_continue(&handled));
+    let handled = stream.handle(response_headers("200", content_type));
+    assert!(is_continue(&handled));
+    let skipped = skips_the_body(&handled);
+    let handled = stream.handle(body(Message::ResponseBody, response));
+    assert!(is_continue(&handled), "scanning never changes a response");
+    if skipped {
+        assert!(handled.events.is_empty(), "{:?}", handled.events);
+    }
+    (handled.events, skipped)
+}
+
+fn scan_exchange(
+    pipeline: &Arc<Pipeline>,
+    path: &str,
+    content_type: &str,
+    response: &[u8],
+) -> Vec<Event> {
+    scan_exchange_skips(pipeline, path, content_type, response).0
+}
+
+fn found(events: &[Event]) -> Vec<crate::discovery::Sensitive> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sensitive { found, .. } => Some(*found),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sampled_scans_the_first_of_every_ten_responses_of_each_endpoint() {
+    let p = scanning("Sampled");
+    let mut scanned_users = Vec::new();
+    for i in 1..=25 {
+        // One endpoint, many ids: GET /users/{id}.
+        let (events, skipped) =
+            scan_exchange_skips(&p, &format!("/users/{i}"), "application/json", PII);
+        if !found(&events).is_empty() {
+            scanned_users.push(i);
+        }
+        // The bodies not in the sample are not even sent.
+        assert_eq!(skipped, found(&events).is_empty(), "/users/{i}");
+        // Another endpoint, interleaved, keeps its own count.
+        let events = scan_exchange(&p, "/orders", "application/json", PII);
+        assert_eq!(
+            found(&events).len(),
+            usize::from(i % 10 == 1),
+            "/orders response {i}"
+        );
+    }
+    assert_eq!(scanned_users, [1, 11, 21]);
+}
+
+#[test]
+fn all_scans_every_json_response_and_skips_other_types() {
+    let p = scanning("All");
+    for ct in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
+        "application/vnd.api+json",
+    ] {
+        for _ in 0..3 {
+            let events = scan_exchange(&p, "/users/1", ct, PII);
+            let [sensitive] = found(&events)[..] else {
+                panic!("{ct}: {events:?}");
+            };
+            let classes: Vec<_> = sensitive.classes().map(|(c, _)| c.as_str()).collect();
+            assert_eq!(classes, ["email", "payment_card"], "{ct}");
+        }
+    }
+    for ct in [
+        "text/plain",
+        "text/html",
+        "application/octet-stream",
+        "",
+        "json",
+    ] {
+        let (events, skipped) = scan_exchange_skips(&p, "/users/1", ct, PII);
+        assert!(events.is_empty(), "{ct}: {events:?}");
+        assert!(
+            skipped,
+            "{ct}: Envoy need not send a body that is not scanned"
+        );
+    }
+}
+
+#[test]
+fn a_body_larger_than_the_sensor_buffers_is_not_scanned() {
+    let p = scanning("All");
+    assert_eq!(p.max_response_bytes, 1_048_576, "the contract's default");
+    let mut large = PII.to_vec();
+    large.resize(p.max_response_bytes, b' ');
+    assert_eq!(
+        found(&scan_exchange(&p, "/users/1", "application/json", &large)).len(),
+        1,
+        "maxResponseBytes is scanned"
+    );
+    // One byte over: the edge buffers it (to know it is too large), the stage skips it; more:
+    // the edge does not buffer it at all.
+    for over in [1, 100] {
+        large.resize(p.max_response_bytes + over, b' ');
+        let events = scan_exchange(&p, "/users/1", "application/json", &large);
+        assert!(events.is_empty(), "+{over}: {events:?}");
+    }
+}
+
+#[test]
+fn off_builds_no_stage_and_a_bad_mode_names_the_field() {
+    assert!(scanning("Off").stages.is_empty());
+    assert_eq!(scanning("Off").max_response_bytes, 0);
+    let text = "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: shop, name: users}\ndiscovery:\n  sensitiveData: Sometimes\n";
+    let Err(err) = compile("sensor.yaml", text) else {
+        panic!("Sometimes is not a mode");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("sensor.yaml") && err.contains("Sometimes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_scan_sees_the_body_the_client_receives() {
+    // `contact` is not in the contract's User schema: Redact removes it, Audit leaves it.
+    let leaky = br#"{"id":"7","name":"Ann","contact":"ann.example@example.org"}"#;
+    for (responses, exposed) in [("Redact", false), ("Audit", true)] {
+        let p = pipeline(
+            "Enforce",
+            &format!("  responses: {responses}\ndiscovery:\n  sensitiveData: All\n"),
+        );
+        let mut stream = ExchangeStream::new(p);
+        let handled = get_with_response(&mut stream, leaky);
+        let [sensitive] = found(&handled.events)[..] else {
+            panic!("{responses}: {:?}", handled.events);
+        };
+        assert_eq!(
+            sensitive.count(crate::discovery::SensitiveClass::Email),
+            u32::from(exposed),
+            "{responses}"
+        );
+    }
+}
+
+#[test]
+fn scanned_classes_reach_the_inventory_without_counting_a_request_or_keeping_a_value() {
+    use super::access_log::Logged;
+    use super::learn::Learner;
+    let p = scanning("All");
+    let learner = Learner::default();
+    let events = scan_exchange(&p, "/users/42", "application/json", PII);
+    // A Luhn-invalid number is not a card.
+    let events_bad = scan_exchange(
+        &p,
+        "/users/43",
+        "application/json",
+        br#"{"card":"4111 1111 1111 1112"}"#,
+    );
+    assert!(found(&events_bad)[0].is_empty(), "{events_bad:?}");
+    let sensitive = |events: &[Event]| -> Vec<(String, String, crate::discovery::Sensitive)> {
+        events
+            .iter()
+            .filter_map(Event::sensitive)
+            .map(|(m, p, f)| (m.to_string(), p.to_string(), *f))
+            .collect()
+    };
+    for found in [sensitive(&events), sensitive(&events_bad)] {
+        learner.add_sensitive(
+            p.discovery.as_ref(),
+            found.iter().map(|(m, p, f)| (m.as_str(), p.as_str(), f)),
+        );
+    }
+    let report = learner.report("shop/users");
+    let users = &report.endpoints[0];
+    assert_eq!(
+        (users.method.as_str(), users.path.as_str()),
+        ("GET", "/users/{id}")
+    );
+    assert_eq!(users.requests, 0, "the access log counts the request");
+    assert_eq!(report.observed, 0);
+    // Then the access log entry of the same exchange arrives.
+    learner.observe(
+        p.discovery.as_ref(),
+        &[Logged {
+            method: "GET".into(),
+            path: "/users/42".into(),
+            status: 200,
+            route: "read".into(),
+            authenticated: true,
+            content_type: Some("application/json".into()),
+            time: std::time::SystemTime::now(),
+        }],
+    );
+    let report = learner.report("shop/users");
+    assert_eq!(report.endpoints.len(), 1);
+    let users = &report.endpoints[0];
+    assert_eq!(users.requests, 1);
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(
+        json.contains(r#""sensitive":["email","payment_card"]"#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#""sensitiveCounts":{"email":1,"payment_card":1}"#),
+        "{json}"
+    );
+    for value in ["ann.example", "example.org", "4111", "1111 1111", "1112"] {
+        assert!(!json.contains(value), "{value} in {json}");
+    }
+    // With discovery off, nothing is added.
+    let other = Learner::default();
+    other.add_sensitive(None, events.iter().filter_map(Event::sensitive));
+    assert!(other.report("shop/users").endpoints.is_empty());
+}
+
+#[test]
+fn scan_metrics_and_log_lines_carry_classes_never_values() {
+    use super::observe::SensorMetrics;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let p = scanning("All");
+    let events = scan_exchange(
+        &p,
+        "/users/ann.example@example.org",
+        "application/json",
+        PII,
+    );
+    let registry = crate::admin::Metrics::new();
+    let metrics = SensorMetrics::register(&registry);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || metrics.record("shop/users", &events));
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("email:1,payment_card:1"),
+        "the classes are logged: {logs}"
+    );
+    let text = registry.encode();
+    for class in ["email", "payment_card"] {
+        let series = format!(
+            "apiguard_sensitive_responses_total{{policy=\"shop/users\",class=\"{class}\"}} 1"
+        );
+        assert!(text.contains(&series), "{series} in {text}");
+    }
+    for value in ["ann.example", "example.org", "4111", "1111 1111"] {
+        assert!(!logs.contains(value), "{value} in {logs}");
+        assert!(!text.contains(value), "{value} in {text}");
+    }
+}
+
+#[test]
+fn the_body_is_skipped_only_when_no_stage_needs_it() {
+    // A contract that redacts responses needs the body of a declared operation, sampled or not.
+    let p = pipeline(
+        "Enforce",
+        "  responses: Redact\ndiscovery:\n  sensitiveData: Sampled\n",
+    );
+    for i in 0..3 {
+        let mut stream = ExchangeStream::new(p.clone());
+        stream.handle(request_headers("GET", "/users/7", &[], true));
+        let handled = stream.handle(response_headers("200", "application/json"));
+        assert!(!skips_the_body(&handled), "response {i}");
+    }
+    // With responses Off, only the sample's bodies are wanted.
+    let p = pipeline(
+        "Enforce",
+        "  responses: Off\ndiscovery:\n  sensitiveData: Sampled\n",
+    );
+    let skipped: Vec<bool> = (0..3)
+        .map(|_| {
+            let mut stream = ExchangeStream::new(p.clone());
+            stream.handle(request_headers("GET", "/users/7", &[], true));
+            skips_the_body(&stream.handle(response_headers("200", "application/json")))
+        })
+        .collect();
+    assert_eq!(skipped, [false, true, true]);
+    // All: every JSON body is wanted.
+    let p = scanning("All");
+    let mut stream = ExchangeStream::new(p);
+    stream.handle(request_headers("GET", "/users/7", &[], true));
+    let handled = stream.handle(response_headers("200", "application/json"));
+    assert!(!skips_the_body(&handled));
 }

@@ -215,6 +215,13 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         .pushes
         .get_or_create(&apiguard::sensor::observe::ResultLabels { result: "accepted" })
         .inc();
+    sensor
+        .sensitive
+        .get_or_create(&apiguard::sensor::observe::SensitiveLabels {
+            policy: "shop/orders".into(),
+            class: "email",
+        })
+        .inc();
     let text = metrics.encode();
 
     let mut help = std::collections::HashMap::new();

@@ -5,9 +5,16 @@
 //! gives the expected inventory at the sensor's `GET /inventory`: templates, declared flags,
 //! status classes (Envoy's own 401 and 404 included), authenticated counts, shadow endpoints,
 //! and none of the values.
+//!
+//! With `sensitiveData: All`, the gateway also sends JSON response bodies to the sensor
+//! (ext_proc, response only): the inventory gains the classes of sensitive data each endpoint
+//! answered (an e-mail and a Luhn-valid card; not a Luhn-invalid number, nor a text/plain
+//! body), counted in `apiguard_sensitive_responses_total`, and no value appears in the
+//! inventory, the sensor's output or its metrics.
 
 use super::sensor_envoy::Sensor;
 use crate::support::envoy::{Gateway, Issuer, Request, echo_upstream, unix_now};
+use crate::support::tools::free_port as port;
 use crate::support::tools::free_port;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -187,4 +194,279 @@ async fn the_sensor_learns_the_endpoints_the_gateway_serves_from_its_access_log(
             "{value:?} is in the inventory: {text}"
         );
     }
+}
+
+const EMAIL: &str = "ann.example@example.org";
+const CARD: &str = "4111 1111 1111 1111";
+const NOT_A_CARD: &str = "4111 1111 1111 1112";
+
+/// Public routes only (no authentication needed) and `sensitiveData: All`.
+const SCANNED: &str = r#"apiVersion: apiguard.dev/v1alpha1
+kind: ApiSecurityPolicy
+metadata: {name: shop, namespace: test}
+spec:
+  target: {service: shop, port: 8080}
+  exposure: Public
+  hosts: [api.test.example]
+  authorization:
+    rules:
+    - name: profiles
+      match: {methods: [GET], paths: ["/profiles/{id}"]}
+      public: true
+    - name: tickets
+      match: {methods: [GET], paths: ["/tickets/{id}"]}
+      public: true
+    - name: notes
+      match: {methods: [GET], paths: ["/notes"]}
+      public: true
+  eastWest: {mtls: Disabled}
+  discovery: {enabled: true, sensitiveData: All}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: test}
+spec:
+  selector: {app: shop}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+"#;
+
+/// `/profiles/{id}`: JSON with an e-mail and a card; `/tickets/{id}`: JSON with a number that
+/// fails the Luhn check; `/notes`: the same e-mail, as text/plain.
+async fn shop_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route(
+            "/profiles/{id}",
+            get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    axum::Json(json!({"id": id, "email": EMAIL, "card": CARD}))
+                },
+            ),
+        )
+        .route(
+            "/tickets/{id}",
+            get(|| async { axum::Json(json!({"reference": NOT_A_CARD})) }),
+        )
+        .route("/notes", get(|| async { format!("write to {EMAIL}") }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn with_sensitive_data_the_sensor_learns_the_classes_each_endpoint_answers_never_the_values()
+{
+    let (upstream, _task) = shop_upstream().await;
+    let sensor_addr: SocketAddr = ([127, 0, 0, 1], port()).into();
+    let gateway = Gateway::start_with_args(
+        SCANNED,
+        upstream,
+        None,
+        vec!["--sensor-addr".into(), sensor_addr.to_string()],
+    )
+    .await;
+    let lds: Value = serde_json::from_str(
+        &std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).unwrap(),
+    )
+    .unwrap();
+    let text = lds.to_string();
+    assert!(text.contains("envoy.filters.http.ext_proc"), "{text}");
+    assert!(text.contains(r#""failure_mode_allow":true"#), "fails open");
+    assert!(
+        text.contains(r#""request_body_mode":"NONE""#),
+        "no request body"
+    );
+    assert!(text.contains(r#""response_body_mode":"BUFFERED_PARTIAL""#));
+    let config = gateway.envoy_dir().join("sensor.yaml");
+    // Debug: the scan's own log lines are written too, and checked for values.
+    let sensor = Sensor::start_with_env(
+        &config,
+        sensor_addr,
+        gateway.dir.path(),
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+
+    let traffic = [
+        ("/profiles/1", 3),
+        ("/profiles/2", 0),
+        ("/tickets/9", 1),
+        ("/notes", 1),
+    ];
+    let mut sent = 0;
+    for (path, _) in &traffic {
+        for _ in 0..2 {
+            let r = gateway.send(&Request::get(path)).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            sent += 1;
+            // The client gets the upstream's body unchanged.
+            if path.starts_with("/profiles") {
+                assert_eq!(r.json()["email"], EMAIL);
+                assert_eq!(r.json()["card"], CARD);
+            }
+        }
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inventory = loop {
+        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
+        if status == 200 {
+            let inventory: Value = serde_json::from_str(&body).unwrap();
+            if inventory["observed"] == sent {
+                break inventory;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sensor did not see the {sent} requests (last answer {status}: {body})\nsensor log:\n{}",
+            sensor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let profiles = endpoint(&inventory, "GET", "/profiles/{id}");
+    assert_eq!(
+        profiles["requests"], 4,
+        "a scan counts no request: {profiles}"
+    );
+    assert_eq!(
+        profiles["sensitive"],
+        json!(["email", "payment_card"]),
+        "{profiles}"
+    );
+    assert_eq!(
+        profiles["sensitiveCounts"],
+        json!({"email": 4, "payment_card": 4}),
+        "{profiles}"
+    );
+    let tickets = endpoint(&inventory, "GET", "/tickets/{id}");
+    assert_eq!(tickets["requests"], 2);
+    assert_eq!(tickets["sensitive"], json!([]), "bad Luhn: {tickets}");
+    let notes = endpoint(&inventory, "GET", "/notes");
+    assert_eq!(notes["requests"], 2);
+    assert_eq!(
+        notes["sensitive"],
+        json!([]),
+        "text/plain is not scanned: {notes}"
+    );
+
+    let (_, metrics) = sensor.admin_get("/metrics").await.expect("/metrics");
+    for series in [
+        r#"apiguard_sensitive_responses_total{policy="test/shop",class="email"} 4"#,
+        r#"apiguard_sensitive_responses_total{policy="test/shop",class="payment_card"} 4"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    assert_eq!(
+        metrics
+            .matches("apiguard_sensitive_responses_total{")
+            .count(),
+        2,
+        "{metrics}"
+    );
+
+    let log = sensor.log_text();
+    assert!(
+        log.contains("response scanned for sensitive data"),
+        "the scans are logged (debug):\n{log}"
+    );
+    let card_digits = CARD.replace(' ', "");
+    for (what, text) in [
+        ("the inventory", inventory.to_string()),
+        ("the sensor's output", log),
+        ("the metrics", metrics),
+    ] {
+        for value in [EMAIL, "ann.example", CARD, card_digits.as_str(), NOT_A_CARD] {
+            assert!(!text.contains(value), "{value:?} is in {what}:\n{text}");
+        }
+    }
+
+    // Scanning is observation: with the sensor gone, the gateway still answers (fails open,
+    // although the policy is in Enforce).
+    drop(sensor);
+    let r = gateway.send(&Request::get("/profiles/3")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "3");
+}
+
+#[tokio::test]
+async fn sampled_scans_one_response_in_ten_per_endpoint_and_envoy_sends_only_those_bodies() {
+    let (upstream, _task) = shop_upstream().await;
+    let sensor_addr: SocketAddr = ([127, 0, 0, 1], port()).into();
+    let gateway = Gateway::start_with_args(
+        &SCANNED.replace("sensitiveData: All", "sensitiveData: Sampled"),
+        upstream,
+        None,
+        vec!["--sensor-addr".into(), sensor_addr.to_string()],
+    )
+    .await;
+    let lds = std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).unwrap();
+    assert!(lds.contains(r#""allow_mode_override":true"#), "{lds}");
+    let config = gateway.envoy_dir().join("sensor.yaml");
+    let sensor = Sensor::start(&config, sensor_addr, gateway.dir.path()).await;
+
+    let mut sent = 0;
+    for i in 1..=12 {
+        let r = gateway.send(&Request::get(&format!("/profiles/{i}"))).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Scanned or not, the client gets the whole body.
+        assert_eq!(r.json()["email"], EMAIL);
+        assert_eq!(r.json()["id"], i.to_string());
+        sent += 1;
+    }
+    for _ in 0..3 {
+        let r = gateway.send(&Request::get("/notes")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("write to {EMAIL}"));
+        sent += 1;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inventory = loop {
+        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
+        if status == 200 {
+            let inventory: Value = serde_json::from_str(&body).unwrap();
+            if inventory["observed"] == sent {
+                break inventory;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sensor did not see the {sent} requests (last answer {status}: {body})\nsensor log:\n{}",
+            sensor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let profiles = endpoint(&inventory, "GET", "/profiles/{id}");
+    assert_eq!(profiles["requests"], 12);
+    assert_eq!(
+        profiles["sensitiveCounts"],
+        json!({"email": 2, "payment_card": 2}),
+        "the 1st and the 11th: {profiles}"
+    );
+    assert_eq!(
+        endpoint(&inventory, "GET", "/notes")["sensitive"],
+        json!([])
+    );
+
+    // Envoy sent the sensor only the two bodies it scanned: for the other 13 responses (10
+    // JSON ones out of the sample, 3 text/plain) the sensor's answer to the headers said "no
+    // body", and Envoy honoured it.
+    let (_, metrics) = sensor.admin_get("/metrics").await.expect("/metrics");
+    let count = |point: &str| -> u64 {
+        let prefix = format!("apiguard_sensor_processing_seconds_count{{point=\"{point}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(count("response_headers"), 15, "{metrics}");
+    assert_eq!(count("response_body"), 2, "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"apiguard_sensitive_responses_total{policy="test/shop",class="email"} 2"#),
+        "{metrics}"
+    );
 }

@@ -40,8 +40,20 @@ impl Drop for Sensor {
 impl Sensor {
     /// Starts the binary on `listen` with `config`, waiting (bounded) for `/readyz`.
     pub(crate) async fn start(config: &Path, listen: SocketAddr, dir: &Path) -> Sensor {
+        Self::start_with_env(config, listen, dir, &[]).await
+    }
+
+    /// Like [`Sensor::start`], with environment variables (`RUST_LOG`); its stdout and stderr
+    /// both go to the log.
+    pub(crate) async fn start_with_env(
+        config: &Path,
+        listen: SocketAddr,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Sensor {
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log = dir.join("sensor.log");
+        let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_apiguard"))
             .arg("sensor")
             .arg("--config")
@@ -49,8 +61,9 @@ impl Sensor {
             .args(["--listen", &listen.to_string()])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .envs(env.iter().copied())
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
             .spawn()
             .expect("start apiguard sensor");
         let mut sensor = Sensor { child, admin, log };

@@ -339,5 +339,17 @@ pub fn cases() -> Vec<Case> {
                 set(d, "/spec/openapi/source/inline", json!(""));
             },
         },
+        Case {
+            name: "sensitive_data_without_discovery",
+            invariant: inv::SENSITIVE_DATA_NEEDS_DISCOVERY,
+            field: "spec.discovery.sensitiveData",
+            mutate: |d: &mut Value| {
+                set(
+                    d,
+                    "/spec/discovery",
+                    json!({"enabled": false, "sensitiveData": "Sampled"}),
+                )
+            },
+        },
     ]
 }

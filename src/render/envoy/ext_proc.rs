@@ -1,11 +1,14 @@
 //! The runtime sensor behind Envoy: the `ext_proc` filter that sends each request (and, as the
-//! contract's modes need, its body and the response) to the sensor sidecar (only for a policy
-//! with `spec.openapi`), the gRPC access log that streams every request's entry to it for
+//! contract's modes and the sensitive-data scan need, its body and the response) to the sensor
+//! sidecar (only for a policy with `spec.openapi` or `spec.discovery.sensitiveData` other than
+//! Off), the gRPC access log that streams every request's entry to it for
 //! discovery (`spec.discovery.enabled`, the default), the sensor's cluster, and `sensor.yaml`.
 
 use super::types::*;
 use super::{Ctx, RenderError};
-use crate::api::{OpenApi, PolicyMode, RequestContractMode, ResponseContractMode};
+use crate::api::{
+    OpenApi, PolicyMode, RequestContractMode, ResponseContractMode, SensitiveDataMode,
+};
 use crate::render::CLIENT_ID_HEADER;
 use crate::sensor::config::{
     ACCESS_LOG_NAME, DeclaredRoute, JWT_METADATA_NAMESPACE, REQUEST_ATTRIBUTES, SENSOR_CLUSTER,
@@ -15,7 +18,7 @@ use std::collections::BTreeMap;
 
 pub(super) const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 /// How long Envoy waits for the sensor's answer to one message before failing (closed in
-/// Enforce, open in Audit).
+/// Enforce with a contract; open in Audit, and always open for scanning alone).
 const MESSAGE_TIMEOUT: &str = "0.200s";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -89,20 +92,27 @@ pub(super) fn contract<'a>(ctx: &Ctx<'a>) -> Result<Option<(&'a OpenApi, &'a str
     Ok(Some((openapi, document)))
 }
 
+/// Whether the sensor scans JSON response bodies for sensitive data
+/// (`spec.discovery.sensitiveData` other than Off, with discovery enabled).
+pub(super) fn scans_responses(ctx: &Ctx<'_>) -> bool {
+    let discovery = ctx.spec.discovery();
+    discovery.enabled && discovery.sensitive_data != SensitiveDataMode::Off
+}
+
 /// Which parts of the exchange the sensor needs: the request headers always (the decision and
-/// the principal), the request body when requests are checked, the response when responses
-/// are redacted or audited. A response body is sent up to Envoy's buffer limit
-/// (`BUFFERED_PARTIAL`): a larger one passes unchecked instead of failing the request.
-pub(super) fn processing_mode(openapi: &OpenApi) -> ProcessingMode {
-    let responses = openapi.responses != ResponseContractMode::Off;
+/// the principal; the method and path a scanned response counts into), the request body when
+/// the contract checks requests (never for scanning), the response when the contract redacts
+/// or audits responses, or when responses are scanned for sensitive data. A response body is
+/// sent up to Envoy's buffer limit (`BUFFERED_PARTIAL`): a larger one passes unchecked and
+/// unscanned instead of failing the request.
+pub(super) fn processing_mode(openapi: Option<&OpenApi>, scan: bool) -> ProcessingMode {
+    let contract_responses = openapi.is_some_and(|o| o.responses != ResponseContractMode::Off);
+    let responses = contract_responses || scan;
+    let request_bodies = openapi.is_some_and(|o| o.requests != RequestContractMode::Off);
     ProcessingMode {
         request_header_mode: "SEND",
         response_header_mode: if responses { "SEND" } else { "SKIP" },
-        request_body_mode: if openapi.requests == RequestContractMode::Off {
-            "NONE"
-        } else {
-            "BUFFERED"
-        },
+        request_body_mode: if request_bodies { "BUFFERED" } else { "NONE" },
         response_body_mode: if responses {
             "BUFFERED_PARTIAL"
         } else {
@@ -113,14 +123,30 @@ pub(super) fn processing_mode(openapi: &OpenApi) -> ProcessingMode {
     }
 }
 
-/// The `ext_proc` filter: to the sensor's cluster, failing closed in Enforce and open in Audit.
-pub(super) fn ext_proc_filter(ctx: &Ctx<'_>, openapi: &OpenApi) -> HttpFilter {
+/// Whether the gateway calls the sensor inline (the `ext_proc` filter): for the contract, or
+/// to scan responses for sensitive data. Discovery alone streams the access log instead.
+pub(super) fn ext_proc_needed(ctx: &Ctx<'_>) -> bool {
+    ctx.spec.openapi.is_some() || scans_responses(ctx)
+}
+
+/// The `ext_proc` filter: to the sensor's cluster; None when nothing needs it inline
+/// ([`ext_proc_needed`]).
+///
+/// Failure mode (the sensor unreachable, too slow, or answering a gRPC error): with a contract,
+/// closed in Enforce (503 problem+json, [`sensor_failure_reply`]) and open in Audit. Without a
+/// contract the sensor only scans responses, which is observation: the filter always fails
+/// open, in Enforce too, so a sensor failure never blocks traffic.
+pub(super) fn ext_proc_filter(ctx: &Ctx<'_>) -> Result<Option<HttpFilter>, RenderError> {
+    if !ext_proc_needed(ctx) {
+        return Ok(None);
+    }
+    let openapi = contract(ctx)?.map(|(openapi, _)| openapi);
     let metadata_options = ctx.jwt().map(|_| ExtProcMetadataOptions {
         forwarding_namespaces: MetadataNamespaces {
             untyped: vec![JWT_METADATA_NAMESPACE.to_string()],
         },
     });
-    HttpFilter {
+    Ok(Some(HttpFilter {
         name: EXT_PROC_FILTER.into(),
         typed_config: Some(Any::ExternalProcessor(Box::new(ExternalProcessor {
             grpc_service: GrpcService {
@@ -128,16 +154,19 @@ pub(super) fn ext_proc_filter(ctx: &Ctx<'_>, openapi: &OpenApi) -> HttpFilter {
                     cluster_name: SENSOR_CLUSTER.into(),
                 },
             },
-            failure_mode_allow: ctx.spec.mode == PolicyMode::Audit,
+            failure_mode_allow: openapi.is_none() || ctx.spec.mode == PolicyMode::Audit,
             status_on_error: HttpStatus { code: 503 },
-            processing_mode: processing_mode(openapi),
+            processing_mode: processing_mode(openapi, scans_responses(ctx)),
             message_timeout: MESSAGE_TIMEOUT.into(),
             request_attributes: REQUEST_ATTRIBUTES.iter().map(|a| a.to_string()).collect(),
             metadata_options,
+            // The sensor answers the response headers with "no body" when it will not scan
+            // (not JSON, or not in the sample) and the contract does not need it either.
+            allow_mode_override: scans_responses(ctx),
         }))),
         config_discovery: None,
         disabled: false,
-    }
+    }))
 }
 
 /// The sensor's cluster: plaintext HTTP/2 (gRPC) to the sidecar's address.
@@ -207,6 +236,7 @@ pub(super) fn sensor_config(
                 paths: r.route.paths.clone(),
             })
             .collect(),
+        sensitive_data: discovery.sensitive_data,
     });
     config.report = report;
     let Some((openapi, document)) = contract else {

@@ -2,7 +2,7 @@
 
 use super::access_log::access_log_format;
 use super::decision;
-use super::ext_proc::{contract, ext_proc_filter, skip_direct_responses};
+use super::ext_proc::{ext_proc_filter, ext_proc_needed, skip_direct_responses};
 use super::jwt::build_jwt;
 use super::routes::build_routes;
 use super::types::*;
@@ -39,10 +39,8 @@ fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
     }
     // Last before the router: the sensor sees the principal (after authentication and
     // authorization), and requests the gateway refuses anyway (401, 403, 429, 413) never
-    // reach it.
-    if let Some((openapi, _)) = contract(ctx)? {
-        filters.push(ext_proc_filter(ctx, openapi));
-    }
+    // reach it. Present for the contract or the sensitive-data scan.
+    filters.extend(ext_proc_filter(ctx)?);
     filters.push(filter("envoy.filters.http.router", Any::Router(Empty {})));
     Ok(filters)
 }
@@ -144,7 +142,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
     let validation = spec.request_validation();
     let filters = http_filters(ctx)?;
     let mut routes = build_routes(ctx)?;
-    if contract(ctx)?.is_some() {
+    if ext_proc_needed(ctx) {
         skip_direct_responses(&mut routes);
     }
     let mut access_log = if spec.audit().access_log {

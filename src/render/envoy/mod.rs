@@ -7,8 +7,9 @@
 //! `apiguard.decision-pending` + `apiguard.ownership` (only with ownership rules: `set_metadata`
 //! and a second `rbac` with a CEL condition per route) -> `apiguard.decision` (`set_metadata`;
 //! see [`decision`]) -> `local_ratelimit` (per route, per-client dynamic descriptors) ->
-//! `buffer` (413) -> `ext_proc` (only with `spec.openapi`: the runtime sensor checks the request
-//! against the contract and redacts the response) -> `router`.
+//! `buffer` (413) -> `ext_proc` (only with `spec.openapi`, or `spec.discovery.sensitiveData` other
+//! than Off: the runtime sensor checks the request against the contract, redacts the response,
+//! scans JSON responses for sensitive data) -> `router`.
 
 mod access_log;
 mod api_key;

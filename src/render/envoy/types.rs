@@ -951,6 +951,10 @@ pub struct ExternalProcessor {
     pub request_attributes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_options: Option<ExtProcMetadataOptions>,
+    /// The processor may change the processing mode for one exchange (in its answer to the
+    /// headers): the sensor skips the response bodies no stage needs.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_mode_override: bool,
 }
 
 /// `envoy.type.v3.HttpStatus`.
