@@ -101,18 +101,28 @@ async fn the_binary_reconciles_reports_and_stops_gracefully() {
     })
     .await;
 
-    let (_, metrics) = get(admin, "/metrics").await.unwrap();
-    for needle in [
+    // The reconcile is counted when it returns, a moment after its status write made the
+    // policy Ready (its Event is published in between).
+    let needles = [
         "apiguard_reconcile_total{result=\"success\"}",
         "apiguard_reconcile_duration_seconds_count",
         "apiguard_policies{condition=\"Ready\"} 1",
         "apiguard_certificates_expiry_seconds{identity=\"gateway\"}",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "{needle} missing from:\n{metrics}"
-        );
-    }
+    ];
+    let metrics = eventually(
+        Duration::from_secs(30),
+        "the reconcile's metrics",
+        || async {
+            let (_, metrics) = get(admin, "/metrics").await?;
+            needles
+                .iter()
+                .all(|n| metrics.contains(n))
+                .then_some(metrics)
+                .filter(|m| !m.contains("apiguard_reconcile_duration_seconds_count 0"))
+        },
+    )
+    .await;
+    assert!(!metrics.contains("result=\"apply_failed\""), "{metrics}");
     let leases = Api::<Lease>::namespaced(client.clone(), OP_NS);
     let holder = leases
         .get("apiguard-controller")
