@@ -68,6 +68,27 @@ fn endpoint<'a>(inventory: &'a Value, method: &str, path: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {method} {path} in the inventory: {inventory:#}"))
 }
 
+/// The sensor's inventory once it has observed `sent` requests (the access log reaches it within
+/// its flush interval, 0.5 s); fails after 20 s with the sensor's log.
+async fn inventory_after(sensor: &Sensor, sent: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
+        if status == 200 {
+            let inventory: Value = serde_json::from_str(&body).unwrap();
+            if inventory["observed"] == sent {
+                return inventory;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sensor did not see the {sent} requests (last answer {status}: {body})\nsensor log:\n{}",
+            sensor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_sensor_learns_the_endpoints_the_gateway_serves_from_its_access_log() {
     let issuer = Issuer::new("test-key");
@@ -122,24 +143,7 @@ async fn the_sensor_learns_the_endpoints_the_gateway_serves_from_its_access_log(
         );
     }
 
-    // The access log reaches the sensor within its flush interval (0.5 s).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let inventory = loop {
-        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
-        if status == 200 {
-            let inventory: Value = serde_json::from_str(&body).unwrap();
-            if inventory["observed"] == traffic.len() {
-                break inventory;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sensor did not see the {} requests (last answer {status}: {body})\nsensor log:\n{}",
-            traffic.len(),
-            sensor.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let inventory = inventory_after(&sensor, traffic.len() as u64).await;
     assert_eq!(inventory["policy"], "test/users");
 
     let users = endpoint(&inventory, "GET", "/users/{id}");
@@ -310,22 +314,7 @@ async fn with_sensitive_data_the_sensor_learns_the_classes_each_endpoint_answers
         }
     }
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let inventory = loop {
-        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
-        if status == 200 {
-            let inventory: Value = serde_json::from_str(&body).unwrap();
-            if inventory["observed"] == sent {
-                break inventory;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sensor did not see the {sent} requests (last answer {status}: {body})\nsensor log:\n{}",
-            sensor.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let inventory = inventory_after(&sensor, sent as u64).await;
     let profiles = endpoint(&inventory, "GET", "/profiles/{id}");
     assert_eq!(
         profiles["requests"], 4,
@@ -423,22 +412,7 @@ async fn sampled_scans_one_response_in_ten_per_endpoint_and_envoy_sends_only_tho
         sent += 1;
     }
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let inventory = loop {
-        let (status, body) = sensor.admin_get("/inventory").await.unwrap_or_default();
-        if status == 200 {
-            let inventory: Value = serde_json::from_str(&body).unwrap();
-            if inventory["observed"] == sent {
-                break inventory;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sensor did not see the {sent} requests (last answer {status}: {body})\nsensor log:\n{}",
-            sensor.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let inventory = inventory_after(&sensor, sent as u64).await;
     let profiles = endpoint(&inventory, "GET", "/profiles/{id}");
     assert_eq!(profiles["requests"], 12);
     assert_eq!(
