@@ -9,9 +9,10 @@
 //! - then `sigma = max(sqrt(var), sqrt(mean), 1)` (never below Poisson noise) and the minute
 //!   **deviates** when `x > mean + z * sigma` **and** `x >= min_factor * mean` **and**
 //!   `x >= min_rate`, `z` from the [`Sensitivity`];
-//! - a normal minute is learned with weight `alpha`; a deviating one is learned as if it were
-//!   `mean + z * sigma` (clamped to the threshold) at a tenth of `alpha`, so a long attack
-//!   moves the baseline slowly instead of becoming normal;
+//! - a normal minute is learned with weight `alpha`; a deviating one only moves the mean, as if
+//!   it were `mean + z * sigma` (clamped to the threshold), at a tenth of `alpha`, and leaves
+//!   the variance alone, so a long attack moves the baseline by at most `alpha/10 * z * sigma`
+//!   a minute instead of becoming normal;
 //! - [`BaselineConfig::sustain_minutes`] deviating minutes in a row raise one [`Anomaly`]
 //!   (factor: their mean rate over the baseline mean); the endpoint raises none again until
 //!   [`BaselineConfig::rearm_minutes`] normal minutes in a row.
@@ -199,7 +200,9 @@ impl EndpointState {
         self.streak_sum = self.streak_sum.saturating_add(x);
         self.calm = 0;
         let mean = self.mean;
-        self.learn(threshold, c.alpha / 10.0);
+        // Clamped to the threshold, a tenth of the weight, the variance untouched: a long
+        // attack moves the mean by at most alpha/10 * z * sigma a minute.
+        self.mean += c.alpha / 10.0 * (threshold - self.mean);
         if self.streak < c.sustain_minutes || self.alerted {
             return None;
         }
@@ -347,5 +350,199 @@ impl Baseline {
         self.endpoints
             .get(format!("{method} {path}").as_str())
             .map(|s| (s.mean, s.var.sqrt()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    /// A deterministic xorshift: the same noise every run.
+    struct Noise(u64);
+
+    impl Noise {
+        /// `rate` with ±20 % uniform noise.
+        fn around(&mut self, rate: f64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let u = (self.0 % 10_001) as f64 / 10_000.0; // 0..=1
+            (rate * (0.8 + 0.4 * u)).round() as u64
+        }
+    }
+
+    const ENDPOINTS: [&str; 4] = ["/v1/users/{id}", "/v1/orders", "/v1/products", "/v1/rare"];
+
+    /// Runs minutes `from..to`, the rate of endpoint `e` at minute `m` given by `rate`, the
+    /// requests spread over each minute, a tick after each; every anomaly.
+    fn drive(
+        b: &mut Baseline,
+        noise: &mut Noise,
+        minutes: std::ops::Range<i64>,
+        rate: impl Fn(usize, i64) -> f64,
+    ) -> Vec<Anomaly> {
+        let mut out = Vec::new();
+        for m in minutes {
+            for (e, path) in ENDPOINTS.iter().enumerate() {
+                let n = noise.around(rate(e, m));
+                for j in 0..n {
+                    let at = T0 + m * MINUTE_MS + (j as i64 * MINUTE_MS) / n as i64;
+                    b.observe("GET", path, at);
+                }
+            }
+            out.extend(b.tick(T0 + (m + 1) * MINUTE_MS));
+        }
+        out
+    }
+
+    /// 100, 40, 8 requests a minute, and a rare endpoint with 0 to 2.
+    fn normal(e: usize, m: i64) -> f64 {
+        [100.0, 40.0, 8.0, (m % 3) as f64][e]
+    }
+
+    fn baseline() -> Baseline {
+        Baseline::new(BaselineConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn steady_noisy_traffic_raises_nothing() {
+        let mut b = baseline();
+        let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
+        let found = drive(&mut b, &mut noise, 0..6 * 60, normal);
+        assert_eq!(found, vec![]);
+        let (mean, sd) = b.learned("GET", "/v1/users/{id}").unwrap();
+        assert!((95.0..105.0).contains(&mean), "{mean}");
+        assert!((5.0..20.0).contains(&sd), "{sd}");
+        // Traffic that slowly doubles over three hours is normal too.
+        let ramp = |e: usize, m: i64| normal(e, m) * (1.0 + (m - 360) as f64 / 180.0);
+        assert_eq!(drive(&mut b, &mut noise, 360..540, ramp), vec![]);
+    }
+
+    #[test]
+    fn a_sustained_spike_raises_one_anomaly() {
+        let mut b = baseline();
+        let mut noise = Noise(7);
+        assert_eq!(drive(&mut b, &mut noise, 0..60, normal), vec![]);
+        let spike = |e: usize, m: i64| normal(e, m) * if e == 1 { 10.0 } else { 1.0 };
+        let found = drive(&mut b, &mut noise, 60..70, spike);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let a = &found[0];
+        assert_eq!(a.endpoint, "GET /v1/orders");
+        assert!((8.0..=12.0).contains(&a.factor), "factor {}", a.factor);
+        assert_eq!(a.minutes, 3);
+        assert_eq!(a.at_ms, T0 + 63 * MINUTE_MS, "after the third minute");
+        assert!((36.0..44.0).contains(&a.baseline_per_minute));
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["endpoint"], "GET /v1/orders");
+        assert_eq!(json["at"], "2027-01-15T09:03:00Z");
+        assert!(json["ratePerMinute"].as_f64().unwrap() > 300.0);
+        assert_eq!(b.recent().len(), 1);
+        // Back to normal: nothing; one spike of one minute: nothing.
+        assert_eq!(drive(&mut b, &mut noise, 70..100, normal), vec![]);
+        let blip = |e: usize, m: i64| normal(e, m) * if m == 100 { 10.0 } else { 1.0 };
+        assert_eq!(drive(&mut b, &mut noise, 100..110, blip), vec![]);
+        // After being normal for a while, a new spike is a new anomaly.
+        let found = drive(&mut b, &mut noise, 110..120, spike);
+        assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn a_long_attack_does_not_become_normal() {
+        let mut b = baseline();
+        let mut noise = Noise(11);
+        drive(&mut b, &mut noise, 0..60, normal);
+        let spike = |e: usize, m: i64| normal(e, m) * if e == 0 { 10.0 } else { 1.0 };
+        let found = drive(&mut b, &mut noise, 60..240, spike);
+        assert_eq!(found.len(), 1, "three hours of attack, one anomaly");
+        let (mean, _) = b.learned("GET", "/v1/users/{id}").unwrap();
+        assert!(
+            mean < 300.0,
+            "the attack was learned at full weight: mean {mean}"
+        );
+        drive(&mut b, &mut noise, 240..300, normal);
+        let found = drive(&mut b, &mut noise, 300..310, spike);
+        assert_eq!(found.len(), 1, "the next attack is still an anomaly");
+        assert!(found[0].factor > 5.0, "{}", found[0].factor);
+    }
+
+    #[test]
+    fn nothing_is_raised_while_learning() {
+        let mut b = baseline();
+        let mut noise = Noise(3);
+        let spike = |e: usize, m: i64| normal(e, m) * if m >= 10 && e == 0 { 10.0 } else { 1.0 };
+        assert_eq!(drive(&mut b, &mut noise, 0..29, spike), vec![]);
+        let mut b = Baseline::new(BaselineConfig {
+            learning_minutes: 10,
+            sensitivity: Sensitivity::High,
+            ..BaselineConfig::default()
+        })
+        .unwrap();
+        let spike = |e: usize, m: i64| normal(e, m) * if m >= 20 && e == 0 { 10.0 } else { 1.0 };
+        assert_eq!(drive(&mut b, &mut noise, 0..30, spike).len(), 1);
+    }
+
+    #[test]
+    fn endpoints_are_bounded_and_forgotten() {
+        let mut b = baseline();
+        for i in 0..1_500 {
+            b.observe("GET", &format!("/scan/{i}"), T0);
+        }
+        assert_eq!((b.len(), b.overflow()), (1_000, 500));
+        b.observe("GET", &format!("/{}", "x".repeat(600)), T0);
+        assert_eq!(b.overflow(), 501);
+        assert_eq!(b.tick(T0 + 60 * MINUTE_MS), vec![]);
+        assert_eq!(b.len(), 1_000);
+        // Idle a day: forgotten (and the long gap is not walked minute by minute).
+        assert_eq!(b.tick(T0 + 24 * 60 * MINUTE_MS), vec![]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn configs_are_validated() {
+        let bad = |c: BaselineConfig| Baseline::new(c).unwrap_err().field;
+        let d = BaselineConfig::default();
+        assert_eq!(
+            bad(BaselineConfig { alpha: 0.0, ..d }),
+            "runtime.baseline.alpha"
+        );
+        assert_eq!(
+            bad(BaselineConfig {
+                min_factor: f64::NAN,
+                ..d
+            }),
+            "runtime.baseline.minFactor"
+        );
+        assert_eq!(
+            bad(BaselineConfig {
+                sustain_minutes: 0,
+                ..d
+            }),
+            "runtime.baseline.sustainMinutes"
+        );
+        assert_eq!(Sensitivity::default().z(), 4.0);
+        assert!(Sensitivity::High.z() < Sensitivity::Low.z());
+    }
+
+    proptest::proptest! {
+        /// Any times, in any order, extremes included: no panic, the bounds hold.
+        #[test]
+        fn any_times_are_safe(
+            calls in proptest::collection::vec((proptest::prelude::any::<i64>(), 0u8..8, proptest::prelude::any::<bool>()), 0..200),
+        ) {
+            let mut b = Baseline::new(BaselineConfig { max_endpoints: 4, learning_minutes: 1, ..BaselineConfig::default() }).unwrap();
+            for (at, e, tick) in calls {
+                if tick {
+                    for a in b.tick(at) {
+                        proptest::prop_assert!(a.factor.is_finite());
+                        proptest::prop_assert!(serde_json::to_string(&a).is_ok());
+                    }
+                } else {
+                    b.observe("GET", &format!("/e{e}"), at);
+                }
+                proptest::prop_assert!(b.len() <= 4);
+            }
+        }
     }
 }

@@ -544,7 +544,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::config::{KeyKind, Threshold};
+    use crate::detect::config::{KeyKind, MAX_BLOCK_FOR_MS, Threshold};
     use proptest::prelude::*;
 
     /// 2027-01-15T08:00:00Z, a whole minute (so a bucket starts there).
@@ -1149,6 +1149,40 @@ mod tests {
                 let b = e.blocked(&ip(&a), t);
                 prop_assert_eq!(b.is_some(), until.get(&a).is_some_and(|u| *u > t));
             }
+        }
+
+        /// Any times (extremes included, in any order), statuses and paths: no panic, the
+        /// bounds hold.
+        #[test]
+        fn any_events_are_safe(
+            events in proptest::collection::vec((any::<i64>(), 0u8..5, any::<u16>(), "[/a-z0-9{}*?]{0,20}"), 0..200),
+        ) {
+            let limits = Limits { max_keys: 3, recent: 2, sweep_per_event: 1 };
+            let mut c = bola();
+            c.threshold = Threshold::Distinct { path_param: "userId".into(), count: 2, window_ms: 1_000 };
+            c.statuses = vec![];
+            let mut count = alert(1);
+            count.action = Action::Block;
+            count.block_for_ms = Some(MAX_BLOCK_FOR_MS);
+            let mut e = Engine::new(&[c, count], limits).unwrap();
+            for (at, who, status, path) in events {
+                let a = format!("10.0.0.{who}");
+                let claims = [("sub", a.as_str())];
+                let keys = RequestKeys { client_ip: Some(&a), claims: &claims, ..RequestKeys::default() };
+                for d in e.observe(&ev(at, "GET", &path, status, keys)) {
+                    prop_assert!(serde_json::to_string(&d).is_ok());
+                    prop_assert!(!d.to_string().is_empty());
+                }
+                let _ = e.blocked(&keys, at);
+                for b in e.active_blocks(at) {
+                    let _ = b.retry_after_seconds(at);
+                }
+                for d in e.stats().detectors {
+                    prop_assert!(d.keys <= 3 && d.blocks <= 3 && d.distinct_values <= 6);
+                }
+                prop_assert!(e.recent().len() <= 2);
+            }
+            e.sweep(i64::MAX, 10);
         }
     }
 }

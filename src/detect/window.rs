@@ -76,16 +76,15 @@ impl Distinct {
             v.1 = v.1.max(bucket);
             return;
         }
-        if self.values.len() >= cap.max(1) {
-            if let Some(oldest) = self
+        if self.values.len() >= cap.max(1)
+            && let Some(oldest) = self
                 .values
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, (_, b))| *b)
                 .map(|(k, _)| k)
-            {
-                self.values.swap_remove(oldest);
-            }
+        {
+            self.values.swap_remove(oldest);
         }
         self.values.push((value, bucket));
     }
