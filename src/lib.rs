@@ -14,6 +14,7 @@ pub mod certs;
 pub mod cli;
 pub mod contract;
 pub mod controller;
+pub mod detect;
 pub mod discovery;
 pub mod identity;
 pub mod intake;
