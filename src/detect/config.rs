@@ -1,5 +1,5 @@
 //! Detector configuration: what `spec.runtime.detectors[]` will say, validated and compiled
-//! once ([`Compiled`]). Errors name the field (`runtime.detectors[2].threshold.count`).
+//! once (`Compiled`). Errors name the field (`runtime.detectors[2].threshold.count`).
 
 use crate::discovery::template::Template;
 use serde::{Deserialize, Serialize};

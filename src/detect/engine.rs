@@ -339,6 +339,20 @@ impl Detector {
         removed
     }
 
+    /// Gives memory back when a table is under a quarter full (and not small).
+    fn shrink(&mut self) {
+        if self.keys.capacity() > 1024 && self.keys.len() < self.keys.capacity() / 4 {
+            self.keys.shrink_to(self.keys.len() * 2);
+        }
+        if self.queue.capacity() > 1024 && self.queue.len() < self.queue.capacity() / 4 {
+            self.queue.shrink_to(self.queue.len() * 2);
+        }
+        if self.blocks.capacity() > 1024 && self.blocks.len() < self.blocks.capacity() / 4 {
+            self.blocks.shrink_to(self.blocks.len() * 2);
+            self.block_queue.shrink_to(self.blocks.len() * 2);
+        }
+    }
+
     fn active(&self, b: &Block) -> ActiveBlock {
         ActiveBlock {
             detector: self.c.name.clone(),
@@ -518,10 +532,15 @@ impl Engine {
 
     /// Drops idle keys and ended blocks, up to `budget` queue entries per detector; how many
     /// were dropped. For a timer, when events are few (each event also sweeps a little).
+    /// Tables left mostly empty are shrunk here (never on an event: no rehashing inline).
     pub fn sweep(&mut self, now_ms: i64, budget: usize) -> usize {
         self.detectors
             .iter_mut()
-            .map(|d| d.sweep(now_ms, budget))
+            .map(|d| {
+                let removed = d.sweep(now_ms, budget);
+                d.shrink();
+                removed
+            })
             .sum()
     }
 
@@ -977,6 +996,15 @@ mod tests {
         assert!(e.sweep(T0 + 10 * MIN, 1_000) > 0);
         assert_eq!(e.stats().detectors[0].keys, 0);
         assert!(e.stats().bytes <= before);
+        // Big tables left empty give their memory back.
+        let mut e = Engine::new(&[alert(1_000)], Limits::default()).unwrap();
+        for i in 0..5_000u32 {
+            let a = std::net::Ipv4Addr::from(i).to_string();
+            e.observe(&ev(T0, "GET", "/", 200, ip(&a)));
+        }
+        let full = e.stats().bytes;
+        e.sweep(T0 + 10 * MIN, 10_000);
+        assert!(e.stats().bytes * 10 < full, "{} of {full}", e.stats().bytes);
     }
 
     #[test]
