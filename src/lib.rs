@@ -26,6 +26,7 @@ pub mod render;
 pub mod reports;
 pub mod rules;
 pub mod sensor;
+pub mod shared_state;
 
 pub mod admin;
 pub mod run;

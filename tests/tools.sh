@@ -5,11 +5,12 @@
 # (tests/node.sh): kubelet, kube-proxy and kube-scheduler (k8s.io/kubernetes), kube-router, a
 # CoreDNS with the plugins a cluster DNS needs, the echo upstream (tests/go/echo), the Debian
 # packages (containerd, runc, CNI plugins, iptables, ipset, conntrack, busybox) and the local
-# container images of the node (pause, toolbox, echo, CoreDNS, Envoy). Idempotent: a tool whose
-# binary and build stamp are present is not rebuilt, so a warm run takes seconds.
+# container images of the node (pause, toolbox, echo, CoreDNS, Envoy); redis-server (Debian's) for
+# the shared state's tests and bench. Idempotent: a tool whose binary and build stamp are present
+# is not rebuilt, so a warm run takes seconds.
 # Writes target/tools/env.sh exporting the APIGUARD_* paths the tests read.
 #
-# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container|node|kyverno]...
+# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container|node|redis|kyverno]...
 # (no argument: all of them except kyverno. `container`: the Debian packages tests/image.sh
 # runs, apt-get installed when missing. `node`: everything the test node needs, above.
 # `kyverno`: the kyverno CLI, only for the side-by-side part of `cargo bench --bench lint`; no
@@ -320,6 +321,13 @@ install_container_tools() {
     jq:/usr/bin/jq
 }
 
+# The shared state's tests (tests/offline/shared_state.rs) and bench (benches/shared_state.rs)
+# start their own redis-server on loopback; redis-cli for poking at it by hand.
+REDIS_SERVER=/usr/bin/redis-server
+install_redis() {
+  apt_install "redis" redis-server:$REDIS_SERVER redis-tools:/usr/bin/redis-cli
+}
+
 # --- the test node (tests/node.sh) -------------------------------------------------------------
 # containerd 1.6 + runc, the CNI bridge/host-local/portmap plugins, what kube-proxy and
 # kube-router program (iptables, ipset, conntrack), busybox for the toolbox image and a static C
@@ -449,6 +457,8 @@ export APIGUARD_KUBE_CONTROLLER_MANAGER=$KUBE_DIR/kube-controller-manager
 export APIGUARD_ETCD=$ETCD_DIR/etcd
 export APIGUARD_HELM=$HELM_DIR/helm
 export APIGUARD_ENVOY=$ENVOY_DIR/envoy
+# The shared state's tests and bench (installed by \`tests/tools.sh redis\`).
+export APIGUARD_REDIS_SERVER=$REDIS_SERVER
 # The test node (tests/node.sh; built by \`tests/tools.sh node\`).
 export APIGUARD_KUBELET=$KUBE_NODE_DIR/kubelet
 export APIGUARD_KUBE_PROXY=$KUBE_NODE_DIR/kube-proxy
@@ -468,7 +478,7 @@ EOF
 
 main() {
   local selected=("$@") t
-  [[ ${#selected[@]} -gt 0 ]] || selected=(envoy helm etcd kubernetes container node)
+  [[ ${#selected[@]} -gt 0 ]] || selected=(envoy helm etcd kubernetes container node redis)
   for t in "${selected[@]}"; do
     case "$t" in
       kubernetes | kube-apiserver | kube-controller-manager) timed "kubernetes $KUBE_VERSION" build_kubernetes ;;
@@ -477,12 +487,13 @@ main() {
       envoy) timed "envoy $ENVOY_VERSION" build_envoy ;;
       container) timed "container tools" install_container_tools ;;
       node) timed "node" build_node ;;
+      redis) timed "redis" install_redis ;;
       kyverno) timed "kyverno $KYVERNO_VERSION" build_kyverno ;;
       -h | --help)
         sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
-      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container, node, kyverno)" ;;
+      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container, node, redis, kyverno)" ;;
     esac
   done
   write_env

@@ -9,5 +9,6 @@ pub mod isolation;
 pub mod node;
 pub mod playground;
 pub mod policy_fixtures;
+pub mod redis;
 pub mod tools;
 pub mod webhook;

@@ -1,0 +1,203 @@
+//! A real `redis-server` (Debian's, installed by `tests/tools.sh redis`) on 127.0.0.1 and a
+//! free port, no persistence, in a temporary directory: started and ready (answers PING)
+//! within a bounded wait, stopped and restarted on the same port, killed on drop.
+
+use super::tools::free_port;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a start may take before the test fails.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// The redis-server binary: `$APIGUARD_REDIS_SERVER` (target/tools/env.sh), else Debian's.
+/// Panics, saying how to install it, when it is not there: a test of the shared state must
+/// not pass without a real Redis.
+pub fn redis_server() -> PathBuf {
+    let path = std::env::var_os("APIGUARD_REDIS_SERVER")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("/usr/bin/redis-server"), PathBuf::from);
+    use std::os::unix::fs::PermissionsExt;
+    let executable = std::fs::metadata(&path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+    assert!(
+        executable,
+        "redis-server not found at {}: run `tests/tools.sh redis` (Debian's redis-server), \
+         or set APIGUARD_REDIS_SERVER",
+        path.display()
+    );
+    path
+}
+
+/// TLS material of a server: PEM files.
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// A running redis-server.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    tls: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A plain server, no password.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A plain server with extra arguments (`["--requirepass", "pw"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let port = free_port();
+        let mut args = vec!["--port".to_owned(), port.to_string()];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        RedisServer::launch(port, args, false)
+    }
+
+    /// A TLS-only server (`--port 0 --tls-port N`), clients not asked for a certificate.
+    pub fn start_tls(tls: &Tls) -> RedisServer {
+        let port = free_port();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &tls.cert.display().to_string(),
+            "--tls-key-file",
+            &tls.key.display().to_string(),
+            "--tls-ca-cert-file",
+            &tls.ca.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        RedisServer::launch(port, args, true)
+    }
+
+    fn launch(port: u16, args: Vec<String>, tls: bool) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            args,
+            tls,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT` (or `rediss://localhost:PORT` for TLS: the name the test
+    /// certificate is for).
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("rediss://localhost:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// The server's temporary directory (its log is `redis.log` there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new(redis_server())
+            .args(&self.args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until the server answers PING (TLS: until it logs it is ready), bounded.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("redis-server exited ({status}) at start:\n{}", self.log());
+            }
+            let ready = if self.tls {
+                self.log().contains("Ready to accept connections")
+            } else {
+                ping(self.port)
+            };
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} not ready within {READY_WITHIN:?}:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (as a crash would) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (an empty database: nothing is saved).
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = self.dir.path().join("redis.log");
+        let _ = std::fs::remove_file(log);
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a server on 127.0.0.1:`port` answers PING (or says it wants a password first).
+pub fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 64];
+    match stream.read(&mut answer) {
+        Ok(n) => answer[..n].starts_with(b"+PONG") || answer[..n].starts_with(b"-NOAUTH"),
+        Err(_) => false,
+    }
+}
