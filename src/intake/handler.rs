@@ -9,7 +9,7 @@
 
 use super::{
     Intake, IntakeLimits, Refusal, SHADOW_EVENT_REASON, authorize, carried_over, reported_shadow,
-    results, status,
+    results, status_of,
 };
 use crate::admin::Metrics;
 use crate::api::ApiSecurityPolicy;
@@ -274,7 +274,7 @@ async fn record(service: &IntakeService, push: Push) -> Result<Option<String>, k
         Err(e) => return Err(e),
     };
     let report_time = crate::identity::rfc3339(time::OffsetDateTime::now_utc());
-    let discovery = status(&taken.endpoints, report_time);
+    let discovery = status_of(&taken.endpoints, &desired.results, report_time);
     let patch = serde_json::json!({
         "apiVersion": ApiSecurityPolicy::api_version(&()),
         "kind": ApiSecurityPolicy::kind(&()),

@@ -289,7 +289,44 @@ fn add_endpoint(m: &mut EndpointReport, e: &EndpointReport) {
     }
 }
 
-/// `status.discovery` of the merged endpoints, reported at `report_time` (RFC 3339).
+/// `status.discovery` of the merged endpoints and the report's results (which carry what other
+/// operator replicas took, [`carried_over`]), reported at `report_time` (RFC 3339): the
+/// endpoints known to either, and the findings of the report, so status and report agree.
+pub fn status_of(
+    endpoints: &[EndpointReport],
+    results: &[ReportResult],
+    report_time: String,
+) -> DiscoveryStatus {
+    let key = |r: &ReportResult| {
+        Some(format!(
+            "{} {}",
+            r.properties.get("method")?,
+            r.properties.get("path")?
+        ))
+    };
+    let known: BTreeSet<String> = endpoints
+        .iter()
+        .map(endpoint_name)
+        .chain(results.iter().filter_map(key))
+        .collect();
+    let with_rule = |rule: &str| {
+        let set: BTreeSet<String> = results
+            .iter()
+            .filter(|r| r.rule.as_deref() == Some(rule))
+            .filter_map(key)
+            .collect();
+        i64::try_from(set.len()).unwrap_or(i64::MAX)
+    };
+    DiscoveryStatus {
+        endpoints: i64::try_from(known.len()).unwrap_or(i64::MAX),
+        undeclared: with_rule(SHADOW_RULE),
+        sensitive: with_rule(SENSITIVE_RULE),
+        zombie: with_rule(ZOMBIE_RULE),
+        last_report_time: report_time,
+    }
+}
+
+/// `status.discovery` of the merged endpoints alone, reported at `report_time` (RFC 3339).
 pub fn status(endpoints: &[EndpointReport], report_time: String) -> DiscoveryStatus {
     let count = |f: &dyn Fn(&EndpointReport) -> bool| {
         i64::try_from(endpoints.iter().filter(|e| f(e)).count()).unwrap_or(i64::MAX)

@@ -302,6 +302,16 @@ fn stored_results_of_the_same_declarations_are_carried_over() {
     stored.metadata.annotations = Some(BTreeMap::from([(DECLARATIONS.into(), "d1".into())]));
     let fresh = results(&policy_ref(), &[endpoint("GET", "/both", false, 1)]);
     let kept = carried_over(Some(&stored), "d1", &fresh);
+    // The status agrees with the report: the shadow endpoint another operator replica took
+    // counts, though this replica's view has only /both and /declared.
+    let mut all = fresh.clone();
+    all.extend(kept.iter().cloned());
+    let view = [
+        endpoint("GET", "/both", false, 1),
+        endpoint("GET", "/declared", true, 1),
+    ];
+    let s = status_of(&view, &all, "t".into());
+    assert_eq!((s.endpoints, s.undeclared, s.sensitive), (3, 2, 0));
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].properties["path"], "/seen-by-another-replica");
     assert!(carried_over(Some(&stored), "d2", &fresh).is_empty());
