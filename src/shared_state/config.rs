@@ -175,24 +175,7 @@ impl RedisConfig {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(info) => {
-                let (user, pass) = match info.split_once(':') {
-                    Some((user, pass)) => (user, Some(pass)),
-                    None => (info, None),
-                };
-                let user = percent_decode(user).ok_or_else(|| bad("bad percent-encoding"))?;
-                let pass = match pass {
-                    Some(p) => Some(percent_decode(p).ok_or_else(|| bad("bad percent-encoding"))?),
-                    None => None,
-                };
-                (
-                    (!user.is_empty()).then_some(user),
-                    pass.filter(|p| !p.is_empty()).map(Password),
-                )
-            }
-        };
+        let (username, password) = parse_userinfo(userinfo)?;
         let default_port = match kind {
             Kind::Sentinel => DEFAULT_SENTINEL_PORT,
             _ => DEFAULT_PORT,
@@ -294,6 +277,25 @@ enum Kind {
     Standalone,
     Sentinel,
     Cluster,
+}
+
+/// `[user][:password]` of the URL, percent-decoded; empty parts are absent.
+fn parse_userinfo(info: Option<&str>) -> Result<(Option<String>, Option<Password>), Error> {
+    let Some(info) = info else {
+        return Ok((None, None));
+    };
+    let decode = |s: &str| {
+        percent_decode(s)
+            .ok_or_else(|| Error::Config("invalid Redis URL: bad percent-encoding".into()))
+    };
+    let (user, password) = match info.split_once(':') {
+        Some((user, password)) => (decode(user)?, decode(password)?),
+        None => (decode(info)?, String::new()),
+    };
+    Ok((
+        (!user.is_empty()).then_some(user),
+        (!password.is_empty()).then_some(Password(password)),
+    ))
 }
 
 fn parse_hosts(hosts: &str, default_port: u16) -> Result<Vec<HostPort>, Error> {
