@@ -15,20 +15,9 @@ use apiguard::detect::{
 use std::hint::black_box;
 use std::time::Instant;
 
-/// A small deterministic generator (xorshift64*): the same events every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 const KEYS: usize = 100_000;
 const TENANTS: usize = 500;

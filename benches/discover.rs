@@ -14,20 +14,9 @@ use std::fmt::Write;
 use std::hint::black_box;
 use std::time::Instant;
 
-/// A small deterministic generator (xorshift64*): no dependency, the same lines every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn declared() -> Declared {
     let mut d = Declared::none();
