@@ -5,6 +5,7 @@ pub mod duration;
 pub mod invariants;
 pub mod names;
 pub mod policy;
+pub mod shape;
 pub mod validate;
 
 pub use names::gateway_name;

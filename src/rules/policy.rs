@@ -24,13 +24,18 @@ pub fn review(object: &Value, obj: &ObjectRef, view: &dyn ClusterView, out: &mut
     let policy: ApiSecurityPolicy = match ApiSecurityPolicy::deserialize(object) {
         Ok(p) => p,
         Err(e) => {
-            out.push(Finding::new(
-                RuleId::Apg014,
-                obj,
-                "spec",
-                format!("does not match the ApiSecurityPolicy schema: {e}"),
-                "fix the field named in the error (see `kubectl explain apisecuritypolicy.spec`)",
-            ));
+            // serde names no field: the schema walk does, for a value of the wrong type.
+            let finding = match crate::api::shape::first_type_mismatch(object) {
+                Some(m) => Finding::new(RuleId::Apg014, obj, m.field, m.problem, m.fix),
+                None => Finding::new(
+                    RuleId::Apg014,
+                    obj,
+                    "spec",
+                    format!("does not match the ApiSecurityPolicy schema: {e}"),
+                    "fix the field named in the error (see `kubectl explain apisecuritypolicy.spec`)",
+                ),
+            };
+            out.push(finding);
             return;
         }
     };

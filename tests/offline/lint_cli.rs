@@ -661,3 +661,39 @@ fn text_findings_say_the_field_and_the_fix_once() {
     );
     assert!(!text.contains("   ("), "{text}");
 }
+
+/// kubectl reads YAML 1.1, where an unquoted `Off` is the boolean false; lint reads the same
+/// and names the field with the quoting fix, instead of a schema error naming no field.
+#[test]
+fn an_unquoted_off_is_named_with_its_field_and_the_quoting_fix() {
+    let policy = "apiVersion: apiguard.dev/v1alpha1
+kind: ApiSecurityPolicy
+metadata: {name: items, namespace: shop}
+spec:
+  target: {service: items, port: 8080}
+  openapi:
+    source: {inline: \"openapi: 3.1.0\"}
+    requests: Enforce
+    responses: Off
+";
+    let out = lint_stdin(&["-", "--format", "json"], policy);
+    let f = json_findings(&out);
+    let finding = f
+        .iter()
+        .find(|f| f["field"] == "spec.openapi.responses")
+        .unwrap_or_else(|| panic!("no finding on spec.openapi.responses: {f:#?}"));
+    assert_eq!(finding["rule"], "APG014");
+    let text = finding.to_string();
+    assert!(
+        text.contains("is the boolean false")
+            && text.contains("quote it")
+            && text.contains("\\\"Off\\\""),
+        "{finding:#}"
+    );
+    let quoted = policy.replace("responses: Off", "responses: \"Off\"");
+    let f = json_findings(&lint_stdin(&["-", "--format", "json"], &quoted));
+    assert!(
+        f.iter().all(|f| f["field"] != "spec.openapi.responses"),
+        "{f:#?}"
+    );
+}
