@@ -214,6 +214,27 @@ pub const SENSITIVE_DATA_NEEDS_DISCOVERY: Invariant = Invariant {
     message: "APG014: spec.discovery.sensitiveData must be Off when spec.discovery.enabled is false (the classes found are kept in the discovery inventory); set enabled: true, or sensitiveData: Off",
 };
 
+pub const UNIQUE_DETECTOR_NAMES: Invariant = Invariant {
+    rule: RuleId::Apg014,
+    scope: "spec.runtime",
+    cel: "!has(self.detectors) || self.detectors.all(d, self.detectors.exists_one(e, e.name == d.name))",
+    message: "APG014: spec.runtime.detectors[].name must be unique within the policy (it names the detector in alerts, blocks and Events); rename one of them",
+};
+
+pub const DISTINCT_PARAM_IN_PATHS: Invariant = Invariant {
+    rule: RuleId::Apg014,
+    scope: "spec.runtime.detectors[]",
+    cel: "!has(self.threshold.distinct) || (has(self.match) && has(self.match.paths) && size(self.match.paths) > 0 && self.match.paths.all(p, p.contains('{' + self.threshold.distinct.pathParam + '}')))",
+    message: "APG014: spec.runtime.detectors[].threshold.distinct.pathParam must appear as {param} in every path of the detector's match.paths; add the template segment (e.g. /users/{userId}/orders) or fix the parameter name",
+};
+
+pub const BLOCK_FOR_ONLY_WITH_BLOCK: Invariant = Invariant {
+    rule: RuleId::Apg014,
+    scope: "spec.runtime.detectors[]",
+    cel: "!has(self.blockFor) || (has(self.action) && self.action == 'Block')",
+    message: "APG014: spec.runtime.detectors[].blockFor is set but the action is not Block (an alert blocks nothing); set action: Block, or remove blockFor",
+};
+
 /// Every invariant, in the order the Rust validation reports them.
 pub const ALL: &[Invariant] = &[
     CORS_NO_WILDCARD,
@@ -239,4 +260,7 @@ pub const ALL: &[Invariant] = &[
     PROVIDER_REFERENCES,
     OPENAPI_ONE_SOURCE,
     SENSITIVE_DATA_NEEDS_DISCOVERY,
+    UNIQUE_DETECTOR_NAMES,
+    DISTINCT_PARAM_IN_PATHS,
+    BLOCK_FOR_ONLY_WITH_BLOCK,
 ];

@@ -103,6 +103,11 @@ pub struct ApiSecurityPolicySpec {
     /// status classes, declared or shadow) served on its admin port at `/inventory`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<Discovery>,
+    /// Runtime detection and response: detectors counting abusive patterns per client (failed
+    /// logins, enumeration of object ids) that alert or block, and a per-endpoint traffic
+    /// baseline that alerts on sustained deviations. Run by the gateway's sensor sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
 }
 
 /// The Service that implements the API.
@@ -830,6 +835,123 @@ pub enum SensitiveDataMode {
 
 fn default_discovery_enabled() -> bool {
     true
+}
+
+/// `spec.runtime`: abuse detection and response in the gateway's sensor.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = inv::UNIQUE_DETECTOR_NAMES.to_rule())]
+pub struct Runtime {
+    /// Detectors: each counts events (or distinct values of a path parameter) per key in a
+    /// sliding window, and alerts or blocks the key when a threshold is crossed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub detectors: Vec<Detector>,
+    /// A per-endpoint traffic baseline (requests per minute, learned): a sustained deviation
+    /// raises an alert naming the endpoint. Alerts only, never blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<TrafficBaseline>,
+}
+
+/// One detector.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = inv::DISTINCT_PARAM_IN_PATHS.to_rule())]
+#[x_kube(validation = inv::BLOCK_FOR_ONLY_WITH_BLOCK.to_rule())]
+pub struct Detector {
+    /// Name of the detector; unique within the policy. Names it in alerts, blocks and Events.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The requests counted. Absent: every route.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteMatch>,
+    /// Which responses count. Absent: every response (including Envoy's own 401/403/429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<DetectorWhen>,
+    /// What a key is (as `rateLimits[].by`): exactly one of `clientIP: {}`, `claim`, `apiKey:
+    /// {}`, `header`. Absent: the client IP. Claim, API-key and header values are shown hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<RateLimitKey>,
+    /// When a key is detected.
+    pub threshold: DetectorThreshold,
+    /// Alert (default): report only. Block: also refuse the key's requests (403
+    /// problem+json with `retry-after`) for `blockFor`.
+    #[serde(default)]
+    pub action: DetectorAction,
+    /// How long a blocked key stays blocked (`Block` only; default 15m, at most 168h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub block_for: Option<String>,
+}
+
+/// Which responses a detector counts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DetectorWhen {
+    /// Response status codes (e.g. 401, 403); empty: every response.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(range(min = 100, max = 599)))]
+    pub statuses: Vec<u16>,
+}
+
+/// `count` events (or distinct values) within `window`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DetectorThreshold {
+    /// Events (or distinct values, with `distinct`) that make a detection.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub count: u32,
+    /// The sliding window: 1s to 24h (e.g. 1m, 5m).
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub window: String,
+    /// Count distinct values of a path parameter instead of events (enumeration of object
+    /// ids, BOLA): at most 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<DistinctValues>,
+}
+
+/// The values counted distinct.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DistinctValues {
+    /// A `{param}` of every path of the detector's `match.paths`.
+    #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub path_param: String,
+}
+
+/// What a detection does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DetectorAction {
+    /// Report only (default).
+    #[default]
+    Alert,
+    /// Report, and refuse the key's requests until `blockFor` ends.
+    Block,
+}
+
+/// The per-endpoint traffic baseline.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficBaseline {
+    /// Learn and alert (default true when the baseline is given).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How far from normal a sustained rate must be to alert: Low (fewest alerts), Medium
+    /// (default), High (most alerts).
+    #[serde(default)]
+    pub sensitivity: BaselineSensitivity,
+}
+
+/// The baseline's sensitivity.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BaselineSensitivity {
+    /// Alert only on the largest deviations.
+    Low,
+    /// The default.
+    #[default]
+    Medium,
+    /// Alert on smaller deviations.
+    High,
 }
 
 /// Where the OpenAPI document comes from: exactly one of `configMapRef` and `inline`.

@@ -85,6 +85,7 @@ const CHECKS: &[Check] = &[
     check_provider_references,
     check_openapi_source,
     check_discovery,
+    check_detectors,
 ];
 
 /// Every invariant the spec breaks, in [`inv::ALL`] order.
@@ -329,6 +330,37 @@ fn check_discovery(spec: &ApiSecurityPolicySpec, out: &mut Out) {
             inv::SENSITIVE_DATA_NEEDS_DISCOVERY,
             "spec.discovery.sensitiveData".into(),
         );
+    }
+}
+
+fn check_detectors(spec: &ApiSecurityPolicySpec, out: &mut Out) {
+    let Some(runtime) = &spec.runtime else {
+        return;
+    };
+    let detectors = &runtime.detectors;
+    for i in duplicates(detectors.iter().map(|d| d.name.as_str())) {
+        out.push(
+            inv::UNIQUE_DETECTOR_NAMES,
+            format!("spec.runtime.detectors[{i}].name"),
+        );
+    }
+    for (i, d) in detectors.iter().enumerate() {
+        if let Some(distinct) = &d.threshold.distinct {
+            let param = format!("{{{}}}", distinct.path_param);
+            let paths = d.route.as_ref().map(|r| r.paths.as_slice()).unwrap_or(&[]);
+            if paths.is_empty() || paths.iter().any(|p| !p.contains(&param)) {
+                out.push(
+                    inv::DISTINCT_PARAM_IN_PATHS,
+                    format!("spec.runtime.detectors[{i}].threshold.distinct.pathParam"),
+                );
+            }
+        }
+        if d.block_for.is_some() && d.action != DetectorAction::Block {
+            out.push(
+                inv::BLOCK_FOR_ONLY_WITH_BLOCK,
+                format!("spec.runtime.detectors[{i}].blockFor"),
+            );
+        }
     }
 }
 

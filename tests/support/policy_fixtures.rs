@@ -35,7 +35,18 @@ pub fn base() -> Value {
             "rateLimits": [{"name": "login", "match": {"methods": ["POST"], "paths": ["/login"]},
                             "limit": {"requests": 5, "per": "Minute"}, "by": {"claim": "sub"}}],
             "requestValidation": {"maxBodyBytes": 1048576},
-            "openapi": {"source": {"configMapRef": {"name": "payments-openapi", "key": "openapi.yaml"}}}
+            "openapi": {"source": {"configMapRef": {"name": "payments-openapi", "key": "openapi.yaml"}}},
+            "runtime": {
+                "detectors": [
+                    {"name": "login-stuffing", "match": {"methods": ["POST"], "paths": ["/login"]},
+                     "when": {"statuses": [401, 403]}, "by": {"clientIP": {}},
+                     "threshold": {"count": 20, "window": "1m"}, "action": "Block", "blockFor": "15m"},
+                    {"name": "order-enumeration", "match": {"paths": ["/users/{userId}/orders"]},
+                     "by": {"claim": "sub"},
+                     "threshold": {"distinct": {"pathParam": "userId"}, "count": 50, "window": "5m"}}
+                ],
+                "baseline": {"enabled": true, "sensitivity": "Medium"}
+            }
         }
     })
 }
@@ -350,6 +361,42 @@ pub fn cases() -> Vec<Case> {
                     json!({"enabled": false, "sensitiveData": "Sampled"}),
                 )
             },
+        },
+        Case {
+            name: "duplicate_detector_names",
+            invariant: inv::UNIQUE_DETECTOR_NAMES,
+            field: "spec.runtime.detectors[1].name",
+            mutate: |d: &mut Value| {
+                set(
+                    d,
+                    "/spec/runtime/detectors/1/name",
+                    json!("login-stuffing"),
+                )
+            },
+        },
+        Case {
+            name: "distinct_param_not_in_paths",
+            invariant: inv::DISTINCT_PARAM_IN_PATHS,
+            field: "spec.runtime.detectors[1].threshold.distinct.pathParam",
+            mutate: |d: &mut Value| {
+                set(
+                    d,
+                    "/spec/runtime/detectors/1/threshold/distinct/pathParam",
+                    json!("orderId"),
+                )
+            },
+        },
+        Case {
+            name: "distinct_without_paths",
+            invariant: inv::DISTINCT_PARAM_IN_PATHS,
+            field: "spec.runtime.detectors[1].threshold.distinct.pathParam",
+            mutate: |d: &mut Value| remove(d, "/spec/runtime/detectors/1/match"),
+        },
+        Case {
+            name: "block_for_on_an_alert",
+            invariant: inv::BLOCK_FOR_ONLY_WITH_BLOCK,
+            field: "spec.runtime.detectors[0].blockFor",
+            mutate: |d: &mut Value| remove(d, "/spec/runtime/detectors/0/action"),
         },
     ]
 }

@@ -162,6 +162,7 @@ pub fn from_openapi(text: &str, options: &StarterOptions) -> Result<Starter, Con
         network: None,
         audit: None,
         discovery: None,
+        runtime: None,
         openapi: Some(OpenApi {
             source: OpenApiSource {
                 config_map_ref: Some(ConfigMapKeyReference {
