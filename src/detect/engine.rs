@@ -509,6 +509,41 @@ impl Engine {
         found.map(|(d, b)| d.active(b))
     }
 
+    /// Takes over a block made elsewhere (another gateway replica, or this engine before its
+    /// detectors changed): held by the detector of that name if it blocks by the same kind of
+    /// key. False when there is none, or the block has ended. A longer block already held is
+    /// kept.
+    pub fn adopt(&mut self, block: &ActiveBlock, now_ms: i64) -> bool {
+        if block.blocked_until_ms <= now_ms {
+            return false;
+        }
+        let Some(d) = self.detectors.iter_mut().find(|d| {
+            d.c.name == block.detector
+                && d.c.action == Action::Block
+                && d.c.by.label() == block.key_kind
+                && d.c.by.name() == block.key_name.as_deref()
+        }) else {
+            return false;
+        };
+        let Some(key) = super::keys::key_of_shown(&d.c.by, &block.key) else {
+            return false;
+        };
+        if d.blocked_at(key, now_ms)
+            .is_some_and(|b| b.until_ms >= block.blocked_until_ms)
+        {
+            return true;
+        }
+        d.block(
+            key,
+            block.key.clone(),
+            block.since_ms,
+            block.blocked_until_ms,
+            block.count,
+            &self.limits,
+        );
+        true
+    }
+
     /// Every block in force at `now_ms`, by detector then key.
     pub fn active_blocks(&self, now_ms: i64) -> Vec<ActiveBlock> {
         let mut out: Vec<ActiveBlock> = self

@@ -93,6 +93,20 @@ pub(crate) fn key_of(kind: &KeyKind, keys: &RequestKeys<'_>) -> Option<u64> {
     })
 }
 
+/// The key a shown key stands for (the inverse of [`shown`]): a client IP is keyed again, a
+/// `sha256:` and 16 hex digits is the hash itself. None for text that is neither.
+pub(crate) fn key_of_shown(kind: &KeyKind, shown: &str) -> Option<u64> {
+    match kind {
+        KeyKind::ClientIp => (!shown.is_empty()).then(|| ip_key(shown)),
+        KeyKind::Claim(_) | KeyKind::ApiKey | KeyKind::Header(_) => {
+            let hex = shown.strip_prefix("sha256:")?;
+            (hex.len() == 16)
+                .then(|| u64::from_str_radix(hex, 16).ok())
+                .flatten()
+        }
+    }
+}
+
 /// How a key is shown: the client IP as given, anything else as its hash.
 pub(crate) fn shown(kind: &KeyKind, keys: &RequestKeys<'_>, key: u64) -> String {
     match (kind, keys.raw(kind)) {
@@ -142,6 +156,12 @@ mod tests {
         );
         let k = key_of(&KeyKind::ClientIp, &keys).unwrap();
         assert_eq!(shown(&KeyKind::ClientIp, &keys, k), "10.0.0.1");
+        assert_eq!(key_of_shown(&KeyKind::ClientIp, "10.0.0.1"), Some(k));
+        let sub = KeyKind::Claim("sub".into());
+        let k = key_of(&sub, &keys).unwrap();
+        assert_eq!(key_of_shown(&sub, &shown(&sub, &keys, k)), Some(k));
+        assert_eq!(key_of_shown(&sub, "alice"), None);
+        assert_eq!(key_of_shown(&sub, "sha256:xyz"), None);
         let k = key_of(&KeyKind::Claim("sub".into()), &keys).unwrap();
         assert_eq!(
             shown(&KeyKind::Claim("sub".into()), &keys, k),

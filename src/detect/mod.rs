@@ -9,12 +9,15 @@
 //! - [`engine`]: the [`Engine`]: [`Event`]s in, [`Detection`]s out, blocks in force
 //!   ([`Engine::blocked`], checked inline on every request).
 //! - [`baseline`]: per-endpoint traffic baselines and their [`Anomaly`] alerts.
+//! - [`policy`]: `spec.runtime` (the policy's types) to the configs above.
 
 pub mod baseline;
 pub mod config;
 pub mod engine;
 pub mod keys;
+pub mod policy;
 mod time;
+pub(crate) use time::format_ms;
 mod window;
 
 pub use baseline::{Anomaly, Baseline, BaselineConfig, Sensitivity};

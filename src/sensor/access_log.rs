@@ -1,14 +1,18 @@
 //! The gateway's access log stream: Envoy's gRPC access log service
 //! (`envoy.service.accesslog.v3.AccessLogService`), off the request path. Every request's entry
 //! arrives, including those Envoy's own filters refuse (401, 403, 404, 429), and becomes a
-//! [`Logged`] request for discovery.
+//! [`Logged`] request for discovery and runtime detection (with who sent it: the client
+//! address, the API key's client id, the JWT's claims, the headers detectors key by).
 //!
 //! [`logged`] is pure (one entry in, one request out); the server is in `server.rs`.
 
+use crate::detect::RequestKeys;
 use crate::render::CLIENT_ID_HEADER;
-use crate::sensor::config::JWT_METADATA_NAMESPACE;
-use envoy_types::pb::envoy::config::core::v3::RequestMethod;
+use crate::sensor::config::{JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, RequestMethod};
 use envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry;
+use envoy_types::pb::google::protobuf::value::Kind;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One request as the gateway logged it.
@@ -28,6 +32,87 @@ pub struct Logged {
     pub content_type: Option<String>,
     /// When the request started.
     pub time: SystemTime,
+    /// Who sent it (the keys detectors count by).
+    pub caller: Caller,
+}
+
+/// What an entry says about its caller. Owned; [`Caller::keys`] borrows it for the detectors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The downstream address's IP (the peer Envoy saw).
+    pub client_ip: Option<String>,
+    /// The client id the API-key filter set.
+    pub api_key_client: Option<String>,
+    /// The verified JWT's top-level claims (strings, numbers and booleans, as text).
+    pub claims: Vec<(String, String)>,
+    /// The request headers the gateway logs (names lower case).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Caller {
+    /// Calls `f` with the caller as the detectors' [`RequestKeys`].
+    pub fn with_keys<R>(&self, f: impl FnOnce(&RequestKeys<'_>) -> R) -> R {
+        let claims: Vec<(&str, &str)> = self
+            .claims
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        f(&RequestKeys {
+            client_ip: self.client_ip.as_deref(),
+            api_key_client: self.api_key_client.as_deref(),
+            claims: &claims,
+            headers: &headers,
+        })
+    }
+}
+
+/// The verified JWT's top-level claims from the JWT filter's dynamic metadata: strings as
+/// they are, numbers and booleans as text (`42`, `true`); objects, lists and nulls are left
+/// out. Empty without a verified JWT. The same at the request headers (ext_proc) and in the
+/// access log, so a claim's key is the same in both.
+pub fn jwt_claims(metadata: Option<&Metadata>) -> Vec<(String, String)> {
+    let payload = metadata
+        .and_then(|m| m.filter_metadata.get(JWT_METADATA_NAMESPACE))
+        .and_then(|s| s.fields.get(JWT_PAYLOAD_KEY))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StructValue(payload)) => Some(payload),
+            _ => None,
+        });
+    let Some(payload) = payload else {
+        return Vec::new();
+    };
+    let mut claims: Vec<(String, String)> = payload
+        .fields
+        .iter()
+        .filter_map(|(name, value)| Some((name.clone(), claim_text(value.kind.as_ref()?)?)))
+        .collect();
+    claims.sort();
+    claims
+}
+
+fn claim_text(kind: &Kind) -> Option<String> {
+    match kind {
+        Kind::StringValue(s) => Some(s.clone()),
+        Kind::BoolValue(b) => Some(b.to_string()),
+        // JSON numbers arrive as f64: integers are written without a fraction.
+        Kind::NumberValue(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            Some(format!("{}", *n as i64))
+        }
+        Kind::NumberValue(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn socket_ip(address: Option<&Address>) -> Option<String> {
+    match address?.address.as_ref()? {
+        AddressKind::SocketAddress(s) if !s.address.is_empty() => Some(s.address.clone()),
+        _ => None,
+    }
 }
 
 /// The request of one HTTP access log entry; None for an entry without a request (a
@@ -71,7 +156,29 @@ pub fn logged(entry: &HttpAccessLogEntry) -> Option<Logged> {
         authenticated: authenticated(entry),
         content_type,
         time,
+        caller: caller(entry),
     })
+}
+
+/// Who sent the entry's request.
+fn caller(entry: &HttpAccessLogEntry) -> Caller {
+    let common = entry.common_properties.as_ref();
+    let headers = entry.request.as_ref().map(|r| &r.request_headers);
+    let mut logged_headers: Vec<(String, String)> = headers
+        .into_iter()
+        .flatten()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+    logged_headers.sort();
+    Caller {
+        client_ip: socket_ip(common.and_then(|c| c.downstream_remote_address.as_ref())),
+        api_key_client: headers
+            .and_then(|h| h.get(CLIENT_ID_HEADER))
+            .filter(|v| !v.is_empty())
+            .cloned(),
+        claims: jwt_claims(common.and_then(|c| c.metadata.as_ref())),
+        headers: logged_headers,
+    }
 }
 
 /// A verified JWT (the JWT filter's payload in the dynamic metadata), an API key (the client

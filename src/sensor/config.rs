@@ -62,6 +62,11 @@ pub struct SensorConfig {
     /// over mTLS); absent: the inventory stays in the sidecar (`GET /inventory`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<SensorReport>,
+    /// The policy's `spec.runtime` as written (detectors and the traffic baseline): the
+    /// sensor counts the access log's requests into them and, for `Block` detectors, refuses
+    /// blocked keys at the request headers. Absent: no detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::api::Runtime>,
 }
 
 /// The inventory push to the operator: the URL, how often, and the files of the gateway's
@@ -240,6 +245,7 @@ impl SensorConfig {
             openapi: None,
             discovery: None,
             report: None,
+            runtime: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct RequestContext {
     /// The name of the Envoy route that matched (attribute `xds.route_name`).
     pub(crate) route: Option<String>,
     pub(crate) principal: Principal,
+    /// The verified JWT's claims (empty without one).
+    pub(crate) claims: Vec<(String, String)>,
 }
 
 /// What Envoy tells the sensor beside the headers: request attributes and the JWT payload's
@@ -43,7 +45,8 @@ pub(crate) struct Attributes {
     pub(crate) source_address: Option<String>,
     pub(crate) peer_uri_san: Option<String>,
     pub(crate) route_name: Option<String>,
-    pub(crate) jwt_subject: Option<String>,
+    /// The verified JWT's claims ([`super::access_log::jwt_claims`]).
+    pub(crate) jwt_claims: Vec<(String, String)>,
 }
 
 impl RequestContext {
@@ -64,8 +67,13 @@ impl RequestContext {
                 _ => context.headers.push((name, value)),
             }
         }
+        let subject = attributes
+            .jwt_claims
+            .iter()
+            .find(|(n, _)| n == "sub")
+            .map(|(_, v)| v.clone());
         context.principal = Principal {
-            subject: attributes.jwt_subject.filter(|s| !s.is_empty()),
+            subject: subject.filter(|s| !s.is_empty()),
             client_id: context
                 .header(CLIENT_ID_HEADER)
                 .filter(|s| !s.is_empty())
@@ -74,7 +82,28 @@ impl RequestContext {
         };
         context.client_ip = attributes.source_address.as_deref().and_then(client_ip);
         context.route = attributes.route_name.filter(|s| !s.is_empty());
+        context.claims = attributes.jwt_claims;
         context
+    }
+
+    /// Calls `f` with the request's caller as the detectors' keys.
+    pub(crate) fn with_keys<R>(&self, f: impl FnOnce(&crate::detect::RequestKeys<'_>) -> R) -> R {
+        let claims: Vec<(&str, &str)> = self
+            .claims
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        f(&crate::detect::RequestKeys {
+            client_ip: self.client_ip.as_deref(),
+            api_key_client: self.principal.client_id.as_deref(),
+            claims: &claims,
+            headers: &headers,
+        })
     }
 
     /// The first value of header `name` (lower-case).
@@ -149,7 +178,7 @@ mod tests {
                 source_address: Some("10.1.2.3:45678".into()),
                 peer_uri_san: Some("spiffe://td/ns/a/sa/b".into()),
                 route_name: Some("users".into()),
-                jwt_subject: Some("alice".into()),
+                jwt_claims: vec![("sub".into(), "alice".into())],
             },
         );
         assert_eq!(context.method, "PATCH");

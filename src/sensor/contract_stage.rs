@@ -47,6 +47,7 @@ fn undeclared_reply() -> Reply {
         content_type: PROBLEM_JSON,
         body: body.to_string().into_bytes(),
         details: "apiguard_contract_undeclared",
+        headers: Vec::new(),
     }
 }
 
@@ -146,6 +147,7 @@ impl ContractStage {
                     content_type: PROBLEM_JSON,
                     body: problem.to_json().to_string().into_bytes(),
                     details: "apiguard_contract_refused",
+                    headers: Vec::new(),
                 };
                 (
                     RequestVerdict::Refused,

@@ -5,7 +5,6 @@
 //! Pure and synchronous (the async gRPC service only moves messages), so every sequence of
 //! messages, sensible or not, can be tested without a network.
 
-use super::config::{JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY};
 use super::context::{Attributes, RequestContext, ResponseHead};
 use super::pipeline::{Action, Event, Exchange, Pipeline, Point, Reply};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -276,18 +275,11 @@ fn attributes(
             .chain(in_headers.values())
             .find_map(|s| string_field(s, name))
     };
-    let jwt_subject = metadata
-        .and_then(|m| m.filter_metadata.get(JWT_METADATA_NAMESPACE))
-        .and_then(|s| s.fields.get(JWT_PAYLOAD_KEY))
-        .and_then(|v| match &v.kind {
-            Some(Kind::StructValue(payload)) => string_field(payload, "sub"),
-            _ => None,
-        });
     Attributes {
         source_address: lookup("source.address"),
         peer_uri_san: lookup("connection.uri_san_peer_certificate"),
         route_name: lookup("xds.route_name"),
-        jwt_subject,
+        jwt_claims: super::access_log::jwt_claims(metadata),
     }
 }
 
@@ -316,7 +308,9 @@ fn immediate(reply: Reply) -> ProcessingResponse {
             code: i32::from(reply.status),
         }),
         headers: Some(HeaderMutation {
-            set_headers: vec![header("content-type", reply.content_type)],
+            set_headers: std::iter::once(header("content-type", reply.content_type))
+                .chain(reply.headers.iter().map(|(n, v)| header(n, v)))
+                .collect(),
             remove_headers: Vec::new(),
         }),
         body: reply.body,

@@ -222,6 +222,7 @@ mod tests {
             authenticated: status != 401,
             content_type: Some("application/json".into()),
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            caller: Default::default(),
         }
     }
 

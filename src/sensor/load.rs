@@ -1,10 +1,12 @@
 //! From the text of `sensor.yaml` to a [`Pipeline`]: the config parsed, the contract compiled
-//! once, the stages built in order (the contract, then the sensitive-data scan).
+//! once, the stages built in order (the blocks of runtime detectors, the contract, then the
+//! sensitive-data scan).
 //!
 //! Pure: the caller reads the file.
 
 use super::config::{SensorConfig, SensorReport};
 use super::contract_stage::{ContractStage, RequestMode};
+use super::guard::{BlockStage, SharedGuard, runtime_settings};
 use super::pipeline::{Pipeline, Stage};
 use super::scan_stage::ScanStage;
 use crate::api::PolicyMode;
@@ -26,13 +28,20 @@ pub(crate) enum LoadError {
     /// The declared endpoints discovery needs do not parse; `message` names the field.
     #[error("{file}: {message}")]
     Discovery { file: String, message: String },
+    /// The runtime detectors cannot run; `message` names the field.
+    #[error("{file}: {message}")]
+    Runtime { file: String, message: String },
 }
 
 /// Parses and compiles `text`, read from `file` (named in errors). The sensor itself uses
 /// [`compile_with_report`]; the tests build pipelines with this.
 #[cfg(test)]
 pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
-    compile_config(file, &SensorConfig::from_yaml(file, text)?)
+    compile_config(
+        file,
+        &SensorConfig::from_yaml(file, text)?,
+        &SharedGuard::default(),
+    )
 }
 
 /// [`compile`], and the config's `report` section (the inventory push, not part of the
@@ -40,13 +49,28 @@ pub(crate) fn compile(file: &str, text: &str) -> Result<Pipeline, LoadError> {
 pub(crate) fn compile_with_report(
     file: &str,
     text: &str,
+    guard: &SharedGuard,
 ) -> Result<(Pipeline, Option<SensorReport>), LoadError> {
     let config = SensorConfig::from_yaml(file, text)?;
-    Ok((compile_config(file, &config)?, config.report))
+    Ok((compile_config(file, &config, guard)?, config.report))
 }
 
-fn compile_config(file: &str, config: &SensorConfig) -> Result<Pipeline, LoadError> {
+fn compile_config(
+    file: &str,
+    config: &SensorConfig,
+    guard: &SharedGuard,
+) -> Result<Pipeline, LoadError> {
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    let runtime = runtime_settings(config).map_err(|message| LoadError::Runtime {
+        file: file.to_string(),
+        message,
+    })?;
+    if runtime.as_ref().is_some_and(|r| r.any_block) {
+        stages.push(Box::new(BlockStage {
+            guard: guard.clone(),
+            audit: config.mode == PolicyMode::Audit,
+        }));
+    }
     let mut max_response_bytes = 0;
     if let Some(openapi) = &config.openapi {
         let options = ContractOptions {
@@ -89,6 +113,7 @@ fn compile_config(file: &str, config: &SensorConfig) -> Result<Pipeline, LoadErr
     Ok(Pipeline {
         policy: format!("{}/{}", config.policy.namespace, config.policy.name),
         discovery,
+        runtime,
         stages,
         max_request_bytes: MAX_REQUEST_BYTES,
         max_response_bytes,

@@ -10,7 +10,9 @@
 //!   returning actions and events), `contract_stage` (the OpenAPI checks and redaction),
 //!   `scan_stage` (sensitive data in JSON response bodies, classes only),
 //!   `load` (`sensor.yaml` text → pipeline), `ext_proc` (Envoy's messages ↔ the pipeline,
-//!   synchronous), `access_log` (an access log entry → the logged request);
+//!   synchronous), `access_log` (an access log entry → the logged request and its caller),
+//!   `guard` (runtime detection: the detectors and baseline fed by the access log, the block
+//!   stage);
 //! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
 //!   swapping the pipeline), `observe` (metrics and decision log lines), `push` (the
 //!   inventory pushed to the operator over mTLS).
@@ -22,6 +24,7 @@ pub mod config;
 mod context;
 mod contract_stage;
 mod ext_proc;
+mod guard;
 mod learn;
 mod load;
 pub mod observe;

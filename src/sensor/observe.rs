@@ -5,6 +5,7 @@
 use super::pipeline::{Event, RequestVerdict, ResponseVerdict};
 use crate::admin::Metrics;
 use crate::contract::FieldError;
+use crate::detect::{Action, Anomaly, Detection};
 use crate::discovery::Sensitive;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +44,28 @@ pub struct SensitiveLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectionLabels {
+    pub policy: String,
+    /// The detector's name (from the policy: a bounded set).
+    pub detector: String,
+    /// `alert` or `block`.
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabels {
+    pub policy: String,
+    pub detector: String,
+    /// `refused`, or `audited` (Audit: let through).
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// Config reloads: `loaded` or `failed`. Inventory pushes: `accepted`, `refused` (the
     /// operator answered another status than 202) or `error` (no answer: a file, the
@@ -78,6 +101,14 @@ pub struct SensorMetrics {
     pub pushes: Family<ResultLabels, Counter>,
     /// Scanned responses in which a class of sensitive data was found.
     pub sensitive: Family<SensitiveLabels, Counter>,
+    /// Keys that crossed a runtime detector's threshold.
+    pub detections: Family<DetectionLabels, Counter>,
+    /// Keys blocked now.
+    pub active_blocks: Family<PolicyLabels, Gauge>,
+    /// Requests from blocked keys.
+    pub blocked: Family<BlockedLabels, Counter>,
+    /// Traffic anomalies the baseline raised.
+    pub anomalies: Family<PolicyLabels, Counter>,
 }
 
 impl SensorMetrics {
@@ -91,6 +122,10 @@ impl SensorMetrics {
             endpoints: Family::default(),
             pushes: Family::default(),
             sensitive: Family::default(),
+            detections: Family::default(),
+            active_blocks: Family::default(),
+            blocked: Family::default(),
+            anomalies: Family::default(),
         };
         metrics.register(
             "apiguard_sensor_requests",
@@ -132,7 +167,89 @@ impl SensorMetrics {
             "JSON responses scanned for sensitive data (spec.discovery.sensitiveData) in which a class was found, by policy and class",
             this.sensitive.clone(),
         );
+        metrics.register(
+            "apiguard_detections",
+            "Keys that crossed a runtime detector's threshold (spec.runtime.detectors), by policy, detector and action",
+            this.detections.clone(),
+        );
+        metrics.register(
+            "apiguard_active_blocks",
+            "Keys a Block detector refuses now, by policy",
+            this.active_blocks.clone(),
+        );
+        metrics.register(
+            "apiguard_blocked_requests",
+            "Requests from keys a Block detector blocks, by policy, detector and decision (refused, or audited in Audit)",
+            this.blocked.clone(),
+        );
+        metrics.register(
+            "apiguard_traffic_anomalies",
+            "Sustained deviations from an endpoint's learned traffic baseline (spec.runtime.baseline), by policy",
+            this.anomalies.clone(),
+        );
         this
+    }
+
+    /// Counts and logs detections (one JSON-able line each: the detector, the key as shown,
+    /// the count, the block's end).
+    pub(crate) fn record_detections(&self, policy: &str, detections: &[Detection]) {
+        for d in detections {
+            let action = match d.action {
+                Action::Alert => "alert",
+                Action::Block => "block",
+            };
+            self.detections
+                .get_or_create(&DetectionLabels {
+                    policy: policy.to_string(),
+                    detector: d.detector.clone(),
+                    action,
+                })
+                .inc();
+            tracing::warn!(
+                policy,
+                detector = d.detector,
+                key = d.key,
+                key_kind = %serde_json::to_value(d.key_kind).unwrap_or_default().as_str().unwrap_or(""),
+                key_name = d.key_name.as_deref().unwrap_or(""),
+                count = d.count,
+                window_seconds = d.window_seconds,
+                action,
+                blocked_until = d.blocked_until_ms.map(crate::detect::format_ms).unwrap_or_default(),
+                "detection: {d}"
+            );
+        }
+    }
+
+    /// Counts and logs traffic anomalies.
+    pub(crate) fn record_anomalies(&self, policy: &str, anomalies: &[Anomaly]) {
+        for a in anomalies {
+            self.anomalies
+                .get_or_create(&PolicyLabels {
+                    policy: policy.to_string(),
+                })
+                .inc();
+            tracing::warn!(
+                policy,
+                endpoint = a.endpoint,
+                factor = a.factor,
+                rate_per_minute = a.rate_per_minute,
+                baseline_per_minute = a.baseline_per_minute,
+                minutes = a.minutes,
+                "traffic anomaly: {} at {:.1}x its baseline for {} minutes",
+                a.endpoint,
+                a.factor,
+                a.minutes
+            );
+        }
+    }
+
+    /// Sets the active-blocks gauge.
+    pub(crate) fn set_active_blocks(&self, policy: &str, n: usize) {
+        self.active_blocks
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The inventory's size: `declared` and undeclared (shadow) endpoints of `policy`.
@@ -190,6 +307,17 @@ impl SensorMetrics {
                             .inc();
                     }
                     log_scan(policy, found);
+                }
+                Event::Blocked { detector, audited } => {
+                    let decision = if *audited { "audited" } else { "refused" };
+                    self.blocked
+                        .get_or_create(&BlockedLabels {
+                            policy: policy.to_string(),
+                            detector: detector.clone(),
+                            decision,
+                        })
+                        .inc();
+                    tracing::debug!(policy, detector, decision, "runtime: blocked key");
                 }
             }
         }

@@ -53,6 +53,8 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
     /// Envoy's response code details (`%RESPONSE_CODE_DETAILS%` in the access log).
     pub(crate) details: &'static str,
+    /// More response headers (`retry-after`), beside the content type.
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 /// What a request check decided.
@@ -140,6 +142,8 @@ pub(crate) enum Event {
         path: String,
         found: Sensitive,
     },
+    /// A request from a key a detector blocks: refused (or let through, audited, in Audit).
+    Blocked { detector: String, audited: bool },
 }
 
 impl Event {
@@ -200,6 +204,8 @@ pub(crate) struct Pipeline {
     pub(crate) policy: String,
     /// The declared endpoints discovery templates against; None: discovery is off.
     pub(crate) discovery: Option<super::learn::DiscoveryConfig>,
+    /// The runtime detectors and baseline; None: no detection.
+    pub(crate) runtime: Option<super::guard::RuntimeSettings>,
     pub(crate) stages: Vec<Box<dyn Stage>>,
     /// The most body bytes buffered per message (responses: `maxResponseBytes`, so a larger
     /// body is known to be too large without holding all of it).

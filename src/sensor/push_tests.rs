@@ -191,6 +191,7 @@ fn logged(path: &str, status: u16) -> Logged {
         authenticated: true,
         content_type: Some("application/json".into()),
         time: SystemTime::now(),
+        caller: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! `..data` symlink, which watches on the file path miss, and mtimes can stay equal.
 
 use super::config::SensorReport;
+use super::guard::SharedGuard;
 use super::load::{LoadError, compile_with_report};
 use super::observe::{ResultLabels, SensorMetrics};
 use super::pipeline::Pipeline;
@@ -24,6 +25,9 @@ pub(crate) struct ConfigFile {
     report: ArcSwapOption<SensorReport>,
     /// SHA-256 of the text last tried (good or bad), so a bad file is reported once.
     last_hash: Mutex<[u8; 32]>,
+    /// The runtime detection state every pipeline compiled from this file checks blocks in
+    /// (it outlives reloads).
+    guard: SharedGuard,
 }
 
 /// Why the file could not be used.
@@ -52,13 +56,20 @@ impl ConfigFile {
     pub(crate) fn load(path: impl Into<PathBuf>) -> Result<Self, ReloadError> {
         let path = path.into();
         let (text, hash) = read(&path)?;
-        let (pipeline, report) = compile_with_report(&path.display().to_string(), &text)?;
+        let guard = SharedGuard::default();
+        let (pipeline, report) = compile_with_report(&path.display().to_string(), &text, &guard)?;
         Ok(ConfigFile {
             path,
             current: ArcSwap::from_pointee(pipeline),
             report: ArcSwapOption::new(report.map(Arc::new)),
             last_hash: Mutex::new(hash),
+            guard,
         })
+    }
+
+    /// The runtime detection state (shared with the block stage of every pipeline).
+    pub(crate) fn guard(&self) -> &SharedGuard {
+        &self.guard
     }
 
     /// The pipeline new exchanges use.
@@ -80,7 +91,8 @@ impl ConfigFile {
             }
             *last = hash;
         }
-        let (pipeline, report) = compile_with_report(&self.path.display().to_string(), &text)?;
+        let (pipeline, report) =
+            compile_with_report(&self.path.display().to_string(), &text, &self.guard)?;
         self.report.store(report.map(Arc::new));
         self.current.store(Arc::new(pipeline));
         Ok(true)

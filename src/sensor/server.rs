@@ -1,6 +1,7 @@
 //! `apiguard sensor`: the flags, the gRPC server (h2c, for Envoy on loopback: ext_proc and the
-//! access log service), the admin server (with `GET /inventory`), the config's reload loop, the
-//! inventory push to the operator, and a graceful stop on SIGTERM.
+//! access log service), the admin server (with `GET /inventory` and `GET /detections`), the
+//! config's reload loop, the inventory push to the operator, the detection ticker, and a
+//! graceful stop on SIGTERM.
 
 use super::access_log::logged;
 use super::config::DEFAULT_SENSOR_ADDR;
@@ -93,7 +94,9 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
     let (stop, stopping) = watch::channel(false);
     let state = AdminState { metrics, readiness };
     let learner: SharedLearner = Arc::new(Learner::default());
-    let routes = admin::router(state).merge(inventory_route(config.clone(), learner.clone()));
+    let routes = admin::router(state)
+        .merge(inventory_route(config.clone(), learner.clone()))
+        .merge(detections_route(config.clone()));
     let mut admin = tokio::spawn(admin::serve_router(
         args.admin_addr,
         routes,
@@ -110,6 +113,12 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         learner.clone(),
         sensor_metrics.clone(),
         super::push::reporter(),
+        stopped(&stopping),
+    ));
+    // Closes the baseline's minutes, drops idle detection state, keeps the gauge current.
+    let ticker = tokio::spawn(tick(
+        config.clone(),
+        sensor_metrics.clone(),
         stopped(&stopping),
     ));
     let access_logs = AccessLogServiceServer::new(AccessLogs {
@@ -156,6 +165,7 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
     }
     let _ = watcher.await;
     let _ = pusher.await;
+    let _ = ticker.await;
     result
 }
 
@@ -252,8 +262,46 @@ fn inventory_route(config: Arc<ConfigFile>, learner: SharedLearner) -> axum::Rou
     )
 }
 
+/// `GET /detections`: the blocks in force, the latest detections and anomalies (JSON,
+/// docs/detection.md).
+fn detections_route(config: Arc<ConfigFile>) -> axum::Router {
+    axum::Router::new().route(
+        "/detections",
+        axum::routing::get(move || {
+            let view = config
+                .guard()
+                .view(&config.current().policy, super::guard::now_ms());
+            async move { axum::Json(view) }
+        }),
+    )
+}
+
+/// How often the detection state is ticked (the baseline closes minutes; a block's end shows
+/// in the gauge within this).
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ticks the detection state until `stop`: anomalies are counted and logged, the active-block
+/// gauge set.
+async fn tick(config: Arc<ConfigFile>, metrics: SensorMetrics, stop: impl Future<Output = ()>) {
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = interval.tick() => {}
+        }
+        let now = super::guard::now_ms();
+        let policy = config.current().policy.clone();
+        let guard = config.guard();
+        let anomalies = guard.tick(now);
+        metrics.record_anomalies(&policy, &anomalies);
+        metrics.set_active_blocks(&policy, guard.active_blocks(now).len());
+    }
+}
+
 /// The access log service: Envoy streams every request's entry; each batch is counted into
-/// the inventory under the config in force. Never answers until the stream ends (as the
+/// the inventory and the runtime detectors under the config in force. Never answers until the stream ends (as the
 /// protocol has it).
 struct AccessLogs {
     config: Arc<ConfigFile>,
@@ -281,6 +329,14 @@ impl AccessLogService for AccessLogs {
                     {
                         self.metrics
                             .set_endpoints(&pipeline.policy, declared, undeclared);
+                    }
+                    let guard = self.config.guard();
+                    let detections = guard.observe(pipeline.runtime.as_ref(), &requests);
+                    if !detections.is_empty() {
+                        self.metrics
+                            .record_detections(&pipeline.policy, &detections);
+                        let blocks = guard.active_blocks(super::guard::now_ms()).len();
+                        self.metrics.set_active_blocks(&pipeline.policy, blocks);
                     }
                 }
                 Ok(None) => return Ok(Response::new(StreamAccessLogsResponse {})),

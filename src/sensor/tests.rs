@@ -144,7 +144,7 @@ fn request_verdicts(events: &[Event]) -> Vec<RequestVerdict> {
         .iter()
         .filter_map(|e| match e {
             Event::Request { verdict, .. } => Some(*verdict),
-            Event::Response { .. } | Event::Sensitive { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -155,7 +155,7 @@ fn response_verdict(handled: &Handled) -> ResponseVerdict {
         .iter()
         .find_map(|e| match e {
             Event::Response { verdict, .. } => Some(*verdict),
-            Event::Request { .. } | Event::Sensitive { .. } => None,
+            _ => None,
         })
         .expect("a response event")
 }
@@ -503,6 +503,7 @@ fn attributes_and_jwt_metadata_become_the_principal() {
     let pipeline = Pipeline {
         policy: "a/b".into(),
         discovery: None,
+        runtime: None,
         stages: vec![Box::new(Shared(spy.clone()))],
         max_request_bytes: 1024,
         max_response_bytes: 1024,
@@ -533,6 +534,7 @@ fn a_later_stage_is_added_without_touching_the_others() {
                     content_type: "application/problem+json",
                     body: b"{}".to_vec(),
                     details: "blocked",
+                    headers: Vec::new(),
                 });
             }
             Action::Continue
@@ -938,6 +940,7 @@ fn scanned_classes_reach_the_inventory_without_counting_a_request_or_keeping_a_v
             authenticated: true,
             content_type: Some("application/json".into()),
             time: std::time::SystemTime::now(),
+            caller: Default::default(),
         }],
     );
     let report = learner.report("shop/users");

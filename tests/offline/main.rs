@@ -31,6 +31,7 @@ mod sensor_cli;
 mod sensor_discovery;
 mod sensor_envoy;
 mod sensor_gateway;
+mod sensor_runtime;
 mod shared_state;
 mod webhook_props;
 mod webhook_router;

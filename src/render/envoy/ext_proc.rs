@@ -7,7 +7,7 @@
 use super::types::*;
 use super::{Ctx, RenderError};
 use crate::api::{
-    OpenApi, PolicyMode, RequestContractMode, ResponseContractMode, SensitiveDataMode,
+    OpenApi, PolicyMode, RequestContractMode, ResponseContractMode, Runtime, SensitiveDataMode,
 };
 use crate::render::CLIENT_ID_HEADER;
 use crate::sensor::config::{
@@ -22,17 +22,48 @@ pub(super) const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 const MESSAGE_TIMEOUT: &str = "0.200s";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Whether the gateway has a sensor sidecar: for the contract, or for discovery.
+/// Whether the gateway has a sensor sidecar: for the contract, for discovery, or for runtime
+/// detection.
 pub(super) fn sensor_needed(ctx: &Ctx<'_>) -> bool {
-    ctx.spec.openapi.is_some() || ctx.spec.discovery().enabled
+    ctx.spec.openapi.is_some() || ctx.spec.discovery().enabled || runtime(ctx).is_some()
 }
 
-/// The gRPC access log to the sensor (discovery): every request's entry, including those
-/// Envoy's own filters refuse, streamed off the request path. It carries the client-id header
-/// the API-key filter sets and the response's content type beside the standard fields (method,
-/// path, status, route name, the JWT filter's metadata, the client certificate).
-pub(super) fn discovery_access_log(ctx: &Ctx<'_>) -> Option<AccessLog> {
-    ctx.spec.discovery().enabled.then(|| AccessLog {
+/// `spec.runtime` when it asks for anything (a detector, or an enabled baseline).
+pub(super) fn runtime<'a>(ctx: &Ctx<'a>) -> Option<&'a Runtime> {
+    ctx.spec
+        .runtime
+        .as_ref()
+        .filter(|r| !r.detectors.is_empty() || r.baseline.as_ref().is_some_and(|b| b.enabled))
+}
+
+/// Whether the sensor pushes to the operator: the discovery inventory, the runtime detections.
+pub(super) fn sensor_reports(ctx: &Ctx<'_>) -> bool {
+    ctx.spec.discovery().enabled || runtime(ctx).is_some()
+}
+
+/// `spec.runtime` checked as the sensor will compile it (an error names the field, from
+/// `spec.runtime`), for the `runtime` section of `sensor.yaml`.
+pub(super) fn runtime_section(ctx: &Ctx<'_>) -> Result<Option<Runtime>, RenderError> {
+    let Some(runtime) = runtime(ctx) else {
+        return Ok(None);
+    };
+    crate::detect::policy::detectors(runtime)
+        .map_err(|e| ctx.invalid(format!("spec.{}", e.field), e.message))?;
+    Ok(Some(runtime.clone()))
+}
+
+/// The gRPC access log to the sensor (discovery, runtime detection): every request's entry,
+/// including those Envoy's own filters refuse, streamed off the request path. It carries the
+/// client-id header the API-key filter sets, the headers detectors key by and the response's
+/// content type beside the standard fields (method, path, status, route name, the client
+/// address, the JWT filter's metadata, the client certificate).
+pub(super) fn sensor_access_log(ctx: &Ctx<'_>) -> Option<AccessLog> {
+    let mut request_headers = vec![CLIENT_ID_HEADER.to_string()];
+    if let Some(runtime) = runtime(ctx) {
+        request_headers.extend(crate::detect::policy::key_headers(runtime));
+        request_headers.dedup();
+    }
+    sensor_reports(ctx).then(|| AccessLog {
         name: "envoy.access_loggers.http_grpc",
         typed_config: Any::HttpGrpcAccessLog(HttpGrpcAccessLog {
             common_config: CommonGrpcAccessLogConfig {
@@ -45,7 +76,7 @@ pub(super) fn discovery_access_log(ctx: &Ctx<'_>) -> Option<AccessLog> {
                 transport_api_version: "V3",
                 buffer_flush_interval: "0.5s".into(),
             },
-            additional_request_headers_to_log: vec![CLIENT_ID_HEADER.into()],
+            additional_request_headers_to_log: request_headers,
             additional_response_headers_to_log: vec!["content-type".into()],
         }),
     })
@@ -123,10 +154,13 @@ pub(super) fn processing_mode(openapi: Option<&OpenApi>, scan: bool) -> Processi
     }
 }
 
-/// Whether the gateway calls the sensor inline (the `ext_proc` filter): for the contract, or
-/// to scan responses for sensitive data. Discovery alone streams the access log instead.
+/// Whether the gateway calls the sensor inline (the `ext_proc` filter): for the contract, to
+/// scan responses for sensitive data, or to refuse keys a `Block` detector blocks. Discovery
+/// and alerting detectors alone stream the access log instead.
 pub(super) fn ext_proc_needed(ctx: &Ctx<'_>) -> bool {
-    ctx.spec.openapi.is_some() || scans_responses(ctx)
+    ctx.spec.openapi.is_some()
+        || scans_responses(ctx)
+        || runtime(ctx).is_some_and(crate::detect::policy::any_block)
 }
 
 /// The `ext_proc` filter: to the sensor's cluster; None when nothing needs it inline
@@ -134,8 +168,9 @@ pub(super) fn ext_proc_needed(ctx: &Ctx<'_>) -> bool {
 ///
 /// Failure mode (the sensor unreachable, too slow, or answering a gRPC error): with a contract,
 /// closed in Enforce (503 problem+json, [`sensor_failure_reply`]) and open in Audit. Without a
-/// contract the sensor only scans responses, which is observation: the filter always fails
-/// open, in Enforce too, so a sensor failure never blocks traffic.
+/// contract the sensor only scans responses or enforces blocks: the filter always fails open,
+/// in Enforce too, so a sensor failure never refuses traffic (a block is lost while the sensor
+/// is down, not every request).
 pub(super) fn ext_proc_filter(ctx: &Ctx<'_>) -> Result<Option<HttpFilter>, RenderError> {
     if !ext_proc_needed(ctx) {
         return Ok(None);
@@ -212,11 +247,13 @@ pub(super) fn skip_direct_responses(routes: &mut RouteConfiguration) {
 }
 
 /// `sensor.yaml`: the policy, its mode, the contract with the resolved document, what
-/// discovery needs (the routes the rules declare), and where the inventory is pushed.
+/// discovery needs (the routes the rules declare), where the inventory is pushed, and the
+/// runtime detectors.
 pub(super) fn sensor_config(
     ctx: &Ctx<'_>,
     contract: Option<(&OpenApi, &str)>,
     report: Option<SensorReport>,
+    runtime: Option<Runtime>,
 ) -> String {
     let meta = &ctx.input.policy.metadata;
     let mut config = SensorConfig::new(
@@ -239,6 +276,7 @@ pub(super) fn sensor_config(
         sensitive_data: discovery.sensitive_data,
     });
     config.report = report;
+    config.runtime = runtime;
     let Some((openapi, document)) = contract else {
         return config.to_yaml();
     };

@@ -158,7 +158,7 @@ pub(super) fn build_hcm(ctx: &Ctx<'_>) -> Result<HttpConnectionManager, RenderEr
     } else {
         Vec::new()
     };
-    access_log.extend(super::ext_proc::discovery_access_log(ctx));
+    access_log.extend(super::ext_proc::sensor_access_log(ctx));
     let underscores = match validation.headers_with_underscores {
         UnderscoreHeaders::Reject => "REJECT_REQUEST",
         UnderscoreHeaders::Drop => "DROP_HEADER",

@@ -194,9 +194,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
     if ext_proc::sensor_needed(&ctx) {
         let contract = ext_proc::contract(&ctx)?;
         let report = insert_workload_identity(&ctx, &mut files)?;
+        let runtime = ext_proc::runtime_section(&ctx)?;
         files.insert(
             SENSOR_CONFIG_FILE.into(),
-            plain(ext_proc::sensor_config(&ctx, contract, report)),
+            plain(ext_proc::sensor_config(&ctx, contract, report, runtime)),
         );
     }
     files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
@@ -248,8 +249,8 @@ fn insert_upstream_certificates(ctx: &Ctx<'_>, files: &mut Files) -> Result<(), 
     Ok(())
 }
 
-/// With discovery on and `options.discovery_report` set: the workload certificate, key and
-/// roots the sensor pushes its inventory with, and the `report` section of `sensor.yaml` (an
+/// With discovery or runtime detection on and `options.discovery_report` set: the workload
+/// certificate, key and roots the sensor pushes its inventory and detections with, and the `report` section of `sensor.yaml` (an
 /// error when no workload identity was given). None: no push.
 fn insert_workload_identity(
     ctx: &Ctx<'_>,
@@ -258,7 +259,7 @@ fn insert_workload_identity(
     let Some(report) = ctx.opts().discovery_report.as_ref() else {
         return Ok(None);
     };
-    if !ctx.spec.discovery().enabled {
+    if !ext_proc::sensor_reports(ctx) {
         return Ok(None);
     }
     let id = ctx.input.identity.workload.as_ref().ok_or_else(|| {
