@@ -94,6 +94,20 @@ impl fmt::Display for Detection {
     }
 }
 
+/// What one event was counted into by one detector ([`Engine::observe_counted`]): the key
+/// and, for a distinct threshold, the value's hash. For sharing counts across replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// The detector's position in the engine.
+    pub detector: usize,
+    /// The key (an IPv4 address's bits, or a hash).
+    pub key: u64,
+    /// The key as shown (the IP as given, or `sha256:` and 16 hex digits).
+    pub shown: String,
+    /// The distinct value's hash, for a distinct threshold.
+    pub value: Option<u64>,
+}
+
 /// A key a detector blocks now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -166,6 +180,9 @@ struct KeyState {
     window: Window,
     /// An `Alert` detection was made and the count has not fallen under the threshold since.
     alerted: bool,
+    /// The alert came from the cluster-wide total ([`Engine::cross`]): only a total under the
+    /// threshold re-arms it, not this replica's smaller count.
+    shared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +257,7 @@ impl Detector {
                     Window::Count(Buckets::new())
                 },
                 alerted: false,
+                shared: false,
             }
         });
         if !in_window(bucket, state.head) {
@@ -247,7 +265,9 @@ impl Detector {
         }
         let count = count_in(state, bucket, hit.value, self.c.count);
         if count < self.c.count {
-            state.alerted = false;
+            if !state.shared {
+                state.alerted = false;
+            }
             return None;
         }
         match self.c.action {
@@ -260,11 +280,22 @@ impl Detector {
     }
 
     fn detect(&mut self, hit: &Hit<'_, '_>, count: u32, limits: &Limits) -> Detection {
-        let at = hit.event.at_ms;
         let key = shown(&self.c.by, &hit.event.keys, hit.key);
+        self.detect_key(hit.key, key, count, hit.event.at_ms, limits)
+    }
+
+    /// The detection of `key` (shown as `shown`) at `at` with `count`; the block it makes.
+    fn detect_key(
+        &mut self,
+        k: u64,
+        key: String,
+        count: u32,
+        at: i64,
+        limits: &Limits,
+    ) -> Detection {
         let until = (self.c.action == Action::Block).then(|| {
             let until = at.saturating_add(i64::try_from(self.c.block_for_ms).unwrap_or(0));
-            self.block(hit.key, key.clone(), at, until, count, limits);
+            self.block(k, key.clone(), at, until, count, limits);
             until
         });
         self.detections = self.detections.saturating_add(1);
@@ -448,13 +479,78 @@ impl Engine {
     /// Counts one exchange in every detector it matches; the detections it makes (usually
     /// none; at most one per detector). Also sweeps a little idle state.
     pub fn observe(&mut self, event: &Event<'_>) -> Vec<Detection> {
+        self.observe_into(event, None)
+    }
+
+    /// [`Engine::observe`], and what the event was counted into (per detector: the key and
+    /// the distinct value), for adding it to the cluster-wide counts ([`Engine::cross`]).
+    pub fn observe_counted(
+        &mut self,
+        event: &Event<'_>,
+        counted: &mut Vec<Counted>,
+    ) -> Vec<Detection> {
+        self.observe_into(event, Some(counted))
+    }
+
+    /// A cluster-wide total of what `counted` was counted into (every replica's events, from
+    /// the shared state): a detection when it reaches the detector's threshold and the key is
+    /// not already alerted or blocked here (the same rule as a local count). `at_ms` is when
+    /// the total was read.
+    pub fn cross(&mut self, counted: &Counted, total: u64, at_ms: i64) -> Option<Detection> {
+        let limits = self.limits;
+        let d = self.detectors.get_mut(counted.detector)?;
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        if total < d.c.count {
+            if let Some(state) = d.keys.get_mut(&counted.key).filter(|s| s.shared) {
+                state.alerted = false;
+                state.shared = false;
+            }
+            return None;
+        }
+        match d.c.action {
+            Action::Alert => {
+                let state = d.keys.get_mut(&counted.key)?;
+                if state.alerted {
+                    return None;
+                }
+                state.alerted = true;
+                state.shared = true;
+            }
+            Action::Block if d.blocked_at(counted.key, at_ms).is_some() => return None,
+            Action::Block => {}
+        }
+        let detection = d.detect_key(counted.key, counted.shown.clone(), total, at_ms, &limits);
+        self.remember(&detection);
+        Some(detection)
+    }
+
+    /// The detector's name, window and threshold of a [`Counted`] (for the shared keys).
+    pub fn counted_detector(&self, counted: &Counted) -> Option<(&str, u64)> {
+        let d = self.detectors.get(counted.detector)?;
+        Some((&d.c.name, d.c.window_ms))
+    }
+
+    fn remember(&mut self, d: &Detection) {
+        if self.limits.recent > 0 {
+            if self.recent.len() >= self.limits.recent {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(d.clone());
+        }
+    }
+
+    fn observe_into(
+        &mut self,
+        event: &Event<'_>,
+        mut counted: Option<&mut Vec<Counted>>,
+    ) -> Vec<Detection> {
         let segs: Vec<&str> = if self.any_paths {
             segments(event.path).collect()
         } else {
             Vec::new()
         };
         let mut out = Vec::new();
-        for d in &mut self.detectors {
+        for (i, d) in self.detectors.iter_mut().enumerate() {
             d.sweep(event.at_ms, self.limits.sweep_per_event);
             if !d.c.matches_head(event.method, event.status) {
                 continue;
@@ -473,17 +569,20 @@ impl Engine {
                 value: param.map(value_hash),
                 event,
             };
+            if let Some(counted) = counted.as_deref_mut() {
+                counted.push(Counted {
+                    detector: i,
+                    key,
+                    shown: shown(&d.c.by, &event.keys, key),
+                    value: hit.value,
+                });
+            }
             if let Some(detection) = d.observe(&hit, &self.limits) {
                 out.push(detection);
             }
         }
         for d in &out {
-            if self.limits.recent > 0 {
-                if self.recent.len() >= self.limits.recent {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back(d.clone());
-            }
+            self.remember(d);
         }
         out
     }
@@ -656,6 +755,66 @@ mod tests {
 
     fn engine(configs: &[DetectorConfig]) -> Engine {
         Engine::new(configs, Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn counts_shared_by_two_replicas_cross_once_on_each() {
+        // Two replicas see 12 failures each from one IP: neither reaches 20 alone, the
+        // cluster-wide total (as the shared state sums it) does.
+        let (mut a, mut b) = (engine(&[login_stuffing()]), engine(&[login_stuffing()]));
+        let mut total = 0;
+        let mut last = Vec::new();
+        for i in 0..12 {
+            for replica in [&mut a, &mut b] {
+                let mut counted = Vec::new();
+                let found = replica.observe_counted(
+                    &ev(T0 + i * 100, "POST", "/login", 401, ip("10.0.0.9")),
+                    &mut counted,
+                );
+                assert!(found.is_empty());
+                assert_eq!(counted.len(), 1);
+                assert_eq!(counted[0].shown, "10.0.0.9");
+                assert_eq!(counted[0].value, None);
+                total += 1;
+                last = counted;
+            }
+        }
+        let at = T0 + 2_000;
+        let d = a.cross(&last[0], total, at).expect("the total crossed");
+        assert_eq!((d.count, d.key.as_str()), (24, "10.0.0.9"));
+        assert_eq!(d.blocked_until_ms, Some(at + 15 * MIN));
+        assert!(a.blocked(&ip("10.0.0.9"), at + 1).is_some());
+        assert_eq!(a.recent().len(), 1);
+        // Once blocked, neither a higher total nor a local crossing detects again.
+        assert_eq!(a.cross(&last[0], total + 5, at + 10), None);
+        assert_eq!(a.cross(&last[0], 19, at + 10), None);
+        let d = b
+            .cross(&last[0], total, at)
+            .expect("the other replica crosses too");
+        assert_eq!(d.detector, "login-stuffing");
+        assert_eq!(
+            a.counted_detector(&last[0]),
+            Some(("login-stuffing", 60_000))
+        );
+    }
+
+    #[test]
+    fn an_alert_crossed_through_the_total_is_not_repeated_by_the_local_count() {
+        let mut e = engine(&[alert(5)]);
+        let mut counted = Vec::new();
+        for i in 0..3 {
+            e.observe_counted(&ev(T0 + i, "GET", "/a", 200, ip("10.0.0.1")), &mut counted);
+        }
+        assert!(e.cross(&counted[2], 5, T0 + 10).is_some());
+        assert!(e.cross(&counted[2], 6, T0 + 11).is_none());
+        let mut more = Vec::new();
+        for i in 3..6 {
+            let found = e.observe_counted(&ev(T0 + i, "GET", "/a", 200, ip("10.0.0.1")), &mut more);
+            assert!(found.is_empty(), "the local count repeats the alert at {i}");
+        }
+        // A total under the threshold re-arms it.
+        assert!(e.cross(&counted[2], 2, T0 + 70_000).is_none());
+        assert!(e.cross(&counted[2], 5, T0 + 70_001).is_some());
     }
 
     fn ip(ip: &str) -> RequestKeys<'_> {

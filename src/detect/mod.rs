@@ -22,5 +22,5 @@ mod window;
 
 pub use baseline::{Anomaly, Baseline, BaselineConfig, Sensitivity};
 pub use config::{Action, ConfigError, DetectorConfig, KeyKind, KeyLabel, Limits, Threshold};
-pub use engine::{ActiveBlock, Detection, DetectorStats, Engine, EngineStats, Event};
+pub use engine::{ActiveBlock, Counted, Detection, DetectorStats, Engine, EngineStats, Event};
 pub use keys::{RequestKeys, hash_value, shown_hash};

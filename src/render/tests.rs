@@ -78,6 +78,7 @@ impl Fixture {
 }
 
 const EXAMPLES: &[&str] = &[
+    "abuse-detection.yaml",
     "audit-mode-rollout.yaml",
     "bola-user-orders.yaml",
     "inline-jwks.yaml",
@@ -360,4 +361,73 @@ fn the_push_without_discovery_renders_nothing_and_without_identity_is_an_error()
     if let Some(sensor) = g.files.get(crate::sensor::config::SENSOR_CONFIG_FILE) {
         assert!(!sensor.contents.contains("report"), "{}", sensor.contents);
     }
+}
+
+/// `bola-user-orders.yaml` with discovery off and `runtime` detectors.
+fn detecting(action: &str) -> Fixture {
+    let mut f = pushing("bola-user-orders.yaml");
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: false,
+        ..Default::default()
+    });
+    f.policy.spec.runtime = Some(
+        serde_json::from_value(serde_json::json!({
+            "detectors": [{
+                "name": "walk",
+                "match": {"paths": ["/users/{userId}/orders"]},
+                "when": {"statuses": [403]},
+                "by": {"header": "X-Tenant"},
+                "threshold": {"count": 20, "window": "5m", "distinct": {"pathParam": "userId"}},
+                "action": action,
+            }],
+        }))
+        .unwrap(),
+    );
+    f
+}
+
+#[test]
+fn runtime_detectors_need_the_sensor_the_access_log_and_the_push_but_alerts_no_inline_check() {
+    let g = detecting("Alert").render().expect("render");
+    let sensor = sensor_yaml(&g);
+    assert_eq!(sensor.runtime.as_ref().unwrap().detectors[0].name, "walk");
+    assert!(sensor.report.is_some(), "detections are pushed");
+    assert!(g.files.contains_key(envoy::IDENTITY_KEY_FILE));
+    let lds = &g.files[LDS_FILE].contents;
+    assert!(!lds.contains("envoy.filters.http.ext_proc"), "{lds}");
+    // The access log carries the header the detector keys by (lower case).
+    let log: serde_json::Value = serde_json::from_str(lds).unwrap();
+    let text = log.to_string();
+    assert!(
+        text.contains(r#""additional_request_headers_to_log":["x-apiguard-client-id","x-tenant"]"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_block_detector_adds_the_inline_check_failing_open() {
+    let g = detecting("Block").render().expect("render");
+    let lds: serde_json::Value = serde_json::from_str(&g.files[LDS_FILE].contents).unwrap();
+    let text = lds.to_string();
+    let at = text.find("envoy.filters.http.ext_proc").expect("ext_proc filter");
+    assert!(
+        text[at..].contains(r#""failure_mode_allow":true"#),
+        "without a contract a sensor failure never refuses traffic: {text}"
+    );
+    assert!(
+        text[at..].contains(r#""response_header_mode":"SKIP""#),
+        "blocks need the request headers only: {text}"
+    );
+}
+
+#[test]
+fn a_runtime_detector_the_sensor_cannot_run_is_an_error_naming_the_field() {
+    let mut f = detecting("Alert");
+    let runtime = f.policy.spec.runtime.as_mut().unwrap();
+    runtime.detectors[0].threshold.window = "25h".into();
+    let e = f.render().expect_err("a window over a day").to_string();
+    assert!(
+        e.contains("shop/orders") && e.contains("spec.runtime.detectors[0].threshold.window"),
+        "{e}"
+    );
 }

@@ -13,8 +13,8 @@ use super::config::SensorConfig;
 use super::contract_stage::PROBLEM_JSON;
 use super::pipeline::{Action, Event, Exchange, Reply, Stage};
 use crate::detect::{
-    self, ActiveBlock, Anomaly, Baseline, BaselineConfig, Detection, DetectorConfig, Engine,
-    EngineStats, Limits,
+    self, ActiveBlock, Anomaly, Baseline, BaselineConfig, Counted, Detection, DetectorConfig,
+    Engine, EngineStats, Limits,
 };
 use crate::discovery::Declared;
 use serde::Serialize;
@@ -170,21 +170,42 @@ impl Guard {
         settings: Option<&RuntimeSettings>,
         requests: &[Logged],
     ) -> Vec<Detection> {
+        self.observe_counted(settings, requests, None)
+    }
+
+    /// [`Guard::observe`], and what each request was counted into (with its time), for the
+    /// cluster-wide counts ([`super::sharing`]).
+    pub(crate) fn observe_counted(
+        &self,
+        settings: Option<&RuntimeSettings>,
+        requests: &[Logged],
+        mut counted: Option<&mut Vec<(Counted, i64)>>,
+    ) -> Vec<Detection> {
         let mut guard = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let Some(state) = Self::state_for(&mut guard, settings, now_ms()) else {
             return Vec::new();
         };
         let mut found = Vec::new();
+        let mut scratch = Vec::new();
         for r in requests {
             let at_ms = unix_ms(r.time);
             let event_detections = r.caller.with_keys(|keys| {
-                state.engine.observe(&detect::Event {
+                let event = detect::Event {
                     at_ms,
                     method: &r.method,
                     path: &r.path,
                     status: r.status,
                     keys: *keys,
-                })
+                };
+                match counted.as_deref_mut() {
+                    Some(out) => {
+                        scratch.clear();
+                        let found = state.engine.observe_counted(&event, &mut scratch);
+                        out.extend(scratch.drain(..).map(|c| (c, at_ms)));
+                        found
+                    }
+                    None => state.engine.observe(&event),
+                }
             });
             found.extend(event_detections);
             if let Some(baseline) = state.baseline.as_mut() {
@@ -195,6 +216,26 @@ impl Guard {
             }
         }
         found
+    }
+
+    /// The cluster-wide totals of what was counted ([`Guard::observe_counted`]): the
+    /// detections they make here (see [`Engine::cross`]).
+    pub(crate) fn cross(&self, totals: &[(Counted, u64)], now_ms: i64) -> Vec<Detection> {
+        let mut guard = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = guard.as_mut() else {
+            return Vec::new();
+        };
+        totals
+            .iter()
+            .filter_map(|(c, total)| state.engine.cross(c, *total, now_ms))
+            .collect()
+    }
+
+    /// The name and window of the detector a [`Counted`] belongs to, under the state in force.
+    pub(crate) fn counted_detector(&self, counted: &Counted) -> Option<(String, u64)> {
+        let guard = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let (name, window) = guard.as_ref()?.engine.counted_detector(counted)?;
+        Some((name.to_owned(), window))
     }
 
     /// Closes the baseline's minutes and drops idle state; the anomalies raised.

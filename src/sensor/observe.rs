@@ -61,6 +61,12 @@ pub struct BlockedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `count` (adding a batch's counts), `publish` (a block), `poll` (the published blocks).
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub policy: String,
 }
@@ -109,6 +115,8 @@ pub struct SensorMetrics {
     pub blocked: Family<BlockedLabels, Counter>,
     /// Traffic anomalies the baseline raised.
     pub anomalies: Family<PolicyLabels, Counter>,
+    /// Shared-state operations of runtime detection that failed (detection went on locally).
+    pub shared_errors: Family<OperationLabels, Counter>,
 }
 
 impl SensorMetrics {
@@ -126,6 +134,7 @@ impl SensorMetrics {
             active_blocks: Family::default(),
             blocked: Family::default(),
             anomalies: Family::default(),
+            shared_errors: Family::default(),
         };
         metrics.register(
             "apiguard_sensor_requests",
@@ -187,7 +196,19 @@ impl SensorMetrics {
             "Sustained deviations from an endpoint's learned traffic baseline (spec.runtime.baseline), by policy",
             this.anomalies.clone(),
         );
+        metrics.register(
+            "apiguard_shared_detection_errors",
+            "Operations of runtime detection on the shared state (Redis) that failed, by operation (count, publish, poll); detection went on per replica",
+            this.shared_errors.clone(),
+        );
         this
+    }
+
+    /// Counts a failed shared-state operation of runtime detection.
+    pub fn shared_error(&self, operation: &'static str) {
+        self.shared_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
     /// Counts and logs detections (one JSON-able line each: the detector, the key as shown,
@@ -244,7 +265,7 @@ impl SensorMetrics {
     }
 
     /// Sets the active-blocks gauge.
-    pub(crate) fn set_active_blocks(&self, policy: &str, n: usize) {
+    pub fn set_active_blocks(&self, policy: &str, n: usize) {
         self.active_blocks
             .get_or_create(&PolicyLabels {
                 policy: policy.to_string(),

@@ -222,6 +222,30 @@ fn registered_metrics() -> Vec<(String, String, String)> {
             class: "email",
         })
         .inc();
+    sensor
+        .detections
+        .get_or_create(&apiguard::sensor::observe::DetectionLabels {
+            policy: "shop/orders".into(),
+            detector: "login-stuffing".into(),
+            action: "block",
+        })
+        .inc();
+    sensor.set_active_blocks("shop/orders", 1);
+    sensor
+        .blocked
+        .get_or_create(&apiguard::sensor::observe::BlockedLabels {
+            policy: "shop/orders".into(),
+            detector: "login-stuffing".into(),
+            decision: "refused",
+        })
+        .inc();
+    sensor
+        .anomalies
+        .get_or_create(&apiguard::sensor::observe::PolicyLabels {
+            policy: "shop/orders".into(),
+        })
+        .inc();
+    sensor.shared_error("count");
     let text = metrics.encode();
 
     let mut help = std::collections::HashMap::new();

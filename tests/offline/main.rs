@@ -27,6 +27,7 @@ mod policy_invariants;
 mod readme;
 mod rules_fixtures;
 mod rules_props;
+mod sensor_baseline;
 mod sensor_cli;
 mod sensor_discovery;
 mod sensor_envoy;
