@@ -1,5 +1,16 @@
-//! The Redis keys: `apiguard:{POLICY}:c:WINDOW:START:NAME` for a fixed-window counter and
-//! `apiguard:{POLICY}:b:NAME` for a block.
+//! The Redis keys:
+//!
+//! - `apiguard:{POLICY}:c:WINDOW:START:NAME`: a fixed-window counter (a string, the count);
+//! - `apiguard:{POLICY}:b:NAME`: a block (a string, its end in Unix ms);
+//! - `apiguard:{POLICY}:w:WINDOW_MS:BUCKET_MS:INDEX:NAME`: one bucket of a sliding window
+//!   ([`Key::window_bucket`], [`super::SharedState::window_add_many`]): a string (the bucket's
+//!   count) for a count, a set of 16-hex value hashes for distinct values. `WINDOW_MS` is the
+//!   window and `BUCKET_MS` a bucket's length (window / buckets), both in milliseconds;
+//!   `INDEX` is the bucket's number since the Unix epoch (`at_ms / BUCKET_MS`). A bucket lives
+//!   the window plus a margin (`PEXPIRE`), so it dies by itself once no window covers it;
+//! - `apiguard:{POLICY}:blocks`: the policy's published blocks ([`block_list`],
+//!   [`super::SharedState::publish_block`]): a sorted set, the caller's record of each block
+//!   scored by its end (Unix ms).
 //!
 //! `{POLICY}` (the braces are written) is a Redis Cluster hash tag: every key of one policy
 //! hashes to one slot, so a request's counters ([`super::SharedState::hit_many`]) go to one
@@ -31,17 +42,7 @@ impl Key {
     /// `rl:per-client:9f86d081884c7d65`: the limit and a hash of the client). Printable ASCII
     /// without spaces; no braces in either (they would move the Cluster hash tag).
     pub fn new(policy: &str, name: &str) -> Result<Key, Error> {
-        let valid = |s: &str, max: usize| {
-            !s.is_empty()
-                && s.len() <= max
-                && s.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
-        };
-        if !valid(policy, MAX_POLICY) {
-            return Err(Error::InvalidKey(
-                "the policy must be 1-317 printable ASCII characters, no spaces or braces".into(),
-            ));
-        }
+        check_policy(policy)?;
         if !valid(name, MAX_NAME) {
             return Err(Error::InvalidKey(
                 "the name must be 1-512 printable ASCII characters, no spaces or braces".into(),
@@ -80,6 +81,39 @@ impl Key {
     /// The Redis key of this key's block.
     pub fn block(&self) -> String {
         format!("apiguard:{{{}}}:b:{}", self.policy, self.name)
+    }
+
+    /// The Redis key of bucket `index` (`at_ms / bucket_ms`) of this key's sliding window of
+    /// `window_ms` milliseconds cut in buckets of `bucket_ms`.
+    pub fn window_bucket(&self, window_ms: u64, bucket_ms: u64, index: u64) -> String {
+        format!(
+            "apiguard:{{{}}}:w:{window_ms}:{bucket_ms}:{index}:{}",
+            self.policy, self.name
+        )
+    }
+}
+
+/// The Redis key of `policy`'s published blocks (a sorted set: record → end, Unix ms).
+pub fn block_list(policy: &str) -> Result<String, Error> {
+    check_policy(policy)?;
+    Ok(format!("apiguard:{{{policy}}}:blocks"))
+}
+
+/// Printable ASCII, no spaces or braces, 1 to `max` bytes.
+fn valid(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+}
+
+fn check_policy(policy: &str) -> Result<(), Error> {
+    if valid(policy, MAX_POLICY) {
+        Ok(())
+    } else {
+        Err(Error::InvalidKey(
+            "the policy must be 1-317 printable ASCII characters, no spaces or braces".into(),
+        ))
     }
 }
 
@@ -158,6 +192,8 @@ mod tests {
         let slot = hash_slot(&a.block());
         assert_eq!(slot, hash_slot(&a.counter(1, 5).0));
         assert_eq!(slot, hash_slot(&b.counter(3600, 5).0));
+        assert_eq!(slot, hash_slot(&b.window_bucket(60_000, 3_000, 7)));
+        assert_eq!(slot, hash_slot(&block_list("shop/api").unwrap()));
         assert_eq!(slot, hash_slot("shop/api"));
         // The reference values of the Cluster specification.
         assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
@@ -180,6 +216,36 @@ mod tests {
         }
         assert!(Key::new("p", &"x".repeat(513)).is_err());
         assert!(Key::new("p", &"x".repeat(512)).is_ok());
+    }
+
+    #[test]
+    fn window_buckets_and_the_block_list_have_their_own_keys() {
+        let key = Key::new("shop/api", "det:stuffing:9f86d081").unwrap();
+        assert_eq!(
+            key.window_bucket(60_000, 3_000, 566_666_679),
+            "apiguard:{shop/api}:w:60000:3000:566666679:det:stuffing:9f86d081"
+        );
+        // Another window or bucket length on the same name and index: another key.
+        assert_ne!(
+            key.window_bucket(60_000, 3_000, 1),
+            key.window_bucket(30_000, 3_000, 1)
+        );
+        assert_ne!(
+            key.window_bucket(60_000, 3_000, 1),
+            key.window_bucket(60_000, 1_000, 1)
+        );
+        assert_eq!(
+            block_list("shop/api").unwrap(),
+            "apiguard:{shop/api}:blocks"
+        );
+        // No name can make a bucket or a block key collide with the block list.
+        assert_ne!(key.block(), block_list("shop/api").unwrap());
+        for policy in ["", "a{b", "has space", &"p".repeat(318)] {
+            assert!(
+                matches!(block_list(policy), Err(Error::InvalidKey(_))),
+                "{policy:?}"
+            );
+        }
     }
 
     #[test]

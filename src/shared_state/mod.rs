@@ -4,7 +4,12 @@
 //!   replicas, one round trip (`INCRBY` + `EXPIRE` pipelined; in a `MULTI`/`EXEC` on a
 //!   standalone or Sentinel master, so a counter never lives without its expiry);
 //! - blocks ([`SharedState::block`], [`SharedState::blocked`]): a key blocked by one replica
-//!   is blocked on all until its expiry (`SET ... PX`; the check is one `GET`).
+//!   is blocked on all until its expiry (`SET ... PX`; the check is one `GET`);
+//! - sliding-window counters ([`SharedState::window_add_many`], see [`window`]): what each
+//!   replica counted per key (events, or distinct values) added to buckets, the window's total
+//!   over every replica read back, a whole batch in one round trip;
+//! - a block list per policy ([`SharedState::publish_block`],
+//!   [`SharedState::published_blocks`]): blocks made by one replica, polled by all.
 //!
 //! Keys are built by [`Key`] (`apiguard:{POLICY}:...`, a Cluster hash tag per policy; see
 //! [`keys`]); `--redis-url` by [`RedisConfig`] (see [`config`]).
@@ -21,17 +26,21 @@
 
 pub mod config;
 pub mod keys;
+pub mod window;
 
 pub use config::{HostPort, Password, RedisConfig, Topology};
 pub use keys::Key;
+pub use window::{WindowAdd, WindowHit};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     Client, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError,
-    ServerErrorKind, TlsCertificates, TlsMode,
+    ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,8 +50,44 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const EXPIRY_MARGIN_SECS: u64 = 5;
 /// Longest window a counter takes (one day).
 pub const MAX_WINDOW_SECS: u64 = 86_400;
-/// Most counters in one [`SharedState::hit_many`] call.
+/// Most counters in one [`SharedState::hit_many`] or [`SharedState::window_add_many`] call.
 pub const MAX_BATCH: usize = 64;
+/// Most blocks a policy's block list holds: past it, the soonest-ending are dropped.
+pub const MAX_PUBLISHED_BLOCKS: usize = 100_000;
+/// Longest record of a published block, bytes.
+pub const MAX_BLOCK_RECORD: usize = 4_096;
+
+/// Adds distinct values to the current bucket and answers the window's distinct count.
+/// KEYS: the window's buckets, the current one first; ARGV\[1\]: the bucket's expiry (ms);
+/// ARGV\[2..\]: the values (16-hex). The union is counted in the script, so the values of the
+/// window do not travel back.
+const DISTINCT_SCRIPT: &str = r"
+if #ARGV > 1 then
+  redis.call('SADD', KEYS[1], unpack(ARGV, 2))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+if #KEYS == 1 then
+  return redis.call('SCARD', KEYS[1])
+end
+return #redis.call('SUNION', unpack(KEYS))
+";
+
+/// Adds a record to a block list unless it is there with a later end, drops the soonest-ending
+/// records past the cap, and keeps the list alive at least until this end plus the margin.
+/// KEYS\[1\]: the list; ARGV: end (ms), record, cap, the list's expiry from now (ms).
+/// (`ZADD GT` would need Redis 6.2, `PEXPIRE GT` 7.0: the script works on older ones.)
+const PUBLISH_SCRIPT: &str = r"
+local current = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if not current or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+local expiry = tonumber(ARGV[4])
+if redis.call('PTTL', KEYS[1]) < expiry then
+  redis.call('PEXPIRE', KEYS[1], expiry)
+end
+return 0
+";
 
 /// What an operation of the store can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -244,6 +289,162 @@ impl SharedState {
         Ok(until.filter(|until| *until > now_unix_ms()))
     }
 
+    /// Adds each hit to its sliding window (see [`window`]) and returns, in order, each
+    /// window's total at the hit's `at_ms`, every replica's hits included: the sum of the
+    /// counts, or the number of distinct values (a value in several buckets, or added by
+    /// several replicas, counts once). One round trip for the whole batch: a `MULTI`/`EXEC` on
+    /// a standalone or Sentinel master; in a Cluster, one pipeline per policy (a policy's keys
+    /// share a slot), sent together.
+    ///
+    /// Refused before any round trip ([`Error::InvalidKey`], naming the bound): more than
+    /// [`MAX_BATCH`] hits, a window outside 1 s to one day, buckets outside 1 to 60, more than
+    /// 1,000 distinct values in one hit. One operation in [`SharedState::stats`] per call.
+    pub async fn window_add_many(&self, hits: &[WindowHit<'_>]) -> Result<Vec<u64>, Error> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        if hits.len() > MAX_BATCH {
+            return Err(Error::InvalidKey(format!(
+                "at most {MAX_BATCH} hits in one call"
+            )));
+        }
+        for hit in hits {
+            hit.check()?;
+        }
+        // The hits of each pipeline, by index: all of them, or those of one policy.
+        let groups: Vec<Vec<usize>> = if self.inner.atomic {
+            vec![(0..hits.len()).collect()]
+        } else {
+            let mut by_policy: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for (i, hit) in hits.iter().enumerate() {
+                by_policy.entry(hit.key.policy()).or_default().push(i);
+            }
+            by_policy.into_values().collect()
+        };
+        let pipes: Vec<Pipeline> = groups
+            .iter()
+            .map(|group| self.window_pipeline(group.iter().map(|&i| &hits[i])))
+            .collect();
+        let answers = self
+            .bounded(futures::future::try_join_all(
+                pipes.iter().map(|pipe| self.run::<Vec<Value>>(pipe)),
+            ))
+            .await?;
+        let mut totals = vec![0; hits.len()];
+        for (group, answer) in groups.iter().zip(answers) {
+            if answer.len() != group.len() {
+                return Err(self.count(Error::Server(format!(
+                    "{} answers for {} hits",
+                    answer.len(),
+                    group.len()
+                ))));
+            }
+            for (&i, value) in group.iter().zip(answer) {
+                totals[i] = window_total(&hits[i].add, value).map_err(|e| self.count(e))?;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// The commands of some hits: per hit, the writes (answers ignored) and one read whose
+    /// answer is the total (`MGET` of the buckets for a count, the script for distinct values).
+    fn window_pipeline<'h, 'a: 'h>(
+        &self,
+        hits: impl Iterator<Item = &'h WindowHit<'a>>,
+    ) -> Pipeline {
+        let mut pipe = redis::pipe();
+        if self.inner.atomic {
+            pipe.atomic();
+        }
+        for hit in hits {
+            let keys = hit.bucket_keys();
+            match hit.add {
+                WindowAdd::Count(n) => {
+                    if n > 0 {
+                        pipe.cmd("INCRBY").arg(&keys[0]).arg(n).ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(&keys[0])
+                            .arg(hit.expiry_ms())
+                            .ignore();
+                    }
+                    pipe.cmd("MGET").arg(&keys);
+                }
+                WindowAdd::Distinct(values) => {
+                    let cmd = pipe
+                        .cmd("EVAL")
+                        .arg(DISTINCT_SCRIPT)
+                        .arg(keys.len())
+                        .arg(&keys)
+                        .arg(hit.expiry_ms());
+                    for &value in values {
+                        cmd.arg(window::distinct_member(value));
+                    }
+                }
+            }
+        }
+        pipe
+    }
+
+    /// Publishes a block to every replica of the policy: `record` (the caller's, opaque: e.g.
+    /// its JSON of the block) until `until_ms` (Unix ms). A record already there keeps the
+    /// later end. The list keeps at most [`MAX_PUBLISHED_BLOCKS`], dropping the soonest-ending,
+    /// and lives at least until the latest end plus a margin.
+    pub async fn publish_block(
+        &self,
+        policy: &str,
+        record: &str,
+        until_ms: u64,
+    ) -> Result<(), Error> {
+        let list = keys::block_list(policy)?;
+        if record.is_empty() || record.len() > MAX_BLOCK_RECORD {
+            return Err(Error::InvalidKey(format!(
+                "a block record must be 1-{MAX_BLOCK_RECORD} bytes"
+            )));
+        }
+        let expiry_ms = until_ms.saturating_sub(now_unix_ms()) + EXPIRY_MARGIN_SECS * 1_000;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(PUBLISH_SCRIPT)
+            .arg(1)
+            .arg(&list)
+            .arg(until_ms)
+            .arg(record)
+            .arg(MAX_PUBLISHED_BLOCKS)
+            .arg(expiry_ms)
+            .ignore();
+        self.query::<()>(&pipe).await
+    }
+
+    /// The policy's blocks that end after `now_ms` (Unix ms): `(record, until_ms)`, soonest
+    /// ending first. The ended ones are removed in the same round trip.
+    pub async fn published_blocks(
+        &self,
+        policy: &str,
+        now_ms: u64,
+    ) -> Result<Vec<(String, u64)>, Error> {
+        let list = keys::block_list(policy)?;
+        let mut pipe = redis::pipe();
+        if self.inner.atomic {
+            pipe.atomic();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&list)
+            .arg("-inf")
+            .arg(now_ms)
+            .ignore();
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(&list)
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .arg("WITHSCORES");
+        let (blocks,): (Vec<(String, f64)>,) = self.query(&pipe).await?;
+        // Scores are doubles: exact for Unix milliseconds (below 2^53).
+        Ok(blocks
+            .into_iter()
+            .map(|(record, until)| (record, until as u64))
+            .collect())
+    }
+
     /// Outcomes so far.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
@@ -262,8 +463,17 @@ impl SharedState {
 
     /// Runs a pipeline within the operation bound, and counts the outcome.
     async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, Error> {
+        self.bounded(self.run(pipe)).await
+    }
+
+    /// Runs an operation (one or several pipelines sent together) within the operation bound,
+    /// and counts its outcome once.
+    async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         let bound = self.inner.op_timeout;
-        let result = match tokio::time::timeout(bound, self.run(pipe)).await {
+        let result = match tokio::time::timeout(bound, operation).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout(bound)),
         };
@@ -517,6 +727,19 @@ fn classify(e: RedisError, bound: Duration) -> Error {
         Error::Unavailable(e.to_string())
     } else {
         Error::Server(e.to_string())
+    }
+}
+
+/// A window's total from the answer of its read: the buckets' counts (`MGET`, missing ones
+/// are zero) or the distinct count.
+fn window_total(add: &WindowAdd<'_>, answer: Value) -> Result<u64, Error> {
+    let bad = |e: redis::ParsingError| Error::Server(format!("a window's total: {e}"));
+    match add {
+        WindowAdd::Count(_) => {
+            let counts: Vec<Option<u64>> = redis::from_redis_value(answer).map_err(bad)?;
+            Ok(counts.into_iter().flatten().fold(0u64, u64::saturating_add))
+        }
+        WindowAdd::Distinct(_) => redis::from_redis_value(answer).map_err(bad),
     }
 }
 
