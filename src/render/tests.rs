@@ -409,7 +409,9 @@ fn a_block_detector_adds_the_inline_check_failing_open() {
     let g = detecting("Block").render().expect("render");
     let lds: serde_json::Value = serde_json::from_str(&g.files[LDS_FILE].contents).unwrap();
     let text = lds.to_string();
-    let at = text.find("envoy.filters.http.ext_proc").expect("ext_proc filter");
+    let at = text
+        .find("envoy.filters.http.ext_proc")
+        .expect("ext_proc filter");
     assert!(
         text[at..].contains(r#""failure_mode_allow":true"#),
         "without a contract a sensor failure never refuses traffic: {text}"

@@ -331,3 +331,171 @@ async fn credential_stuffing_and_object_enumeration_are_blocked_at_the_gateway()
         "the subject's value is logged:\n{log}"
     );
 }
+
+/// One gateway and its sensor, sharing detection through `redis_url`.
+async fn replica(manifests: &str, upstream: SocketAddr, redis_url: &str) -> (Gateway, Sensor) {
+    let sensor_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let gateway = Gateway::start_with_args(
+        manifests,
+        upstream,
+        None,
+        vec!["--sensor-addr".into(), sensor_addr.to_string()],
+    )
+    .await;
+    let sensor = Sensor::start_with_env(
+        &gateway.envoy_dir().join("sensor.yaml"),
+        sensor_addr,
+        gateway.dir.path(),
+        &[("APIGUARD_REDIS_URL", redis_url)],
+    )
+    .await;
+    (gateway, sensor)
+}
+
+/// Sends `request` to `gateway` until the sensor's block answers, for at most `within`.
+async fn blocked_within(gateway: &Gateway, request: &Request, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if is_block(&gateway.send(request).await) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn two_gateway_replicas_share_counts_and_blocks_through_redis() {
+    let mut redis = crate::support::redis::RedisServer::start();
+    let issuer = Issuer::new("test-key");
+    let manifests = manifests(&issuer.jwks());
+    let (upstream, _task) = shop_upstream().await;
+    let (a, sensor_a) = replica(&manifests, upstream, &redis.url()).await;
+    let (b, sensor_b) = replica(&manifests, upstream, &redis.url()).await;
+
+    // 30 failures from one IP, spread over both replicas: neither sees 30 alone.
+    for i in 0..15 {
+        for g in [&a, &b] {
+            let r = g.send(&login(&format!("guess-{i}"), ATTACKER)).await;
+            assert_eq!(r.status, 401, "{}", r.text());
+        }
+    }
+    let crossed = Instant::now();
+    for (name, g) in [("a", &a), ("b", &b)] {
+        let left = Duration::from_secs(2).saturating_sub(crossed.elapsed());
+        assert!(
+            blocked_within(g, &login("right", ATTACKER), left).await,
+            "replica {name} does not refuse the IP within 2 s of the 30th failure\nsensor a:\n{}\nsensor b:\n{}",
+            sensor_a.log_text(),
+            sensor_b.log_text()
+        );
+    }
+    for g in [&a, &b] {
+        let r = g.send(&login("right", CUSTOMER)).await;
+        assert_eq!(r.status, 200, "another client is served: {}", r.text());
+    }
+
+    // Enumeration spread over both: 10 other users' ids on each, 20 distinct in all.
+    let now = unix_now();
+    let mallory = issuer.token(&json!({
+        "iss": ISSUER, "aud": "shop-api", "sub": "mallory", "iat": now, "exp": now + 600,
+    }));
+    for id in 1..=20 {
+        let g = if id % 2 == 0 { &a } else { &b };
+        let r = g
+            .send(&Request::get(&format!("/users/{id}/orders")).bearer(&mallory))
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let own = Request::get("/users/mallory/orders").bearer(&mallory);
+    for g in [&a, &b] {
+        assert!(
+            blocked_within(g, &own, Duration::from_secs(2)).await,
+            "the walk over both replicas is not blocked\n{}",
+            sensor_a.log_text()
+        );
+    }
+
+    // Redis down: each replica goes on alone, and says so.
+    redis.stop();
+    let second: IpAddr = Ipv4Addr::new(127, 0, 0, 3).into();
+    for i in 0..30 {
+        let r = a.send(&login(&format!("guess-{i}"), second)).await;
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    assert!(
+        blocked_within(&a, &login("right", second), Duration::from_secs(2)).await,
+        "a local block without Redis\n{}",
+        sensor_a.log_text()
+    );
+    let (_, metrics) = sensor_a.admin_get("/metrics").await.unwrap();
+    assert!(
+        metric(
+            &metrics,
+            r#"apiguard_shared_detection_errors_total{operation="count"}"#
+        ) > 0,
+        "the failed shared counts are counted:\n{metrics}"
+    );
+    let r = b.send(&login("right", second)).await;
+    assert_eq!(r.status, 200, "without Redis, b knows nothing of a's block");
+
+    // Redis back: sharing resumes by itself. Once the sensors' polls stop failing, 15 + 15
+    // failures of a third IP block it on both replicas (alone, neither reaches 30).
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let poll_errors = r#"apiguard_shared_detection_errors_total{operation="poll"}"#;
+    loop {
+        let before = [
+            metric(
+                &sensor_a.admin_get("/metrics").await.unwrap().1,
+                poll_errors,
+            ),
+            metric(
+                &sensor_b.admin_get("/metrics").await.unwrap().1,
+                poll_errors,
+            ),
+        ];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = [
+            metric(
+                &sensor_a.admin_get("/metrics").await.unwrap().1,
+                poll_errors,
+            ),
+            metric(
+                &sensor_b.admin_get("/metrics").await.unwrap().1,
+                poll_errors,
+            ),
+        ];
+        if before == after {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sensors did not reconnect within 30 s of Redis' restart\n{}",
+            sensor_b.log_text()
+        );
+    }
+    let third: IpAddr = Ipv4Addr::new(127, 0, 0, 4).into();
+    for i in 0..15 {
+        for g in [&a, &b] {
+            let r = g.send(&login(&format!("guess-{i}"), third)).await;
+            assert_eq!(r.status, 401, "{}", r.text());
+        }
+    }
+    for (name, g) in [("a", &a), ("b", &b)] {
+        assert!(
+            blocked_within(g, &login("right", third), Duration::from_secs(2)).await,
+            "replica {name}: sharing did not resume after Redis' restart\n{}",
+            sensor_b.log_text()
+        );
+    }
+}
