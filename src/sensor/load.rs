@@ -6,6 +6,7 @@
 use super::config::{SensorConfig, SensorReport};
 use super::contract_stage::{ContractStage, RequestMode};
 use super::pipeline::{Pipeline, Stage};
+use super::rate_limit::GlobalLimits;
 use super::scan_stage::ScanStage;
 use crate::api::PolicyMode;
 use crate::api::policy::default_max_response_bytes;
@@ -86,8 +87,14 @@ fn compile_config(file: &str, config: &SensorConfig) -> Result<Pipeline, LoadErr
             stages.push(Box::new(scan));
         }
     }
+    let policy = format!("{}/{}", config.policy.namespace, config.policy.name);
     Ok(Pipeline {
-        policy: format!("{}/{}", config.policy.namespace, config.policy.name),
+        global_rate_limits: GlobalLimits {
+            policy: policy.clone(),
+            audit: config.mode == PolicyMode::Audit,
+            limits: config.global_rate_limits.clone(),
+        },
+        policy,
         discovery,
         stages,
         max_request_bytes: MAX_REQUEST_BYTES,

@@ -29,6 +29,8 @@ mod pipeline;
 mod push;
 #[cfg(test)]
 mod push_tests;
+pub mod rate_limit;
+mod redis_link;
 mod reload;
 mod scan_stage;
 mod server;

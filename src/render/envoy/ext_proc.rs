@@ -22,9 +22,12 @@ pub(super) const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 const MESSAGE_TIMEOUT: &str = "0.200s";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Whether the gateway has a sensor sidecar: for the contract, or for discovery.
+/// Whether the gateway has a sensor sidecar: for the contract, for discovery, or for the
+/// `scope: Global` rate limits (its rate limit service).
 pub(super) fn sensor_needed(ctx: &Ctx<'_>) -> bool {
-    ctx.spec.openapi.is_some() || ctx.spec.discovery().enabled
+    ctx.spec.openapi.is_some()
+        || ctx.spec.discovery().enabled
+        || ctx.spec.global_rate_limits().next().is_some()
 }
 
 /// The gRPC access log to the sensor (discovery): every request's entry, including those
@@ -239,6 +242,7 @@ pub(super) fn sensor_config(
         sensitive_data: discovery.sensitive_data,
     });
     config.report = report;
+    config.global_rate_limits = super::ratelimit::sensor_global_limits(ctx);
     let Some((openapi, document)) = contract else {
         return config.to_yaml();
     };

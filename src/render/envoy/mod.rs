@@ -6,7 +6,8 @@
 //! `api_key_auth` (ECDS, secret file) -> `rbac` (per route; shadow rules in Audit) ->
 //! `apiguard.decision-pending` + `apiguard.ownership` (only with ownership rules: `set_metadata`
 //! and a second `rbac` with a CEL condition per route) -> `apiguard.decision` (`set_metadata`;
-//! see [`decision`]) -> `local_ratelimit` (per route, per-client dynamic descriptors) ->
+//! see [`decision`]) -> `local_ratelimit` (per route, per-client dynamic descriptors; `scope:
+//! Replica` limits) -> `ratelimit` (`scope: Global` limits: the sensor's rate limit service) ->
 //! `buffer` (413) -> `ext_proc` (only with `spec.openapi`, or `spec.discovery.sensitiveData` other
 //! than Off: the runtime sensor checks the request against the contract, redacts the response,
 //! scans JSON responses for sensitive data) -> `router`.
