@@ -37,4 +37,5 @@ mod server;
 #[cfg(test)]
 mod tests;
 
+pub use redis_link::REDIS_PASSWORD_ENV;
 pub use server::{SensorArgs, run};

@@ -12,7 +12,7 @@ use anyhow::Context;
 
 /// The environment variable holding the Redis password (from a Secret); it replaces one in
 /// the URL.
-pub(crate) const REDIS_PASSWORD_ENV: &str = "APIGUARD_REDIS_PASSWORD";
+pub const REDIS_PASSWORD_ENV: &str = "APIGUARD_REDIS_PASSWORD";
 
 /// The store `args` name, connecting in the background; None without `--redis-url`.
 pub(crate) async fn connect(args: &SensorArgs) -> anyhow::Result<Option<SharedState>> {
