@@ -173,6 +173,15 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, how long open connections get to finish in-flight requests.
     #[arg(long, env = "APIGUARD_SHUTDOWN_DRAIN", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
+    /// The Redis every gateway's sensor shares state through (`scope: Global` rate limits):
+    /// redis://, rediss://, redis+sentinel:// or redis+cluster://. Without it a policy with a
+    /// Global limit is not programmed.
+    #[arg(long, env = "APIGUARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// A file holding the Redis password (a mounted Secret); or the environment variable
+    /// APIGUARD_REDIS_PASSWORD. Passed to the sensors through each gateway's Secret.
+    #[arg(long, env = "APIGUARD_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -268,6 +277,31 @@ impl RunArgs {
     /// Where sensors push (`--discovery-url`): the flag, else the first webhook DNS name when the
     /// operator manages the serving certificate (issued by the CA the sensors trust), else
     /// none. An error names the flag.
+    /// `--redis-url` and the password, checked (the URL parses; the password file reads), for
+    /// the gateways' sensors; None without a URL.
+    pub(crate) fn shared_state_checked(
+        &self,
+    ) -> Result<Option<crate::render::SharedStateOptions>, String> {
+        use crate::shared_state::{Password, RedisConfig};
+        let Some(url) = self.redis_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        RedisConfig::parse(url).map_err(|e| format!("--redis-url (APIGUARD_REDIS_URL): {e}"))?;
+        let password = match &self.redis_password_file {
+            Some(path) => Some(Password::from_file(path).map_err(|e| {
+                format!("--redis-password-file (APIGUARD_REDIS_PASSWORD_FILE): {e}")
+            })?),
+            None if std::env::var_os(crate::sensor::REDIS_PASSWORD_ENV).is_some() => Some(
+                Password::from_env(crate::sensor::REDIS_PASSWORD_ENV).map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        Ok(Some(crate::render::SharedStateOptions {
+            url: url.to_owned(),
+            password: password.map(|p| p.expose().to_owned()),
+        }))
+    }
+
     pub(crate) fn discovery_url_checked(&self) -> Result<Option<String>, String> {
         use crate::discovery::push::PUSH_PATH;
         if let Some(url) = self.discovery_url.as_deref().filter(|u| !u.is_empty()) {
@@ -359,6 +393,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(2));
     }
+    if let Err(message) = args.shared_state_checked() {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(2));
+    }
     if args.discovery_report_interval < Duration::from_secs(1) {
         eprintln!(
             "error: --discovery-report-interval (APIGUARD_DISCOVERY_REPORT_INTERVAL) must be at least 1s"
@@ -425,6 +463,8 @@ fn start_controller(
                 interval_seconds: args.discovery_report_interval.as_secs().max(1),
             }
         }),
+        // Checked before the runtime started.
+        shared_state: args.shared_state_checked().ok().flatten(),
         ..Default::default()
     };
     let opts = controller::Options {

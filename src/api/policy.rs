@@ -555,6 +555,29 @@ pub struct RateLimit {
     /// What a separate bucket is kept for. Absent: the client IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<RateLimitKey>,
+    /// Where the count is kept. `Replica` (default): each gateway replica counts on its own, so
+    /// with N replicas a client may get up to N times the limit. `Global`: every replica counts
+    /// into one counter in Redis, exact across replicas; needs the operator's `--redis-url`
+    /// (without it the policy is not programmed: condition reason
+    /// `GlobalRateLimitWithoutRedis`). Redis unreachable: the limit fails open, counted.
+    #[serde(default, skip_serializing_if = "RateLimitScope::is_replica")]
+    pub scope: RateLimitScope,
+}
+
+/// Where a rate limit's count is kept.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RateLimitScope {
+    /// Each gateway replica counts on its own (Envoy's local rate limit).
+    #[default]
+    Replica,
+    /// One count across every gateway replica, in Redis (the sensor's rate limit service).
+    Global,
+}
+
+impl RateLimitScope {
+    fn is_replica(&self) -> bool {
+        *self == RateLimitScope::Replica
+    }
 }
 
 /// Requests per period.
@@ -1099,6 +1122,13 @@ impl ApiSecurityPolicySpec {
     /// `spec.discovery` with its defaults (enabled, no inline scanning: `sensitiveData: Off`).
     pub fn discovery(&self) -> Discovery {
         self.discovery.clone().unwrap_or_default()
+    }
+    /// The indexes (in `spec.rateLimits`) of the `scope: Global` rate limits.
+    pub fn global_rate_limits(&self) -> impl Iterator<Item = (usize, &RateLimit)> {
+        self.rate_limits
+            .iter()
+            .enumerate()
+            .filter(|(_, rl)| rl.scope == RateLimitScope::Global)
     }
     /// The authorization rules, in evaluation order.
     pub fn rules(&self) -> &[AuthorizationRule] {

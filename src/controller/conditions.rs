@@ -68,11 +68,13 @@ pub enum Reason {
     ConfigMapNotFound,
     /// ContractLoaded=False: the OpenAPI document does not parse or compile.
     InvalidOpenAPI,
+    /// Programmed=False: a `scope: Global` rate limit, and the operator has no `--redis-url`.
+    GlobalRateLimitWithoutRedis,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::Accepted,
         Reason::Invalid,
         Reason::Conflict,
@@ -93,6 +95,7 @@ impl Reason {
         Reason::Loaded,
         Reason::ConfigMapNotFound,
         Reason::InvalidOpenAPI,
+        Reason::GlobalRateLimitWithoutRedis,
     ];
 
     /// The reason as written in a condition.
@@ -118,6 +121,7 @@ impl Reason {
             Reason::Loaded => "Loaded",
             Reason::ConfigMapNotFound => "ConfigMapNotFound",
             Reason::InvalidOpenAPI => "InvalidOpenAPI",
+            Reason::GlobalRateLimitWithoutRedis => "GlobalRateLimitWithoutRedis",
         }
     }
 }

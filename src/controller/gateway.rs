@@ -77,6 +77,11 @@ pub struct RenderError(pub String);
 /// `crate::render`; a trait so the controller's call sequence can be tested on its own.
 pub trait GatewayRenderer: Send + Sync + 'static {
     fn render(&self, input: &GatewayInput<'_>) -> Result<GatewayObjects, RenderError>;
+    /// Whether the gateways get a shared state store (`--redis-url`), which `scope: Global`
+    /// rate limits need.
+    fn has_shared_state(&self) -> bool {
+        false
+    }
 }
 
 /// The Envoy renderer (`crate::render`) behind the controller's seam.
@@ -86,6 +91,10 @@ pub struct EnvoyRenderer {
 }
 
 impl GatewayRenderer for EnvoyRenderer {
+    fn has_shared_state(&self) -> bool {
+        self.options.shared_state.is_some()
+    }
+
     fn render(&self, input: &GatewayInput<'_>) -> Result<GatewayObjects, RenderError> {
         use crate::render;
         let err = |e: render::RenderError| RenderError(e.to_string());

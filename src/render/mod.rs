@@ -149,6 +149,29 @@ pub struct RenderOptions {
     /// identity of [`GatewayIdentity::workload`]); None: no push, the inventory stays in the
     /// sidecar.
     pub discovery_report: Option<DiscoveryReportOptions>,
+    /// The shared state store every gateway's sensor uses (`--redis-url`), which `scope:
+    /// Global` rate limits need; None: none (the controller then refuses such policies).
+    pub shared_state: Option<SharedStateOptions>,
+}
+
+/// The operator's Redis, passed to every sensor: the URL as an environment variable, the
+/// password through the gateway's Secret (`secretKeyRef`), never in a ConfigMap or argument.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SharedStateOptions {
+    /// `redis://…`, `rediss://…`, `redis+sentinel://…` or `redis+cluster://…` (without a
+    /// password: it comes apart).
+    pub url: String,
+    /// The password (from the operator's Secret), if any.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SharedStateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStateOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// The sensor image when none is configured: the operator's image of this version.
@@ -201,6 +224,7 @@ impl Default for RenderOptions {
             sensor_resources: default_sensor_resources(),
             sensor_config_dir: "/etc/apiguard/sensor".into(),
             discovery_report: None,
+            shared_state: None,
         }
     }
 }

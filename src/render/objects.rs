@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount, VolumeProjection,
+    Secret, SecretKeySelector, SecretProjection, SecurityContext, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -187,10 +187,18 @@ fn gateway_pod_spec(
     options: &RenderOptions,
 ) -> PodSpec {
     let mut containers = vec![envoy_container(options)];
-    let mut volumes = vec![files_volume(policy), tmp_volume()];
+    let mut volumes = vec![files_volume(policy, rendered), tmp_volume()];
     if rendered.files.contains_key(SENSOR_CONFIG_FILE) {
         let pushes = pushes_inventory(rendered);
-        containers.push(sensor_container(options, pushes));
+        let mut sensor = sensor_container(options, pushes);
+        sensor
+            .env
+            .get_or_insert_with(Vec::new)
+            .extend(shared_state_env(policy, rendered, options));
+        if sensor.env.as_ref().is_some_and(Vec::is_empty) {
+            sensor.env = None;
+        }
+        containers.push(sensor);
         volumes.push(sensor_volume(policy, pushes));
     }
     PodSpec {
@@ -327,6 +335,38 @@ fn sensor_container(options: &RenderOptions, pushes: bool) -> Container {
     }
 }
 
+/// The sensor's Redis (`options.shared_state`): `APIGUARD_REDIS_URL`, and
+/// `APIGUARD_REDIS_PASSWORD` from the gateway Secret's [`envoy::REDIS_PASSWORD_FILE`] key.
+fn shared_state_env(
+    policy: &ApiSecurityPolicy,
+    rendered: &RenderedGateway,
+    options: &RenderOptions,
+) -> Vec<EnvVar> {
+    let Some(shared) = &options.shared_state else {
+        return Vec::new();
+    };
+    let mut env = vec![EnvVar {
+        name: "APIGUARD_REDIS_URL".into(),
+        value: Some(shared.url.clone()),
+        ..Default::default()
+    }];
+    if rendered.files.contains_key(envoy::REDIS_PASSWORD_FILE) {
+        env.push(EnvVar {
+            name: crate::sensor::REDIS_PASSWORD_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: policy.gateway_secrets_name(),
+                    key: envoy::REDIS_PASSWORD_FILE.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    env
+}
+
 /// Volume `sensor`: only `sensor.yaml` of the ConfigMap (the sensor never sees the gateway's
 /// serving or upstream keys). When it pushes its inventory, a projected volume of `sensor.yaml`,
 /// `identity.crt` and `identity-ca.crt` from the ConfigMap and `identity.key` from the Secret
@@ -415,29 +455,51 @@ fn envoy_security_context() -> SecurityContext {
 }
 
 /// Volume `gateway`: the ConfigMap's and the Secret's files projected into one volume (see
-/// [`check_one_files_directory`]).
-fn files_volume(policy: &ApiSecurityPolicy) -> Volume {
+/// [`check_one_files_directory`]); the Redis password, for the sensor alone, is left out.
+fn files_volume(policy: &ApiSecurityPolicy, rendered: &RenderedGateway) -> Volume {
+    let secret_items = rendered
+        .files
+        .contains_key(envoy::REDIS_PASSWORD_FILE)
+        .then(|| {
+            rendered
+                .secret_files()
+                .into_keys()
+                .filter(|k| k != envoy::REDIS_PASSWORD_FILE)
+                .map(|k| KeyToPath {
+                    key: k.clone(),
+                    path: k,
+                    ..Default::default()
+                })
+                .collect()
+        });
     Volume {
         name: "gateway".into(),
         projected: Some(ProjectedVolumeSource {
             // Owner root, group fsGroup (Envoy's): keys readable by Envoy and nobody else.
             default_mode: Some(0o440),
-            sources: Some(vec![
-                VolumeProjection {
+            sources: Some(
+                std::iter::once(VolumeProjection {
                     config_map: Some(ConfigMapProjection {
                         name: policy.gateway_name(),
                         ..Default::default()
                     }),
                     ..Default::default()
-                },
-                VolumeProjection {
-                    secret: Some(SecretProjection {
-                        name: policy.gateway_secrets_name(),
-                        ..Default::default()
+                })
+                // An empty `items` would project every key: no projection instead.
+                .chain(
+                    (secret_items.as_ref().is_none_or(|i: &Vec<_>| !i.is_empty())).then(|| {
+                        VolumeProjection {
+                            secret: Some(SecretProjection {
+                                name: policy.gateway_secrets_name(),
+                                items: secret_items,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }
                     }),
-                    ..Default::default()
-                },
-            ]),
+                )
+                .collect(),
+            ),
         }),
         ..Default::default()
     }

@@ -433,3 +433,93 @@ fn a_runtime_detector_the_sensor_cannot_run_is_an_error_naming_the_field() {
         "{e}"
     );
 }
+
+/// `public-consumer-api.yaml` with its `per-user` limit (keyed by the `sub` claim) made
+/// `scope: Global`.
+fn with_global_limit() -> Fixture {
+    let mut f = example("public-consumer-api.yaml");
+    let per_user = f
+        .policy
+        .spec
+        .rate_limits
+        .iter_mut()
+        .find(|rl| rl.name == "per-user")
+        .expect("the per-user limit");
+    per_user.scope = crate::api::RateLimitScope::Global;
+    f
+}
+
+#[test]
+fn global_rate_limits_call_the_sensor_with_the_limit_and_the_client() {
+    use crate::sensor::config::GlobalRateLimit;
+    let g = with_global_limit().render().expect("render");
+    let lds: serde_json::Value = serde_json::from_str(&g.files[LDS_FILE].contents).expect("JSON");
+    let hcm = &lds["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters = hcm["http_filters"].as_array().expect("filters");
+    let names: Vec<&str> = filters.iter().filter_map(|f| f["name"].as_str()).collect();
+    let local = names
+        .iter()
+        .position(|n| *n == "envoy.filters.http.local_ratelimit")
+        .expect("the login limit stays local");
+    let global = names
+        .iter()
+        .position(|n| *n == "envoy.filters.http.ratelimit")
+        .expect("the ratelimit filter");
+    assert!(local < global, "{names:?}");
+    insta::assert_snapshot!(
+        "global_ratelimit_filter",
+        serde_json::to_string_pretty(&filters[global]).expect("pretty")
+    );
+    // Every declared route sends the per-user descriptor; the login route keeps its local one.
+    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .expect("routes");
+    let login = routes
+        .iter()
+        .find(|r| {
+            r["match"]["path"] == "/login"
+                && r["typed_per_filter_config"]
+                    .get("envoy.filters.http.local_ratelimit")
+                    .is_some()
+        })
+        .expect("the login route (not its content-type guards)");
+    let per_route = &login["typed_per_filter_config"];
+    insta::assert_snapshot!(
+        "global_ratelimit_login_route",
+        serde_json::to_string_pretty(&per_route["envoy.filters.http.ratelimit"]).expect("pretty")
+    );
+    let local_login = per_route["envoy.filters.http.local_ratelimit"].to_string();
+    assert!(local_login.contains("\"login\""), "{local_login}");
+    assert!(!local_login.contains("per-user"), "{local_login}");
+    assert_eq!(
+        sensor_yaml(&g).global_rate_limits,
+        vec![GlobalRateLimit {
+            name: "per-user".into(),
+            requests: 600,
+            unit_seconds: 60,
+        }]
+    );
+    let cds = &g.files[CDS_FILE].contents;
+    assert!(cds.contains(crate::sensor::config::SENSOR_CLUSTER), "{cds}");
+}
+
+#[test]
+fn a_global_limit_alone_brings_the_sensor() {
+    let mut f = with_global_limit();
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: false,
+        ..Default::default()
+    });
+    let g = f.render().expect("render");
+    assert_eq!(sensor_yaml(&g).global_rate_limits.len(), 1);
+    let mut f = example("public-consumer-api.yaml");
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: false,
+        ..Default::default()
+    });
+    let g = f.render().expect("render");
+    assert!(
+        !g.files
+            .contains_key(crate::sensor::config::SENSOR_CONFIG_FILE)
+    );
+}

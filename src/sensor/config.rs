@@ -67,6 +67,68 @@ pub struct SensorConfig {
     /// blocked keys at the request headers. Absent: no detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<crate::api::Runtime>,
+    /// The policy's `scope: Global` rate limits, decided by the sensor's rate limit service
+    /// (Envoy's `ratelimit` filter sends it the descriptors of [`GLOBAL_LIMIT_ENTRY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_rate_limits: Vec<GlobalRateLimit>,
+}
+
+/// The rate limit domain the gateway's `ratelimit` filter sends to the sensor.
+pub const RATE_LIMIT_DOMAIN: &str = "apiguard";
+/// The descriptor entry naming the global limit (`spec.rateLimits[].name`); the first entry of
+/// every descriptor the gateway sends.
+pub const GLOBAL_LIMIT_ENTRY: &str = "apiguard_limit";
+/// The descriptor entry holding the client's value (claim, API-key client, header) of a
+/// limit keyed by one.
+pub const CLIENT_ENTRY: &str = "client";
+/// The entry Envoy's `remote_address` action writes (its key is Envoy's, not configurable):
+/// the client IP of a limit keyed by it.
+pub const REMOTE_ADDRESS_ENTRY: &str = "remote_address";
+
+/// One `scope: Global` rate limit: `requests` per fixed window of `unitSeconds`, per client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalRateLimit {
+    /// `spec.rateLimits[].name`.
+    pub name: String,
+    /// Requests allowed per window; at least 1.
+    pub requests: u32,
+    /// The window, in seconds (1 to 86400).
+    pub unit_seconds: u64,
+}
+
+impl GlobalRateLimit {
+    /// The first problem of the limit at `index`, as `(field, message)`.
+    fn check(&self, index: usize) -> Result<(), (String, String)> {
+        let field = |f: &str| format!("globalRateLimits[{index}].{f}");
+        if self.name.is_empty() {
+            return Err((field("name"), "must not be empty".into()));
+        }
+        if self.requests == 0 {
+            return Err((field("requests"), "must be at least 1".into()));
+        }
+        if !(1..=crate::shared_state::MAX_WINDOW_SECS).contains(&self.unit_seconds) {
+            return Err((
+                field("unitSeconds"),
+                format!("must be 1-{}", crate::shared_state::MAX_WINDOW_SECS),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every global limit is valid and names are unique.
+fn check_global_rate_limits(limits: &[GlobalRateLimit]) -> Result<(), (String, String)> {
+    for (i, limit) in limits.iter().enumerate() {
+        limit.check(i)?;
+        if limits[..i].iter().any(|l| l.name == limit.name) {
+            return Err((
+                format!("globalRateLimits[{i}].name"),
+                format!("{:?} is used twice", limit.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The inventory push to the operator: the URL, how often, and the files of the gateway's
@@ -226,7 +288,7 @@ pub enum SensorConfigError {
     #[error("{file}: {field} {message}")]
     Invalid {
         file: String,
-        field: &'static str,
+        field: String,
         message: String,
     },
 }
@@ -246,6 +308,7 @@ impl SensorConfig {
             discovery: None,
             report: None,
             runtime: None,
+            global_rate_limits: Vec::new(),
         }
     }
 
@@ -274,10 +337,17 @@ impl SensorConfig {
                 .check()
                 .map_err(|(field, message)| SensorConfigError::Invalid {
                     file: file.into(),
-                    field,
+                    field: field.into(),
                     message,
                 })?;
         }
+        check_global_rate_limits(&config.global_rate_limits).map_err(|(field, message)| {
+            SensorConfigError::Invalid {
+                file: file.into(),
+                field,
+                message,
+            }
+        })?;
         Ok(config)
     }
 
@@ -395,6 +465,50 @@ mod tests {
         // Without the section, nothing is pushed and nothing is printed.
         let plain = SensorConfig::new("a", "b", PolicyMode::Enforce);
         assert!(!plain.to_yaml().contains("report"));
+    }
+
+    #[test]
+    fn global_rate_limits_round_trip_and_bad_ones_name_their_field() {
+        let mut config = SensorConfig::new("shop", "orders", PolicyMode::Enforce);
+        config.global_rate_limits = vec![GlobalRateLimit {
+            name: "checkout".into(),
+            requests: 10,
+            unit_seconds: 60,
+        }];
+        let text = config.to_yaml();
+        assert!(text.contains("unitSeconds: 60"), "{text}");
+        assert_eq!(SensorConfig::from_yaml("sensor.yaml", &text), Ok(config));
+        assert!(
+            !SensorConfig::new("a", "b", PolicyMode::Enforce)
+                .to_yaml()
+                .contains("globalRateLimits")
+        );
+        let limit = |name: &str, requests: u32, unit: u64| {
+            format!("  - {{name: {name}, requests: {requests}, unitSeconds: {unit}}}\n")
+        };
+        let cases = [
+            (
+                limit("a", 0, 60),
+                "globalRateLimits[0].requests must be at least 1",
+            ),
+            (
+                limit("a", 1, 0),
+                "globalRateLimits[0].unitSeconds must be 1-86400",
+            ),
+            (
+                limit("a", 1, 86_401),
+                "globalRateLimits[0].unitSeconds must be 1-86400",
+            ),
+            (
+                limit("a", 1, 1) + &limit("a", 2, 1),
+                "globalRateLimits[1].name \"a\" is used twice",
+            ),
+        ];
+        for (limits, expected) in cases {
+            let text = format!("{HEADER}globalRateLimits:\n{limits}");
+            let err = SensorConfig::from_yaml("/s.yaml", &text).unwrap_err();
+            assert_eq!(err.to_string(), format!("/s.yaml: {expected}"));
+        }
     }
 
     #[test]

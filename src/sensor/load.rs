@@ -8,6 +8,7 @@ use super::config::{SensorConfig, SensorReport};
 use super::contract_stage::{ContractStage, RequestMode};
 use super::guard::{BlockStage, SharedGuard, runtime_settings};
 use super::pipeline::{Pipeline, Stage};
+use super::rate_limit::GlobalLimits;
 use super::scan_stage::ScanStage;
 use crate::api::PolicyMode;
 use crate::api::policy::default_max_response_bytes;
@@ -110,8 +111,14 @@ fn compile_config(
             stages.push(Box::new(scan));
         }
     }
+    let policy = format!("{}/{}", config.policy.namespace, config.policy.name);
     Ok(Pipeline {
-        policy: format!("{}/{}", config.policy.namespace, config.policy.name),
+        global_rate_limits: GlobalLimits {
+            policy: policy.clone(),
+            audit: config.mode == PolicyMode::Audit,
+            limits: config.global_rate_limits.clone(),
+        },
+        policy,
         discovery,
         runtime,
         stages,

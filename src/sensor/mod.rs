@@ -32,10 +32,13 @@ mod pipeline;
 mod push;
 #[cfg(test)]
 mod push_tests;
+pub mod rate_limit;
+mod redis_link;
 mod reload;
 mod scan_stage;
 mod server;
 #[cfg(test)]
 mod tests;
 
+pub use redis_link::REDIS_PASSWORD_ENV;
 pub use server::{SensorArgs, run};

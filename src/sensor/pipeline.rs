@@ -211,6 +211,8 @@ pub(crate) struct Pipeline {
     /// body is known to be too large without holding all of it).
     pub(crate) max_request_bytes: usize,
     pub(crate) max_response_bytes: usize,
+    /// The `scope: Global` rate limits the rate limit service decides.
+    pub(crate) global_rate_limits: super::rate_limit::GlobalLimits,
 }
 
 /// Which of the four points of an exchange.

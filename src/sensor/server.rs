@@ -8,6 +8,7 @@ use super::config::DEFAULT_SENSOR_ADDR;
 use super::ext_proc::ExchangeStream;
 use super::learn::{Learner, SharedLearner};
 use super::observe::{PointLabels, ResultLabels, SensorMetrics};
+use super::rate_limit::{RateLimitMetrics, RateLimits};
 use super::reload::ConfigFile;
 use crate::admin::{self, AdminState, Metrics, Readiness};
 use crate::run::{LogFormat, init_logging};
@@ -23,6 +24,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use futures::Stream;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +60,11 @@ pub struct SensorArgs {
     /// Log line format.
     #[arg(long, env = "APIGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The shared state store for `scope: Global` rate limits (redis://, rediss://,
+    /// redis+sentinel://, redis+cluster://); the password from APIGUARD_REDIS_PASSWORD.
+    /// Unreachable: global limits fail open until it answers.
+    #[arg(long, env = "APIGUARD_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// Runs `apiguard sensor` until SIGTERM; a config that does not load is an error naming the
@@ -91,6 +98,12 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         policy = %config.current().policy,
         "sensor ext_proc server listening"
     );
+    let store = super::redis_link::connect(&args).await?;
+    let rate_limits = RateLimitServiceServer::new(RateLimits::new(
+        config.clone(),
+        store,
+        RateLimitMetrics::register(&metrics),
+    ));
     let (stop, stopping) = watch::channel(false);
     let state = AdminState { metrics, readiness };
     let learner: SharedLearner = Arc::new(Learner::default());
@@ -135,6 +148,7 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         tonic::transport::Server::builder()
             .add_service(service)
             .add_service(access_logs)
+            .add_service(rate_limits)
             .serve_with_incoming_shutdown(
                 // No Nagle delay on the answers Envoy is waiting for (as gRPC servers do).
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

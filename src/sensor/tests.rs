@@ -507,6 +507,7 @@ fn attributes_and_jwt_metadata_become_the_principal() {
         stages: vec![Box::new(Shared(spy.clone()))],
         max_request_bytes: 1024,
         max_response_bytes: 1024,
+        global_rate_limits: Default::default(),
     };
     let mut stream = ExchangeStream::new(Arc::new(pipeline));
     stream.handle(message);

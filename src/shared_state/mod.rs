@@ -42,7 +42,7 @@ use redis::{
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a counter outlives its window: replicas whose clocks lag a little still count
@@ -138,7 +138,9 @@ pub struct SharedState {
 }
 
 struct Inner {
-    backend: Backend,
+    /// Set once connected (at once by [`SharedState::connect`], later by
+    /// [`SharedState::connect_in_background`]); until then operations are `Unavailable`.
+    backend: OnceLock<Backend>,
     op_timeout: Duration,
     /// `MULTI`/`EXEC` around a batch (not in a Cluster, where the client routes by slot).
     atomic: bool,
@@ -174,15 +176,37 @@ impl SharedState {
             Err(_) => return Err(Error::Timeout(bound)),
         };
         tracing::info!(redis = %config, "connected to the shared state store");
-        Ok(SharedState {
+        let state = SharedState::unconnected(config);
+        let _ = state.inner.backend.set(backend);
+        Ok(state)
+    }
+
+    /// A store that connects in the background, trying again (every 0.5 s, backing off to
+    /// 5 s) until Redis answers: a Redis that is down when the caller starts does not stop it.
+    /// Until connected every operation fails as [`Error::Unavailable`]; afterwards the store
+    /// reconnects by itself as with [`SharedState::connect`]. A configuration the client
+    /// refuses is logged once and not tried again. Needs a Tokio runtime.
+    pub fn connect_in_background(config: RedisConfig) -> SharedState {
+        let state = SharedState::unconnected(&config);
+        tokio::spawn(keep_connecting(Arc::downgrade(&state.inner), config));
+        state
+    }
+
+    /// Whether the store has connected once (it may be reconnecting now).
+    pub fn connected(&self) -> bool {
+        self.inner.backend.get().is_some()
+    }
+
+    fn unconnected(config: &RedisConfig) -> SharedState {
+        SharedState {
             inner: Arc::new(Inner {
-                atomic: !matches!(backend, Backend::Cluster(_)),
-                backend,
+                atomic: !matches!(config.topology, Topology::Cluster(_)),
+                backend: OnceLock::new(),
                 op_timeout: config.op_timeout,
                 counters: Counters::default(),
                 shown: config.to_string(),
             }),
-        })
+        }
     }
 
     /// Counts `n` hits of `key` in the current fixed window of `window_secs` seconds and
@@ -501,7 +525,10 @@ impl SharedState {
 
     async fn run<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, Error> {
         let classify = |e| classify(e, self.inner.op_timeout);
-        match &self.inner.backend {
+        let Some(backend) = self.inner.backend.get() else {
+            return Err(Error::Unavailable("not connected yet".into()));
+        };
+        match backend {
             Backend::Direct(manager) => {
                 let mut conn = manager.clone();
                 pipe.query_async(&mut conn).await.map_err(classify)
@@ -591,6 +618,41 @@ async fn resolve(
     ConnectionManager::new_with_config(master, manager)
         .await
         .map_err(classify)
+}
+
+/// Connects `store` as `config` says, trying again until it does, the configuration is
+/// refused, or the store is dropped.
+async fn keep_connecting(store: Weak<Inner>, config: RedisConfig) {
+    let mut delay = Duration::from_millis(500);
+    let mut warned = false;
+    loop {
+        let attempt = match tokio::time::timeout(config.connect_timeout, backend(&config)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(config.connect_timeout)),
+        };
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        match attempt {
+            Ok(backend) => {
+                let _ = inner.backend.set(backend);
+                tracing::info!(redis = %config, "connected to the shared state store");
+                return;
+            }
+            Err(e @ Error::Config(_)) => {
+                tracing::error!(redis = %config, error = %e, "cannot use the shared state store");
+                return;
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(redis = %config, error = %e, "shared state store unreachable; trying again in the background");
+            }
+            Err(e) => tracing::debug!(error = %e, "shared state store still unreachable"),
+        }
+        drop(inner);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The client side of `config`.

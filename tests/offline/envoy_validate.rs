@@ -59,3 +59,39 @@ fn validation_really_checks_the_rendered_resources() {
         "a listener with an unknown field must be rejected:\n{log}"
     );
 }
+
+/// `scope: Global` limits (the `ratelimit` filter to the sensor, per-route descriptors), one
+/// keyed by the client IP and one by a claim, beside a Replica limit: Envoy accepts them.
+#[test]
+fn global_rate_limits_render_to_a_valid_envoy_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/public-consumer-api.yaml");
+    let text = std::fs::read_to_string(&example).expect("example");
+    let global = text
+        .replace(
+            "  - name: per-user\n",
+            "  - name: per-user\n    scope: Global\n",
+        )
+        .replace(
+            "    by: {claim: sub}\n",
+            "    by: {claim: sub}\n  - name: login-global\n    scope: Global\n    match: {methods: [POST], paths: [\"/login\"]}\n    limit: {requests: 50, per: Hour}\n",
+        );
+    assert!(
+        global.matches("scope: Global").count() == 2,
+        "the edits apply:\n{global}"
+    );
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(&policy, global).expect("write policy");
+    let dir = tmp.path().join("envoy");
+    render_example(&policy, &dir);
+    let gateway = read_rendered_dir(&dir);
+    let lds = &gateway.files[LDS_FILE].contents;
+    assert!(lds.contains("envoy.filters.http.ratelimit"), "{lds}");
+    assert!(lds.contains("\"apiguard_limit\""), "{lds}");
+    let (ok, log) = envoy_validate(&dir.join(BOOTSTRAP_FILE));
+    assert!(ok, "bootstrap rejected:\n{log}");
+    let path = tmp.path().join("static.json");
+    std::fs::write(&path, static_bootstrap(&gateway).expect("static")).expect("write");
+    let (ok, log) = envoy_validate(&path);
+    assert!(ok, "rendered global rate limits rejected:\n{log}");
+}

@@ -18,6 +18,7 @@ mod envoy_openapi;
 mod envoy_render_cli;
 mod envoy_validate;
 mod examples;
+mod global_rate_limit;
 mod identity_mtls;
 mod identity_openssl;
 mod identity_rotation;

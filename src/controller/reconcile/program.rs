@@ -69,6 +69,13 @@ pub(super) async fn program(
     now: OffsetDateTime,
 ) -> Result<Programmed, Error> {
     let isolation_disabled = policy.spec.network().isolation == Isolation::None;
+    // A global limit without Redis would silently count per replica: nothing is programmed,
+    // the gateway keeps its last configuration.
+    if let Some(stop) = global_rate_limit_refusal(policy, ctx.settings.renderer.has_shared_state())
+    {
+        let outcome = stop.outcome(accepted, isolation_disabled, None);
+        return Ok(Programmed::previous_kept(outcome, policy));
+    }
     // The contract first. An invalid one keeps the last document that loaded (read back from
     // the gateway's sensor.yaml), so the rest of the policy and certificate renewals still
     // go out; with none to keep, the gateway is left as it is (nothing rendered, applied or
@@ -108,6 +115,26 @@ pub(super) async fn program(
         }
         Err(Halt::Failed(e)) => Err(e),
     }
+}
+
+/// Programmed=False (reason `GlobalRateLimitWithoutRedis`) for a policy with a `scope: Global`
+/// rate limit when the operator has no shared state store; the message names the first.
+pub(super) fn global_rate_limit_refusal(
+    policy: &ApiSecurityPolicy,
+    has_shared_state: bool,
+) -> Option<Stop> {
+    if has_shared_state {
+        return None;
+    }
+    let (i, _) = policy.spec.global_rate_limits().next()?;
+    Some(Stop::programmed(
+        Reason::GlobalRateLimitWithoutRedis,
+        format!(
+            "spec.rateLimits[{i}].scope is Global but the operator has no --redis-url \
+             (chart value redis.url): a global limit would count per gateway replica; the \
+             policy is not programmed and the gateway keeps its last configuration"
+        ),
+    ))
 }
 
 /// What the phases up to pruning leave for the conditions.
@@ -477,5 +504,59 @@ fn leaf_as_issued(leaf: &Leaf) -> IssuedLeaf {
         not_before: leaf.not_before,
         not_after: leaf.not_after,
         spiffe_id: leaf.spiffe_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(scopes: &[&str]) -> ApiSecurityPolicy {
+        let limits: Vec<_> = scopes
+            .iter()
+            .enumerate()
+            .map(|(i, scope)| {
+                serde_json::json!({
+                    "name": format!("l{i}"), "scope": scope,
+                    "limit": {"requests": 5, "per": "Minute"},
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apiguard.dev/v1alpha1", "kind": "ApiSecurityPolicy",
+            "metadata": {"name": "shop", "namespace": "test"},
+            "spec": {"target": {"service": "shop", "port": 8080}, "rateLimits": limits},
+        }))
+        .expect("a policy")
+    }
+
+    #[test]
+    fn a_global_limit_without_redis_is_not_programmed_and_names_the_field() {
+        let accepted = Verdict::ok(Reason::Accepted, "ok");
+        let stop = global_rate_limit_refusal(&policy(&["Replica", "Global"]), false)
+            .expect("refused without Redis");
+        let outcome = stop.outcome(accepted, false, None);
+        assert_eq!(outcome.programmed.state, State::False);
+        assert_eq!(
+            outcome.programmed.reason.as_str(),
+            "GlobalRateLimitWithoutRedis"
+        );
+        assert!(
+            outcome
+                .programmed
+                .message
+                .starts_with("spec.rateLimits[1].scope is Global"),
+            "{}",
+            outcome.programmed.message
+        );
+        assert!(outcome.programmed.message.contains("--redis-url"));
+        assert_eq!(outcome.ready().state, State::False);
+    }
+
+    #[test]
+    fn redis_or_replica_limits_program_as_before() {
+        assert!(global_rate_limit_refusal(&policy(&["Global"]), true).is_none());
+        assert!(global_rate_limit_refusal(&policy(&["Replica"]), false).is_none());
+        assert!(global_rate_limit_refusal(&policy(&[]), false).is_none());
     }
 }

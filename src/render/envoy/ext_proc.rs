@@ -22,10 +22,13 @@ pub(super) const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 const MESSAGE_TIMEOUT: &str = "0.200s";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Whether the gateway has a sensor sidecar: for the contract, for discovery, or for runtime
-/// detection.
+/// Whether the gateway has a sensor sidecar: for the contract, for discovery, for runtime
+/// detection, or for the `scope: Global` rate limits (its rate limit service).
 pub(super) fn sensor_needed(ctx: &Ctx<'_>) -> bool {
-    ctx.spec.openapi.is_some() || ctx.spec.discovery().enabled || runtime(ctx).is_some()
+    ctx.spec.openapi.is_some()
+        || ctx.spec.discovery().enabled
+        || runtime(ctx).is_some()
+        || ctx.spec.global_rate_limits().next().is_some()
 }
 
 /// `spec.runtime` when it asks for anything (a detector, or an enabled baseline).
@@ -277,6 +280,7 @@ pub(super) fn sensor_config(
     });
     config.report = report;
     config.runtime = runtime;
+    config.global_rate_limits = super::ratelimit::sensor_global_limits(ctx);
     let Some((openapi, document)) = contract else {
         return config.to_yaml();
     };

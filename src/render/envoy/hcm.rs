@@ -4,13 +4,14 @@ use super::access_log::access_log_format;
 use super::decision;
 use super::ext_proc::{ext_proc_filter, ext_proc_needed, skip_direct_responses};
 use super::jwt::build_jwt;
+use super::ratelimit::{GLOBAL_RATELIMIT_FILTER, global_rate_limit_filter};
 use super::routes::build_routes;
 use super::types::*;
 use super::{
     API_KEY_FILTER, API_KEY_TYPE_URL, API_KEYS_FILE, BUFFER_FILTER, CORS_FILTER, Ctx, JWT_FILTER,
     RATELIMIT_FILTER, RBAC_FILTER,
 };
-use crate::api::{ClientCertificate, UnderscoreHeaders};
+use crate::api::{ClientCertificate, RateLimitScope, UnderscoreHeaders};
 use crate::render::{CLIENT_ID_HEADER, RenderError};
 
 /// The HTTP filter chain, in the order of the module docs.
@@ -31,8 +32,18 @@ fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
     }
     filters.push(filter(RBAC_FILTER, Any::Rbac(Rbac::default())));
     filters.extend(decision::filters(ctx));
-    if !spec.rate_limits.is_empty() {
+    if spec
+        .rate_limits
+        .iter()
+        .any(|rl| rl.scope == RateLimitScope::Replica)
+    {
         filters.push(local_ratelimit_filter());
+    }
+    if spec.global_rate_limits().next().is_some() {
+        filters.push(filter(
+            GLOBAL_RATELIMIT_FILTER,
+            Any::GlobalRateLimit(global_rate_limit_filter()),
+        ));
     }
     if let Some(max) = spec.request_validation().max_body_bytes {
         filters.push(buffer_filter(ctx, max)?);

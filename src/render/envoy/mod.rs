@@ -6,7 +6,8 @@
 //! `api_key_auth` (ECDS, secret file) -> `rbac` (per route; shadow rules in Audit) ->
 //! `apiguard.decision-pending` + `apiguard.ownership` (only with ownership rules: `set_metadata`
 //! and a second `rbac` with a CEL condition per route) -> `apiguard.decision` (`set_metadata`;
-//! see [`decision`]) -> `local_ratelimit` (per route, per-client dynamic descriptors) ->
+//! see [`decision`]) -> `local_ratelimit` (per route, per-client dynamic descriptors; `scope:
+//! Replica` limits) -> `ratelimit` (`scope: Global` limits: the sensor's rate limit service) ->
 //! `buffer` (413) -> `ext_proc` (only with `spec.openapi`, or `spec.discovery.sensitiveData` other
 //! than Off: the runtime sensor checks the request against the contract, redacts the response,
 //! scans JSON responses for sensitive data) -> `router`.
@@ -56,6 +57,9 @@ pub(crate) const CLIENT_CA_FILE: &str = "client-ca.crt";
 pub(crate) const UPSTREAM_CERT_FILE: &str = "upstream.crt";
 pub(crate) const UPSTREAM_KEY_FILE: &str = "upstream.key";
 pub(crate) const UPSTREAM_CA_FILE: &str = "upstream-ca.crt";
+/// The key of the gateway Secret holding the operator's Redis password: the sensor's
+/// `APIGUARD_REDIS_PASSWORD` (`secretKeyRef`), kept out of Envoy's files.
+pub const REDIS_PASSWORD_FILE: &str = "redis-password";
 /// The workload identity the sensor pushes its inventory with (the names `sensor.yaml`'s
 /// `report` section gives, beside it).
 pub(crate) use crate::sensor::config::{IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
@@ -199,6 +203,14 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
             SENSOR_CONFIG_FILE.into(),
             plain(ext_proc::sensor_config(&ctx, contract, report, runtime)),
         );
+        if let Some(password) = ctx
+            .opts()
+            .shared_state
+            .as_ref()
+            .and_then(|s| s.password.as_ref())
+        {
+            files.insert(REDIS_PASSWORD_FILE.into(), secret(password.clone()));
+        }
     }
     files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
     Ok(RenderedGateway::new(files))

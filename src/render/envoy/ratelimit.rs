@@ -1,10 +1,25 @@
-//! The per-route `local_ratelimit` config of the policy's rate limits.
+//! The per-route rate limit config of the policy's rate limits: `local_ratelimit` for
+//! `scope: Replica` (each replica counts alone), the `ratelimit` filter calling the sensor's
+//! rate limit service for `scope: Global` (one count in Redis across replicas). Both key a
+//! client the same way (`by`) and match the same requests; the global descriptors follow the
+//! contract in `sensor::config` ([`GLOBAL_LIMIT_ENTRY`], [`CLIENT_ENTRY`]).
 
 use super::paths::{method_matcher, path_regex, paths_may_overlap};
 use super::types::*;
 use super::{Ctx, JWT_FILTER};
-use crate::api::{AuthorizationRule, RateLimit as PolicyRateLimit};
+use crate::api::{AuthorizationRule, RateLimit as PolicyRateLimit, RateLimitScope};
 use crate::render::{CLIENT_ID_HEADER, RenderError};
+use crate::sensor::config::GLOBAL_LIMIT_ENTRY;
+use crate::sensor::config::{
+    CLIENT_ENTRY, GlobalRateLimit, RATE_LIMIT_DOMAIN, REMOTE_ADDRESS_ENTRY, SENSOR_CLUSTER,
+};
+
+/// The `ratelimit` filter's name (global limits); `local_ratelimit`'s is `RATELIMIT_FILTER`.
+pub(super) const GLOBAL_RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+/// How long Envoy waits for the sensor's rate limit answer before letting the request through.
+const GLOBAL_RATELIMIT_TIMEOUT: &str = "0.100s";
+/// The descriptor entry naming a local limit.
+const LOCAL_LIMIT_ENTRY: &str = "limit";
 
 fn percent(n: u32, key: &str) -> RuntimeFractionalPercent {
     RuntimeFractionalPercent {
@@ -25,10 +40,19 @@ pub(super) fn rate_limit_config(
 ) -> Result<Option<LocalRateLimit>, RenderError> {
     let mut descriptors = Vec::new();
     let mut rate_limits = Vec::new();
-    for (j, rl) in ctx.spec.rate_limits.iter().enumerate() {
-        if let Some((descriptor, rate_limit)) = descriptor(ctx, j, rl, rule, path)? {
-            descriptors.push(descriptor);
-            rate_limits.push(rate_limit);
+    let local = ctx.spec.rate_limits.iter().enumerate();
+    for (j, rl) in local.filter(|(_, rl)| rl.scope == RateLimitScope::Replica) {
+        if let Some((actions, entries)) = actions(ctx, j, rl, rule, path, LOCAL_LIMIT_ENTRY)? {
+            let period = rl.limit.per.seconds();
+            descriptors.push(LocalRateLimitDescriptor {
+                entries,
+                token_bucket: TokenBucket {
+                    max_tokens: rl.limit.requests,
+                    tokens_per_fill: rl.limit.requests,
+                    fill_interval: format!("{period}s"),
+                },
+            });
+            rate_limits.push(RateLimit { actions });
         }
     }
     if descriptors.is_empty() {
@@ -54,26 +78,77 @@ pub(super) fn rate_limit_config(
     }))
 }
 
-/// The descriptor (and the actions that fill it) of the policy rate limit `j` on a route of
-/// `rule` at `path`; `None` when the limit cannot apply to the route.
-fn descriptor(
+/// The `ratelimit` filter's per-route config: one descriptor per `scope: Global` limit that
+/// can apply to the route (`(apiguard_limit, NAME)`, the match entries, the client's value),
+/// sent to the sensor. None when no global limit applies.
+pub(super) fn global_rate_limit_config(
+    ctx: &Ctx<'_>,
+    rule: &AuthorizationRule,
+    path: &str,
+) -> Result<Option<RateLimitPerRoute>, RenderError> {
+    let mut rate_limits = Vec::new();
+    for (j, rl) in ctx.spec.global_rate_limits() {
+        if let Some((actions, _)) = actions(ctx, j, rl, rule, path, GLOBAL_LIMIT_ENTRY)? {
+            rate_limits.push(RateLimit { actions });
+        }
+    }
+    Ok((!rate_limits.is_empty()).then_some(RateLimitPerRoute { rate_limits }))
+}
+
+/// The `ratelimit` filter (present when the policy has a `scope: Global` limit; the routes
+/// say which descriptors to send): to the sensor's cluster, failing open (a sensor or Redis
+/// failure never refuses traffic: the sensor counts its own failures).
+pub(super) fn global_rate_limit_filter() -> GlobalRateLimitFilter {
+    GlobalRateLimitFilter {
+        domain: RATE_LIMIT_DOMAIN.into(),
+        failure_mode_deny: false,
+        timeout: GLOBAL_RATELIMIT_TIMEOUT.into(),
+        rate_limit_service: RateLimitServiceConfig {
+            grpc_service: GrpcService {
+                envoy_grpc: EnvoyGrpc {
+                    cluster_name: SENSOR_CLUSTER.into(),
+                },
+            },
+            transport_api_version: "V3",
+        },
+        stat_prefix: "apiguard_global".into(),
+    }
+}
+
+/// The `globalRateLimits` section of `sensor.yaml`: the numbers of every `scope: Global` limit.
+pub(super) fn sensor_global_limits(ctx: &Ctx<'_>) -> Vec<GlobalRateLimit> {
+    ctx.spec
+        .global_rate_limits()
+        .map(|(_, rl)| GlobalRateLimit {
+            name: rl.name.clone(),
+            requests: rl.limit.requests,
+            unit_seconds: rl.limit.per.seconds(),
+        })
+        .collect()
+}
+
+/// The actions that build the descriptor of the policy rate limit `j` on a route of `rule` at
+/// `path`, its first entry keyed `limit_entry`, and the descriptor's entries (values of the
+/// client's entry empty: filled per request); `None` when the limit cannot apply to the route.
+fn actions(
     ctx: &Ctx<'_>,
     j: usize,
     rl: &PolicyRateLimit,
     rule: &AuthorizationRule,
     path: &str,
-) -> Result<Option<(LocalRateLimitDescriptor, RateLimit)>, RenderError> {
+    limit_entry: &str,
+) -> Result<Option<(Vec<RateLimitAction>, Vec<DescriptorEntry>)>, RenderError> {
     let field = format!("spec.rateLimits[{j}]");
     if rl.limit.requests == 0 {
         return Err(ctx.invalid(format!("{field}.limit.requests"), "must be greater than 0"));
     }
     let m = rl.route.clone().unwrap_or_default();
     let mut actions = vec![RateLimitAction::GenericKey {
-        descriptor_key: "limit".into(),
+        descriptor_key: limit_entry.into(),
         descriptor_value: rl.name.clone(),
     }];
     let mut entries = vec![DescriptorEntry {
-        key: "limit".into(),
+        key: limit_entry.into(),
         value: rl.name.clone(),
     }];
     if !m.methods.is_empty() {
@@ -132,18 +207,7 @@ fn descriptor(
         key: key_entry.into(),
         value: String::new(),
     });
-    let period = rl.limit.per.seconds();
-    Ok(Some((
-        LocalRateLimitDescriptor {
-            entries,
-            token_bucket: TokenBucket {
-                max_tokens: rl.limit.requests,
-                tokens_per_fill: rl.limit.requests,
-                fill_interval: format!("{period}s"),
-            },
-        },
-        RateLimit { actions },
-    )))
+    Ok(Some((actions, entries)))
 }
 
 /// The action that keys the limit per client (`by`); returns the descriptor entry's key.
@@ -162,7 +226,7 @@ fn client_key(
             ));
         }
         actions.push(RateLimitAction::Metadata {
-            descriptor_key: "client".into(),
+            descriptor_key: CLIENT_ENTRY.into(),
             metadata_key: MetadataKey {
                 key: JWT_FILTER.into(),
                 path: vec![
@@ -174,22 +238,22 @@ fn client_key(
             },
             source: "DYNAMIC",
         });
-        "client"
+        CLIENT_ENTRY
     } else if by.api_key.is_some() {
         actions.push(RateLimitAction::RequestHeaders {
             header_name: CLIENT_ID_HEADER.into(),
-            descriptor_key: "client".into(),
+            descriptor_key: CLIENT_ENTRY.into(),
         });
-        "client"
+        CLIENT_ENTRY
     } else if let Some(h) = &by.header {
         actions.push(RateLimitAction::RequestHeaders {
             header_name: h.to_ascii_lowercase(),
-            descriptor_key: "client".into(),
+            descriptor_key: CLIENT_ENTRY.into(),
         });
-        "client"
+        CLIENT_ENTRY
     } else {
         actions.push(RateLimitAction::RemoteAddress(Empty {}));
-        "remote_address"
+        REMOTE_ADDRESS_ENTRY
     };
     Ok(key)
 }

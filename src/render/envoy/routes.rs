@@ -6,7 +6,7 @@ use super::cors::cors_policy;
 use super::decision::{OWNERSHIP_FILTER, ownership_route};
 use super::jwt::{ANY_PROVIDER, jwt_disabled, jwt_required};
 use super::paths::{method_matcher, param_segment, path_match, regex_escape};
-use super::ratelimit::rate_limit_config;
+use super::ratelimit::{GLOBAL_RATELIMIT_FILTER, global_rate_limit_config, rate_limit_config};
 use super::rbac::{
     allow_policy, jwt_authenticated, rbac_route, rbac_route_enforced, rule_principal,
 };
@@ -237,6 +237,9 @@ fn rule_route(
     }
     if let Some(rl) = rate_limit_config(ctx, rule, path)? {
         pf.push((RATELIMIT_FILTER, Any::LocalRateLimit(rl)));
+    }
+    if let Some(rl) = global_rate_limit_config(ctx, rule, path)? {
+        pf.push((GLOBAL_RATELIMIT_FILTER, Any::RateLimitPerRoute(rl)));
     }
     route.typed_per_filter_config = per_filter(pf);
     Ok(route)

@@ -61,6 +61,12 @@ pub enum Any {
         rename = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
     )]
     LocalRateLimit(LocalRateLimit),
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit")]
+    GlobalRateLimit(GlobalRateLimitFilter),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute"
+    )]
+    RateLimitPerRoute(RateLimitPerRoute),
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer")]
     Buffer(Buffer),
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute")]
@@ -929,6 +935,31 @@ pub enum RateLimitAction {
         metadata_key: MetadataKey,
         source: &'static str,
     },
+}
+
+// ---------------------------------------------------------------- ratelimit (global)
+
+/// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct GlobalRateLimitFilter {
+    pub domain: String,
+    pub failure_mode_deny: bool,
+    pub timeout: String,
+    pub rate_limit_service: RateLimitServiceConfig,
+    pub stat_prefix: String,
+}
+
+/// `envoy.config.ratelimit.v3.RateLimitServiceConfig`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RateLimitServiceConfig {
+    pub grpc_service: GrpcService,
+    pub transport_api_version: &'static str,
+}
+
+/// `envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute`: the descriptors of a route.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RateLimitPerRoute {
+    pub rate_limits: Vec<RateLimit>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]

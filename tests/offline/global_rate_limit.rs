@@ -1,0 +1,197 @@
+//! `scope: Global` rate limits on real parts: one real redis-server, two gateways ("replicas")
+//! each made of a real Envoy on `apiguard render`'s files and its own real `apiguard sensor
+//! --redis-url` (the built binary), in front of one echo upstream.
+//!
+//! - a Global limit of 10 per minute holds across both gateways: the 11th request, whichever
+//!   gateway it reaches, gets 429;
+//! - a Replica limit (3 per minute) still counts per gateway;
+//! - Redis killed: requests keep flowing (fail open), counted as `redis_error` in the sensor's
+//!   `/metrics`;
+//! - Redis restarted on the same port: limiting resumes (bounded wait).
+
+use super::sensor_envoy::Sensor;
+use crate::support::envoy::{Gateway, Request, echo_upstream};
+use crate::support::redis::RedisServer;
+use crate::support::tools::free_port;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const POLICY: &str = r#"apiVersion: apiguard.dev/v1alpha1
+kind: ApiSecurityPolicy
+metadata: {name: shop, namespace: test}
+spec:
+  target: {service: shop, port: 8080}
+  exposure: Public
+  hosts: [api.test.example]
+  authorization:
+    rules:
+    - name: checkout
+      match: {methods: [POST], paths: ["/checkout"]}
+      public: true
+    - name: items
+      match: {methods: [GET], paths: ["/items"]}
+      public: true
+  rateLimits:
+  - name: checkout
+    scope: Global
+    match: {methods: [POST], paths: ["/checkout"]}
+    limit: {requests: 10, per: Minute}
+    by: {header: x-tenant}
+  - name: items
+    match: {paths: ["/items"]}
+    limit: {requests: 3, per: Minute}
+    by: {header: x-tenant}
+  eastWest: {mtls: Disabled}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: test}
+spec:
+  selector: {app: shop}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+"#;
+
+/// One gateway replica: Envoy and its sensor.
+struct Replica {
+    gateway: Gateway,
+    sensor: Sensor,
+}
+
+impl Replica {
+    async fn start(upstream: SocketAddr, redis_url: &str) -> Replica {
+        let sensor_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let gateway = Gateway::start_with_args(
+            POLICY,
+            upstream,
+            None,
+            vec!["--sensor-addr".into(), sensor_addr.to_string()],
+        )
+        .await;
+        let config = gateway.envoy_dir().join("sensor.yaml");
+        let sensor = Sensor::start_with_env(
+            &config,
+            sensor_addr,
+            gateway.dir.path(),
+            &[("APIGUARD_REDIS_URL", redis_url)],
+        )
+        .await;
+        Replica { gateway, sensor }
+    }
+
+    async fn checkout(&self, tenant: &str) -> u16 {
+        let request = Request::post("/checkout")
+            .header("x-tenant", tenant)
+            .json("{}");
+        self.gateway.send(&request).await.status
+    }
+
+    async fn items(&self, tenant: &str) -> u16 {
+        let request = Request::get("/items").header("x-tenant", tenant);
+        self.gateway.send(&request).await.status
+    }
+
+    /// The sum of `apiguard_global_rate_limit_decisions_total` series with `result`.
+    async fn decisions(&self, result: &str) -> u64 {
+        let (_, text) = self
+            .sensor
+            .admin_get("/metrics")
+            .await
+            .expect("the sensor's /metrics answers");
+        let label = format!("result=\"{result}\"");
+        text.lines()
+            .filter(|l| l.starts_with("apiguard_global_rate_limit_decisions_total{"))
+            .filter(|l| l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "sensor log:\n{}\nenvoy dir: {}",
+            self.sensor.log_text(),
+            self.gateway.envoy_dir().display()
+        )
+    }
+}
+
+/// Waits (at most 25 s) until at least 35 s of the current minute remain, so that a burst
+/// of requests falls in one fixed window of one minute.
+async fn wait_for_a_fresh_minute() {
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        % 60;
+    if second > 25 {
+        tokio::time::sleep(Duration::from_secs(60 - second)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_limits_hold_across_replicas_and_fail_open_without_redis() {
+    let mut redis = RedisServer::start();
+    let upstream = echo_upstream().await;
+    let a = Replica::start(upstream.addr, &redis.url()).await;
+    let b = Replica::start(upstream.addr, &redis.url()).await;
+    let replicas = [&a, &b];
+
+    // 10 per minute across both: 10 requests alternating between the replicas pass, the 11th
+    // is refused on each.
+    wait_for_a_fresh_minute().await;
+    for i in 0..10 {
+        let status = replicas[i % 2].checkout("tenant-1").await;
+        assert_eq!(status, 200, "request {} of 10: {}", i + 1, a.logs());
+    }
+    assert_eq!(a.checkout("tenant-1").await, 429, "{}", a.logs());
+    assert_eq!(b.checkout("tenant-1").await, 429, "{}", b.logs());
+    // Another client has its own count.
+    assert_eq!(b.checkout("tenant-2").await, 200, "{}", b.logs());
+    assert!(a.decisions("over_limit").await >= 1, "{}", a.logs());
+    assert!(b.decisions("over_limit").await >= 1, "{}", b.logs());
+
+    // The Replica limit (3 per minute) counts per gateway: 3 on each, the 4th refused on each.
+    for replica in replicas {
+        for i in 0..3 {
+            let status = replica.items("tenant-1").await;
+            assert_eq!(status, 200, "items {} of 3: {}", i + 1, replica.logs());
+        }
+        assert_eq!(replica.items("tenant-1").await, 429, "{}", replica.logs());
+    }
+
+    // Redis gone: every request passes (fail open), counted.
+    redis.stop();
+    for i in 0..15 {
+        let status = replicas[i % 2].checkout("tenant-3").await;
+        assert_eq!(status, 200, "request {} without Redis: {}", i + 1, a.logs());
+    }
+    // Even the client over its limit before: its count is in the Redis that is gone.
+    assert_eq!(a.checkout("tenant-1").await, 200, "{}", a.logs());
+    let failed = a.decisions("redis_error").await + b.decisions("redis_error").await;
+    assert!(failed >= 16, "fail-open decisions counted: {failed}");
+    assert!(a.decisions("redis_error").await >= 1, "{}", a.logs());
+    assert!(b.decisions("redis_error").await >= 1, "{}", b.logs());
+
+    // Redis back (empty, same port): limiting resumes once the sensors have reconnected.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    let refused = loop {
+        let status = replicas[sent % 2].checkout("tenant-4").await;
+        sent += 1;
+        if status == 429 {
+            break true;
+        }
+        assert_eq!(status, 200, "request {sent} after the restart");
+        if Instant::now() >= deadline || sent >= 200 {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused,
+        "no 429 within 30 s / {sent} requests after Redis came back:\n{}\n{}",
+        a.logs(),
+        b.logs()
+    );
+}
