@@ -37,6 +37,7 @@ mod redis_link;
 mod reload;
 mod scan_stage;
 mod server;
+mod sharing;
 #[cfg(test)]
 mod tests;
 

@@ -99,6 +99,10 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         "sensor ext_proc server listening"
     );
     let store = super::redis_link::connect(&args).await?;
+    // Runtime detection shares its counts and blocks through the same store.
+    let sharing = store
+        .clone()
+        .map(|store| Arc::new(super::sharing::Sharing::new(store)));
     let rate_limits = RateLimitServiceServer::new(RateLimits::new(
         config.clone(),
         store,
@@ -134,10 +138,19 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         sensor_metrics.clone(),
         stopped(&stopping),
     ));
+    let poller = sharing.clone().map(|sharing| {
+        tokio::spawn(super::sharing::poll(
+            sharing,
+            config.clone(),
+            sensor_metrics.clone(),
+            stopped(&stopping),
+        ))
+    });
     let access_logs = AccessLogServiceServer::new(AccessLogs {
         config: config.clone(),
         learner: learner.clone(),
         metrics: sensor_metrics.clone(),
+        sharing,
     });
     let service = ExternalProcessorServer::new(Processor {
         config,
@@ -180,6 +193,9 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
     let _ = watcher.await;
     let _ = pusher.await;
     let _ = ticker.await;
+    if let Some(poller) = poller {
+        let _ = poller.await;
+    }
     result
 }
 
@@ -321,6 +337,48 @@ struct AccessLogs {
     config: Arc<ConfigFile>,
     learner: SharedLearner,
     metrics: SensorMetrics,
+    /// The shared state (`--redis-url`): detection counts and blocks across replicas.
+    sharing: Option<Arc<super::sharing::Sharing>>,
+}
+
+impl AccessLogs {
+    /// Counts a batch into the runtime detectors (and, with the shared state, into the
+    /// cluster-wide counts); records and publishes the detections.
+    async fn detect(
+        &self,
+        pipeline: &super::pipeline::Pipeline,
+        requests: &[super::access_log::Logged],
+    ) {
+        let guard = self.config.guard();
+        let Some(runtime) = pipeline.runtime.as_ref() else {
+            // Drops the state of a runtime section that is gone.
+            guard.observe(None, requests);
+            return;
+        };
+        let policy = &pipeline.policy;
+        let mut detections = match &self.sharing {
+            None => guard.observe(Some(runtime), requests),
+            Some(sharing) => {
+                let mut counted = Vec::new();
+                let mut found = guard.observe_counted(Some(runtime), requests, Some(&mut counted));
+                let shared = sharing
+                    .add_counts(policy, guard, counted, &self.metrics)
+                    .await;
+                found.extend(shared);
+                found
+            }
+        };
+        if detections.is_empty() {
+            return;
+        }
+        detections.sort_by_key(|d| d.at_ms);
+        self.metrics.record_detections(policy, &detections);
+        if let Some(sharing) = &self.sharing {
+            sharing.publish(policy, &detections, &self.metrics).await;
+        }
+        let blocks = guard.active_blocks(super::guard::now_ms()).len();
+        self.metrics.set_active_blocks(policy, blocks);
+    }
 }
 
 #[tonic::async_trait]
@@ -344,14 +402,7 @@ impl AccessLogService for AccessLogs {
                         self.metrics
                             .set_endpoints(&pipeline.policy, declared, undeclared);
                     }
-                    let guard = self.config.guard();
-                    let detections = guard.observe(pipeline.runtime.as_ref(), &requests);
-                    if !detections.is_empty() {
-                        self.metrics
-                            .record_detections(&pipeline.policy, &detections);
-                        let blocks = guard.active_blocks(super::guard::now_ms()).len();
-                        self.metrics.set_active_blocks(&pipeline.policy, blocks);
-                    }
+                    self.detect(&pipeline, &requests).await;
                 }
                 Ok(None) => return Ok(Response::new(StreamAccessLogsResponse {})),
                 Err(status) => {

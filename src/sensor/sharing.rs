@@ -53,15 +53,18 @@ impl Sharing {
     }
 
     /// Counts a failed operation; warns at most once per [`LOG_EVERY`].
-    fn failed(&self, metrics: &SensorMetrics, operation: &'static str, error: &dyn std::fmt::Display) {
+    fn failed(
+        &self,
+        metrics: &SensorMetrics,
+        operation: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
         metrics.shared_error(operation);
         let mut last = self
             .last_warning
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let due = last
-            .get(operation)
-            .is_none_or(|t| t.elapsed() >= LOG_EVERY);
+        let due = last.get(operation).is_none_or(|t| t.elapsed() >= LOG_EVERY);
         if due {
             last.insert(operation, Instant::now());
             tracing::warn!(
