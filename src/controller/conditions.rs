@@ -278,6 +278,8 @@ pub fn status(
         // Written by the discovery intake under its own field manager; the reconcile's apply
         // leaves it out, so it is kept.
         discovery: None,
+        // Written by the intake under its own field manager (apiguard-runtime), kept the same way.
+        runtime: None,
     }
 }
 
