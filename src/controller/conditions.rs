@@ -552,6 +552,25 @@ mod tests {
     }
 
     #[test]
+    fn the_reconciles_status_leaves_out_what_the_intake_writes() {
+        // Server-side apply: fields left out of the reconcile's apply stay with their own
+        // field managers (apiguard-discovery, apiguard-runtime), even when a previous status had
+        // them.
+        let previous = crate::api::ApiSecurityPolicyStatus {
+            runtime: Some(crate::api::RuntimeStatus {
+                active_blocks: 1,
+                detections: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = status(&all_ok(), Some(&previous), Some(1), None, vec![], &t(100));
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("runtime").is_none(), "{json}");
+        assert!(json.get("discovery").is_none(), "{json}");
+    }
+
+    #[test]
     fn reasons_are_written_as_their_names() {
         for r in Reason::ALL {
             assert_eq!(r.as_str(), format!("{r:?}"));
