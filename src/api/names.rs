@@ -46,6 +46,12 @@ pub fn discovery_report_name(policy_name: &str) -> String {
     format!("apiguard-{policy_name}")
 }
 
+/// `<policy>.<id>`: the Event announcing one runtime detection or anomaly of a policy (`id`, 16
+/// hex digits, names what is announced, so announcing it twice finds the first Event).
+pub fn runtime_event_name(policy_name: &str, id: &str) -> String {
+    format!("{policy_name}.{id}")
+}
+
 impl ApiSecurityPolicy {
     /// `<name>-apiguard` ([`gateway_name`]); a policy without a name gives `-apiguard`.
     pub fn gateway_name(&self) -> String {
@@ -105,6 +111,11 @@ pub mod labels {
     pub const REPORT_AUDIT: &str = "audit";
     /// The value of [`REPORT`] on a policy's discovery report (`apiguard-<policy>`).
     pub const REPORT_DISCOVERY: &str = "discovery";
+    /// On an Event announcing a runtime detection or anomaly: the value
+    /// [`ANNOUNCEMENT_RUNTIME`] (with [`POLICY`], how a restarted operator finds them).
+    pub const ANNOUNCEMENT: &str = "apiguard.dev/announcement";
+    /// The value of [`ANNOUNCEMENT`].
+    pub const ANNOUNCEMENT_RUNTIME: &str = "runtime";
 }
 
 /// Annotation keys apiguard writes on its children.
@@ -119,6 +130,9 @@ pub mod annotations {
     /// On a discovery PolicyReport: SHA-256 (hex) of the declarations its findings were
     /// learned under (a change of the policy's rules or OpenAPI document starts it over).
     pub const DECLARATIONS: &str = "apiguard.dev/declarations";
+    /// On an Event announcing a runtime detection or anomaly: what it announced (JSON: reason,
+    /// detector and key or endpoint, when it fired and until when it lasts, Unix ms).
+    pub const ANNOUNCED: &str = "apiguard.dev/announced";
     /// On a certificate Secret: the certificate's `notAfter` (RFC 3339).
     pub(crate) const NOT_AFTER: &str = "apiguard.dev/not-after";
     /// Set by the user to `requested` on the CA Secret to start a CA rotation.
@@ -146,6 +160,9 @@ pub mod field_managers {
     /// The field manager of the discovery intake's writes (`status.discovery`, the
     /// PolicyReport `apiguard-<policy>`).
     pub const DISCOVERY: &str = "apiguard-discovery";
+
+    /// The field manager of the intake's `status.runtime` writes (detections and anomalies).
+    pub const RUNTIME: &str = "apiguard-runtime";
 
     /// The field manager of one replica's leader-election Lease writes.
     pub fn lease(identity: &str) -> String {

@@ -1058,6 +1058,31 @@ pub struct ApiSecurityPolicyStatus {
     /// operator's discovery intake, not by the reconcile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,
+    /// What the gateway's detectors and traffic baseline reported (written by the operator's
+    /// intake, not by the reconcile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeStatus>,
+}
+
+/// `status.runtime`: the detections and anomalies the gateway replicas reported (each
+/// announced once by an Event: `AbuseDetected`, `ClientBlocked`, `TrafficAnomaly`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStatus {
+    /// Blocks in force now: distinct detector and key across the gateway replicas, as of the
+    /// last push.
+    pub active_blocks: i64,
+    /// Detections announced (one per detector and key while it lasts, however many replicas
+    /// reported it).
+    pub detections: i64,
+    /// Traffic anomalies announced.
+    #[serde(default)]
+    pub anomalies: i64,
+    /// When the latest announced detection fired (RFC 3339); absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_detection_time: Option<String>,
+    /// When a gateway replica last reported its detections (RFC 3339).
+    pub last_report_time: String,
 }
 
 /// `status.discovery`: the endpoints the gateway replicas reported (see the PolicyReport

@@ -282,6 +282,8 @@ pub fn status(
         // Written by the discovery intake under its own field manager; the reconcile's apply
         // leaves it out, so it is kept.
         discovery: None,
+        // Written by the intake under its own field manager (apiguard-runtime), kept the same way.
+        runtime: None,
     }
 }
 
@@ -551,6 +553,25 @@ mod tests {
             config_hash: "h".into(),
         });
         assert!(!equivalent(&a, &d));
+    }
+
+    #[test]
+    fn the_reconciles_status_leaves_out_what_the_intake_writes() {
+        // Server-side apply: fields left out of the reconcile's apply stay with their own
+        // field managers (apiguard-discovery, apiguard-runtime), even when a previous status had
+        // them.
+        let previous = crate::api::ApiSecurityPolicyStatus {
+            runtime: Some(crate::api::RuntimeStatus {
+                active_blocks: 1,
+                detections: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = status(&all_ok(), Some(&previous), Some(1), None, vec![], &t(100));
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("runtime").is_none(), "{json}");
+        assert!(json.get("discovery").is_none(), "{json}");
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! identity); the operator answers `202 Accepted` with a [`PushAnswer`], or an error status
 //! with one (`400` a body it cannot read, `401` no client certificate, `403` another identity,
 //! `404` no such policy, `413` too large, `429` too often, with `retry-after`).
+//!
+//! A push may carry the sensor's runtime detections ([`RuntimeReport`], `runtime`): an
+//! operator that does not know the field ignores it, and a push without it is read as
+//! before.
 
 use super::inventory::Report;
+use crate::detect::{ActiveBlock, Anomaly, Detection};
 use serde::{Deserialize, Serialize};
 
 /// The operator's path for pushes.
@@ -16,8 +21,15 @@ pub const PUSH_PATH: &str = "/v1/discovery";
 /// under 1 MiB).
 pub const MAX_PUSH_BYTES: usize = 4 * 1024 * 1024;
 
-/// One sensor's inventory, as pushed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The most detections a push carries (the engine keeps its last 100).
+pub const MAX_PUSHED_DETECTIONS: usize = 100;
+/// The most anomalies a push carries.
+pub const MAX_PUSHED_ANOMALIES: usize = 100;
+/// The most active blocks a push carries (those ending last are kept).
+pub const MAX_PUSHED_BLOCKS: usize = 1000;
+
+/// One sensor's inventory (and runtime detections), as pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Push {
     /// The policy's namespace.
@@ -32,6 +44,63 @@ pub struct Push {
     pub declarations: String,
     /// The inventory.
     pub inventory: Report,
+    /// Whether the sensor learns the inventory; `false` (discovery off in the sensor, a push
+    /// for `runtime` only): `inventory` is empty and the operator does not take it.
+    #[serde(default = "learning", skip_serializing_if = "is_learning")]
+    pub discovery: bool,
+    /// The sensor's runtime detections, when it runs detectors or a baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeReport>,
+}
+
+fn learning() -> bool {
+    true
+}
+
+fn is_learning(discovery: &bool) -> bool {
+    *discovery
+}
+
+/// What a sensor's detection engine and baseline hold now: recent detections and anomalies
+/// (oldest first, newest last) and the blocks in force. Keys are as the engine shows them (the
+/// client IP as given, `sha256:`… for claims, API-key client ids and headers).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeReport {
+    /// Recent detections, newest last; at most [`MAX_PUSHED_DETECTIONS`].
+    #[serde(default)]
+    pub detections: Vec<Detection>,
+    /// Recent traffic anomalies, newest last; at most [`MAX_PUSHED_ANOMALIES`].
+    #[serde(default)]
+    pub anomalies: Vec<Anomaly>,
+    /// Blocks in force; at most [`MAX_PUSHED_BLOCKS`].
+    #[serde(default)]
+    pub active_blocks: Vec<ActiveBlock>,
+}
+
+impl RuntimeReport {
+    /// The report cut to the push's bounds: the newest detections and anomalies, and the
+    /// blocks that end last.
+    pub fn bounded(mut self) -> Self {
+        fn keep_last<T>(v: &mut Vec<T>, n: usize) {
+            if v.len() > n {
+                v.drain(..v.len() - n);
+            }
+        }
+        keep_last(&mut self.detections, MAX_PUSHED_DETECTIONS);
+        keep_last(&mut self.anomalies, MAX_PUSHED_ANOMALIES);
+        if self.active_blocks.len() > MAX_PUSHED_BLOCKS {
+            self.active_blocks
+                .sort_by_key(|b| std::cmp::Reverse(b.blocked_until_ms));
+            self.active_blocks.truncate(MAX_PUSHED_BLOCKS);
+        }
+        self
+    }
+
+    /// Whether there is nothing to tell.
+    pub fn is_empty(&self) -> bool {
+        self.detections.is_empty() && self.anomalies.is_empty() && self.active_blocks.is_empty()
+    }
 }
 
 /// The operator's answer to a push.

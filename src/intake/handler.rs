@@ -6,17 +6,27 @@
 //! PolicyReport `apiguard-<policy>` (server-side applied only when it changed, owned by the
 //! policy so it goes with it), `status.discovery` (server-side applied under its own field
 //! manager, so the reconcile's status writes keep it), and an Event per new shadow endpoint.
+//! A policy with `spec.discovery.enabled: false` (or a push marked `discovery: false`) gets
+//! none of these.
+//!
+//! A push's runtime report ([`super::runtime`]) gives one Event per new incident
+//! (`AbuseDetected`, `ClientBlocked`, `TrafficAnomaly`) and `status.runtime` (field manager
+//! `apiguard-runtime`). Each Event is named after what it announces and carries it in an
+//! annotation: creating it again finds the first one (`409`), and an intake's first push of a
+//! policy reads the policy's Events back, so neither a restart nor another operator replica
+//! announces an incident twice.
 
+use super::runtime::{Announcement, check, runtime_status};
 use super::{
     Intake, IntakeLimits, Refusal, SHADOW_EVENT_REASON, authorize, carried_over, reported_shadow,
     results, status_of,
 };
 use crate::admin::Metrics;
 use crate::api::ApiSecurityPolicy;
-use crate::api::names::annotations::DECLARATIONS;
-use crate::api::names::field_managers::DISCOVERY;
-use crate::api::names::{discovery_report_name, labels};
-use crate::discovery::push::{MAX_PUSH_BYTES, PUSH_PATH, Push, PushAnswer};
+use crate::api::names::annotations::{ANNOUNCED, DECLARATIONS};
+use crate::api::names::field_managers::{DISCOVERY, RUNTIME};
+use crate::api::names::{discovery_report_name, labels, runtime_event_name};
+use crate::discovery::push::{MAX_PUSH_BYTES, PUSH_PATH, Push, PushAnswer, RuntimeReport};
 use crate::reports::{ReportBuilder, ReportWriter, Timestamp};
 use crate::webhook::server::PeerIdentity;
 use axum::Router;
@@ -26,6 +36,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::ListParams;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
@@ -42,20 +56,34 @@ struct PushLabels {
     result: &'static str,
 }
 
+/// Labels of `apiguard_runtime_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// AbuseDetected, ClientBlocked, TrafficAnomaly.
+    reason: &'static str,
+}
+
 /// The intake's metrics.
 #[derive(Clone, Default)]
 pub struct IntakeMetrics {
     pushes: Family<PushLabels, Counter>,
+    runtime_events: Family<ReasonLabels, Counter>,
 }
 
 impl IntakeMetrics {
-    /// Registers `apiguard_discovery_pushes_total{result}` in `metrics`.
+    /// Registers `apiguard_discovery_pushes_total{result}` and
+    /// `apiguard_runtime_events_total{reason}` in `metrics`.
     pub fn register(metrics: &Metrics) -> Self {
         let this = Self::default();
         metrics.register(
             "apiguard_discovery_pushes",
             "Inventory pushes of gateway sensors received by this replica, by result",
             this.pushes.clone(),
+        );
+        metrics.register(
+            "apiguard_runtime_events",
+            "Events this replica published for gateway detections and anomalies, by reason",
+            this.runtime_events.clone(),
         );
         this
     }
@@ -64,12 +92,27 @@ impl IntakeMetrics {
     pub fn count(&self, result: &'static str) {
         self.pushes.get_or_create(&PushLabels { result }).inc();
     }
+
+    /// Counts one Event published for a detection or anomaly with `reason`
+    /// ([`super::runtime::ABUSE_EVENT_REASON`], …).
+    pub fn announced(&self, reason: &str) {
+        let reason = match reason {
+            super::runtime::ABUSE_EVENT_REASON => super::runtime::ABUSE_EVENT_REASON,
+            super::runtime::BLOCK_EVENT_REASON => super::runtime::BLOCK_EVENT_REASON,
+            _ => super::runtime::ANOMALY_EVENT_REASON,
+        };
+        self.runtime_events
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
 }
 
 /// What the route needs.
 pub struct IntakeService {
     client: kube::Client,
     trust_domain: String,
+    /// This replica (its pod name), as Events name their reporting instance.
+    instance: String,
     writer: ReportWriter,
     recorder: Recorder,
     metrics: IntakeMetrics,
@@ -87,13 +130,14 @@ impl IntakeService {
     ) -> Self {
         let reporter = Reporter {
             controller: "apiguard".into(),
-            instance: Some(instance),
+            instance: Some(instance.clone()),
         };
         IntakeService {
             writer: ReportWriter::new(client.clone(), DISCOVERY),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             trust_domain,
+            instance,
             metrics,
             intake: Mutex::new(Intake::new(limits)),
         }
@@ -178,6 +222,13 @@ async fn push(
     ) {
         return refused(&service, &refusal);
     }
+    if let Some(Err(e)) = push.runtime.as_ref().map(check) {
+        service.metrics.count("invalid");
+        return answer(
+            StatusCode::BAD_REQUEST,
+            format!("not a discovery push: {e}"),
+        );
+    }
     let admitted = service
         .intake
         .lock()
@@ -225,12 +276,40 @@ fn now_ms() -> i64 {
 }
 
 /// Writes what `push` changes; `None` when the policy does not exist. Returns what was done.
-async fn record(service: &IntakeService, push: Push) -> Result<Option<String>, kube::Error> {
+async fn record(service: &IntakeService, mut push: Push) -> Result<Option<String>, kube::Error> {
     let (namespace, name) = (push.namespace.clone(), push.name.clone());
     let policies: Api<ApiSecurityPolicy> = Api::namespaced(service.client.clone(), &namespace);
     let Some(policy) = policies.get_opt(&name).await? else {
         return Ok(None);
     };
+    let runtime = push.runtime.take();
+    let reporter = push.reporter.clone();
+    let mut done = Vec::new();
+    if push.discovery && policy.spec.discovery().enabled {
+        done.push(record_discovery(service, &policies, &policy, push).await?);
+    }
+    let had_runtime = policy.status.as_ref().is_some_and(|s| s.runtime.is_some());
+    if runtime.is_some() || had_runtime {
+        done.push(record_runtime(service, &policies, &policy, &reporter, runtime.as_ref()).await?);
+    }
+    if done.is_empty() {
+        done.push(
+            "nothing recorded: discovery is off for this policy and the push has no runtime report"
+                .into(),
+        );
+    }
+    Ok(Some(done.join("; ")))
+}
+
+/// Writes the discovery part of `push`: the PolicyReport, `status.discovery`, Events of new
+/// shadow endpoints.
+async fn record_discovery(
+    service: &IntakeService,
+    policies: &Api<ApiSecurityPolicy>,
+    policy: &ApiSecurityPolicy,
+    push: Push,
+) -> Result<String, kube::Error> {
+    let (namespace, name) = (push.namespace.clone(), push.name.clone());
     let report_name = discovery_report_name(&name);
     let stored = service.writer.get(&namespace, &report_name).await?;
     let known = reported_shadow(stored.as_ref());
@@ -310,8 +389,134 @@ async fn record(service: &IntakeService, push: Push) -> Result<Option<String>, k
         report = written,
         "discovery push recorded"
     );
-    Ok(Some(format!(
+    Ok(format!(
         "recorded: {} endpoints, {} undeclared, {} with sensitive data",
         discovery.endpoints, discovery.undeclared, discovery.sensitive
-    )))
+    ))
+}
+
+/// Writes the runtime part of a push from `reporter` (`None`: it reports no detections): an
+/// Event per new incident, `status.runtime`.
+async fn record_runtime(
+    service: &IntakeService,
+    policies: &Api<ApiSecurityPolicy>,
+    policy: &ApiSecurityPolicy,
+    reporter: &str,
+    report: Option<&RuntimeReport>,
+) -> Result<String, kube::Error> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let events: Api<K8sEvent> = Api::namespaced(service.client.clone(), &namespace);
+    let seeded = service
+        .intake
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .runtime_seeded(&namespace, &name);
+    if !seeded {
+        let selector = format!(
+            "{}={name},{}={}",
+            labels::POLICY,
+            labels::ANNOUNCEMENT,
+            labels::ANNOUNCEMENT_RUNTIME
+        );
+        let existing = events
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let announced: Vec<Announcement> = existing
+            .items
+            .iter()
+            .filter_map(|e| e.metadata.annotations.as_ref()?.get(ANNOUNCED))
+            .filter_map(|text| Announcement::from_annotation(text))
+            .collect();
+        service
+            .intake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seed_runtime(&namespace, &name, announced, now_ms());
+    }
+    let taken = service
+        .intake
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take_runtime(&namespace, &name, reporter, report, now_ms());
+    let object = policy.object_ref(&());
+    let mut published = Vec::new();
+    for announcement in taken.announce {
+        let event = runtime_event(&service.instance, &name, &object, &announcement);
+        match events.create(&Default::default(), &event).await {
+            Ok(_) => {
+                service.metrics.announced(&announcement.reason);
+                published.push(announcement);
+            }
+            // Announced already: by this replica before a restart, or by another replica.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(policy = %format!("{namespace}/{name}"), reason = %announcement.reason, error = %e, "could not publish a runtime Event");
+            }
+        }
+    }
+    let previous = policy.status.as_ref().and_then(|s| s.runtime.as_ref());
+    let status = runtime_status(previous, &published, taken.active_blocks, now_ms());
+    let patch = serde_json::json!({
+        "apiVersion": ApiSecurityPolicy::api_version(&()),
+        "kind": ApiSecurityPolicy::kind(&()),
+        "status": { "runtime": status },
+    });
+    policies
+        .patch_status(
+            &name,
+            &PatchParams::apply(RUNTIME).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    tracing::info!(
+        policy = %format!("{namespace}/{name}"),
+        announced = published.len(),
+        active_blocks = status.active_blocks,
+        detections = status.detections,
+        anomalies = status.anomalies,
+        "runtime report recorded"
+    );
+    Ok(format!(
+        "runtime: {} announced, {} blocks in force",
+        published.len(),
+        status.active_blocks
+    ))
+}
+
+/// The Event announcing `announcement` about `policy` (`object`), named after what it
+/// announces ([`Announcement::id`]) and carrying it in its annotation.
+fn runtime_event(
+    instance: &str,
+    policy: &str,
+    object: &ObjectReference,
+    announcement: &Announcement,
+) -> K8sEvent {
+    K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(runtime_event_name(policy, &announcement.id())),
+            namespace: object.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (labels::POLICY.to_owned(), policy.to_owned()),
+                (
+                    labels::ANNOUNCEMENT.to_owned(),
+                    labels::ANNOUNCEMENT_RUNTIME.to_owned(),
+                ),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                ANNOUNCED.to_owned(),
+                announcement.annotation(),
+            )])),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        action: Some("Detect".into()),
+        reason: Some(announcement.reason.clone()),
+        note: Some(announcement.note.clone()),
+        regarding: Some(object.clone()),
+        reporting_controller: Some("apiguard".into()),
+        reporting_instance: Some(instance.to_owned()),
+        type_: Some("Warning".into()),
+        ..Default::default()
+    }
 }

@@ -12,13 +12,15 @@
 //! the edge: the axum route, the apiserver reads and writes, the metrics.
 
 pub mod handler;
+pub mod runtime;
 
 use crate::api::DiscoveryStatus;
 use crate::api::names::gateway_name;
-use crate::discovery::push::Push;
+use crate::discovery::push::{Push, RuntimeReport};
 use crate::discovery::{EndpointReport, Report};
 use crate::identity::SpiffeId;
 use crate::reports::{ObjectReference, Outcome, PolicyReport, ReportResult, ResultSeverity};
+use runtime::{Announcement, RuntimeMemory, RuntimeTaken};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `policy` of every discovery result: what produced it.
@@ -142,6 +144,9 @@ struct PolicyState {
     announced: BTreeSet<String>,
     tokens: f64,
     refilled_at_ms: i64,
+    /// Detections and anomalies announced, blocks in force (kept when the declarations
+    /// change: they are not about them).
+    runtime: RuntimeMemory,
 }
 
 impl Intake {
@@ -226,7 +231,50 @@ impl Intake {
                 announced: BTreeSet::new(),
                 tokens: burst,
                 refilled_at_ms: now_ms,
+                runtime: RuntimeMemory::default(),
             })
+    }
+
+    /// Whether `namespace/name`'s runtime memory was seeded with the announcements of its
+    /// existing Events ([`Intake::seed_runtime`]).
+    pub fn runtime_seeded(&self, namespace: &str, name: &str) -> bool {
+        self.policies
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|s| s.runtime.seeded())
+    }
+
+    /// Seeds `namespace/name`'s runtime memory with what its existing Events announced (read
+    /// back from their annotations), so a fresh operator does not announce them again.
+    pub fn seed_runtime(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        announced: Vec<Announcement>,
+        now_ms: i64,
+    ) {
+        self.state(namespace, name, now_ms)
+            .runtime
+            .seed(announced, now_ms);
+    }
+
+    /// Takes the runtime report of `reporter` (a gateway replica; `None`: it reports no
+    /// detections) for `namespace/name` at `now_ms`: what to announce, and the blocks in force.
+    pub fn take_runtime(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        reporter: &str,
+        report: Option<&RuntimeReport>,
+        now_ms: i64,
+    ) -> RuntimeTaken {
+        let limits = self.limits;
+        self.state(namespace, name, now_ms).runtime.take(
+            reporter,
+            report,
+            now_ms,
+            limits.reporter_ttl_seconds.saturating_mul(1000),
+            limits.max_reporters,
+        )
     }
 
     /// Forgets a policy (deleted).

@@ -38,6 +38,8 @@ fn push(reporter: &str, declarations: &str, endpoints: Vec<EndpointReport>) -> P
         reporter: reporter.into(),
         declarations: declarations.into(),
         inventory: report(endpoints),
+        discovery: true,
+        runtime: None,
     }
 }
 

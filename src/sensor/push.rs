@@ -1,21 +1,25 @@
-//! The inventory push: every `report.intervalSeconds` the sensor looks at its inventory and,
-//! when it changed since the last accepted push (or every [`HEARTBEAT_INTERVALS`] intervals
-//! regardless), `POST`s it to the operator ([`crate::discovery::push`]) over mTLS with the
-//! gateway's workload certificate.
+//! The inventory push: every `report.intervalSeconds` the sensor looks at its inventory and
+//! its runtime detections and, when either changed since the last accepted push (or every
+//! [`HEARTBEAT_INTERVALS`] intervals regardless), `POST`s them to the operator
+//! ([`crate::discovery::push`]) over mTLS with the gateway's workload certificate. With
+//! discovery off and detections on, the push carries an empty inventory marked
+//! `discovery: false` and the runtime report.
 //!
 //! One TLS connection per push (one every 30 s by default): the certificate, key and roots are
 //! read from their files at every push, so a certificate the kubelet swapped into the volume is
 //! used from the next push on. The `report` section is read from the config in force at every
 //! tick: a reload that adds, removes or changes it takes effect without a restart.
 //!
-//! Only the inventory is sent (method, path templates, status classes, counts); the log lines
+//! Only the inventory (method, path templates, status classes, counts) and the detections
+//! (detectors, keys as the engine shows them: the client IP, or a hash) are sent; the log lines
 //! name the URL, the files, the status and the operator's message, never a value.
 
 use super::config::{HEARTBEAT_INTERVALS, SensorReport};
 use super::learn::SharedLearner;
 use super::observe::{ResultLabels, SensorMetrics};
 use super::reload::ConfigFile;
-use crate::discovery::push::{PUSH_PATH, Push, PushAnswer};
+use crate::discovery::push::{PUSH_PATH, Push, PushAnswer, RuntimeReport};
+use crate::discovery::{Declared, Inventory};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -106,23 +110,35 @@ impl Target {
     }
 }
 
-/// When to push: the inventory's change counter at the last accepted push, and the ticks since.
+/// Where the push finds the sensor's runtime detections, asked at every tick: `None` when the
+/// sensor runs no detectors and no baseline.
+pub(crate) type RuntimeSource = Arc<dyn Fn() -> Option<RuntimeReport> + Send + Sync>;
+
+/// What a push says, to tell whether anything changed: the inventory's change counter and a
+/// digest of the runtime report ([`runtime_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Version {
+    pub(crate) inventory: u64,
+    pub(crate) runtime: u64,
+}
+
+/// When to push: the version of the last accepted push, and the ticks since.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
-    accepted: Option<u64>,
+    accepted: Option<Version>,
     ticks_since_accepted: u32,
 }
 
 impl Schedule {
-    /// One interval passed; whether to push an inventory at change counter `generation`.
-    pub(crate) fn tick(&mut self, generation: u64) -> bool {
+    /// One interval passed; whether to push at `version`.
+    pub(crate) fn tick(&mut self, version: Version) -> bool {
         self.ticks_since_accepted = self.ticks_since_accepted.saturating_add(1);
-        self.accepted != Some(generation) || self.ticks_since_accepted >= HEARTBEAT_INTERVALS
+        self.accepted != Some(version) || self.ticks_since_accepted >= HEARTBEAT_INTERVALS
     }
 
-    /// The push of `generation` was accepted.
-    pub(crate) fn accepted(&mut self, generation: u64) {
-        self.accepted = Some(generation);
+    /// The push of `version` was accepted.
+    pub(crate) fn accepted(&mut self, version: Version) {
+        self.accepted = Some(version);
         self.ticks_since_accepted = 0;
     }
 
@@ -159,12 +175,26 @@ pub(crate) fn reporter() -> String {
         .unwrap_or_else(|| format!("sensor-{}", std::process::id()))
 }
 
-/// Pushes the inventory as the config in force says, until `shutdown`.
+/// A digest of `report` (0: none), for [`Version::runtime`].
+pub(crate) fn runtime_digest(report: Option<&RuntimeReport>) -> u64 {
+    let Some(report) = report else {
+        return 0;
+    };
+    let bytes = serde_json::to_vec(report).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
+}
+
+/// Pushes the inventory and what `runtime` reports as the config in force says, until
+/// `shutdown`.
 pub(crate) async fn run(
     config: Arc<ConfigFile>,
     learner: SharedLearner,
     metrics: SensorMetrics,
     reporter: String,
+    runtime: Option<RuntimeSource>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -191,28 +221,54 @@ pub(crate) async fn run(
         }
         wait = target.interval;
         let pipeline = config.current();
-        let Some(discovery) = pipeline.discovery.as_ref() else {
-            tracing::debug!("discovery is off in sensor.yaml; no inventory to push");
-            continue;
-        };
-        let snapshot = learner.snapshot(&pipeline.policy);
-        if !schedule.tick(snapshot.generation) {
-            continue;
-        }
+        let detections = runtime
+            .as_ref()
+            .and_then(|source| source())
+            .map(RuntimeReport::bounded);
         let (namespace, name) = pipeline
             .policy
             .split_once('/')
             .unwrap_or(("", pipeline.policy.as_str()));
-        let fingerprint = snapshot
-            .fingerprint
-            .as_deref()
-            .unwrap_or(&discovery.fingerprint);
+        let (inventory, generation, declarations, learning) = match pipeline.discovery.as_ref() {
+            Some(discovery) => {
+                let snapshot = learner.snapshot(&pipeline.policy);
+                let fingerprint = snapshot
+                    .fingerprint
+                    .as_deref()
+                    .unwrap_or(&discovery.fingerprint);
+                (
+                    snapshot.report,
+                    snapshot.generation,
+                    declarations_hash(fingerprint),
+                    true,
+                )
+            }
+            None if detections.is_some() => (
+                Inventory::new(Some(pipeline.policy.clone()), Declared::none()).report(),
+                0,
+                declarations_hash(""),
+                false,
+            ),
+            None => {
+                tracing::debug!("discovery and detections are off in sensor.yaml; nothing to push");
+                continue;
+            }
+        };
+        let version = Version {
+            inventory: generation,
+            runtime: runtime_digest(detections.as_ref()),
+        };
+        if !schedule.tick(version) {
+            continue;
+        }
         let push = Push {
             namespace: namespace.to_string(),
             name: name.to_string(),
             reporter: reporter.clone(),
-            declarations: declarations_hash(fingerprint),
-            inventory: snapshot.report,
+            declarations,
+            inventory,
+            discovery: learning,
+            runtime: detections,
         };
         let result = tokio::select! {
             _ = &mut shutdown => return,
@@ -220,7 +276,7 @@ pub(crate) async fn run(
         };
         let label = match &result {
             Ok(Answered::Accepted) => {
-                schedule.accepted(snapshot.generation);
+                schedule.accepted(version);
                 tracing::debug!(url = %target.url, endpoints = push.inventory.endpoints.len(), "inventory pushed");
                 "accepted"
             }

@@ -8,7 +8,10 @@ use super::observe::{ResultLabels, SensorMetrics};
 use super::push::*;
 use super::reload::ConfigFile;
 use crate::admin::Metrics;
-use crate::discovery::push::{PUSH_PATH, Push, PushAnswer};
+use crate::detect::{Action, ActiveBlock, Detection, KeyLabel};
+use crate::discovery::push::{
+    MAX_PUSHED_BLOCKS, MAX_PUSHED_DETECTIONS, PUSH_PATH, Push, PushAnswer, RuntimeReport,
+};
 use crate::identity::{CertificateAuthority, IssuedLeaf, LeafRequest, SpiffeId, issue_leaf};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -205,6 +208,10 @@ struct Sensor {
 
 impl Sensor {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, runtime: Option<RuntimeSource>) -> Self {
         let config = Arc::new(ConfigFile::load(dir.join("sensor.yaml")).unwrap());
         let learner = Arc::new(Learner::default());
         let metrics = SensorMetrics::register(&Metrics::new());
@@ -214,6 +221,7 @@ impl Sensor {
             learner.clone(),
             metrics.clone(),
             "orders-apiguard-7d9f-x2".into(),
+            runtime,
             async move {
                 let _ = stopping.wait_for(|s| *s).await;
             },
@@ -370,6 +378,8 @@ async fn a_server_certificate_from_another_ca_is_refused_before_anything_is_sent
         reporter: "r".into(),
         declarations: declarations_hash(""),
         inventory: sensor.learner.report("shop/orders"),
+        discovery: true,
+        runtime: None,
     };
     let err = push_once(&target, &push).await.unwrap_err();
     assert!(matches!(err, PushError::Tls { .. }), "{err}");
@@ -392,6 +402,8 @@ async fn a_missing_certificate_file_is_an_error_naming_it() {
         reporter: "r".into(),
         declarations: declarations_hash(""),
         inventory: Learner::default().report("shop/orders"),
+        discovery: true,
+        runtime: None,
     };
     let err = push_once(&target, &push).await.unwrap_err().to_string();
     assert!(
@@ -413,23 +425,218 @@ async fn a_missing_certificate_file_is_an_error_naming_it() {
     assert_eq!(received.spiffe_id.as_deref(), Some(GATEWAY));
 }
 
+fn version(inventory: u64, runtime: u64) -> Version {
+    Version { inventory, runtime }
+}
+
 #[test]
 fn an_unchanged_inventory_is_pushed_again_only_as_a_heartbeat() {
     let mut s = Schedule::default();
-    assert!(s.tick(0), "the first tick pushes");
-    s.accepted(0);
+    assert!(s.tick(version(0, 0)), "the first tick pushes");
+    s.accepted(version(0, 0));
     for i in 1..HEARTBEAT {
-        assert!(!s.tick(0), "tick {i}: unchanged, no heartbeat yet");
+        assert!(
+            !s.tick(version(0, 0)),
+            "tick {i}: unchanged, no heartbeat yet"
+        );
     }
-    assert!(s.tick(0), "the heartbeat");
-    s.accepted(0);
-    assert!(s.tick(1), "a change pushes at once");
+    assert!(s.tick(version(0, 0)), "the heartbeat");
+    s.accepted(version(0, 0));
+    assert!(s.tick(version(1, 0)), "a change pushes at once");
     // Not accepted: tried again at the next tick.
-    assert!(s.tick(1));
-    s.accepted(1);
-    assert!(!s.tick(1));
+    assert!(s.tick(version(1, 0)));
+    s.accepted(version(1, 0));
+    assert!(!s.tick(version(1, 0)));
+    assert!(
+        s.tick(version(1, 7)),
+        "a changed runtime report pushes at once"
+    );
+    s.accepted(version(1, 7));
+    assert!(!s.tick(version(1, 7)));
     s.reset();
-    assert!(s.tick(1), "a new target gets the inventory at once");
+    assert!(
+        s.tick(version(1, 7)),
+        "a new target gets the inventory at once"
+    );
+}
+
+#[test]
+fn the_runtime_digest_changes_with_the_report_and_is_zero_without_one() {
+    assert_eq!(runtime_digest(None), 0);
+    let empty = RuntimeReport::default();
+    let one = RuntimeReport {
+        detections: vec![detection("203.0.113.7", 1_000)],
+        ..RuntimeReport::default()
+    };
+    assert_ne!(runtime_digest(Some(&empty)), 0);
+    assert_ne!(runtime_digest(Some(&empty)), runtime_digest(Some(&one)));
+    assert_eq!(
+        runtime_digest(Some(&one)),
+        runtime_digest(Some(&one.clone()))
+    );
+}
+
+#[test]
+fn a_runtime_report_is_bounded_to_the_newest_and_the_blocks_ending_last() {
+    let report = RuntimeReport {
+        detections: (0..150).map(|i| detection("203.0.113.7", i)).collect(),
+        anomalies: Vec::new(),
+        active_blocks: (0..1200)
+            .map(|i| block(&format!("198.51.100.{}", i % 250), i))
+            .collect(),
+    }
+    .bounded();
+    assert_eq!(report.detections.len(), MAX_PUSHED_DETECTIONS);
+    assert_eq!(report.detections[0].at_ms, 50, "the oldest are dropped");
+    assert_eq!(report.detections.last().unwrap().at_ms, 149);
+    assert_eq!(report.active_blocks.len(), MAX_PUSHED_BLOCKS);
+    assert!(
+        report
+            .active_blocks
+            .iter()
+            .all(|b| b.blocked_until_ms >= 200)
+    );
+}
+
+fn detection(key: &str, at_ms: i64) -> Detection {
+    Detection {
+        detector: "login-stuffing".into(),
+        key: key.into(),
+        key_kind: KeyLabel::ClientIp,
+        key_name: None,
+        action: Action::Block,
+        count: 20,
+        distinct: None,
+        window_seconds: 60,
+        at_ms,
+        blocked_until_ms: Some(at_ms + 900_000),
+    }
+}
+
+fn block(key: &str, until_ms: i64) -> ActiveBlock {
+    ActiveBlock {
+        detector: "login-stuffing".into(),
+        key: key.into(),
+        key_kind: KeyLabel::ClientIp,
+        key_name: None,
+        count: 20,
+        since_ms: 0,
+        blocked_until_ms: until_ms,
+    }
+}
+
+/// `sensor.yaml` without a `discovery` section (discovery off).
+const HEADER_NO_DISCOVERY: &str = "apiVersion: apiguard.dev/v1alpha1\nkind: SensorConfig\npolicy: {namespace: shop, name: orders}\n";
+
+#[tokio::test]
+async fn detections_are_pushed_when_they_change_even_with_discovery_off() {
+    let ca = ca();
+    let (addr, mut rx) = operator(&ca, &ca, vec![]).await;
+    let dir = sensor_dir(&ca, &ca, "");
+    std::fs::write(
+        dir.path().join("sensor.yaml"),
+        format!(
+            "{HEADER_NO_DISCOVERY}{}",
+            report_section(addr, "identity.crt")
+        ),
+    )
+    .unwrap();
+    let current: Arc<std::sync::Mutex<Option<RuntimeReport>>> = Arc::default();
+    let source: RuntimeSource = {
+        let current = current.clone();
+        Arc::new(move || current.lock().unwrap().clone())
+    };
+    let sensor = Sensor::start_with(dir.path(), Some(source));
+
+    // Discovery off and no runtime report: nothing to push.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(rx.try_recv().is_err(), "pushed with nothing to say");
+
+    // A detection: pushed with an empty inventory marked discovery: false.
+    *current.lock().unwrap() = Some(RuntimeReport {
+        detections: vec![detection("203.0.113.7", 1_000)],
+        anomalies: Vec::new(),
+        active_blocks: vec![block("203.0.113.7", 901_000)],
+    });
+    let first = next(&mut rx, Duration::from_secs(3)).await;
+    assert_eq!(first.spiffe_id.as_deref(), Some(GATEWAY));
+    let push: Push = serde_json::from_slice(&first.body).unwrap();
+    assert!(!push.discovery);
+    assert!(push.inventory.endpoints.is_empty());
+    assert_eq!(push.inventory.policy.as_deref(), Some("shop/orders"));
+    let runtime = push.runtime.expect("the runtime report");
+    assert_eq!(runtime.detections.len(), 1);
+    assert_eq!(runtime.detections[0].key, "203.0.113.7");
+    assert_eq!(runtime.active_blocks.len(), 1);
+    let raw: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(raw["discovery"], false);
+    assert_eq!(
+        raw["runtime"]["detections"][0]["at"],
+        "1970-01-01T00:00:01Z"
+    );
+    until("the accepted push counted", || {
+        sensor.pushes("accepted") == 1
+    })
+    .await;
+
+    // Unchanged: not pushed again before the heartbeat.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "an unchanged report was pushed again"
+    );
+
+    // A second detection: pushed at the next tick.
+    current
+        .lock()
+        .unwrap()
+        .as_mut()
+        .unwrap()
+        .detections
+        .push(detection("198.51.100.9", 2_000));
+    let second = next(&mut rx, Duration::from_secs(3)).await;
+    let push: Push = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(push.runtime.unwrap().detections.len(), 2);
+    sensor.stop().await;
+}
+
+#[tokio::test]
+async fn with_discovery_on_the_runtime_report_rides_with_the_inventory() {
+    let ca = ca();
+    let (addr, mut rx) = operator(&ca, &ca, vec![]).await;
+    let dir = sensor_dir(&ca, &ca, &report_section(addr, "identity.crt"));
+    let current: Arc<std::sync::Mutex<Option<RuntimeReport>>> = Arc::default();
+    let source: RuntimeSource = {
+        let current = current.clone();
+        Arc::new(move || current.lock().unwrap().clone())
+    };
+    let sensor = Sensor::start_with(dir.path(), Some(source));
+    sensor.observe(&[logged("/users/42", 200)]);
+    let first = next(&mut rx, Duration::from_secs(5)).await;
+    let push: Push = serde_json::from_slice(&first.body).unwrap();
+    assert!(push.discovery);
+    assert_eq!(push.inventory.observed, 1);
+    assert_eq!(push.runtime, None);
+    let raw: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert!(
+        raw.get("runtime").is_none() && raw.get("discovery").is_none(),
+        "{raw}"
+    );
+    until("the accepted push counted", || {
+        sensor.pushes("accepted") == 1
+    })
+    .await;
+
+    // Only the runtime report changes: pushed, with the same inventory.
+    *current.lock().unwrap() = Some(RuntimeReport {
+        detections: vec![detection("203.0.113.7", 1_000)],
+        ..RuntimeReport::default()
+    });
+    let second = next(&mut rx, Duration::from_secs(3)).await;
+    let push: Push = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(push.inventory.observed, 1);
+    assert_eq!(push.runtime.unwrap().detections.len(), 1);
+    sensor.stop().await;
 }
 
 const HEARTBEAT: u32 = crate::sensor::config::HEARTBEAT_INTERVALS;

@@ -124,12 +124,14 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         sensor_metrics.clone(),
         stopped(&stopping),
     ));
-    // Pushes the inventory while the config has a `report` section (looked at every tick).
+    // Pushes the inventory and the runtime report while the config has a `report` section
+    // (looked at every tick).
     let pusher = tokio::spawn(super::push::run(
         config.clone(),
         learner.clone(),
         sensor_metrics.clone(),
         super::push::reporter(),
+        Some(runtime_report(config.clone())),
         stopped(&stopping),
     ));
     // Closes the baseline's minutes, drops idle detection state, keeps the gauge current.
@@ -304,6 +306,25 @@ fn detections_route(config: Arc<ConfigFile>) -> axum::Router {
             async move { axum::Json(view) }
         }),
     )
+}
+
+/// What the push reports of runtime detection under the config in force (None without a
+/// `runtime` section): the recent detections and anomalies, the blocks in force.
+fn runtime_report(config: Arc<ConfigFile>) -> super::push::RuntimeSource {
+    Arc::new(move || {
+        config.current().runtime.as_ref()?;
+        let view = config
+            .guard()
+            .view(&config.current().policy, super::guard::now_ms());
+        Some(
+            crate::discovery::push::RuntimeReport {
+                detections: view.detections,
+                anomalies: view.anomalies,
+                active_blocks: view.active_blocks,
+            }
+            .bounded(),
+        )
+    })
 }
 
 /// How often the detection state is ticked (the baseline closes minutes; a block's end shows

@@ -29,7 +29,10 @@ const OP_NS: &str = "apiguard-discovery";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A TLS client configuration trusting `roots_pem`, presenting `identity` (cert, key) if any.
-fn client_config(roots_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(
+    roots_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(roots_pem) {
         roots.add(cert.unwrap()).unwrap();
@@ -56,7 +59,7 @@ fn client_config(roots_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Arc<rust
 }
 
 /// `POST /v1/discovery` with `body` on a new connection: status, retry-after, JSON answer.
-async fn push(
+pub(crate) async fn push(
     port: u16,
     config: Arc<rustls::ClientConfig>,
     body: &Value,
@@ -116,11 +119,17 @@ fn inventory(ns: &str, name: &str, reporter: &str) -> Value {
             observed: 6,
             overflow: 0,
         },
+        discovery: true,
+        runtime: None,
     };
     serde_json::to_value(push).unwrap()
 }
 
-async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+pub(crate) async fn secret_data(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let secret = eventually(WAIT, &format!("Secret {ns}/{name}"), || async {
         Api::<Secret>::namespaced(client.clone(), ns)
             .get_opt(name)
@@ -135,13 +144,19 @@ async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> (Vec<u8>, V
 }
 
 fn shadow_events(ns: &str) -> Vec<Value> {
+    events_with_reason(ns, "ShadowEndpoint")
+}
+
+/// The Events of namespace `ns` with `reason`, as kubectl lists them.
+pub(crate) fn events_with_reason(ns: &str, reason: &str) -> Vec<Value> {
+    let selector = format!("reason={reason}");
     let out = control_plane().kubectl_ok([
         "get",
         "events",
         "-n",
         ns,
         "--field-selector",
-        "reason=ShadowEndpoint",
+        selector.as_str(),
         "-o",
         "json",
     ]);

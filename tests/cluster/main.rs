@@ -20,4 +20,5 @@ mod discovery_cluster;
 mod identity_cluster;
 mod image;
 mod policy_invariants_apiserver;
+mod runtime_cluster;
 mod webhook_cluster;

@@ -147,6 +147,7 @@ fn registered_metrics() -> Vec<(String, String, String)> {
     let audit = apiguard::audit::AuditMetrics::register(&metrics);
     let intake = apiguard::intake::handler::IntakeMetrics::register(&metrics);
     intake.count("accepted");
+    intake.announced("ClientBlocked");
     // A label family with no series is not encoded at all: give each one series.
     admission
         .requests
