@@ -4,7 +4,8 @@
 //! Deployment: the gateway pods (Envoy and the sensor sidecar) Running and Ready, and HTTPS
 //! through the gateway Service: public route 200, no token 401, wrong scope 403, valid token
 //! 200 with the target seeing the mTLS hop from the gateway's identity, a body breaking the
-//! OpenAPI contract refused by the sensor.
+//! OpenAPI contract refused by the sensor; the sensors' discovery and runtime detection
+//! reported to the operator (PolicyReport, status, Events).
 
 use serde_json::{Value, json};
 
@@ -74,7 +75,16 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
     );
 
     // A policy and its target: the gateway pods run Envoy and the sensor, both Ready.
-    let api = workload::deploy(cluster, "journey", json!({}));
+    // A runtime detector (alert only): 3 requests under /v1/admin/ from one client.
+    let api = workload::deploy(
+        cluster,
+        "journey",
+        json!({"runtime": {"detectors": [{
+            "name": "admin-probing",
+            "match": {"paths": ["/v1/admin/*"]},
+            "threshold": {"count": 3, "window": "5m"},
+        }]}}),
+    );
     for pod in api.gateway_pods() {
         let (names, images): (Vec<&str>, Vec<&str>) = pod["spec"]["containers"]
             .as_array()
@@ -220,6 +230,43 @@ fn the_chart_runs_the_operator_and_a_policy_gets_a_working_gateway() {
         events.matches("GET /v1/admin/export").count(),
         1,
         "one Event for the shadow endpoint, from both replicas' pushes: {events}"
+    );
+
+    // Runtime detection in the pods: 6 probes of /v1/admin/ over two gateway replicas (one
+    // of them sees at least 3) make its sensor detect the client; the push brings it to the
+    // operator: one AbuseDetected Event on the policy, counted in status.runtime.
+    for _ in 0..6 {
+        let _ = api.call(&Request::get("/v1/admin/export")).unwrap();
+    }
+    let detected = crate::support::tools::wait_until(
+        std::time::Duration::from_secs(90),
+        "an AbuseDetected Event for the admin probing",
+        || {
+            let events = cluster.cp.kubectl_ok([
+                "get",
+                "events",
+                "-n",
+                api.ns(),
+                "--field-selector",
+                "reason=AbuseDetected",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            events.contains("admin-probing").then_some(events)
+        },
+    );
+    assert_eq!(
+        detected.matches("admin-probing").count(),
+        1,
+        "one Event per detector and client: {detected}"
+    );
+    let policy = cluster
+        .get(api.ns(), "apisecuritypolicy", workload::POLICY)
+        .unwrap();
+    assert!(
+        policy["status"]["runtime"]["detections"].as_i64() >= Some(1),
+        "{}",
+        policy["status"]
     );
 }
 
