@@ -367,11 +367,7 @@ pub fn cases() -> Vec<Case> {
             invariant: inv::UNIQUE_DETECTOR_NAMES,
             field: "spec.runtime.detectors[1].name",
             mutate: |d: &mut Value| {
-                set(
-                    d,
-                    "/spec/runtime/detectors/1/name",
-                    json!("login-stuffing"),
-                )
+                set(d, "/spec/runtime/detectors/1/name", json!("login-stuffing"))
             },
         },
         Case {
