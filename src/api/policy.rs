@@ -36,6 +36,7 @@ pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
     printcolumn = r#"{"name":"Exposure","type":"string","jsonPath":".spec.exposure","description":"Who may reach the API"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"Enforce or Audit"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the gateway, certificates and network rules are in place"}"#,
+    printcolumn = r#"{"name":"Blocks","type":"integer","jsonPath":".status.runtime.activeBlocks","description":"Clients the gateway's detectors block now","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(

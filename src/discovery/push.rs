@@ -12,7 +12,7 @@
 //! before.
 
 use super::inventory::Report;
-use crate::detect::{ActiveBlock, Anomaly, Detection};
+use crate::detect::{ActiveBlock, Anomaly, Baseline, Detection, Engine};
 use serde::{Deserialize, Serialize};
 
 /// The operator's path for pushes.
@@ -79,6 +79,24 @@ pub struct RuntimeReport {
 }
 
 impl RuntimeReport {
+    /// What a sensor's `engine` (its detectors) and `baseline` hold at `now_ms`, bounded;
+    /// `None` when it runs neither.
+    pub fn of(engine: Option<&Engine>, baseline: Option<&Baseline>, now_ms: i64) -> Option<Self> {
+        if engine.is_none() && baseline.is_none() {
+            return None;
+        }
+        let report = RuntimeReport {
+            detections: engine
+                .map(|e| e.recent().cloned().collect())
+                .unwrap_or_default(),
+            anomalies: baseline
+                .map(|b| b.recent().cloned().collect())
+                .unwrap_or_default(),
+            active_blocks: engine.map(|e| e.active_blocks(now_ms)).unwrap_or_default(),
+        };
+        Some(report.bounded())
+    }
+
     /// The report cut to the push's bounds: the newest detections and anomalies, and the
     /// blocks that end last.
     pub fn bounded(mut self) -> Self {
@@ -111,4 +129,58 @@ pub struct PushAnswer {
     pub accepted: bool,
     /// Why not, or what was done; never echoes values from the push.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{
+        Action, BaselineConfig, DetectorConfig, Event, KeyKind, Limits, RequestKeys, Threshold,
+    };
+
+    #[test]
+    fn the_report_of_an_engine_holds_its_recent_detections_and_blocks_in_force() {
+        assert_eq!(RuntimeReport::of(None, None, 0), None);
+        let config = DetectorConfig {
+            name: "login-stuffing".into(),
+            methods: vec!["POST".into()],
+            paths: vec!["/login".into()],
+            statuses: vec![401],
+            by: KeyKind::ClientIp,
+            threshold: Threshold::Count {
+                count: 3,
+                window_ms: 60_000,
+            },
+            action: Action::Block,
+            block_for_ms: Some(60_000),
+        };
+        let mut engine = Engine::new(&[config], Limits::default()).unwrap();
+        let t0 = 1_800_000_000_000;
+        for i in 0..3 {
+            engine.observe(&Event {
+                at_ms: t0 + i,
+                method: "POST",
+                path: "/login",
+                status: 401,
+                keys: RequestKeys {
+                    client_ip: Some("203.0.113.7"),
+                    ..RequestKeys::default()
+                },
+            });
+        }
+        let baseline = Baseline::new(BaselineConfig::default()).unwrap();
+        let report = RuntimeReport::of(Some(&engine), Some(&baseline), t0 + 10).unwrap();
+        assert_eq!(report.detections.len(), 1);
+        assert_eq!(report.detections[0].key, "203.0.113.7");
+        assert_eq!(report.active_blocks.len(), 1);
+        assert!(report.anomalies.is_empty());
+        // The block ended: no longer in force, the detection still recent.
+        let later = RuntimeReport::of(Some(&engine), None, t0 + 2 + 60_000).unwrap();
+        assert_eq!((later.detections.len(), later.active_blocks.len()), (1, 0));
+        // A baseline alone reports (no anomaly yet).
+        assert_eq!(
+            RuntimeReport::of(None, Some(&baseline), t0),
+            Some(RuntimeReport::default())
+        );
+    }
 }

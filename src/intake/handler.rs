@@ -419,20 +419,26 @@ async fn record_runtime(
             labels::ANNOUNCEMENT,
             labels::ANNOUNCEMENT_RUNTIME
         );
-        let existing = events
-            .list(&ListParams::default().labels(&selector))
-            .await?;
-        let announced: Vec<Announcement> = existing
-            .items
-            .iter()
-            .filter_map(|e| e.metadata.annotations.as_ref()?.get(ANNOUNCED))
-            .filter_map(|text| Announcement::from_annotation(text))
-            .collect();
-        service
-            .intake
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .seed_runtime(&namespace, &name, announced, now_ms());
+        match events.list(&ListParams::default().labels(&selector)).await {
+            Ok(existing) => {
+                let announced: Vec<Announcement> = existing
+                    .items
+                    .iter()
+                    .filter_map(|e| e.metadata.annotations.as_ref()?.get(ANNOUNCED))
+                    .filter_map(|text| Announcement::from_annotation(text))
+                    .collect();
+                service
+                    .intake
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .seed_runtime(&namespace, &name, announced, now_ms());
+            }
+            // Not fatal: an Event that exists is still found when created again (409), and
+            // the next push reads them again.
+            Err(e) => {
+                tracing::warn!(policy = %format!("{namespace}/{name}"), error = %e, "could not read back the policy's runtime Events (RBAC: list events.k8s.io events)");
+            }
+        }
     }
     let taken = service
         .intake

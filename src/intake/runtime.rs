@@ -281,11 +281,12 @@ impl RuntimeMemory {
                 .collect();
             candidates.sort_by_key(|a| a.at);
             for a in candidates {
-                if self.is_new(&a, now_ms) {
-                    self.remember(a.subject.clone(), a.at, a.until, now_ms);
+                // A copy is remembered too: it keeps its incident known until the copy
+                // itself is stale.
+                let new = self.is_new(&a, now_ms);
+                self.remember(a.subject.clone(), a.at, a.until, now_ms);
+                if new {
                     announce.push(a);
-                } else {
-                    self.remember(a.subject.clone(), a.at, a.until, now_ms);
                 }
             }
             self.bound();

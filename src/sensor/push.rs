@@ -111,7 +111,8 @@ impl Target {
 }
 
 /// Where the push finds the sensor's runtime detections, asked at every tick: `None` when the
-/// sensor runs no detectors and no baseline.
+/// sensor runs no detectors and no baseline. Usually
+/// [`RuntimeReport::of`]`(engine, baseline, now)` under the sensor's detection lock.
 pub(crate) type RuntimeSource = Arc<dyn Fn() -> Option<RuntimeReport> + Send + Sync>;
 
 /// What a push says, to tell whether anything changed: the inventory's change counter and a

@@ -200,6 +200,15 @@ async fn detections_become_one_event_per_incident_and_status_runtime() {
         .await;
         assert_eq!((status.active_blocks, status.detections), (1, 1), "{status:?}");
         assert!(status.last_detection_time.is_some(), "{status:?}");
+        let wide = control_plane().kubectl_ok(["get", "asp", "shop", "-n", ns.as_str(), "-o", "wide"]);
+        // kubectl aligns columns: the value starts where its header does (an empty column
+        // before it leaves blanks, not a shift).
+        let mut lines = wide.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        let at = header.find("BLOCKS").unwrap_or_else(|| panic!("no BLOCKS column:\n{wide}"));
+        let value = row.get(at..).unwrap_or_default().split_whitespace().next();
+        assert_eq!(value, Some("1"), "{wide}");
         let blocked = events_with_reason(&ns, "ClientBlocked");
         assert_eq!(blocked.len(), 1, "{blocked:?}");
         let note = blocked[0]["message"].as_str().unwrap_or_default();

@@ -40,7 +40,9 @@ fn crd_has_names_columns_descriptions_and_cel() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Exposure", "Mode", "Ready", "Age"]);
+    assert_eq!(columns, ["Exposure", "Mode", "Ready", "Blocks", "Age"]);
+    // Blocks only in `-o wide`.
+    assert_eq!(version["additionalPrinterColumns"][3]["priority"], 1);
     let schema = &version["schema"]["openAPIV3Schema"];
 
     // Every property, at every depth, has a description (so `kubectl explain` reads well).
