@@ -2,13 +2,15 @@
 //! by the bench: Debian's, `tests/tools.sh redis`, or `$APIGUARD_REDIS_SERVER`): the round-trip
 //! latency of one fixed-window `hit` and of one `blocked` check (p50/p99/p99.9, µs), then
 //! throughput with many requests in flight on one client (the multiplexed connection
-//! pipelines them), with two clients (two replicas), and with `hit_many` (8 counters a call).
+//! pipelines them), with two clients (two replicas), and with `hit_many` (8 counters a call);
+//! then `window_add_many` of a batch of 16 sliding-window hits (60 s in 20 buckets: 12 counts,
+//! 4 of 8 distinct values each), as the sensor sends per access-log batch.
 //! Target: `hit` p99 < 1 ms on loopback.
 //!
 //! `nice cargo bench --bench shared_state`. Without `--bench` (as `cargo test --all-targets`
 //! runs it) it does a quick smoke run.
 
-use apiguard::shared_state::{Key, RedisConfig, SharedState};
+use apiguard::shared_state::{Key, RedisConfig, SharedState, WindowAdd, WindowHit};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -170,6 +172,43 @@ fn main() {
         let per_s = rounds as f64 * 8.0 / samples.iter().sum::<Duration>().as_secs_f64();
         report("hit_many (8 counters), one at a time", samples);
         println!("shared_state: hit_many (8 counters), one at a time: {per_s:.0} counters/s");
+
+        let window_keys: Vec<Key> = (0..16)
+            .map(|i| Key::new("bench/api", &format!("det:d{}:9f86d081{i:02}", i % 4)).unwrap())
+            .collect();
+        let values: Vec<Vec<u64>> = (0..16u64)
+            .map(|i| (0..8).map(|v| i * 1_000 + v).collect())
+            .collect();
+        let mut samples = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            // 10 ms apart: the batches move through the window's buckets.
+            let at_ms = 1_800_000_000_000 + round as u64 * 10;
+            let hits: Vec<WindowHit<'_>> = window_keys
+                .iter()
+                .zip(&values)
+                .enumerate()
+                .map(|(i, (key, values))| WindowHit {
+                    key,
+                    window_ms: 60_000,
+                    buckets: 20,
+                    at_ms,
+                    add: if i % 4 == 3 {
+                        WindowAdd::Distinct(values)
+                    } else {
+                        WindowAdd::Count(3)
+                    },
+                })
+                .collect();
+            let t = Instant::now();
+            std::hint::black_box(a.window_add_many(&hits).await.expect("window_add_many"));
+            samples.push(t.elapsed());
+        }
+        let per_s = rounds as f64 * 16.0 / samples.iter().sum::<Duration>().as_secs_f64();
+        report(
+            "window_add_many (16 hits: 12 counts, 4 x 8 distinct; 60 s / 20 buckets), one at a time",
+            samples,
+        );
+        println!("shared_state: window_add_many of 16, one call at a time: {per_s:.0} hits/s");
 
         for tasks in [1, 16, 64] {
             let per_s = throughput(std::slice::from_ref(&a), tasks, per_task).await;

@@ -133,7 +133,7 @@ mod tests {
             "apiguard:{shop/api}:w:60000:3000:566666648:det:enum:1"
         );
         // The next bucket's window drops the oldest one and adds the new one.
-        let next = hit(&key, 60_000, 20, 1_700_000_003_000).bucket_keys();
+        let next = hit(&key, 60_000, 20, 1_700_000_004_000).bucket_keys();
         assert_eq!(next[0], key.window_bucket(60_000, 3_000, 566_666_668));
         assert_eq!(&next[1..], &keys[..19]);
         // One bucket: the window is one fixed window.
