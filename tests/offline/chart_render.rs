@@ -329,7 +329,10 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
         &[][..],
         &["controller.enabled=false"][..],
         &["certManager.enabled=true"][..],
-        &["redis.url=redis://r:6379", "redis.existingSecret=redis-auth"][..],
+        &[
+            "redis.url=redis://r:6379",
+            "redis.existingSecret=redis-auth",
+        ][..],
     ] {
         check_deployment_env(&template(values), &known, values);
     }
