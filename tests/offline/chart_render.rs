@@ -467,7 +467,19 @@ fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str
         // The operator manages the certificate: no files, no mount; the SANs are the
         // Service's names, the Secret and the webhook configuration the chart's own.
         assert!(env_value(env, "APIGUARD_TLS_CERT").is_none());
-        assert!(container["volumeMounts"].is_null(), "{container}");
+        if values
+            .iter()
+            .any(|v| v.starts_with("redis.existingSecret="))
+        {
+            // Only the Redis password's mount.
+            let names: Vec<&str> = container["volumeMounts"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(names, ["redis-password"], "{container}");
+        } else {
+            assert!(container["volumeMounts"].is_null(), "{container}");
+        }
         let service = manifests
             .iter()
             .find(|m| m.kind() == "Service" && m.name() == "apiguard")
