@@ -286,7 +286,17 @@ impl RunArgs {
         let Some(url) = self.redis_url.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
-        RedisConfig::parse(url).map_err(|e| format!("--redis-url (APIGUARD_REDIS_URL): {e}"))?;
+        let config = RedisConfig::parse(url)
+            .map_err(|e| format!("--redis-url (APIGUARD_REDIS_URL): {e}"))?;
+        // The URL goes into every gateway's pod spec: a password in it would be written there.
+        if config.password().is_some() {
+            return Err(
+                "--redis-url (APIGUARD_REDIS_URL) must not carry a password (it is passed \
+                        to every gateway's sensor in its pod spec): give it with \
+                        --redis-password-file or APIGUARD_REDIS_PASSWORD"
+                    .into(),
+            );
+        }
         let password = match &self.redis_password_file {
             Some(path) => Some(Password::from_file(path).map_err(|e| {
                 format!("--redis-password-file (APIGUARD_REDIS_PASSWORD_FILE): {e}")
@@ -922,6 +932,28 @@ mod tests {
     #[test]
     fn bad_values_are_usage_errors() {
         assert!(Cli::try_parse_from(["apiguard", "--mode", "Block"]).is_err());
+        // --redis-url: checked, named in errors, never carrying a password.
+        let redis = |url: &str| {
+            Cli::try_parse_from(["apiguard", "--redis-url", url])
+                .unwrap()
+                .run
+                .shared_state_checked()
+        };
+        let ok = redis("redis+sentinel://s1,s2/mymaster").unwrap().unwrap();
+        assert_eq!(ok.url, "redis+sentinel://s1,s2/mymaster");
+        assert_eq!(ok.password, None);
+        let bad = redis("http://redis:6379").unwrap_err();
+        assert!(
+            bad.starts_with("--redis-url (APIGUARD_REDIS_URL): "),
+            "{bad}"
+        );
+        let with_password = redis("redis://:hunter2@redis:6379").unwrap_err();
+        assert!(
+            with_password.contains("must not carry a password"),
+            "{with_password}"
+        );
+        assert!(!with_password.contains("hunter2"), "{with_password}");
+        assert_eq!(redis("").unwrap(), None);
         assert!(Cli::try_parse_from(["apiguard", "--webhook-timeout", "5 seconds"]).is_err());
         assert!(Cli::try_parse_from(["apiguard", "--webhook-addr", "localhost"]).is_err());
     }

@@ -10,11 +10,12 @@
 # is not rebuilt, so a warm run takes seconds.
 # Writes target/tools/env.sh exporting the APIGUARD_* paths the tests read.
 #
-# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container|node|redis|kyverno]...
+# Usage: tests/tools.sh [kubernetes|etcd|helm|envoy|container|node|redis|kyverno|ratelimit]...
 # (no argument: all of them except kyverno. `container`: the Debian packages tests/image.sh
 # runs, apt-get installed when missing. `node`: everything the test node needs, above.
 # `kyverno`: the kyverno CLI, only for the side-by-side part of `cargo bench --bench lint`; no
-# test needs it, so CI does not build it.)
+# test needs it, so CI does not build it. `ratelimit`: envoyproxy/ratelimit, only for the
+# side-by-side part of `cargo bench --bench global_rate_limit`.)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,12 +23,16 @@ TOOLS="$ROOT/target/tools"
 GOWRAP="$ROOT/tests/go"
 
 # One place for the versions; tests/support/tools.rs mirrors them (tests/cluster/cluster_smoke.rs checks),
-# except KYVERNO_VERSION (bench only: benches/lint.rs reads APIGUARD_KYVERNO from env.sh).
+# except KYVERNO_VERSION and RATELIMIT_VERSION (bench only: benches/lint.rs and
+# benches/global_rate_limit.rs read APIGUARD_KYVERNO and APIGUARD_RATELIMIT from env.sh).
 KUBE_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
 ENVOY_VERSION=1.40.0
 KYVERNO_VERSION=v1.19.1
+# envoyproxy/ratelimit has no release tags: a pseudo-version of its main branch (bench only;
+# benches/global_rate_limit.rs names the same one).
+RATELIMIT_VERSION=v1.4.1-0.20260122083618-3fb702589d36
 KUBE_ROUTER_VERSION=v2.1.0
 COREDNS_VERSION=v1.15.0
 
@@ -36,6 +41,7 @@ ETCD_DIR="$TOOLS/etcd-$ETCD_VERSION"
 HELM_DIR="$TOOLS/helm-$HELM_VERSION"
 ENVOY_DIR="$TOOLS/envoy-$ENVOY_VERSION"
 KYVERNO_DIR="$TOOLS/kyverno-$KYVERNO_VERSION"
+RATELIMIT_DIR="$TOOLS/ratelimit-$RATELIMIT_VERSION"
 KUBE_NODE_DIR="$TOOLS/kubernetes-node-$KUBE_VERSION"
 KUBE_ROUTER_DIR="$TOOLS/kube-router-$KUBE_ROUTER_VERSION"
 COREDNS_DIR="$TOOLS/coredns-$COREDNS_VERSION"
@@ -293,6 +299,22 @@ build_kyverno() {
   echo "$stamp" >"$KYVERNO_DIR/.stamp"
 }
 
+# envoyproxy/ratelimit's service (src/service_cmd), `go install`ed from the module proxy (its
+# go.mod has no replace directive). Only for benches/global_rate_limit.rs.
+build_ratelimit() {
+  need_go ratelimit
+  local stamp
+  stamp=$(echo "github.com/envoyproxy/ratelimit/src/service_cmd@$RATELIMIT_VERSION" | sha256sum | cut -d' ' -f1)
+  if is_fresh "$RATELIMIT_DIR" "$stamp" service_cmd; then
+    log "ratelimit $RATELIMIT_VERSION: up to date ($RATELIMIT_DIR)"
+    return 0
+  fi
+  log "ratelimit $RATELIMIT_VERSION: building (minutes when cold)"
+  mkdir -p "$RATELIMIT_DIR"
+  GOBIN="$RATELIMIT_DIR" go install -trimpath "github.com/envoyproxy/ratelimit/src/service_cmd@$RATELIMIT_VERSION"
+  echo "$stamp" >"$RATELIMIT_DIR/.stamp"
+}
+
 # --- Debian packages --------------------------------------------------------------------------
 # Installed, not built. apt-get runs only when a file is missing (the package lists are
 # refreshed only when the install fails without it). Each entry: PACKAGE:FILE.
@@ -472,6 +494,8 @@ export APIGUARD_COREDNS_IMAGE=$COREDNS_IMAGE
 export APIGUARD_ENVOY_IMAGE=$ENVOY_IMAGE
 # Only for \`cargo bench --bench lint\` (built by \`tests/tools.sh kyverno\`).
 export APIGUARD_KYVERNO=$KYVERNO_DIR/kyverno
+# Only for \`cargo bench --bench global_rate_limit\` (built by \`tests/tools.sh ratelimit\`).
+export APIGUARD_RATELIMIT=$RATELIMIT_DIR/service_cmd
 EOF
   mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
 }
@@ -489,11 +513,12 @@ main() {
       node) timed "node" build_node ;;
       redis) timed "redis" install_redis ;;
       kyverno) timed "kyverno $KYVERNO_VERSION" build_kyverno ;;
+      ratelimit) timed "ratelimit $RATELIMIT_VERSION" build_ratelimit ;;
       -h | --help)
         sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
-      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container, node, redis, kyverno)" ;;
+      *) die "unknown tool '$t' (kubernetes, etcd, helm, envoy, container, node, redis, kyverno, ratelimit)" ;;
     esac
   done
   write_env

@@ -658,6 +658,80 @@ mod tests {
     }
 
     #[test]
+    fn the_sensor_gets_redis_by_env_and_the_password_from_the_secret_only() {
+        let mut f = example("bola-user-orders.yaml");
+        f.options.shared_state = Some(crate::render::SharedStateOptions {
+            url: "redis://redis.data:6379".into(),
+            password: Some("s3cret-pw".into()),
+        });
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        let secret = o.secret.data.as_ref().expect("data");
+        assert_eq!(
+            secret[envoy::REDIS_PASSWORD_FILE].0,
+            b"s3cret-pw".to_vec(),
+            "the password is in the gateway Secret"
+        );
+        let plain = serde_json::to_string(&o.config_map).expect("json");
+        assert!(!plain.contains("s3cret-pw"), "never in the ConfigMap");
+        let (sensor, _, pod) = sensor_parts(&f);
+        let env = sensor.env.expect("env");
+        let url = env
+            .iter()
+            .find(|e| e.name == "APIGUARD_REDIS_URL")
+            .expect("url");
+        assert_eq!(url.value.as_deref(), Some("redis://redis.data:6379"));
+        let password = env
+            .iter()
+            .find(|e| e.name == crate::sensor::REDIS_PASSWORD_ENV)
+            .expect("password");
+        assert_eq!(password.value, None);
+        let from = password
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secretKeyRef");
+        assert_eq!(from.name, f.policy.gateway_secrets_name());
+        assert_eq!(from.key, envoy::REDIS_PASSWORD_FILE);
+        assert!(
+            !serde_json::to_string(&sensor.args)
+                .expect("json")
+                .contains("s3cret-pw"),
+            "never in an argument"
+        );
+        // Envoy's projection lists the Secret's keys but the password.
+        let envoy_volume = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "gateway")
+            .expect("gateway volume");
+        let items: Vec<String> = envoy_volume
+            .projected
+            .expect("projected")
+            .sources
+            .expect("sources")
+            .into_iter()
+            .filter_map(|s| s.secret)
+            .flat_map(|s| s.items.expect("items listed"))
+            .map(|i| i.key)
+            .collect();
+        assert!(!items.is_empty());
+        assert!(
+            !items.iter().any(|k| k == envoy::REDIS_PASSWORD_FILE),
+            "{items:?}"
+        );
+        // Without Redis, nothing changes: no env, the whole Secret projected.
+        let f = example("bola-user-orders.yaml");
+        let (sensor, _, _) = sensor_parts(&f);
+        assert!(
+            sensor
+                .env
+                .is_none_or(|e| e.iter().all(|e| !e.name.contains("REDIS")))
+        );
+    }
+
+    #[test]
     fn the_pushing_sensor_mounts_its_identity_with_the_key_from_the_secret() {
         let mut f = example("bola-user-orders.yaml");
         f.options.discovery_report = Some(crate::render::DiscoveryReportOptions {

@@ -15,7 +15,9 @@
 //!   stage);
 //! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
 //!   swapping the pipeline), `observe` (metrics and decision log lines), `push` (the
-//!   inventory pushed to the operator over mTLS).
+//!   inventory pushed to the operator over mTLS), `rate_limit` (Envoy's rate limit service for
+//!   `scope: Global` limits: a pure decision core and the tonic service, counting in Redis),
+//!   `redis_link` (`--redis-url` → the shared state handle, connected in the background).
 //!
 //! See `docs/sensor.md`.
 

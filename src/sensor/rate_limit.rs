@@ -11,10 +11,10 @@
 //!
 //! Failure: Redis unreachable, slow or not configured → `OK` (fail open): a global limit never
 //! takes traffic down with Redis. Counted (`result="redis_error"` / `"no_redis"`) and logged
-//! at most once per [`WARN_INTERVAL`].
+//! at most once per `WARN_INTERVAL` (10 s).
 //!
-//! Core: [`GlobalLimits`], [`requested_hits`], [`verdict`] (pure). Edge: [`RateLimits`], the
-//! tonic service.
+//! Core: `GlobalLimits`, `requested_hits`, `verdict`, `response` (pure). Edge: `RateLimits`,
+//! the tonic service.
 
 use super::config::{
     CLIENT_ENTRY, GLOBAL_LIMIT_ENTRY, GlobalRateLimit, RATE_LIMIT_DOMAIN, REMOTE_ADDRESS_ENTRY,

@@ -21,8 +21,8 @@
 //! Redis is the caller's choice (docs/redis.md). [`SharedState::stats`] counts outcomes for the
 //! caller's metrics.
 //!
-//! Not wired into the sensor yet: it comes with runtime detection and `scope: Global` rate
-//! limits.
+//! Used by the sensor for `scope: Global` rate limits (`sensor::rate_limit`), connected by
+//! `sensor::redis_link`.
 
 pub mod config;
 pub mod keys;

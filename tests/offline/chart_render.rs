@@ -30,6 +30,12 @@ const VALUE_SETS: &[&[&str]] = &[
     ],
     &["controller.enabled=false"],
     &["webhook.enabled=false"],
+    &["redis.url=redis://redis.data:6379"],
+    &[
+        "redis.url=rediss://redis.data:6380",
+        "redis.existingSecret=redis-auth",
+        "certManager.enabled=true",
+    ],
     &[
         "metrics.serviceMonitor.enabled=true",
         "networkPolicy.enabled=false",
@@ -323,9 +329,59 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
         &[][..],
         &["controller.enabled=false"][..],
         &["certManager.enabled=true"][..],
+        &[
+            "redis.url=redis://r:6379",
+            "redis.existingSecret=redis-auth",
+        ][..],
     ] {
         check_deployment_env(&template(values), &known, values);
     }
+}
+
+#[test]
+fn the_redis_password_is_a_mounted_secret_file() {
+    let manifests = template(&[
+        "redis.url=redis://redis.data:6379",
+        "redis.existingSecret=redis-auth",
+        "redis.passwordKey=pw",
+        "certManager.enabled=true",
+    ]);
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment.object["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().expect("env");
+    assert_eq!(
+        env_value(env, "APIGUARD_REDIS_URL"),
+        Some("redis://redis.data:6379")
+    );
+    assert_eq!(
+        env_value(env, "APIGUARD_REDIS_PASSWORD_FILE"),
+        Some("/var/run/apiguard/redis/password")
+    );
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let redis = volumes
+        .iter()
+        .find(|v| v["name"] == "redis-password")
+        .expect("the password volume");
+    assert_eq!(redis["secret"]["secretName"], "redis-auth");
+    assert_eq!(
+        redis["secret"]["items"],
+        serde_json::json!([{"key": "pw", "path": "password"}])
+    );
+    assert!(volumes.iter().any(|v| v["name"] == "webhook-tls"));
+    // Without a URL, nothing about Redis.
+    let plain = template(&[]);
+    let text = serde_json::to_string(
+        &plain
+            .iter()
+            .find(|m| m.kind() == "Deployment")
+            .expect("a Deployment")
+            .object,
+    )
+    .expect("json");
+    assert!(!text.contains("REDIS"), "{text}");
 }
 
 fn env_value<'a>(env: &'a [Value], name: &str) -> Option<&'a str> {
@@ -411,7 +467,19 @@ fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str
         // The operator manages the certificate: no files, no mount; the SANs are the
         // Service's names, the Secret and the webhook configuration the chart's own.
         assert!(env_value(env, "APIGUARD_TLS_CERT").is_none());
-        assert!(container["volumeMounts"].is_null(), "{container}");
+        if values
+            .iter()
+            .any(|v| v.starts_with("redis.existingSecret="))
+        {
+            // Only the Redis password's mount.
+            let names: Vec<&str> = container["volumeMounts"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(names, ["redis-password"], "{container}");
+        } else {
+            assert!(container["volumeMounts"].is_null(), "{container}");
+        }
         let service = manifests
             .iter()
             .find(|m| m.kind() == "Service" && m.name() == "apiguard")

@@ -563,6 +563,38 @@ async fn a_missing_target_is_reported_and_nothing_is_created() {
 }
 
 #[tokio::test]
+async fn a_global_rate_limit_without_redis_programs_nothing_and_says_why() {
+    // The test renderer, like an operator without --redis-url, has no shared state store.
+    let mut p = policy("payments", "p-uid", 100, "api");
+    p.spec.rate_limits = serde_json::from_value(json!([
+        {"name": "per-client", "limit": {"requests": 100, "per": "Minute"}},
+        {"name": "checkout", "scope": "Global", "limit": {"requests": 10, "per": "Minute"}},
+    ]))
+    .unwrap();
+    let mut h = harness(vec![(SVC.to_string(), service("api"))]);
+    h.add_policy(&p);
+    h.reconcile(&p).await.unwrap();
+    let calls = h.finish().await;
+    // Nothing applied or pruned: the gateway keeps what it had.
+    assert_eq!(lines(&calls), vec![format!("PATCH {POLICY}/status")]);
+    let status = &calls[0].body;
+    let programmed = condition(status, "Programmed");
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["reason"], "GlobalRateLimitWithoutRedis");
+    let message = programmed["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.rateLimits[1].scope is Global")
+            && message.contains("--redis-url"),
+        "{message}"
+    );
+    assert_eq!(condition(status, "Accepted")["status"], "True");
+    assert_eq!(
+        condition(status, "Ready")["reason"],
+        "GlobalRateLimitWithoutRedis"
+    );
+}
+
+#[tokio::test]
 async fn the_trust_bundle_is_owned_by_the_namespaces_oldest_policy_only() {
     // Two policies on different Services: the bundle's one owner is the older policy, whoever
     // reconciles, so a new policy does not rewrite it (nor re-trigger every policy).

@@ -247,6 +247,14 @@ fn registered_metrics() -> Vec<(String, String, String)> {
         })
         .inc();
     sensor.shared_error("count");
+    apiguard::sensor::rate_limit::RateLimitMetrics::register(&metrics)
+        .decisions
+        .get_or_create(&apiguard::sensor::rate_limit::DecisionLabels {
+            policy: "shop/orders".into(),
+            limit: "checkout".into(),
+            result: "ok",
+        })
+        .inc();
     let text = metrics.encode();
 
     let mut help = std::collections::HashMap::new();

@@ -525,7 +525,10 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "apiguard.dev/v1alpha1", "kind": "ApiSecurityPolicy",
             "metadata": {"name": "shop", "namespace": "test"},
-            "spec": {"target": {"service": "shop", "port": 8080}, "rateLimits": limits},
+            "spec": {
+                "target": {"service": "shop", "port": 8080}, "exposure": "Internal",
+                "rateLimits": limits,
+            },
         }))
         .expect("a policy")
     }

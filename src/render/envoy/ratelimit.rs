@@ -127,6 +127,9 @@ pub(super) fn sensor_global_limits(ctx: &Ctx<'_>) -> Vec<GlobalRateLimit> {
         .collect()
 }
 
+/// The actions that build one descriptor, and its entries.
+type Descriptor = (Vec<RateLimitAction>, Vec<DescriptorEntry>);
+
 /// The actions that build the descriptor of the policy rate limit `j` on a route of `rule` at
 /// `path`, its first entry keyed `limit_entry`, and the descriptor's entries (values of the
 /// client's entry empty: filled per request); `None` when the limit cannot apply to the route.
@@ -137,7 +140,7 @@ fn actions(
     rule: &AuthorizationRule,
     path: &str,
     limit_entry: &str,
-) -> Result<Option<(Vec<RateLimitAction>, Vec<DescriptorEntry>)>, RenderError> {
+) -> Result<Option<Descriptor>, RenderError> {
     let field = format!("spec.rateLimits[{j}]");
     if rl.limit.requests == 0 {
         return Err(ctx.invalid(format!("{field}.limit.requests"), "must be greater than 0"));
