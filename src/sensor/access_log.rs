@@ -36,7 +36,7 @@ pub struct Logged {
     pub caller: Caller,
 }
 
-/// What an entry says about its caller. Owned; [`Caller::keys`] borrows it for the detectors.
+/// What an entry says about its caller. Owned; [`Caller::with_keys`] borrows it for the detectors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
     /// The downstream address's IP (the peer Envoy saw).
