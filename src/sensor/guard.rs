@@ -9,12 +9,11 @@
 //! every half second, takes the write lock briefly).
 
 use super::access_log::Logged;
-use super::config::SensorConfig;
 use super::contract_stage::PROBLEM_JSON;
 use super::pipeline::{Action, Event, Exchange, Reply, Stage};
+use super::runtime_settings::RuntimeSettings;
 use crate::detect::{
-    self, ActiveBlock, Anomaly, Baseline, BaselineConfig, Counted, Detection, DetectorConfig,
-    Engine, EngineStats, Limits,
+    self, ActiveBlock, Anomaly, Baseline, Counted, Detection, Engine, EngineStats, Limits,
 };
 use crate::discovery::Declared;
 use serde::Serialize;
@@ -29,44 +28,6 @@ const RECENT_ANOMALIES: usize = 50;
 const TICK_SWEEP: usize = 4096;
 /// The problem type of a blocked request.
 pub(crate) const BLOCKED_PROBLEM_TYPE: &str = "https://apiguard.dev/problems/client-blocked";
-
-/// The compiled `runtime` section of one `sensor.yaml`.
-#[derive(Debug)]
-pub(crate) struct RuntimeSettings {
-    /// The section as JSON: the state is kept while it stays the same.
-    fingerprint: String,
-    detectors: Vec<DetectorConfig>,
-    baseline: Option<BaselineConfig>,
-    /// The endpoints the baseline counts into (declared templates, else inferred ones).
-    declared: Declared,
-    /// Whether any detector blocks (else requests are never checked).
-    pub(crate) any_block: bool,
-}
-
-/// The `runtime` section of `config`, compiled; None without one. An error names the field
-/// (`runtime.detectors[0].threshold.window`).
-pub(crate) fn runtime_settings(config: &SensorConfig) -> Result<Option<RuntimeSettings>, String> {
-    let Some(runtime) = &config.runtime else {
-        return Ok(None);
-    };
-    let detectors =
-        detect::policy::detectors(runtime).map_err(|e| format!("{} {}", e.field, e.message))?;
-    let mut declared = Declared::none();
-    if let Some(openapi) = &config.openapi {
-        // A document that does not declare paths leaves the templates to the heuristic.
-        let _ = declared.add_openapi(&openapi.document);
-    }
-    for route in config.discovery.iter().flat_map(|d| &d.declared) {
-        let _ = declared.add_route(&route.methods, &route.paths);
-    }
-    Ok(Some(RuntimeSettings {
-        fingerprint: serde_json::to_string(runtime).unwrap_or_default(),
-        any_block: detect::policy::any_block(runtime),
-        baseline: detect::policy::baseline(runtime),
-        detectors,
-        declared,
-    }))
-}
 
 /// Unix milliseconds now.
 pub(crate) fn now_ms() -> i64 {

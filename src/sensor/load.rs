@@ -6,9 +6,10 @@
 
 use super::config::{SensorConfig, SensorReport};
 use super::contract_stage::{ContractStage, RequestMode};
-use super::guard::{BlockStage, SharedGuard, runtime_settings};
+use super::guard::{BlockStage, SharedGuard};
 use super::pipeline::{Pipeline, Stage};
 use super::rate_limit::GlobalLimits;
+use super::runtime_settings::runtime_settings;
 use super::scan_stage::ScanStage;
 use crate::api::PolicyMode;
 use crate::api::policy::default_max_response_bytes;

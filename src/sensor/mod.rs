@@ -11,13 +11,14 @@
 //!   `scan_stage` (sensitive data in JSON response bodies, classes only),
 //!   `load` (`sensor.yaml` text → pipeline), `ext_proc` (Envoy's messages ↔ the pipeline,
 //!   synchronous), `access_log` (an access log entry → the logged request and its caller),
-//!   `guard` (runtime detection: the detectors and baseline fed by the access log, the block
-//!   stage);
+//!   `runtime_settings` (the compiled `runtime` section), `guard` (runtime detection: the
+//!   detectors and baseline fed by the access log, the block stage);
 //! - edges: `server` (flags, the gRPC and admin servers, shutdown), `reload` (polling the file,
 //!   swapping the pipeline), `observe` (metrics and decision log lines), `push` (the
 //!   inventory pushed to the operator over mTLS), `rate_limit` (Envoy's rate limit service for
 //!   `scope: Global` limits: a pure decision core and the tonic service, counting in Redis),
-//!   `redis_link` (`--redis-url` → the shared state handle, connected in the background).
+//!   `redis_link` (`--redis-url` → the shared state handle, connected in the background),
+//!   `sharing` (runtime detection's counts and blocks shared across replicas through it).
 //!
 //! See `docs/sensor.md`.
 
@@ -37,6 +38,7 @@ mod push_tests;
 pub mod rate_limit;
 mod redis_link;
 mod reload;
+mod runtime_settings;
 mod scan_stage;
 mod server;
 mod sharing;

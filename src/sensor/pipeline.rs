@@ -205,7 +205,7 @@ pub(crate) struct Pipeline {
     /// The declared endpoints discovery templates against; None: discovery is off.
     pub(crate) discovery: Option<super::learn::DiscoveryConfig>,
     /// The runtime detectors and baseline; None: no detection.
-    pub(crate) runtime: Option<super::guard::RuntimeSettings>,
+    pub(crate) runtime: Option<super::runtime_settings::RuntimeSettings>,
     pub(crate) stages: Vec<Box<dyn Stage>>,
     /// The most body bytes buffered per message (responses: `maxResponseBytes`, so a larger
     /// body is known to be too large without holding all of it).
