@@ -403,6 +403,18 @@ async fn two_gateway_replicas_share_counts_and_blocks_through_redis() {
         let r = g.send(&login("right", CUSTOMER)).await;
         assert_eq!(r.status, 200, "another client is served: {}", r.text());
     }
+    // After blockFor (6 s) both replicas serve the IP again: the block one of them adopted
+    // ends with the one it was made from.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for (name, g) in [("a", &a), ("b", &b)] {
+        let r = g.send(&login("right", ATTACKER)).await;
+        assert_eq!(
+            r.status,
+            200,
+            "replica {name} still refuses after blockFor: {}",
+            r.text()
+        );
+    }
 
     // Enumeration spread over both: 10 other users' ids on each, 20 distinct in all.
     let now = unix_now();
