@@ -20,6 +20,31 @@ pub struct RequestKeys<'a> {
     pub headers: &'a [(&'a str, &'a str)],
 }
 
+/// Calls `f` with the keys of owned attributes (claims and headers as `(name, value)`
+/// strings), for callers that keep them as `String`s (the sensor's request and access log).
+pub fn with_owned_keys<R>(
+    client_ip: Option<&str>,
+    api_key_client: Option<&str>,
+    claims: &[(String, String)],
+    headers: &[(String, String)],
+    f: impl FnOnce(&RequestKeys<'_>) -> R,
+) -> R {
+    let claims: Vec<(&str, &str)> = claims
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    f(&RequestKeys {
+        client_ip,
+        api_key_client,
+        claims: &claims,
+        headers: &headers,
+    })
+}
+
 impl<'a> RequestKeys<'a> {
     /// A claim's value.
     pub fn claim(&self, name: &str) -> Option<&'a str> {

@@ -52,22 +52,13 @@ pub struct Caller {
 impl Caller {
     /// Calls `f` with the caller as the detectors' [`RequestKeys`].
     pub fn with_keys<R>(&self, f: impl FnOnce(&RequestKeys<'_>) -> R) -> R {
-        let claims: Vec<(&str, &str)> = self
-            .claims
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        f(&RequestKeys {
-            client_ip: self.client_ip.as_deref(),
-            api_key_client: self.api_key_client.as_deref(),
-            claims: &claims,
-            headers: &headers,
-        })
+        crate::detect::keys::with_owned_keys(
+            self.client_ip.as_deref(),
+            self.api_key_client.as_deref(),
+            &self.claims,
+            &self.headers,
+            f,
+        )
     }
 }
 

@@ -88,22 +88,13 @@ impl RequestContext {
 
     /// Calls `f` with the request's caller as the detectors' keys.
     pub(crate) fn with_keys<R>(&self, f: impl FnOnce(&crate::detect::RequestKeys<'_>) -> R) -> R {
-        let claims: Vec<(&str, &str)> = self
-            .claims
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        f(&crate::detect::RequestKeys {
-            client_ip: self.client_ip.as_deref(),
-            api_key_client: self.principal.client_id.as_deref(),
-            claims: &claims,
-            headers: &headers,
-        })
+        crate::detect::keys::with_owned_keys(
+            self.client_ip.as_deref(),
+            self.principal.client_id.as_deref(),
+            &self.claims,
+            &self.headers,
+            f,
+        )
     }
 
     /// The first value of header `name` (lower-case).

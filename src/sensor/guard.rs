@@ -31,10 +31,7 @@ pub(crate) const BLOCKED_PROBLEM_TYPE: &str = "https://apiguard.dev/problems/cli
 
 /// Unix milliseconds now.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    unix_ms(SystemTime::now())
 }
 
 fn unix_ms(t: SystemTime) -> i64 {

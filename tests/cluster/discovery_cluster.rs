@@ -174,42 +174,15 @@ async fn pushes_are_taken_only_from_the_gateway_and_become_report_status_and_eve
     ensure_namespace(&client, OP_NS).await;
     let (webhook, admin) = (free_port(), free_port());
     let url = format!("https://127.0.0.1:{webhook}{PUSH_PATH}");
-    let _process = Process(
-        Command::new(env!("CARGO_BIN_EXE_apiguard"))
-            .args([
-                "run",
-                "--no-audit",
-                "--webhook-addr",
-                &format!("127.0.0.1:{webhook}"),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--operator-namespace",
-                OP_NS,
-                "--webhook-dns-name",
-                "localhost",
-                "--webhook-ip-address",
-                "127.0.0.1",
-                "--discovery-url",
-                &url,
-                "--discovery-report-interval",
-                "5s",
-            ])
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("POD_NAME", "discovery-replica")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting apiguard run"),
-    );
-    let admin_addr = ([127, 0, 0, 1], admin).into();
-    eventually(WAIT, "/readyz 200", || async {
-        http_get(admin_addr, "/readyz")
-            .await
-            .filter(|(c, _)| *c == 200)
-    })
+    let _process = start_operator(
+        webhook,
+        admin,
+        OP_NS,
+        "discovery-replica",
+        &["--discovery-report-interval", "5s"],
+    )
     .await;
+    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
     let (_, _, roots) = secret_data(&client, OP_NS, "apiguard-webhook-tls").await;
 
     with_temp_ns(|client, ns| async move {
@@ -366,4 +339,54 @@ async fn pushes_are_taken_only_from_the_gateway_and_become_report_status_and_eve
         .await;
     })
     .await;
+}
+
+/// `apiguard run` (webhook and intake on `webhook`, admin on `admin`) against the shared control
+/// plane, operator namespace `op_ns`, pod name `pod`, the push URL on its own listener, with
+/// `extra` flags; ready (its `/readyz` answers 200).
+pub(crate) async fn start_operator(
+    webhook: u16,
+    admin: u16,
+    op_ns: &str,
+    pod: &str,
+    extra: &[&str],
+) -> Process {
+    let cp = control_plane();
+    let url = format!("https://127.0.0.1:{webhook}{PUSH_PATH}");
+    let process = Process(
+        Command::new(env!("CARGO_BIN_EXE_apiguard"))
+            .args([
+                "run",
+                "--no-audit",
+                "--webhook-addr",
+                &format!("127.0.0.1:{webhook}"),
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+                "--operator-namespace",
+                op_ns,
+                "--webhook-dns-name",
+                "localhost",
+                "--webhook-ip-address",
+                "127.0.0.1",
+                "--discovery-url",
+                &url,
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("POD_NAME", pod)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting apiguard run"),
+    );
+    let admin_addr = ([127, 0, 0, 1], admin).into();
+    eventually(WAIT, "/readyz 200", || async {
+        http_get(admin_addr, "/readyz")
+            .await
+            .filter(|(c, _)| *c == 200)
+    })
+    .await;
+    process
 }

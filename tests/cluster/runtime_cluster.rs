@@ -5,7 +5,9 @@
 //! `TrafficAnomaly` naming the endpoint for an anomaly, however often they are pushed, and
 //! nothing again after an operator restart — with `status.runtime` kept through a reconcile.
 
-use crate::discovery_cluster::{client_config, events_with_reason, push, secret_data};
+use crate::discovery_cluster::{
+    client_config, events_with_reason, push, secret_data, start_operator,
+};
 use crate::support::cluster::{control_plane, ensure_namespace, eventually, with_temp_ns};
 use crate::support::controller::{Process, install_policy_crd, install_report_crds};
 use crate::support::tools::free_port;
@@ -13,13 +15,11 @@ use crate::support::webhook::http_get;
 use apiguard::api::{ApiSecurityPolicy, RuntimeStatus};
 use apiguard::detect::{Action, ActiveBlock, Anomaly, Detection, KeyLabel};
 use apiguard::discovery::Report;
-use apiguard::discovery::push::{PUSH_PATH, Push, RuntimeReport};
+use apiguard::discovery::push::{Push, RuntimeReport};
 use apiguard::reports::PolicyReport;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const OP_NS: &str = "apiguard-runtime";
@@ -28,43 +28,7 @@ const MIN: i64 = 60_000;
 
 /// `apiguard run` on `webhook` and `admin` (ports), ready.
 async fn operator(webhook: u16, admin: u16) -> Process {
-    let cp = control_plane();
-    let url = format!("https://127.0.0.1:{webhook}{PUSH_PATH}");
-    let process = Process(
-        Command::new(env!("CARGO_BIN_EXE_apiguard"))
-            .args([
-                "run",
-                "--no-audit",
-                "--webhook-addr",
-                &format!("127.0.0.1:{webhook}"),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--operator-namespace",
-                OP_NS,
-                "--webhook-dns-name",
-                "localhost",
-                "--webhook-ip-address",
-                "127.0.0.1",
-                "--discovery-url",
-                &url,
-            ])
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("POD_NAME", "runtime-replica")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting apiguard run"),
-    );
-    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
-    eventually(WAIT, "/readyz 200", || async {
-        http_get(admin_addr, "/readyz")
-            .await
-            .filter(|(c, _)| *c == 200)
-    })
-    .await;
-    process
+    start_operator(webhook, admin, OP_NS, "runtime-replica", &[]).await
 }
 
 fn now_ms() -> i64 {

@@ -205,13 +205,12 @@ async fn credential_stuffing_and_object_enumeration_are_blocked_at_the_gateway()
     assert_eq!(block["keyKind"], "clientIP");
     assert_eq!(block["count"], 30);
     // Within 2 s of the threshold the gateway refuses the IP, even with the right password.
-    let refused = loop {
-        let r = gateway.send(&login("right", ATTACKER)).await;
-        if is_block(&r) || crossed.elapsed() > Duration::from_secs(2) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let refused = first_block(
+        &gateway,
+        &login("right", ATTACKER),
+        crossed + Duration::from_secs(2),
+    )
+    .await;
     assert!(
         is_block(&refused),
         "not blocked within 2 s of the 30th failure: {} {}",
@@ -276,15 +275,12 @@ async fn credential_stuffing_and_object_enumeration_are_blocked_at_the_gateway()
         (walk["keyKind"].clone(), walk["keyName"].clone()),
         (json!("claim"), json!("sub"))
     );
-    let own = loop {
-        let r = gateway
-            .send(&Request::get("/users/mallory/orders").bearer(&mallory))
-            .await;
-        if is_block(&r) || crossed.elapsed() > Duration::from_secs(2) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let own = first_block(
+        &gateway,
+        &Request::get("/users/mallory/orders").bearer(&mallory),
+        crossed + Duration::from_secs(2),
+    )
+    .await;
     assert!(
         is_block(&own),
         "mallory is not blocked on her own orders: {} {}",
@@ -352,18 +348,21 @@ async fn replica(manifests: &str, upstream: SocketAddr, redis_url: &str) -> (Gat
     (gateway, sensor)
 }
 
-/// Sends `request` to `gateway` until the sensor's block answers, for at most `within`.
-async fn blocked_within(gateway: &Gateway, request: &Request, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
+/// Sends `request` to `gateway` until the sensor's block answers or `deadline` passes; the
+/// last answer.
+async fn first_block(gateway: &Gateway, request: &Request, deadline: Instant) -> Response {
     loop {
-        if is_block(&gateway.send(request).await) {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
+        let r = gateway.send(request).await;
+        if is_block(&r) || Instant::now() > deadline {
+            return r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the sensor's block answers `request` on `gateway` within `within`.
+async fn blocked_within(gateway: &Gateway, request: &Request, within: Duration) -> bool {
+    is_block(&first_block(gateway, request, Instant::now() + within).await)
 }
 
 fn metric(metrics: &str, series: &str) -> u64 {
