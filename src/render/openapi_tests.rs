@@ -91,7 +91,11 @@ fn ext_proc_comes_after_authentication_and_authorization_right_before_the_router
     ] {
         assert!(at(before) < ext, "{before} before ext_proc: {names:?}");
     }
-    assert_eq!(names[ext + 1], "envoy.filters.http.router", "{names:?}");
+    assert_eq!(
+        names[ext + 1..],
+        ["apiguard.content-length", "envoy.filters.http.router"],
+        "{names:?}"
+    );
 
     // API keys too.
     let f = with_contract(
@@ -140,32 +144,39 @@ fn processing_mode_follows_the_contract_modes() {
         (
             Rq::Enforce,
             Rs::Redact,
-            "BUFFERED",
+            "STREAMED",
             "SEND",
             "BUFFERED_PARTIAL",
         ),
         (
             Rq::Enforce,
             Rs::Audit,
-            "BUFFERED",
+            "STREAMED",
             "SEND",
             "BUFFERED_PARTIAL",
         ),
-        (Rq::Enforce, Rs::Off, "BUFFERED", "SKIP", "NONE"),
+        (Rq::Enforce, Rs::Off, "STREAMED", "SKIP", "NONE"),
         (
             Rq::Audit,
             Rs::Redact,
-            "BUFFERED",
+            "STREAMED",
             "SEND",
             "BUFFERED_PARTIAL",
         ),
-        (Rq::Audit, Rs::Off, "BUFFERED", "SKIP", "NONE"),
+        (Rq::Audit, Rs::Off, "STREAMED", "SKIP", "NONE"),
         (Rq::Off, Rs::Redact, "NONE", "SEND", "BUFFERED_PARTIAL"),
         (Rq::Off, Rs::Audit, "NONE", "SEND", "BUFFERED_PARTIAL"),
         (Rq::Off, Rs::Off, "NONE", "SKIP", "NONE"),
     ] {
         let f = with_contract("bola-user-orders.yaml", requests, responses);
-        let mode = ext_proc(&lds(&f))["processing_mode"].clone();
+        let config = ext_proc(&lds(&f));
+        let mode = config["processing_mode"].clone();
+        // A checked body comes right behind its headers (one round trip, not two).
+        assert_eq!(
+            config.get("send_body_without_waiting_for_header_response"),
+            (request_body == "STREAMED").then_some(&json!(true)),
+            "requests {requests:?}"
+        );
         assert_eq!(
             mode,
             json!({
@@ -179,6 +190,93 @@ fn processing_mode_follows_the_contract_modes() {
             "requests {requests:?}, responses {responses:?}"
         );
     }
+}
+
+/// The `max_request_bytes` of each `buffer` filter by name, in chain order.
+fn buffers(lds: &Value) -> Vec<(String, Value)> {
+    hcm(lds)["http_filters"]
+        .as_array()
+        .expect("filters")
+        .iter()
+        .filter(|f| {
+            f["typed_config"]["@type"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("buffer.v3.Buffer")
+        })
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["typed_config"]["max_request_bytes"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_checked_request_body_is_buffered_whole_before_the_sensor_and_again_after_it() {
+    let ext_proc_at = |lds: &Value| {
+        filter_names(lds)
+            .iter()
+            .position(|n| n == "envoy.filters.http.ext_proc")
+            .unwrap()
+    };
+    // maxBodyBytes (131072 in the example) bounds both; the second one restores the
+    // content-length Envoy drops from a body it streams.
+    let l = lds(&bola());
+    assert_eq!(
+        buffers(&l),
+        [
+            ("envoy.filters.http.buffer".to_string(), json!(131072)),
+            ("apiguard.content-length".to_string(), json!(131072)),
+        ]
+    );
+    let names = filter_names(&l);
+    assert_eq!(names[ext_proc_at(&l) - 1], "envoy.filters.http.buffer");
+    // Without maxBodyBytes: Envoy's default buffer limit, which BUFFERED had anyway.
+    let mut f = bola();
+    f.policy
+        .spec
+        .request_validation
+        .as_mut()
+        .unwrap()
+        .max_body_bytes = None;
+    assert_eq!(
+        buffers(&lds(&f)),
+        [
+            ("envoy.filters.http.buffer".to_string(), json!(1048576)),
+            ("apiguard.content-length".to_string(), json!(1048576)),
+        ]
+    );
+    // Bodies not checked: no buffer the policy did not ask for.
+    let mut f = with_contract(
+        "bola-user-orders.yaml",
+        RequestContractMode::Off,
+        ResponseContractMode::Redact,
+    );
+    f.policy
+        .spec
+        .request_validation
+        .as_mut()
+        .unwrap()
+        .max_body_bytes = None;
+    assert_eq!(buffers(&lds(&f)), []);
+    // With the sensitive-data scan the body is BUFFERED after the headers' answer (the scan's
+    // mode override needs it): buffered once, content-length kept by Envoy.
+    let mut f = bola();
+    f.policy.spec.discovery = Some(crate::api::Discovery {
+        enabled: true,
+        sensitive_data: SensitiveDataMode::Sampled,
+    });
+    let l = lds(&f);
+    assert_eq!(
+        buffers(&l),
+        [("envoy.filters.http.buffer".to_string(), json!(131072))]
+    );
+    assert_eq!(
+        ext_proc(&l).get("send_body_without_waiting_for_header_response"),
+        None
+    );
 }
 
 #[test]

@@ -34,23 +34,43 @@ pub(crate) struct ExchangeStream {
     response_body: Buffer,
     /// From the first message's `protocol_config`: does Envoy send request bodies at all?
     request_body_mode: Option<i32>,
+    /// From the first message's `protocol_config`: Envoy streams the request body right behind
+    /// the headers without waiting for their answer, so the answers wait for the body instead.
+    body_follows_headers: bool,
     /// The request check ran (at the headers or the body).
     request_checked: bool,
+    /// The request's `content-length`: its body is complete once that many bytes came, even
+    /// when the last chunk does not say so (trailers follow).
+    request_length: Option<usize>,
+    /// The answers held until the request body is checked ([`Self::body_follows_headers`]):
+    /// the headers', then one per body chunk but the last.
+    held: Vec<ProcessingResponse>,
 }
 
-/// What one message did: the answer for Envoy (none when Envoy expects none), the point of the
-/// exchange it reached, and the stages' events.
+/// What one message did: the answer for Envoy (none when Envoy expects none), the answers to
+/// earlier messages it releases (sent first, in order), the point of the exchange it reached,
+/// and the stages' events.
 pub(crate) struct Handled {
     pub(crate) answer: Option<ProcessingResponse>,
+    pub(crate) released: Vec<ProcessingResponse>,
     pub(crate) point: Option<Point>,
     pub(crate) events: Vec<Event>,
 }
 
-/// A body gathered from its chunks, up to `limit` bytes; past it, only the fact is kept.
+impl Handled {
+    /// Every answer to send now, in order.
+    pub(crate) fn answers(self) -> impl Iterator<Item = ProcessingResponse> {
+        self.released.into_iter().chain(self.answer)
+    }
+}
+
+/// A body gathered from its chunks, up to `limit` bytes; past it, only the fact (and the
+/// length) is kept.
 struct Buffer {
     bytes: Vec<u8>,
     limit: usize,
     overflow: bool,
+    received: usize,
 }
 
 impl Buffer {
@@ -59,10 +79,12 @@ impl Buffer {
             bytes: Vec::new(),
             limit,
             overflow: false,
+            received: 0,
         }
     }
 
     fn push(&mut self, chunk: &[u8]) {
+        self.received = self.received.saturating_add(chunk.len());
         if self.overflow {
             return;
         }
@@ -76,6 +98,7 @@ impl Buffer {
 
     /// The whole body, or `None` when it overflowed.
     fn take(&mut self) -> Option<Vec<u8>> {
+        self.received = 0;
         let overflow = std::mem::replace(&mut self.overflow, false);
         let bytes = std::mem::take(&mut self.bytes);
         (!overflow).then_some(bytes)
@@ -92,7 +115,10 @@ impl ExchangeStream {
             pipeline,
             exchange: Exchange::default(),
             request_body_mode: None,
+            body_follows_headers: false,
             request_checked: false,
+            request_length: None,
+            held: Vec::new(),
         }
     }
 
@@ -110,8 +136,11 @@ impl ExchangeStream {
     pub(crate) fn handle(&mut self, message: ProcessingRequest) -> Handled {
         if let Some(config) = &message.protocol_config {
             self.request_body_mode = Some(config.request_body_mode);
+            self.body_follows_headers = config.send_body_without_waiting_for_header_response
+                && config.request_body_mode == BodySendMode::Streamed as i32;
         }
         let mut events = Vec::new();
+        let mut released = Vec::new();
         let observe_only = message.observability_mode;
         let (point, answer) = match message.request {
             Some(Message::RequestHeaders(headers)) => {
@@ -124,8 +153,18 @@ impl ExchangeStream {
             }
             Some(Message::RequestBody(body)) => {
                 self.request_body.push(&body.body);
-                if body.end_of_stream {
-                    self.check_request_body(&mut events)
+                let complete = body.end_of_stream
+                    || self
+                        .request_length
+                        .is_some_and(|length| self.request_body.received >= length);
+                if complete {
+                    let (point, answer) = self.check_request_body(&mut events);
+                    released = self.release(answer.as_ref());
+                    (point, answer)
+                } else if self.holding() {
+                    self.held
+                        .extend(answer_body(Action::Continue, Answer::RequestBody));
+                    (None, None)
                 } else {
                     (None, answer_body(Action::Continue, Answer::RequestBody))
                 }
@@ -133,7 +172,9 @@ impl ExchangeStream {
             Some(Message::RequestTrailers(_)) if !self.request_checked => {
                 // A body that ended with trailers: check it now.
                 let (point, action) = self.check_request_body_action(&mut events);
-                (point, answer_trailers(action, Answer::RequestTrailers))
+                let answer = answer_trailers(action, Answer::RequestTrailers);
+                released = self.release(answer.as_ref());
+                (point, answer)
             }
             Some(Message::ResponseHeaders(headers)) => self.response_headers(headers, &mut events),
             Some(Message::ResponseBody(body)) => {
@@ -159,10 +200,35 @@ impl ExchangeStream {
             ),
             None => (None, None),
         };
+        if observe_only {
+            return Handled {
+                answer: None,
+                released: Vec::new(),
+                point,
+                events,
+            };
+        }
         Handled {
-            answer: answer.filter(|_| !observe_only),
+            answer,
+            released,
             point,
             events,
+        }
+    }
+
+    /// Whether the answers wait for the request body ([`Self::body_follows_headers`]).
+    fn holding(&self) -> bool {
+        self.body_follows_headers && !self.request_checked
+    }
+
+    /// The held answers, released with the request body's `answer`; dropped when that answer
+    /// ends the exchange (a refusal answers everything at once).
+    fn release(&mut self, answer: Option<&ProcessingResponse>) -> Vec<ProcessingResponse> {
+        let held = std::mem::take(&mut self.held);
+        if answer.is_some_and(ends_exchange) {
+            Vec::new()
+        } else {
+            held
         }
     }
 
@@ -179,6 +245,9 @@ impl ExchangeStream {
         let request = RequestContext::new(header_pairs(headers.headers.as_ref()), attributes);
         let bodies_sent = self.request_body_mode != Some(BodySendMode::None as i32);
         let ends_at_headers = headers.end_of_stream || !bodies_sent;
+        self.request_length = request
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok());
         self.exchange = Exchange {
             request,
             request_ends_at_headers: ends_at_headers,
@@ -186,10 +255,13 @@ impl ExchangeStream {
         };
         self.request_checked = ends_at_headers;
         let action = self.run(Point::RequestHeaders, None, events);
-        (
-            Some(Point::RequestHeaders),
-            answer_headers(action, Answer::RequestHeaders),
-        )
+        let answer = answer_headers(action, Answer::RequestHeaders);
+        if self.holding() && !answer.as_ref().is_some_and(ends_exchange) {
+            // Continue, but only once the body is checked: held.
+            self.held.extend(answer);
+            return (Some(Point::RequestHeaders), None);
+        }
+        (Some(Point::RequestHeaders), answer)
     }
 
     fn check_request_body(
@@ -318,6 +390,11 @@ fn immediate(reply: Reply) -> ProcessingResponse {
         details: reply.details.to_string(),
     };
     wrap(Answer::ImmediateResponse(response))
+}
+
+/// Whether an answer ends the exchange (an immediate response: Envoy answers the client).
+fn ends_exchange(answer: &ProcessingResponse) -> bool {
+    matches!(answer.response, Some(Answer::ImmediateResponse(_)))
 }
 
 fn wrap(answer: Answer) -> ProcessingResponse {

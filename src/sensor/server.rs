@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -273,12 +273,14 @@ impl ExternalProcessor for Processor {
                     metrics.record(stream.policy(), &handled.events);
                     let found = handled.events.iter().filter_map(|e| e.sensitive());
                     learner.add_sensitive(stream.discovery(), found);
-                    if let Some(answer) = handled.answer {
-                        return Some((Ok(answer), (inbound, stream, (metrics, learner))));
+                    let answers: Vec<_> = handled.answers().map(Ok).collect();
+                    if !answers.is_empty() {
+                        return Some((answers, (inbound, stream, (metrics, learner))));
                     }
                 }
             },
-        );
+        )
+        .flat_map(futures::stream::iter);
         Ok(Response::new(Box::pin(answers)))
     }
 }

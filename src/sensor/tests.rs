@@ -586,6 +586,129 @@ fn trailers_and_observability_mode_are_answered_as_envoy_expects() {
     assert_eq!(request_verdicts(&handled.events), [RequestVerdict::Allowed]);
 }
 
+// ---------------------------------------------------------------- a body that follows its headers
+
+/// Envoy's `STREAMED` request body with `send_body_without_waiting_for_header_response`: the
+/// body comes right behind the headers, whose answer the sensor holds until the body is checked.
+fn streamed_headers(method: &str, path: &str, extra: &[(&str, &str)]) -> ProcessingRequest {
+    let mut message = request_headers(method, path, extra, false);
+    message.protocol_config = Some(ProtocolConfiguration {
+        request_body_mode: BodySendMode::Streamed as i32,
+        response_body_mode: BodySendMode::None as i32,
+        send_body_without_waiting_for_header_response: true,
+    });
+    message
+}
+
+fn chunk(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(Message::RequestBody(HttpBody {
+            body: bytes.to_vec(),
+            end_of_stream,
+            ..HttpBody::default()
+        })),
+        ..ProcessingRequest::default()
+    }
+}
+
+/// What each answer is, in order: `headers`, `body` (both "continue"), or the immediate status.
+fn kinds(handled: Handled) -> Vec<String> {
+    handled
+        .answers()
+        .map(|a| match a.response {
+            Some(Answer::RequestHeaders(h)) if h.response.is_none() => "headers".to_string(),
+            Some(Answer::RequestBody(b)) if b.response.is_none() => "body".to_string(),
+            Some(Answer::ImmediateResponse(r)) => r.status.unwrap().code.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Sends `body` in the given chunks behind streamed headers; returns the answers to each
+/// message, in order.
+fn streamed_patch(pipeline: Arc<Pipeline>, chunks: &[&[u8]]) -> Vec<Vec<String>> {
+    let mut stream = ExchangeStream::new(pipeline);
+    let mut answers = vec![kinds(stream.handle(streamed_headers(
+        "PATCH",
+        "/users/7",
+        &[JSON],
+    )))];
+    for (i, bytes) in chunks.iter().enumerate() {
+        answers.push(kinds(stream.handle(chunk(bytes, i + 1 == chunks.len()))));
+    }
+    answers
+}
+
+#[test]
+fn a_streamed_body_releases_the_held_answers_once_it_is_checked() {
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        streamed_patch(enforce_redact(), &[br#"{"name":"#, br#""Ann"}"#]),
+        [
+            none.clone(),
+            none.clone(),
+            vec!["headers".into(), "body".into(), "body".into()]
+        ],
+        "nothing is answered before the body is checked; then every message, in order"
+    );
+    assert_eq!(
+        streamed_patch(enforce_redact(), &[br#"{"role":"#, br#""admin"}"#]),
+        [none.clone(), none.clone(), vec!["400".to_string()]],
+        "a refused body is one immediate response: the held headers never continue"
+    );
+    let audit = pipeline("Audit", "  requests: Enforce\n");
+    assert_eq!(
+        streamed_patch(audit, &[br#"{"role":"admin"}"#]),
+        [none, vec!["headers".to_string(), "body".to_string()]],
+        "Audit lets the would-be refusal through"
+    );
+}
+
+#[test]
+fn an_undeclared_operation_with_a_body_never_continues_and_a_bodiless_request_is_not_held() {
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let handled = stream.handle(streamed_headers("DELETE", "/admin/secret-42", &[JSON]));
+    assert_eq!(kinds(handled), Vec::<String>::new());
+    assert_eq!(kinds(stream.handle(chunk(b"{}", true))), ["404"]);
+    // A request that ends at its headers is answered at once.
+    let mut stream = ExchangeStream::new(enforce_redact());
+    let mut headers = streamed_headers("GET", "/users/7", &[]);
+    if let Some(Message::RequestHeaders(h)) = headers.request.as_mut() {
+        h.end_of_stream = true;
+    }
+    assert_eq!(kinds(stream.handle(headers)), ["headers"]);
+}
+
+#[test]
+fn the_content_length_ends_a_body_that_trailers_follow() {
+    // Envoy sends a body that trailers follow without end_of_stream; its content-length
+    // (the gateway's buffer filter sets one) says it is complete, so it is checked then, in
+    // either body mode, instead of passing unchecked.
+    let body = br#"{"role":"admin"}"#;
+    let length = body.len().to_string();
+    let headers = [JSON, ("content-length", length.as_str())];
+    for streamed in [true, false] {
+        let mut stream = ExchangeStream::new(enforce_redact());
+        let first = if streamed {
+            streamed_headers("PATCH", "/users/7", &headers)
+        } else {
+            request_headers("PATCH", "/users/7", &headers, false)
+        };
+        stream.handle(first);
+        let handled = stream.handle(chunk(body, false));
+        assert_eq!(kinds(handled), ["400"], "streamed: {streamed}");
+    }
+    // A valid body of that length is let through with the held answers.
+    let valid = br#"{"name":"Ann45"}"#;
+    assert_eq!(valid.len(), body.len());
+    let mut stream = ExchangeStream::new(enforce_redact());
+    stream.handle(streamed_headers("PATCH", "/users/7", &headers));
+    assert_eq!(
+        kinds(stream.handle(chunk(valid, false))),
+        ["headers", "body"]
+    );
+}
+
 // ---------------------------------------------------------------- properties
 
 fn answers_each(message: &ProcessingRequest, handled: &Handled) -> bool {
@@ -675,6 +798,32 @@ proptest! {
         for message in messages {
             let handled = stream.handle(message.clone());
             prop_assert!(answers_each(&message, &handled));
+        }
+    }
+
+    #[test]
+    fn a_streamed_body_gets_the_buffered_verdict_however_it_is_chunked(
+        json in arb_json(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let bytes = json.to_string().into_bytes();
+        let mut stream = ExchangeStream::new(enforce_redact());
+        let buffered = kinds(patch(&mut stream, "application/json", &bytes));
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        at.extend([0, bytes.len()]);
+        at.sort_unstable();
+        at.dedup();
+        let chunks: Vec<&[u8]> = at.windows(2).map(|w| &bytes[w[0]..w[1]]).collect();
+        let chunks = if chunks.is_empty() { vec![&bytes[..]] } else { chunks };
+        let answers = streamed_patch(enforce_redact(), &chunks);
+        let (last, before) = answers.split_last().unwrap();
+        prop_assert!(before.iter().all(Vec::is_empty), "{:?}", answers);
+        if buffered == ["body"] {
+            let mut expected = vec!["headers".to_string()];
+            expected.extend(chunks.iter().map(|_| "body".to_string()));
+            prop_assert_eq!(last, &expected);
+        } else {
+            prop_assert_eq!(last, &buffered, "the same refusal");
         }
     }
 

@@ -170,12 +170,28 @@ async fn users_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             "passwordHash": "$2b$10$leak",
         })
     }
+    /// Also says how the body it got was framed (`x-upstream-framing`), and its length.
     async fn one(
         axum::extract::Path(id): axum::extract::Path<String>,
+        headers: axum::http::HeaderMap,
         body: axum::body::Bytes,
-    ) -> axum::Json<Value> {
+    ) -> ([(&'static str, String); 1], axum::Json<Value>) {
         let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        axum::Json(user(id.parse().unwrap_or(0), &sent))
+        let framing = match (
+            headers.get("content-length").and_then(|v| v.to_str().ok()),
+            headers
+                .get("transfer-encoding")
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            (Some(length), None) => format!("content-length {length}, {} bytes", body.len()),
+            (length, chunked) => {
+                format!("content-length {length:?}, transfer-encoding {chunked:?}")
+            }
+        };
+        (
+            [("x-upstream-framing", framing)],
+            axum::Json(user(id.parse().unwrap_or(0), &sent)),
+        )
     }
     async fn create(body: axum::body::Bytes) -> (axum::http::StatusCode, axum::Json<Value>) {
         let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -352,6 +368,19 @@ async fn enforce_the_rendered_gateway_and_sensor_enforce_the_contract_and_reload
     // properties (responses: Redact).
     let r = stack.patch(r#"{"name":"Bea"}"#).await;
     cases.check("valid body 200", r.status == 200, || stack.context(&r));
+    // The body went to the sensor streamed right behind its headers (one round trip); the
+    // upstream still gets it as sent, with its content-length, not re-framed as chunked.
+    cases.check(
+        "the upstream gets the body with its content-length",
+        r.header("x-upstream-framing") == Some("content-length 14, 14 bytes"),
+        || {
+            format!(
+                "{:?}; {}",
+                r.header("x-upstream-framing"),
+                stack.context(&r)
+            )
+        },
+    );
     let redacted = json!({"id": 7, "name": "Bea", "email": "ann@example.test", "role": "member"});
     cases.check(
         "response redacted",

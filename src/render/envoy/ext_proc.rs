@@ -133,12 +133,38 @@ pub(super) fn scans_responses(ctx: &Ctx<'_>) -> bool {
     discovery.enabled && discovery.sensitive_data != SensitiveDataMode::Off
 }
 
+/// The second `buffer` filter, after `ext_proc`, when the sensor gets request bodies streamed
+/// ([`streams_request_bodies`]): it gives the request back its `content-length`.
+pub(super) const CONTENT_LENGTH_FILTER: &str = "apiguard.content-length";
+/// Envoy's default per-connection buffer limit (1 MiB): the request body limit when the sensor
+/// checks bodies and the policy sets no `maxBodyBytes` (what Envoy's buffering allowed anyway).
+pub(super) const ENVOY_DEFAULT_BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// Whether the contract checks request bodies (`spec.openapi.requests` other than Off).
+pub(super) fn checks_request_bodies(ctx: &Ctx<'_>) -> bool {
+    ctx.spec
+        .openapi
+        .as_ref()
+        .is_some_and(|o| o.requests != RequestContractMode::Off)
+}
+
+/// Whether a request's body goes to the sensor right behind its headers, without waiting for
+/// the headers' answer (`STREAMED` with `send_body_without_waiting_for_header_response`): one
+/// round trip per request instead of two. The sensor holds its answer to the headers until the
+/// body is complete, so nothing reaches the target before the body is checked. Not with the
+/// sensitive-data scan: Envoy then ignores the processing-mode override the scan relies on.
+pub(super) fn streams_request_bodies(ctx: &Ctx<'_>) -> bool {
+    checks_request_bodies(ctx) && !scans_responses(ctx)
+}
+
 /// Which parts of the exchange the sensor needs: the request headers always (the decision and
 /// the principal; the method and path a scanned response counts into), the request body when
-/// the contract checks requests (never for scanning), the response when the contract redacts
-/// or audits responses, or when responses are scanned for sensitive data. A response body is
-/// sent up to Envoy's buffer limit (`BUFFERED_PARTIAL`): a larger one passes unchecked and
-/// unscanned instead of failing the request.
+/// the contract checks requests (never for scanning; `STREAMED` behind the headers, or
+/// `BUFFERED` after their answer when responses are scanned, see [`streams_request_bodies`]),
+/// the response when the contract redacts or audits responses, or when responses are scanned
+/// for sensitive data. A response body is sent up to Envoy's buffer limit
+/// (`BUFFERED_PARTIAL`): a larger one passes unchecked and unscanned instead of failing the
+/// request.
 pub(super) fn processing_mode(openapi: Option<&OpenApi>, scan: bool) -> ProcessingMode {
     let contract_responses = openapi.is_some_and(|o| o.responses != ResponseContractMode::Off);
     let responses = contract_responses || scan;
@@ -146,7 +172,11 @@ pub(super) fn processing_mode(openapi: Option<&OpenApi>, scan: bool) -> Processi
     ProcessingMode {
         request_header_mode: "SEND",
         response_header_mode: if responses { "SEND" } else { "SKIP" },
-        request_body_mode: if request_bodies { "BUFFERED" } else { "NONE" },
+        request_body_mode: match (request_bodies, scan) {
+            (false, _) => "NONE",
+            (true, false) => "STREAMED",
+            (true, true) => "BUFFERED",
+        },
         response_body_mode: if responses {
             "BUFFERED_PARTIAL"
         } else {
@@ -201,6 +231,7 @@ pub(super) fn ext_proc_filter(ctx: &Ctx<'_>) -> Result<Option<HttpFilter>, Rende
             // The sensor answers the response headers with "no body" when it will not scan
             // (not JSON, or not in the sample) and the contract does not need it either.
             allow_mode_override: scans_responses(ctx),
+            send_body_without_waiting_for_header_response: streams_request_bodies(ctx),
         }))),
         config_discovery: None,
         disabled: false,

@@ -2,7 +2,10 @@
 
 use super::access_log::access_log_format;
 use super::decision;
-use super::ext_proc::{ext_proc_filter, ext_proc_needed, skip_direct_responses};
+use super::ext_proc::{
+    CONTENT_LENGTH_FILTER, ENVOY_DEFAULT_BUFFER_LIMIT, checks_request_bodies, ext_proc_filter,
+    ext_proc_needed, skip_direct_responses, streams_request_bodies,
+};
 use super::jwt::build_jwt;
 use super::ratelimit::{GLOBAL_RATELIMIT_FILTER, global_rate_limit_filter};
 use super::routes::build_routes;
@@ -45,13 +48,20 @@ fn http_filters(ctx: &Ctx<'_>) -> Result<Vec<HttpFilter>, RenderError> {
             Any::GlobalRateLimit(global_rate_limit_filter()),
         ));
     }
-    if let Some(max) = spec.request_validation().max_body_bytes {
-        filters.push(buffer_filter(ctx, max)?);
+    let body_limit = request_body_limit(ctx);
+    if let Some(max) = body_limit {
+        filters.push(buffer_filter(ctx, BUFFER_FILTER, max)?);
     }
     // Last before the router: the sensor sees the principal (after authentication and
     // authorization), and requests the gateway refuses anyway (401, 403, 429, 413) never
     // reach it. Present for the contract or the sensitive-data scan.
     filters.extend(ext_proc_filter(ctx)?);
+    if let Some(max) = body_limit.filter(|_| streams_request_bodies(ctx)) {
+        // Envoy drops `content-length` from a request whose body it streams to the sensor;
+        // buffering it again after the sensor's answer puts the header back, so the target
+        // gets the request as the client sent it (not re-framed as chunked).
+        filters.push(buffer_filter(ctx, CONTENT_LENGTH_FILTER, max)?);
+    }
     filters.push(filter("envoy.filters.http.router", Any::Router(Empty {})));
     Ok(filters)
 }
@@ -132,8 +142,19 @@ fn local_ratelimit_filter() -> HttpFilter {
     )
 }
 
-/// `buffer`: requests with a body over `max` bytes get 413.
-fn buffer_filter(ctx: &Ctx<'_>, max: u64) -> Result<HttpFilter, RenderError> {
+/// The request body limit: `spec.requestValidation.maxBodyBytes`, or Envoy's default buffer
+/// limit when the sensor checks request bodies (the body is buffered whole before it goes to
+/// the sensor, so the sensor gets it in one message, with its `content-length`).
+fn request_body_limit(ctx: &Ctx<'_>) -> Option<u64> {
+    ctx.spec
+        .request_validation()
+        .max_body_bytes
+        .or_else(|| checks_request_bodies(ctx).then_some(ENVOY_DEFAULT_BUFFER_LIMIT))
+}
+
+/// `buffer` (named `name`): requests with a body over `max` bytes get 413; a body without a
+/// `content-length` gets one once buffered.
+fn buffer_filter(ctx: &Ctx<'_>, name: &str, max: u64) -> Result<HttpFilter, RenderError> {
     let max = u32::try_from(max).map_err(|_| {
         ctx.invalid(
             "spec.requestValidation.maxBodyBytes",
@@ -141,7 +162,7 @@ fn buffer_filter(ctx: &Ctx<'_>, max: u64) -> Result<HttpFilter, RenderError> {
         )
     })?;
     Ok(filter(
-        BUFFER_FILTER,
+        name,
         Any::Buffer(Buffer {
             max_request_bytes: u64::from(max),
         }),

@@ -986,6 +986,10 @@ pub struct ExternalProcessor {
     /// headers): the sensor skips the response bodies no stage needs.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_mode_override: bool,
+    /// With a `STREAMED` request body: Envoy sends the body right behind the headers instead
+    /// of waiting for the headers' answer (the sensor answers both once the body is checked).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub send_body_without_waiting_for_header_response: bool,
 }
 
 /// `envoy.type.v3.HttpStatus`.
