@@ -581,6 +581,21 @@ struct Bench {
 }
 
 impl Bench {
+    /// Load that is not counted: a fresh Envoy, or one that just took a new listener (its
+    /// connections were drained), is slower for its first seconds.
+    async fn warm(&self, gateway: &Gateway, request: &[u8], secs: f64) {
+        let ca = gateway.ca_pem();
+        drive(
+            gateway.port,
+            &ca,
+            request,
+            self.connections,
+            Load::Closed,
+            secs,
+        )
+        .await;
+    }
+
     async fn closed(&self, gateway: &Gateway, request: &[u8]) -> Figures {
         let ca = gateway.ca_pem();
         drive(
@@ -662,17 +677,7 @@ async fn bench_envoy(bench: Bench) {
         .header("content-type", "application/json")
         .body(body.clone().into_bytes());
     assert_eq!(gateway.send(&other).await.status, 403, "ownership enforced");
-    // Warm-up (not counted): the first seconds of a fresh Envoy are slower.
-    let ca = gateway.ca_pem();
-    drive(
-        gateway.port,
-        &ca,
-        &request,
-        bench.connections,
-        Load::Closed,
-        2.0,
-    )
-    .await;
+    bench.warm(&gateway, &request, 2.0).await;
     let full = bench.run(&gateway, &request).await;
     print_run("(b) full policy", &full);
 
@@ -726,6 +731,7 @@ async fn bench_envoy(bench: Bench) {
             continue;
         }
         edit_listener(&gateway, without(filters)).await;
+        bench.warm(&gateway, &request, 1.0).await;
         let f = bench.closed(&gateway, &request).await;
         let saved_us = (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6;
         println!(
@@ -736,6 +742,7 @@ async fn bench_envoy(bench: Bench) {
         let before = gateway.counter("listener_manager.lds.update_success").await;
         gateway.render(&full_policy(&issuer.jwks(), None, Discovery::Off));
         gateway.wait_listener_update(before).await;
+        bench.warm(&gateway, &request, 1.0).await;
     }
 
     let again = bench.closed(&gateway, &request).await;
@@ -749,6 +756,7 @@ async fn bench_envoy(bench: Bench) {
                 json!("%DYNAMIC_METADATA(apiguard:decision)%");
         })
         .await;
+        bench.warm(&gateway, &request, 1.0).await;
         let f = bench.closed(&gateway, &request).await;
         println!(
             "    {:<40} {f}  => the CEL decision costs {:>5.1} µs/request",
@@ -758,25 +766,34 @@ async fn bench_envoy(bench: Bench) {
     }
 
     edit_listener(&gateway, pass_through).await;
+    bench.warm(&gateway, &request, 1.0).await;
     let pass = bench.run(&gateway, &request).await;
     print_run("(a) pass-through (router only)", &pass);
     drop(gateway);
 
-    // (c) the full policy with the contract: the sensor validates the body.
-    let manifests = full_policy(&issuer.jwks(), Some(OPENAPI), Discovery::On);
-    let (gateway, validating) = Sensor::beside(&manifests, upstream.addr).await;
-    let check = gateway.send(&put(&body)).await;
-    assert_eq!(check.status, 200, "the sensor admits the benchmark body");
-    let invalid = body.replacen("SKU-", "sku-", 1);
-    assert_eq!(
-        gateway.send(&put(&invalid)).await.status,
-        400,
-        "the sensor refuses a body that breaks the contract"
-    );
-    let sensor = bench.run(&gateway, &request).await;
+    // (c) the full policy with the contract: the sensor validates the body (discovery off as
+    // in (b), so (c) - (b) is the sensor's inline work alone); (e) the same with discovery on,
+    // the default, against (d).
+    let contract_run = |discovery: Discovery| {
+        let manifests = full_policy(&issuer.jwks(), Some(OPENAPI), discovery);
+        let (put, body, request, upstream, bench) = (&put, &body, &request, upstream.addr, &bench);
+        async move {
+            let (gateway, validating) = Sensor::beside(&manifests, upstream).await;
+            let check = gateway.send(&put(body)).await;
+            assert_eq!(check.status, 200, "the sensor admits the benchmark body");
+            let invalid = body.replacen("SKU-", "sku-", 1);
+            assert_eq!(
+                gateway.send(&put(&invalid)).await.status,
+                400,
+                "the sensor refuses a body that breaks the contract"
+            );
+            bench.warm(&gateway, request, 2.0).await;
+            let run = bench.run(&gateway, request).await;
+            (run, validating.processing_means().await)
+        }
+    };
+    let (sensor, in_sensor) = contract_run(Discovery::Off).await;
     print_run("(c) full policy + sensor (body validated)", &sensor);
-    let in_sensor = validating.processing_means().await;
-    drop(gateway);
 
     // (d) the full policy with discovery (the default): the access log streams to the
     // sensor, nothing inline.
@@ -784,6 +801,7 @@ async fn bench_envoy(bench: Bench) {
         let manifests = full_policy(&issuer.jwks(), None, Discovery::On);
         let (gateway, sensor) = Sensor::beside(&manifests, upstream.addr).await;
         assert_eq!(gateway.send(&put(&body)).await.status, 200);
+        bench.warm(&gateway, &request, 2.0).await;
         let run = bench.run(&gateway, &request).await;
         print_run("(d) full policy + discovery (default)", &run);
         let inventory = sensor.inventory().await;
@@ -793,6 +811,8 @@ async fn bench_envoy(bench: Bench) {
         );
         run
     };
+    let (both, _) = contract_run(Discovery::On).await;
+    print_run("(e) full policy + sensor + discovery (default)", &both);
 
     println!(
         "  (b)/(a) closed-loop throughput: {:.0}% ({:.0} vs {:.0} req/s)",
@@ -814,13 +834,19 @@ async fn bench_envoy(bench: Bench) {
         sensor.fixed.p99_ms - full.fixed.p99_ms,
         sensor.closed.rps / full.closed.rps * 100.0
     );
+    println!(
+        "  sensor cost with discovery on (the default), (e) - (d): p50 {:+.3} ms, p99 {:+.3} ms; closed loop {:.0}% of (d)",
+        both.fixed.p50_ms - discovery.fixed.p50_ms,
+        both.fixed.p99_ms - discovery.fixed.p99_ms,
+        both.closed.rps / discovery.closed.rps * 100.0
+    );
     let sensor_ms: f64 = in_sensor.iter().map(|(_, mean_ms)| mean_ms).sum();
     let points: Vec<String> = in_sensor
         .iter()
         .map(|(point, mean_ms)| format!("{point} {:.0} µs", mean_ms * 1000.0))
         .collect();
     println!(
-        "  of (c) - (b), inside the sensor (mean per message, its own histogram): {} = {:.3} ms; the rest is the gRPC round trips, Envoy's buffering and scheduling",
+        "  of (c) - (b), inside the sensor (mean per message, its own histogram): {} = {:.3} ms; the rest is the gRPC round trip, Envoy's buffering and scheduling",
         points.join(", "),
         sensor_ms
     );
