@@ -266,8 +266,12 @@ fn body_2k() -> String {
 /// until Envoy has taken the new listener.
 async fn edit_listener(gateway: &Gateway, edit: impl FnOnce(&mut Value)) {
     let path = gateway.envoy_dir().join("lds.json");
-    let mut lds: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("lds")).expect("lds json");
+    let text = std::fs::read_to_string(&path).expect("lds");
+    let copy = gateway.envoy_dir().join("lds.rendered.json");
+    if !copy.exists() {
+        std::fs::write(&copy, &text).expect("keep the rendered lds");
+    }
+    let mut lds: Value = serde_json::from_str(&text).expect("lds json");
     edit(&mut lds["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]);
     let before = gateway.counter("listener_manager.lds.update_success").await;
     apiguard::cli::render::write_atomic(
@@ -277,6 +281,121 @@ async fn edit_listener(gateway: &Gateway, edit: impl FnOnce(&mut Value)) {
     )
     .expect("write lds");
     gateway.wait_listener_update(before).await;
+}
+
+/// The sensor gets the request body the way it did before 2026-12-03: `BUFFERED`, sent after
+/// the answer to the headers (two round trips), no second buffer filter.
+fn two_round_trips(hcm: &mut Value) {
+    let filters = hcm["http_filters"].as_array_mut().expect("filters");
+    filters.retain(|f| f["name"] != "apiguard.content-length");
+    let ext_proc = filters
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.ext_proc")
+        .expect("ext_proc");
+    let config = ext_proc["typed_config"].as_object_mut().expect("config");
+    config.remove("send_body_without_waiting_for_header_response");
+    config["processing_mode"]["request_body_mode"] = json!("BUFFERED");
+}
+
+/// The chain without the sensor: (b) on the gateway of (c).
+fn without_sensor(hcm: &mut Value) {
+    let filters = hcm["http_filters"].as_array_mut().expect("filters");
+    filters.retain(|f| {
+        f["name"] != "envoy.filters.http.ext_proc" && f["name"] != "apiguard.content-length"
+    });
+}
+
+/// The sensor's cost, side by side, interleaved: (b) and (c) on the same gateway (the chain
+/// without and with `ext_proc`), (c) with the body sent after the headers' answer (two round
+/// trips, as before 2026-12-03), and both again with the sensor on one worker thread, each
+/// for a few seconds at the fixed rate, in turn, several rounds; the medians per config. The
+/// machine's speed drifts within a run (a VM on a shared host), so configs measured minutes
+/// apart are not comparable; configs measured seconds apart, in turn, are.
+async fn sensor_side_by_side(
+    bench: &Bench,
+    gateway: &Gateway,
+    manifests: &str,
+    upstream: std::net::SocketAddr,
+    request: &[u8],
+) {
+    let env = [("TOKIO_WORKER_THREADS", "1")];
+    let (one_worker, _sensor) = Sensor::beside_with(manifests, upstream, &env).await;
+    bench.warm(&one_worker, request, 2.0).await;
+    type Mode = fn(&mut Value);
+    let keep: Mode = |_| {};
+    let cells: [(&str, &Gateway, Mode); 5] = [
+        ("(b) same gateway, no ext_proc", gateway, without_sensor),
+        ("(c) one round trip (rendered)", gateway, keep),
+        ("(c2) two round trips", gateway, two_round_trips),
+        ("(c3) one round trip, 1 worker", &one_worker, keep),
+        (
+            "(c4) two round trips, 1 worker",
+            &one_worker,
+            two_round_trips,
+        ),
+    ];
+    const ROUNDS: usize = 4;
+    const SECS: f64 = 3.0;
+    let mut figures: Vec<Vec<Figures>> = cells.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (i, (_, g, mode)) in cells.iter().enumerate() {
+            edit_listener(g, |hcm: &mut Value| {
+                *hcm = rendered_hcm(g);
+                mode(hcm);
+            })
+            .await;
+            bench.warm(g, request, 0.5).await;
+            let ca = g.ca_pem();
+            let f = drive(
+                g.port,
+                &ca,
+                request,
+                bench.connections,
+                Load::Rate(bench.rate),
+                SECS,
+            )
+            .await;
+            figures[i].push(f);
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        (values[(values.len() - 1) / 2] + values[values.len() / 2]) / 2.0
+    };
+    println!(
+        "  side by side at {} req/s, {ROUNDS} rounds of {SECS} s each in turn (median p50 / median p99; every p50):",
+        bench.rate
+    );
+    let mut p50s = Vec::new();
+    for (i, (name, _, _)) in cells.iter().enumerate() {
+        let mut p50: Vec<f64> = figures[i].iter().map(|f| f.p50_ms).collect();
+        let every = p50
+            .iter()
+            .map(|v| format!("{v:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut p99: Vec<f64> = figures[i].iter().map(|f| f.p99_ms).collect();
+        let errors: usize = figures[i].iter().map(|f| f.errors).sum();
+        let (p50, p99) = (median(&mut p50), median(&mut p99));
+        println!("    {name:<34} {p50:.3} / {p99:.3} ms  ({every}; {errors} non-200)");
+        p50s.push((p50, p99));
+    }
+    let (b50, b99) = p50s[0];
+    for (i, (name, _, _)) in cells.iter().enumerate().skip(1) {
+        println!(
+            "    sensor cost {name:<34} p50 {:+.3} ms, p99 {:+.3} ms against (b) (targets < 0.3 / < 1.5 ms)",
+            p50s[i].0 - b50,
+            p50s[i].1 - b99
+        );
+    }
+}
+
+/// The connection manager's config as rendered (`render` keeps the untouched copy).
+fn rendered_hcm(gateway: &Gateway) -> Value {
+    let rendered = std::fs::read_to_string(gateway.envoy_dir().join("lds.rendered.json"))
+        .expect("rendered lds");
+    let lds: Value = serde_json::from_str(&rendered).expect("lds json");
+    lds["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"].clone()
 }
 
 /// The listener's filter chain becomes the router alone with one catch-all route.
@@ -482,9 +601,15 @@ impl Drop for Sensor {
 }
 
 impl Sensor {
-    async fn start(config: &std::path::Path, listen: &str, log: &std::path::Path) -> Sensor {
+    async fn start(
+        config: &std::path::Path,
+        listen: &str,
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Sensor {
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+            .envs(env.iter().copied())
             .arg("sensor")
             .arg("--config")
             .arg(config)
@@ -512,6 +637,15 @@ impl Sensor {
 
     /// A gateway rendered from `manifests` for a sensor on a free port, and that sensor.
     async fn beside(manifests: &str, upstream: std::net::SocketAddr) -> (Gateway, Sensor) {
+        Self::beside_with(manifests, upstream, &[]).await
+    }
+
+    /// [`Sensor::beside`], the sensor started with `env`.
+    async fn beside_with(
+        manifests: &str,
+        upstream: std::net::SocketAddr,
+        env: &[(&str, &str)],
+    ) -> (Gateway, Sensor) {
         let sensor_addr = format!("127.0.0.1:{}", free_port());
         let gateway = Gateway::start_with_args(
             manifests,
@@ -524,6 +658,7 @@ impl Sensor {
             &gateway.envoy_dir().join(SENSOR_CONFIG_FILE),
             &sensor_addr,
             &gateway.dir.path().join("sensor.log"),
+            env,
         )
         .await;
         (gateway, sensor)
@@ -769,6 +904,33 @@ async fn bench_envoy(bench: Bench) {
     bench.warm(&gateway, &request, 1.0).await;
     let pass = bench.run(&gateway, &request).await;
     print_run("(a) pass-through (router only)", &pass);
+
+    // (b)/(a) again, alternating: the machine's speed drifts within a run, so a ratio of two
+    // measurements minutes apart is noisy; these pairs are seconds apart.
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        edit_listener(&gateway, |hcm: &mut Value| *hcm = rendered_hcm(&gateway)).await;
+        bench.warm(&gateway, &request, 1.0).await;
+        let b = bench.closed(&gateway, &request).await;
+        edit_listener(&gateway, pass_through).await;
+        bench.warm(&gateway, &request, 1.0).await;
+        let a = bench.closed(&gateway, &request).await;
+        println!(
+            "    (b) {b}\n    (a) {a}  => (b)/(a) {:.0}%",
+            b.rps / a.rps * 100.0
+        );
+        ratios.push(b.rps / a.rps);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  (b)/(a) alternating, closed loop: {} (median {:.0}%; target >= 70%)",
+        ratios
+            .iter()
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ratios[1] * 100.0
+    );
     drop(gateway);
 
     // (c) the full policy with the contract: the sensor validates the body (discovery off as
@@ -789,11 +951,15 @@ async fn bench_envoy(bench: Bench) {
             );
             bench.warm(&gateway, request, 2.0).await;
             let run = bench.run(&gateway, request).await;
-            (run, validating.processing_means().await)
+            let means = validating.processing_means().await;
+            if discovery == Discovery::Off {
+                print_run("(c) full policy + sensor (body validated)", &run);
+                sensor_side_by_side(bench, &gateway, &manifests, upstream, request).await;
+            }
+            (run, means)
         }
     };
     let (sensor, in_sensor) = contract_run(Discovery::Off).await;
-    print_run("(c) full policy + sensor (body validated)", &sensor);
 
     // (d) the full policy with discovery (the default): the access log streams to the
     // sensor, nothing inline.
