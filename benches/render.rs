@@ -305,9 +305,13 @@ fn without_sensor(hcm: &mut Value) {
     });
 }
 
+/// The sensor as the gateway's sidecar runs it: its CPU limit (1 by default) gives it one
+/// worker thread; this machine has two CPUs and no limit, so it is said explicitly.
+const AS_DEPLOYED: [(&str, &str); 1] = [("APIGUARD_SENSOR_WORKER_THREADS", "1")];
+
 /// The sensor's cost, side by side, interleaved: (b) and (c) on the same gateway (the chain
 /// without and with `ext_proc`), (c) with the body sent after the headers' answer (two round
-/// trips, as before 2026-12-03), and both again with the sensor on one worker thread, each
+/// trips, as before 2026-12-03), and both again with the sensor on two worker threads, each
 /// for a few seconds at the fixed rate, in turn, several rounds; the medians per config. The
 /// machine's speed drifts within a run (a VM on a shared host), so configs measured minutes
 /// apart are not comparable; configs measured seconds apart, in turn, are.
@@ -318,19 +322,19 @@ async fn sensor_side_by_side(
     upstream: std::net::SocketAddr,
     request: &[u8],
 ) {
-    let env = [("TOKIO_WORKER_THREADS", "1")];
-    let (one_worker, _sensor) = Sensor::beside_with(manifests, upstream, &env).await;
-    bench.warm(&one_worker, request, 2.0).await;
+    let env = [("APIGUARD_SENSOR_WORKER_THREADS", "2")];
+    let (two_workers, _sensor) = Sensor::beside_with(manifests, upstream, &env).await;
+    bench.warm(&two_workers, request, 2.0).await;
     type Mode = fn(&mut Value);
     let keep: Mode = |_| {};
     let cells: [(&str, &Gateway, Mode); 5] = [
         ("(b) same gateway, no ext_proc", gateway, without_sensor),
         ("(c) one round trip (rendered)", gateway, keep),
         ("(c2) two round trips", gateway, two_round_trips),
-        ("(c3) one round trip, 1 worker", &one_worker, keep),
+        ("(c3) one round trip, 2 workers", &two_workers, keep),
         (
-            "(c4) two round trips, 1 worker",
-            &one_worker,
+            "(c4) two round trips, 2 workers",
+            &two_workers,
             two_round_trips,
         ),
     ];
@@ -635,12 +639,8 @@ impl Sensor {
         }
     }
 
-    /// A gateway rendered from `manifests` for a sensor on a free port, and that sensor.
-    async fn beside(manifests: &str, upstream: std::net::SocketAddr) -> (Gateway, Sensor) {
-        Self::beside_with(manifests, upstream, &[]).await
-    }
-
-    /// [`Sensor::beside`], the sensor started with `env`.
+    /// A gateway rendered from `manifests` for a sensor on a free port, and that sensor,
+    /// started with `env`.
     async fn beside_with(
         manifests: &str,
         upstream: std::net::SocketAddr,
@@ -940,7 +940,8 @@ async fn bench_envoy(bench: Bench) {
         let manifests = full_policy(&issuer.jwks(), Some(OPENAPI), discovery);
         let (put, body, request, upstream, bench) = (&put, &body, &request, upstream.addr, &bench);
         async move {
-            let (gateway, validating) = Sensor::beside(&manifests, upstream).await;
+            let (gateway, validating) =
+                Sensor::beside_with(&manifests, upstream, &AS_DEPLOYED).await;
             let check = gateway.send(&put(body)).await;
             assert_eq!(check.status, 200, "the sensor admits the benchmark body");
             let invalid = body.replacen("SKU-", "sku-", 1);
@@ -965,7 +966,7 @@ async fn bench_envoy(bench: Bench) {
     // sensor, nothing inline.
     let discovery = {
         let manifests = full_policy(&issuer.jwks(), None, Discovery::On);
-        let (gateway, sensor) = Sensor::beside(&manifests, upstream.addr).await;
+        let (gateway, sensor) = Sensor::beside_with(&manifests, upstream.addr, &AS_DEPLOYED).await;
         assert_eq!(gateway.send(&put(&body)).await.status, 200);
         bench.warm(&gateway, &request, 2.0).await;
         let run = bench.run(&gateway, &request).await;

@@ -26,6 +26,43 @@ fn a_contract_that_does_not_compile_stops_the_sensor_at_start() {
     assert!(stderr.contains("/paths/users-without-slash"), "{stderr}");
 }
 
+#[test]
+fn worker_threads_out_of_range_is_refused_naming_the_flag() {
+    for bad in ["0", "1025", "many"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_apiguard"))
+            .args(["sensor", "--config", "/nonexistent/sensor.yaml"])
+            .args(["--worker-threads", bad])
+            .output()
+            .expect("run apiguard sensor");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--worker-threads"), "{bad}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_threads_sets_the_threads_answering_envoy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sensor.yaml");
+    std::fs::write(&config, sensor_yaml("Enforce", "Redact")).expect("write config");
+    for threads in ["1", "3"] {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let env = [("APIGUARD_SENSOR_WORKER_THREADS", threads)];
+        let sensor = Sensor::start_with_env(&config, listen, dir.path(), &env).await;
+        let log = sensor.log_text();
+        let started = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "sensor ext_proc server listening")
+            .unwrap_or_else(|| panic!("no start line: {log}"));
+        assert_eq!(
+            started["worker_threads"].to_string(),
+            threads,
+            "APIGUARD_SENSOR_WORKER_THREADS={threads}: {started}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_sensor_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
