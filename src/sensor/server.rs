@@ -98,16 +98,7 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         .reloads
         .get_or_create(&ResultLabels { result: "loaded" })
         .inc();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
-        config = %args.config.display(),
-        policy = %config.current().policy,
-        "sensor ext_proc server listening"
-    );
+    let listener = listen(&args, &config).await?;
     let store = super::redis_link::connect(&args).await?;
     // Runtime detection shares its counts and blocks through the same store.
     let sharing = store
@@ -209,6 +200,22 @@ async fn serve(args: SensorArgs, config: Arc<ConfigFile>) -> anyhow::Result<()> 
         let _ = poller.await;
     }
     result
+}
+
+/// The gRPC server's socket (`--listen`), announced with what the sensor serves and on how
+/// many threads.
+async fn listen(args: &SensorArgs, config: &ConfigFile) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        config = %args.config.display(),
+        policy = %config.current().policy,
+        "sensor ext_proc server listening"
+    );
+    Ok(listener)
 }
 
 /// Resolves once `stop` is sent (or its sender is gone).
