@@ -392,6 +392,88 @@ async fn sensor_side_by_side(
             p50s[i].1 - b99
         );
     }
+    println!(
+        "  where the time goes inside Envoy (its access log, medians at {} req/s):",
+        bench.rate
+    );
+    for (name, g, mode) in &cells[..3] {
+        let t = envoy_timings(bench, g, request, *mode).await;
+        println!(
+            "    {name:<34} last request byte -> first upstream byte {:>4.0} µs; ext_proc's gRPC calls: headers {:>4.0} µs, body {:>4.0} µs",
+            t[0], t[1], t[2]
+        );
+    }
+}
+
+/// Medians, over a few seconds at the fixed rate, of what Envoy's access log says about each
+/// request under `mode`: the time from the request's last byte to the first byte sent upstream
+/// (the filter chain, the sensor included), and the ext_proc filter's own latency of its
+/// headers and body calls (from sending the message to applying the answer), in µs.
+async fn envoy_timings(
+    bench: &Bench,
+    g: &Gateway,
+    request: &[u8],
+    mode: fn(&mut Value),
+) -> [f64; 3] {
+    const FIELDS: [(&str, &str); 3] = [
+        ("t_chain_us", "%COMMON_DURATION(DS_RX_END:US_TX_BEG:us)%"),
+        (
+            "t_ext_proc_headers_us",
+            "%FILTER_STATE(envoy.filters.http.ext_proc:FIELD:request_header_latency_us)%",
+        ),
+        (
+            "t_ext_proc_body_us",
+            "%FILTER_STATE(envoy.filters.http.ext_proc:FIELD:request_body_total_latency_us)%",
+        ),
+    ];
+    let mut log = PathBuf::new();
+    edit_listener(g, |hcm: &mut Value| {
+        *hcm = rendered_hcm(g);
+        mode(hcm);
+        let file = &mut hcm["access_log"][0]["typed_config"];
+        log = PathBuf::from(file["path"].as_str().expect("access log path"));
+        for (key, format) in FIELDS {
+            file["log_format"]["json_format"][key] = json!(format);
+        }
+    })
+    .await;
+    bench.warm(g, request, 0.5).await;
+    let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let ca = g.ca_pem();
+    drive(
+        g.port,
+        &ca,
+        request,
+        bench.connections,
+        Load::Rate(bench.rate),
+        3.0,
+    )
+    .await;
+    // Envoy flushes its access log every second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = std::fs::read(&log).expect("access log");
+    let lines = String::from_utf8_lossy(&text[from as usize..]).into_owned();
+    let mut columns: [Vec<f64>; 3] = Default::default();
+    for line in lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        for (i, (key, _)) in FIELDS.iter().enumerate() {
+            let value = match &line[key] {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            };
+            columns[i].extend(value);
+        }
+    }
+    columns.map(|mut c| {
+        if c.is_empty() {
+            return f64::NAN;
+        }
+        c.sort_by(f64::total_cmp);
+        c[c.len() / 2]
+    })
 }
 
 /// The connection manager's config as rendered (`render` keeps the untouched copy).
@@ -765,7 +847,7 @@ fn print_run(name: &str, run: &Run) {
     println!("  {:<44} at fixed rate {}", "", run.fixed);
 }
 
-async fn bench_envoy(bench: Bench) {
+async fn bench_envoy(bench: Bench, sensor_only: bool) {
     let issuer = Issuer::new("bench");
     let upstream = echo_upstream().await;
     let now = unix_now();
@@ -816,121 +898,126 @@ async fn bench_envoy(bench: Bench) {
     let full = bench.run(&gateway, &request).await;
     print_run("(b) full policy", &full);
 
-    // What each costly filter costs: (b) without it, closed loop.
-    println!("  per-filter cost, closed loop, (b) without the filter:");
-    let variants: &[(&str, &[&str])] = &[
-        ("access log", &["access_log"]),
-        // Until 2026-12: the two Lua filters.
-        ("apiguard.outcome (Lua)", &["apiguard.outcome"]),
-        ("apiguard.authz (Lua)", &["apiguard.authz"]),
-        ("both Lua filters", &["apiguard.outcome", "apiguard.authz"]),
-        (
-            "both Lua filters + access log",
-            &["apiguard.outcome", "apiguard.authz", "access_log"],
-        ),
-        // Their native replacement.
-        (
-            "apiguard.ownership (rbac + CEL) + pending",
-            &["apiguard.ownership", "apiguard.decision-pending"],
-        ),
-        ("apiguard.decision (set_metadata)", &["apiguard.decision"]),
-        (
-            "authn + authz (jwt_authn, rbac, ownership)",
-            &[
-                "envoy.filters.http.jwt_authn",
-                "envoy.filters.http.rbac",
-                "apiguard.authz",
-                "apiguard.ownership",
-                "apiguard.decision-pending",
-            ],
-        ),
-        ("rbac", &["envoy.filters.http.rbac"]),
-        ("local_ratelimit", &["envoy.filters.http.local_ratelimit"]),
-        ("buffer", &["envoy.filters.http.buffer"]),
-        (
-            "cors + header_mutation",
-            &[
-                "envoy.filters.http.cors",
-                "envoy.filters.http.header_mutation",
-            ],
-        ),
-    ];
-    let lds = std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).expect("lds");
-    for (name, filters) in variants {
-        // A variant for filters of another chain (the Lua filters before 2026-12, or their
-        // replacement) does not apply.
-        let in_chain = |f: &&str| lds.contains(&format!("\"{f}\""));
-        if *filters != ["access_log"] && !filters.iter().any(|f| *f != "access_log" && in_chain(f))
-        {
-            println!("    {name:<40} (not in the rendered chain)");
-            continue;
+    let mut pass_through_run = None;
+    if !sensor_only {
+        // What each costly filter costs: (b) without it, closed loop.
+        println!("  per-filter cost, closed loop, (b) without the filter:");
+        let variants: &[(&str, &[&str])] = &[
+            ("access log", &["access_log"]),
+            // Until 2026-12: the two Lua filters.
+            ("apiguard.outcome (Lua)", &["apiguard.outcome"]),
+            ("apiguard.authz (Lua)", &["apiguard.authz"]),
+            ("both Lua filters", &["apiguard.outcome", "apiguard.authz"]),
+            (
+                "both Lua filters + access log",
+                &["apiguard.outcome", "apiguard.authz", "access_log"],
+            ),
+            // Their native replacement.
+            (
+                "apiguard.ownership (rbac + CEL) + pending",
+                &["apiguard.ownership", "apiguard.decision-pending"],
+            ),
+            ("apiguard.decision (set_metadata)", &["apiguard.decision"]),
+            (
+                "authn + authz (jwt_authn, rbac, ownership)",
+                &[
+                    "envoy.filters.http.jwt_authn",
+                    "envoy.filters.http.rbac",
+                    "apiguard.authz",
+                    "apiguard.ownership",
+                    "apiguard.decision-pending",
+                ],
+            ),
+            ("rbac", &["envoy.filters.http.rbac"]),
+            ("local_ratelimit", &["envoy.filters.http.local_ratelimit"]),
+            ("buffer", &["envoy.filters.http.buffer"]),
+            (
+                "cors + header_mutation",
+                &[
+                    "envoy.filters.http.cors",
+                    "envoy.filters.http.header_mutation",
+                ],
+            ),
+        ];
+        let lds = std::fs::read_to_string(gateway.envoy_dir().join("lds.json")).expect("lds");
+        for (name, filters) in variants {
+            // A variant for filters of another chain (the Lua filters before 2026-12, or their
+            // replacement) does not apply.
+            let in_chain = |f: &&str| lds.contains(&format!("\"{f}\""));
+            if *filters != ["access_log"]
+                && !filters.iter().any(|f| *f != "access_log" && in_chain(f))
+            {
+                println!("    {name:<40} (not in the rendered chain)");
+                continue;
+            }
+            edit_listener(&gateway, without(filters)).await;
+            bench.warm(&gateway, &request, 1.0).await;
+            let f = bench.closed(&gateway, &request).await;
+            let saved_us = (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6;
+            println!(
+                "    without {name:<32} {f}  => costs {saved_us:>5.1} µs/request ({:+.0}% req/s without it)",
+                (f.rps / full.closed.rps - 1.0) * 100.0
+            );
+            // Back to the full chain.
+            let before = gateway.counter("listener_manager.lds.update_success").await;
+            gateway.render(&full_policy(&issuer.jwks(), None, Discovery::Off));
+            gateway.wait_listener_update(before).await;
+            bench.warm(&gateway, &request, 1.0).await;
         }
-        edit_listener(&gateway, without(filters)).await;
-        bench.warm(&gateway, &request, 1.0).await;
-        let f = bench.closed(&gateway, &request).await;
-        let saved_us = (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6;
-        println!(
-            "    without {name:<32} {f}  => costs {saved_us:>5.1} µs/request ({:+.0}% req/s without it)",
-            (f.rps / full.closed.rps - 1.0) * 100.0
-        );
-        // Back to the full chain.
-        let before = gateway.counter("listener_manager.lds.update_success").await;
-        gateway.render(&full_policy(&issuer.jwks(), None, Discovery::Off));
-        gateway.wait_listener_update(before).await;
-        bench.warm(&gateway, &request, 1.0).await;
-    }
 
-    let again = bench.closed(&gateway, &request).await;
-    println!("    {:<40} {again}", "(b) again, after the variants");
+        let again = bench.closed(&gateway, &request).await;
+        println!("    {:<40} {again}", "(b) again, after the variants");
 
-    // The access log's decision as a CEL formatter, against the plain metadata lookup it
-    // replaced (the same line otherwise).
-    if lds.contains("%CEL(") {
-        edit_listener(&gateway, |hcm: &mut Value| {
-            hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]["decision"] =
-                json!("%DYNAMIC_METADATA(apiguard:decision)%");
-        })
-        .await;
-        bench.warm(&gateway, &request, 1.0).await;
-        let f = bench.closed(&gateway, &request).await;
-        println!(
-            "    {:<40} {f}  => the CEL decision costs {:>5.1} µs/request",
-            "access log decision without CEL",
-            (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6
-        );
-    }
+        // The access log's decision as a CEL formatter, against the plain metadata lookup it
+        // replaced (the same line otherwise).
+        if lds.contains("%CEL(") {
+            edit_listener(&gateway, |hcm: &mut Value| {
+                hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]["decision"] =
+                    json!("%DYNAMIC_METADATA(apiguard:decision)%");
+            })
+            .await;
+            bench.warm(&gateway, &request, 1.0).await;
+            let f = bench.closed(&gateway, &request).await;
+            println!(
+                "    {:<40} {f}  => the CEL decision costs {:>5.1} µs/request",
+                "access log decision without CEL",
+                (1.0 / full.closed.rps - 1.0 / f.rps) * 1e6
+            );
+        }
 
-    edit_listener(&gateway, pass_through).await;
-    bench.warm(&gateway, &request, 1.0).await;
-    let pass = bench.run(&gateway, &request).await;
-    print_run("(a) pass-through (router only)", &pass);
-
-    // (b)/(a) again, alternating: the machine's speed drifts within a run, so a ratio of two
-    // measurements minutes apart is noisy; these pairs are seconds apart.
-    let mut ratios = Vec::new();
-    for _ in 0..3 {
-        edit_listener(&gateway, |hcm: &mut Value| *hcm = rendered_hcm(&gateway)).await;
-        bench.warm(&gateway, &request, 1.0).await;
-        let b = bench.closed(&gateway, &request).await;
         edit_listener(&gateway, pass_through).await;
         bench.warm(&gateway, &request, 1.0).await;
-        let a = bench.closed(&gateway, &request).await;
+        let pass = bench.run(&gateway, &request).await;
+        print_run("(a) pass-through (router only)", &pass);
+        pass_through_run = Some(pass);
+
+        // (b)/(a) again, alternating: the machine's speed drifts within a run, so a ratio of two
+        // measurements minutes apart is noisy; these pairs are seconds apart.
+        let mut ratios = Vec::new();
+        for _ in 0..3 {
+            edit_listener(&gateway, |hcm: &mut Value| *hcm = rendered_hcm(&gateway)).await;
+            bench.warm(&gateway, &request, 1.0).await;
+            let b = bench.closed(&gateway, &request).await;
+            edit_listener(&gateway, pass_through).await;
+            bench.warm(&gateway, &request, 1.0).await;
+            let a = bench.closed(&gateway, &request).await;
+            println!(
+                "    (b) {b}\n    (a) {a}  => (b)/(a) {:.0}%",
+                b.rps / a.rps * 100.0
+            );
+            ratios.push(b.rps / a.rps);
+        }
+        ratios.sort_by(f64::total_cmp);
         println!(
-            "    (b) {b}\n    (a) {a}  => (b)/(a) {:.0}%",
-            b.rps / a.rps * 100.0
+            "  (b)/(a) alternating, closed loop: {} (median {:.0}%; target >= 70%)",
+            ratios
+                .iter()
+                .map(|r| format!("{:.0}%", r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ratios[1] * 100.0
         );
-        ratios.push(b.rps / a.rps);
     }
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "  (b)/(a) alternating, closed loop: {} (median {:.0}%; target >= 70%)",
-        ratios
-            .iter()
-            .map(|r| format!("{:.0}%", r * 100.0))
-            .collect::<Vec<_>>()
-            .join(", "),
-        ratios[1] * 100.0
-    );
     drop(gateway);
 
     // (c) the full policy with the contract: the sensor validates the body (discovery off as
@@ -961,6 +1048,9 @@ async fn bench_envoy(bench: Bench) {
         }
     };
     let (sensor, in_sensor) = contract_run(Discovery::Off).await;
+    let Some(pass) = pass_through_run else {
+        return;
+    };
 
     // (d) the full policy with discovery (the default): the access log streams to the
     // sensor, nothing inline.
@@ -1035,10 +1125,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(bench_envoy(Bench {
-        connections: 16,
-        secs: 5.0,
-        rate: 500.0,
-        rate_secs: 10.0,
-    }));
+    // `-- sensor`: (b) and the sensor's side by side only.
+    let sensor_only = std::env::args().any(|a| a == "sensor");
+    rt.block_on(bench_envoy(
+        Bench {
+            connections: 16,
+            secs: 5.0,
+            rate: 500.0,
+            rate_secs: 10.0,
+        },
+        sensor_only,
+    ));
 }
