@@ -259,46 +259,67 @@ impl ExternalProcessor for Processor {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Answers>, Status> {
-        let state = (
-            request.into_inner(),
-            ExchangeStream::new(self.config.current()),
-            (self.metrics.clone(), self.learner.clone()),
-        );
-        let answers = futures::stream::unfold(
-            state,
-            |(mut inbound, mut stream, (metrics, learner))| async move {
-                loop {
-                    let message = match inbound.message().await {
-                        Ok(Some(message)) => message,
-                        Ok(None) => return None,
-                        Err(status) => {
-                            metrics.stream_errors.inc();
-                            tracing::debug!(error = %status, "ext_proc stream ended with an error");
-                            return None;
-                        }
-                    };
-                    let started = Instant::now();
-                    let handled = stream.handle(message);
-                    if let Some(point) = handled.point {
-                        metrics
-                            .processing
-                            .get_or_create(&PointLabels {
-                                point: point.label(),
-                            })
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    metrics.record(stream.policy(), &handled.events);
-                    let found = handled.events.iter().filter_map(|e| e.sensitive());
-                    learner.add_sensitive(stream.discovery(), found);
-                    let answers: Vec<_> = handled.answers().map(Ok).collect();
-                    if !answers.is_empty() {
-                        return Some((answers, (inbound, stream, (metrics, learner))));
-                    }
-                }
-            },
-        )
-        .flat_map(futures::stream::iter);
+        let mut exchange = ExtProcCall {
+            inbound: request.into_inner(),
+            stream: ExchangeStream::new(self.config.current()),
+            metrics: self.metrics.clone(),
+            learner: self.learner.clone(),
+        };
+        // The response's headers go out with the first answer (one write, Envoy woken once),
+        // not ahead of it: the first answers are ready before the response is returned.
+        let first = exchange.next_answers().await;
+        let rest = futures::stream::unfold(exchange, |mut exchange| async move {
+            let answers = exchange.next_answers().await?;
+            Some((answers, exchange))
+        });
+        let answers = futures::stream::iter(first)
+            .chain(rest)
+            .flat_map(|answers| futures::stream::iter(answers.into_iter().map(Ok)));
         Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// One ext_proc gRPC stream being served: Envoy's messages in, the exchange's state, and where
+/// its metrics and sensitive-data findings go.
+struct ExtProcCall {
+    inbound: Streaming<ProcessingRequest>,
+    stream: ExchangeStream,
+    metrics: SensorMetrics,
+    learner: SharedLearner,
+}
+
+impl ExtProcCall {
+    /// Reads Envoy's messages until one gets answers (those of earlier messages it released
+    /// first); None once the stream ends.
+    async fn next_answers(&mut self) -> Option<Vec<ProcessingResponse>> {
+        loop {
+            let message = match self.inbound.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return None,
+                Err(status) => {
+                    self.metrics.stream_errors.inc();
+                    tracing::debug!(error = %status, "ext_proc stream ended with an error");
+                    return None;
+                }
+            };
+            let started = Instant::now();
+            let handled = self.stream.handle(message);
+            if let Some(point) = handled.point {
+                self.metrics
+                    .processing
+                    .get_or_create(&PointLabels {
+                        point: point.label(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            self.metrics.record(self.stream.policy(), &handled.events);
+            let found = handled.events.iter().filter_map(|e| e.sensitive());
+            self.learner.add_sensitive(self.stream.discovery(), found);
+            let answers: Vec<_> = handled.answers().collect();
+            if !answers.is_empty() {
+                return Some(answers);
+            }
+        }
     }
 }
 
