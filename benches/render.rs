@@ -326,12 +326,11 @@ async fn sensor_side_by_side(
     let (two_workers, _sensor) = Sensor::beside_with(manifests, upstream, &env).await;
     bench.warm(&two_workers, request, 2.0).await;
     type Mode = fn(&mut Value);
-    let keep: Mode = |_| {};
     let cells: [(&str, &Gateway, Mode); 5] = [
         ("(b) same gateway, no ext_proc", gateway, without_sensor),
-        ("(c) one round trip (rendered)", gateway, keep),
+        ("(c) one round trip (rendered)", gateway, as_rendered),
         ("(c2) two round trips", gateway, two_round_trips),
-        ("(c3) one round trip, 2 workers", &two_workers, keep),
+        ("(c3) one round trip, 2 workers", &two_workers, as_rendered),
         (
             "(c4) two round trips, 2 workers",
             &two_workers,
@@ -343,23 +342,9 @@ async fn sensor_side_by_side(
     let mut figures: Vec<Vec<Figures>> = cells.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for (i, (_, g, mode)) in cells.iter().enumerate() {
-            edit_listener(g, |hcm: &mut Value| {
-                *hcm = rendered_hcm(g);
-                mode(hcm);
-            })
-            .await;
+            set_chain(g, *mode).await;
             bench.warm(g, request, 0.5).await;
-            let ca = g.ca_pem();
-            let f = drive(
-                g.port,
-                &ca,
-                request,
-                bench.connections,
-                Load::Rate(bench.rate),
-                SECS,
-            )
-            .await;
-            figures[i].push(f);
+            figures[i].push(bench.fixed(g, request, SECS).await);
         }
     }
     let median = |values: &mut Vec<f64>| {
@@ -430,6 +415,7 @@ async fn envoy_timings(
     edit_listener(g, |hcm: &mut Value| {
         *hcm = rendered_hcm(g);
         mode(hcm);
+        // The rendered chain under `mode`, its access log with the timings.
         let file = &mut hcm["access_log"][0]["typed_config"];
         log = PathBuf::from(file["path"].as_str().expect("access log path"));
         for (key, format) in FIELDS {
@@ -439,16 +425,7 @@ async fn envoy_timings(
     .await;
     bench.warm(g, request, 0.5).await;
     let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let ca = g.ca_pem();
-    drive(
-        g.port,
-        &ca,
-        request,
-        bench.connections,
-        Load::Rate(bench.rate),
-        3.0,
-    )
-    .await;
+    bench.fixed(g, request, 3.0).await;
     // Envoy flushes its access log every second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = std::fs::read(&log).expect("access log");
@@ -476,7 +453,19 @@ async fn envoy_timings(
     })
 }
 
-/// The connection manager's config as rendered (`render` keeps the untouched copy).
+/// The rendered chain, unchanged (a mode for [`set_chain`]).
+fn as_rendered(_: &mut Value) {}
+
+/// The listener becomes the rendered chain under `mode`.
+async fn set_chain(gateway: &Gateway, mode: fn(&mut Value)) {
+    edit_listener(gateway, |hcm: &mut Value| {
+        *hcm = rendered_hcm(gateway);
+        mode(hcm);
+    })
+    .await;
+}
+
+/// The connection manager's config as rendered (`edit_listener` keeps the untouched copy).
 fn rendered_hcm(gateway: &Gateway) -> Value {
     let rendered = std::fs::read_to_string(gateway.envoy_dir().join("lds.rendered.json"))
         .expect("rendered lds");
@@ -801,43 +790,27 @@ impl Bench {
     /// Load that is not counted: a fresh Envoy, or one that just took a new listener (its
     /// connections were drained), is slower for its first seconds.
     async fn warm(&self, gateway: &Gateway, request: &[u8], secs: f64) {
-        let ca = gateway.ca_pem();
-        drive(
-            gateway.port,
-            &ca,
-            request,
-            self.connections,
-            Load::Closed,
-            secs,
-        )
-        .await;
+        self.load(gateway, request, Load::Closed, secs).await;
     }
 
     async fn closed(&self, gateway: &Gateway, request: &[u8]) -> Figures {
+        self.load(gateway, request, Load::Closed, self.secs).await
+    }
+
+    /// `secs` at the fixed rate.
+    async fn fixed(&self, gateway: &Gateway, request: &[u8], secs: f64) -> Figures {
+        self.load(gateway, request, Load::Rate(self.rate), secs)
+            .await
+    }
+
+    async fn load(&self, gateway: &Gateway, request: &[u8], load: Load, secs: f64) -> Figures {
         let ca = gateway.ca_pem();
-        drive(
-            gateway.port,
-            &ca,
-            request,
-            self.connections,
-            Load::Closed,
-            self.secs,
-        )
-        .await
+        drive(gateway.port, &ca, request, self.connections, load, secs).await
     }
 
     async fn run(&self, gateway: &Gateway, request: &[u8]) -> Run {
         let closed = self.closed(gateway, request).await;
-        let ca = gateway.ca_pem();
-        let fixed = drive(
-            gateway.port,
-            &ca,
-            request,
-            self.connections,
-            Load::Rate(self.rate),
-            self.rate_secs,
-        )
-        .await;
+        let fixed = self.fixed(gateway, request, self.rate_secs).await;
         Run { closed, fixed }
     }
 }
@@ -995,7 +968,7 @@ async fn bench_envoy(bench: Bench, sensor_only: bool) {
         // measurements minutes apart is noisy; these pairs are seconds apart.
         let mut ratios = Vec::new();
         for _ in 0..3 {
-            edit_listener(&gateway, |hcm: &mut Value| *hcm = rendered_hcm(&gateway)).await;
+            set_chain(&gateway, as_rendered).await;
             bench.warm(&gateway, &request, 1.0).await;
             let b = bench.closed(&gateway, &request).await;
             edit_listener(&gateway, pass_through).await;

@@ -131,6 +131,23 @@ pub struct ActiveBlock {
     pub blocked_until_ms: i64,
 }
 
+impl Detection {
+    /// The block this detection made (None unless it blocks, until `blocked_until_ms`).
+    pub fn active_block(&self) -> Option<ActiveBlock> {
+        Some(ActiveBlock {
+            detector: self.detector.clone(),
+            key: self.key.clone(),
+            key_kind: self.key_kind,
+            key_name: self.key_name.clone(),
+            count: self.count,
+            since_ms: self.at_ms,
+            blocked_until_ms: self
+                .blocked_until_ms
+                .filter(|_| self.action == Action::Block)?,
+        })
+    }
+}
+
 impl ActiveBlock {
     /// The `retry-after` seconds at `now_ms`: the rest of the block, rounded up, at least 1.
     pub fn retry_after_seconds(&self, now_ms: i64) -> u64 {

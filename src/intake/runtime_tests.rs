@@ -39,18 +39,6 @@ fn alert(detector: &str, key: &str, at: i64) -> Detection {
     }
 }
 
-fn active(d: &Detection) -> ActiveBlock {
-    ActiveBlock {
-        detector: d.detector.clone(),
-        key: d.key.clone(),
-        key_kind: d.key_kind,
-        key_name: d.key_name.clone(),
-        count: d.count,
-        since_ms: d.at_ms,
-        blocked_until_ms: d.blocked_until_ms.unwrap(),
-    }
-}
-
 fn anomaly(endpoint: &str, at: i64) -> Anomaly {
     Anomaly {
         endpoint: endpoint.into(),
@@ -66,7 +54,7 @@ fn report(detections: Vec<Detection>, anomalies: Vec<Anomaly>) -> RuntimeReport 
     let active_blocks = detections
         .iter()
         .filter(|d| d.blocked_until_ms.is_some())
-        .map(active)
+        .filter_map(Detection::active_block)
         .collect();
     RuntimeReport {
         detections,

@@ -200,14 +200,12 @@ impl ExchangeStream {
             ),
             None => (None, None),
         };
-        if observe_only {
-            return Handled {
-                answer: None,
-                released: Vec::new(),
-                point,
-                events,
-            };
-        }
+        // Observability mode: Envoy expects no answer at all.
+        let (answer, released) = if observe_only {
+            (None, Vec::new())
+        } else {
+            (answer, released)
+        };
         Handled {
             answer,
             released,

@@ -14,7 +14,7 @@
 
 use super::guard::{Guard, now_ms};
 use super::observe::SensorMetrics;
-use crate::detect::{Action, ActiveBlock, Counted, Detection};
+use crate::detect::{ActiveBlock, Counted, Detection};
 use crate::shared_state::{Key, MAX_BATCH, SharedState, WindowAdd, WindowHit};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -135,23 +135,11 @@ impl Sharing {
         detections: &[Detection],
         metrics: &SensorMetrics,
     ) {
-        for d in detections.iter().filter(|d| d.action == Action::Block) {
-            let Some(until) = d.blocked_until_ms else {
-                continue;
-            };
-            let record = ActiveBlock {
-                detector: d.detector.clone(),
-                key: d.key.clone(),
-                key_kind: d.key_kind,
-                key_name: d.key_name.clone(),
-                count: d.count,
-                since_ms: d.at_ms,
-                blocked_until_ms: until,
-            };
+        for record in detections.iter().filter_map(Detection::active_block) {
             let Ok(json) = serde_json::to_string(&record) else {
                 continue;
             };
-            let until = u64::try_from(until).unwrap_or(0);
+            let until = u64::try_from(record.blocked_until_ms).unwrap_or(0);
             if let Err(e) = self.store.publish_block(policy, &json, until).await {
                 self.failed(metrics, "publish", &e);
             }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::cluster::{eventually, with_temp_ns};
+use crate::support::cluster::{create_service, eventually, with_temp_ns};
 use crate::support::controller::Operator;
 use apiguard::api::ApiSecurityPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,19 +20,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The operator this module's tests share (stopped when the module's last test ends).
 fn operator() -> Arc<Operator> {
     crate::support::isolation::shared(|| Operator::start("cluster-tests", "apiguard-controller"))
-}
-
-async fn create_service(client: &Client, ns: &str, name: &str) {
-    let svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 8080}]},
-    }))
-    .unwrap();
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await
-        .unwrap_or_else(|e| panic!("creating Service {ns}/{name}: {e}"));
 }
 
 fn policy_json(ns: &str, name: &str, target: &str, path: &str) -> serde_json::Value {

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::cluster::{control_plane, ensure_namespace, eventually, with_temp_ns};
+use crate::support::cluster::{
+    control_plane, create_service, ensure_namespace, eventually, with_temp_ns,
+};
 use crate::support::controller::install_policy_crd;
 use crate::support::tools::free_port;
 use crate::support::webhook::{TlsClient, full, http_get};
@@ -19,7 +21,7 @@ use apiguard::discovery::push::{PUSH_PATH, Push};
 use apiguard::discovery::{EndpointReport, Report, SensitiveClass};
 use apiguard::reports::{Outcome, PolicyReport};
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -186,14 +188,7 @@ async fn pushes_are_taken_only_from_the_gateway_and_become_report_status_and_eve
     let (_, _, roots) = secret_data(&client, OP_NS, "apiguard-webhook-tls").await;
 
     with_temp_ns(|client, ns| async move {
-        let svc: Service = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": ns},
-            "spec": {"selector": {"app": "api"}, "ports": [{"port": 8080}]}}))
-        .unwrap();
-        Api::<Service>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &svc)
-            .await
-            .unwrap();
+        create_service(&client, &ns, "api").await;
         let policy: ApiSecurityPolicy = serde_json::from_value(json!({
             "apiVersion": "apiguard.dev/v1alpha1", "kind": "ApiSecurityPolicy",
             "metadata": {"name": "shop", "namespace": ns},

@@ -8,16 +8,17 @@
 use crate::discovery_cluster::{
     client_config, events_with_reason, push, secret_data, start_operator,
 };
-use crate::support::cluster::{control_plane, ensure_namespace, eventually, with_temp_ns};
+use crate::support::cluster::{
+    control_plane, create_service, ensure_namespace, eventually, with_temp_ns,
+};
 use crate::support::controller::{Process, install_policy_crd, install_report_crds};
 use crate::support::tools::free_port;
 use crate::support::webhook::http_get;
 use apiguard::api::{ApiSecurityPolicy, RuntimeStatus};
-use apiguard::detect::{Action, ActiveBlock, Anomaly, Detection, KeyLabel};
+use apiguard::detect::{Action, Anomaly, Detection, KeyLabel};
 use apiguard::discovery::Report;
 use apiguard::discovery::push::{Push, RuntimeReport};
 use apiguard::reports::PolicyReport;
-use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -57,18 +58,6 @@ fn detection(detector: &str, key: &str, action: Action, at_ms: i64) -> Detection
         window_seconds: 60,
         at_ms,
         blocked_until_ms: (action == Action::Block).then_some(at_ms + 15 * MIN),
-    }
-}
-
-fn block_of(d: &Detection) -> ActiveBlock {
-    ActiveBlock {
-        detector: d.detector.clone(),
-        key: d.key.clone(),
-        key_kind: d.key_kind,
-        key_name: d.key_name.clone(),
-        count: d.count,
-        since_ms: d.at_ms,
-        blocked_until_ms: d.blocked_until_ms.unwrap(),
     }
 }
 
@@ -114,14 +103,7 @@ async fn detections_become_one_event_per_incident_and_status_runtime() {
     let (_, _, roots) = secret_data(&client, OP_NS, "apiguard-webhook-tls").await;
 
     with_temp_ns(|client, ns| async move {
-        let svc: Service = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": ns},
-            "spec": {"selector": {"app": "api"}, "ports": [{"port": 8080}]}}))
-        .unwrap();
-        Api::<Service>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &svc)
-            .await
-            .unwrap();
+        create_service(&client, &ns, "api").await;
         let policy: ApiSecurityPolicy = serde_json::from_value(json!({
             "apiVersion": "apiguard.dev/v1alpha1", "kind": "ApiSecurityPolicy",
             "metadata": {"name": "shop", "namespace": ns},
@@ -146,12 +128,12 @@ async fn detections_become_one_event_per_incident_and_status_runtime() {
         let replica_0 = RuntimeReport {
             detections: vec![blocked_0.clone()],
             anomalies: Vec::new(),
-            active_blocks: vec![block_of(&blocked_0)],
+            active_blocks: blocked_0.active_block().into_iter().collect(),
         };
         let replica_1 = RuntimeReport {
             detections: vec![blocked_1.clone()],
             anomalies: Vec::new(),
-            active_blocks: vec![block_of(&blocked_1)],
+            active_blocks: blocked_1.active_block().into_iter().collect(),
         };
         for (reporter, report) in [("shop-apiguard-0", &replica_0), ("shop-apiguard-1", &replica_1)] {
             let (status, _, answer) =

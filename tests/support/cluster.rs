@@ -432,3 +432,17 @@ pub async fn ensure_namespace(client: &Client, name: &str) {
         Err(e) => panic!("creating namespace {name}: {e}"),
     }
 }
+
+/// Creates Service `ns/name` (port `http` 8080, selecting `app: name`), the target of a policy.
+pub async fn create_service(client: &Client, ns: &str, name: &str) {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 8080}]},
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap_or_else(|e| panic!("creating Service {ns}/{name}: {e}"));
+}
