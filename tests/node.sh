@@ -38,7 +38,17 @@ SERVICE_CIDR=10.96.0.0/16
 CLUSTER_DNS=10.96.0.10
 CLUSTER_DOMAIN=cluster.local
 BRIDGE=cni0
-KUBELET_PORT=40250
+# The node's fixed ports: below the kernel's ephemeral range (a client connection holding one of
+# them as its local port makes the listener fail "address already in use" until it closes: the
+# kube-proxy health port was seen taken for a minute) and outside tests/cluster.sh's free_port
+# range (20000-31999). `start` checks both before it starts anything.
+KUBELET_PORT=11250
+KUBELET_HEALTHZ_PORT=11248
+PROXY_METRICS_PORT=11249
+PROXY_HEALTHZ_PORT=11256
+ROUTER_HEALTH_PORT=11244
+SCHEDULER_PORT=11259
+FIXED_PORTS=("$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$ROUTER_HEALTH_PORT" "$SCHEDULER_PORT")
 READY_TIMEOUT=${APIGUARD_NODE_READY_TIMEOUT:-180}
 # The processes, in start order (stopped in reverse).
 COMPONENTS=(containerd kubelet kube-proxy kube-router kube-scheduler)
@@ -125,7 +135,7 @@ address: $ip
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: 40248
+healthzPort: $KUBELET_HEALTHZ_PORT
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: true}
@@ -156,8 +166,8 @@ clientConnection:
 hostnameOverride: $NODE_NAME
 bindAddress: $ip
 clusterCIDR: $POD_CIDR
-metricsBindAddress: 127.0.0.1:40249
-healthzBindAddress: 127.0.0.1:40256
+metricsBindAddress: 127.0.0.1:$PROXY_METRICS_PORT
+healthzBindAddress: 127.0.0.1:$PROXY_HEALTHZ_PORT
 conntrack:
   maxPerCore: 0
   tcpEstablishedTimeout: 0s
@@ -215,9 +225,21 @@ node_ready() { # DIR
   [[ "$(kubectl_ "$1" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
 
+# Dies naming a fixed port another process listens on, or one the kernel may hand out as the
+# local port of a connection.
+check_ports() {
+  local low high port
+  read -r low high </proc/sys/net/ipv4/ip_local_port_range
+  for port in "${FIXED_PORTS[@]}"; do
+    ((port < low || port > high)) ||
+      die "port $port is in this machine's ephemeral range $low-$high (net.ipv4.ip_local_port_range): a connection may hold it"
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || die "port $port is taken: another process listens on it"
+  done
+}
+
 another_node() {
   ip link show "$BRIDGE" >/dev/null 2>&1 && return 0
-  (exec 3<>"/dev/tcp/127.0.0.1/40248") 2>/dev/null
+  (exec 3<>"/dev/tcp/127.0.0.1/$KUBELET_HEALTHZ_PORT") 2>/dev/null
 }
 
 start() { # DIR
@@ -227,6 +249,7 @@ start() { # DIR
     die "$dir has no node credentials: start the control plane with tests/cluster.sh run DIR --with-node"
   load_tools
   another_node && die "another test node runs on this machine (bridge $BRIDGE or a kubelet exists): stop it first (tests/cluster.sh down)"
+  check_ports
   ip=$(node_ip)
   write_configs "$dir" "$ip"
   # What the node changes in the kernel, put back by stop.
@@ -250,13 +273,13 @@ start() { # DIR
   spawn "$dir" kube-proxy "$APIGUARD_KUBE_PROXY" --config="$dir/node/kube-proxy-config.yaml" --v=2
   spawn "$dir" kube-router "$APIGUARD_KUBE_ROUTER" --kubeconfig="$dir/node/kube-router.kubeconfig" \
     --hostname-override="$NODE_NAME" --run-router=false --run-firewall=true --run-service-proxy=false \
-    --run-loadbalancer=false --service-cluster-ip-range="$SERVICE_CIDR" --health-port=40244 --v=2
+    --run-loadbalancer=false --service-cluster-ip-range="$SERVICE_CIDR" --health-port=$ROUTER_HEALTH_PORT --v=2
   spawn "$dir" kube-scheduler "$APIGUARD_KUBE_SCHEDULER" --kubeconfig="$dir/node/kube-scheduler.kubeconfig" \
     --authentication-kubeconfig="$dir/node/kube-scheduler.kubeconfig" \
     --authorization-kubeconfig="$dir/node/kube-scheduler.kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port=40259 --leader-elect=false --v=1
-  await "$dir" kube-router "kube-router healthy" curl -fsS http://127.0.0.1:40244/healthz
-  await "$dir" kube-proxy "kube-proxy healthy" curl -fsS http://127.0.0.1:40256/healthz
+    --bind-address=127.0.0.1 --secure-port=$SCHEDULER_PORT --leader-elect=false --v=1
+  await "$dir" kube-router "kube-router healthy" curl -fsS "http://127.0.0.1:$ROUTER_HEALTH_PORT/healthz"
+  await "$dir" kube-proxy "kube-proxy healthy" curl -fsS "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
   start_dns "$dir"
   {
     echo "NODE_NAME=$NODE_NAME"

@@ -65,6 +65,18 @@ pub fn start_control_plane(watch_pid: u32) -> Result<(ControlPlane, Child), Stri
     start_control_plane_with(watch_pid, &[], START_TIMEOUT)
 }
 
+/// Why the control plane did not start: `what`, the log's `error:` lines first (a report that
+/// shows only the first lines of a failure still says why), then the whole log.
+fn startup_failure(what: &str, log_path: &Path) -> String {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error:")).collect();
+    let why = match errors.is_empty() {
+        true => "no error line in its log".to_owned(),
+        false => errors.join(" / "),
+    };
+    format!("{what}: {why}\n--- {} ---\n{log}", log_path.display())
+}
+
 /// [`start_control_plane`] with more arguments for `tests/cluster.sh run DIR` (`--with-node`)
 /// and another start timeout.
 pub fn start_control_plane_with(
@@ -114,17 +126,16 @@ pub fn start_control_plane_with(
     let deadline = Instant::now() + timeout;
     while !ready.exists() {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "{} exited ({status}):\n{}",
-                script.display(),
-                std::fs::read_to_string(&log_path).unwrap_or_default()
+            return Err(startup_failure(
+                &format!("{} exited ({status})", script.display()),
+                &log_path,
             ));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return Err(format!(
-                "not ready within {timeout:?}:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
+            return Err(startup_failure(
+                &format!("not ready within {timeout:?}"),
+                &log_path,
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
