@@ -6,7 +6,9 @@
 //!   failures spread over two replicas are 30;
 //! - **blocks**: every block this replica makes is published ([`SharedState::publish_block`]);
 //!   every replica polls the published blocks every [`POLL_INTERVAL`] and enforces them
-//!   ([`Guard::adopt`]): a block holds on every replica within about a second.
+//!   ([`Guard::adopt`]): a block holds on every replica within about a second. A block that
+//!   could not be published (Redis down) is not lost: at the first poll that reaches Redis
+//!   again, every block in force here is published ([`Sharing::republish`]).
 //!
 //! Redis unreachable: the local counts and blocks go on (each replica alone), every failed
 //! operation is counted (`apiguard_shared_detection_errors_total{operation}`) and logged at
@@ -19,6 +21,7 @@ use crate::shared_state::{Key, MAX_BATCH, SharedState, WindowAdd, WindowHit};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the published blocks are polled.
@@ -32,6 +35,9 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 pub(crate) struct Sharing {
     pub(crate) store: SharedState,
     last_warning: Mutex<BTreeMap<&'static str, Instant>>,
+    /// A block could not be published: the blocks in force are published again when Redis
+    /// answers.
+    unpublished: AtomicBool,
 }
 
 /// One key of one detector, with what a batch added to it.
@@ -49,6 +55,7 @@ impl Sharing {
         Sharing {
             store,
             last_warning: Mutex::new(BTreeMap::new()),
+            unpublished: AtomicBool::new(false),
         }
     }
 
@@ -136,14 +143,46 @@ impl Sharing {
         metrics: &SensorMetrics,
     ) {
         for record in detections.iter().filter_map(Detection::active_block) {
-            let Ok(json) = serde_json::to_string(&record) else {
-                continue;
-            };
-            let until = u64::try_from(record.blocked_until_ms).unwrap_or(0);
-            if let Err(e) = self.store.publish_block(policy, &json, until).await {
+            if let Err(e) = self.publish_one(policy, &record).await {
+                self.unpublished.store(true, Ordering::Relaxed);
                 self.failed(metrics, "publish", &e);
             }
         }
+    }
+
+    /// After a publication failed: publishes every block in force here (this replica's and
+    /// the adopted ones, which Redis already holds unchanged), so that the replicas which
+    /// missed a block made while Redis was down enforce it for the rest of its time. How many
+    /// were published; nothing to do after no failure.
+    pub(crate) async fn republish(
+        &self,
+        policy: &str,
+        guard: &Guard,
+        metrics: &SensorMetrics,
+    ) -> usize {
+        if !self.unpublished.swap(false, Ordering::Relaxed) {
+            return 0;
+        }
+        let blocks = guard.active_blocks(now_ms());
+        for record in &blocks {
+            if let Err(e) = self.publish_one(policy, record).await {
+                self.unpublished.store(true, Ordering::Relaxed);
+                self.failed(metrics, "publish", &e);
+                return 0;
+            }
+        }
+        blocks.len()
+    }
+
+    async fn publish_one(
+        &self,
+        policy: &str,
+        record: &ActiveBlock,
+    ) -> Result<(), crate::shared_state::Error> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| crate::shared_state::Error::Server(e.to_string()))?;
+        let until = u64::try_from(record.blocked_until_ms).unwrap_or(0);
+        self.store.publish_block(policy, &json, until).await
     }
 
     /// Enforces the blocks other replicas published; how many were new here.
@@ -247,6 +286,13 @@ pub(crate) async fn poll(
             continue;
         }
         let guard = config.guard();
+        let republished = sharing.republish(&pipeline.policy, guard, &metrics).await;
+        if republished > 0 {
+            tracing::info!(
+                blocks = republished,
+                "runtime: published the blocks in force after the shared state came back"
+            );
+        }
         if sharing
             .adopt_published(&pipeline.policy, guard, &metrics)
             .await

@@ -458,6 +458,24 @@ async fn two_gateway_replicas_share_counts_and_blocks_through_redis() {
     );
     let r = b.send(&login("right", second)).await;
     assert_eq!(r.status, 200, "without Redis, b knows nothing of a's block");
+    // A walk on a alone while Redis is down: a blocks trudy for a minute, b cannot know yet.
+    let trudy = issuer.token(&json!({
+        "iss": ISSUER, "aud": "shop-api", "sub": "trudy", "iat": now, "exp": now + 600,
+    }));
+    for id in 1..=20 {
+        let r = a
+            .send(&Request::get(&format!("/users/{id}/orders")).bearer(&trudy))
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let trudy_own = Request::get("/users/trudy/orders").bearer(&trudy);
+    assert!(
+        blocked_within(&a, &trudy_own, Duration::from_secs(2)).await,
+        "a blocks the walk without Redis\n{}",
+        sensor_a.log_text()
+    );
+    let r = b.send(&trudy_own).await;
+    assert_eq!(r.status, 200, "without Redis, b serves trudy: {}", r.text());
 
     // Redis back: sharing resumes by itself. Once the sensors' polls stop failing, 15 + 15
     // failures of a third IP block it on both replicas (alone, neither reaches 30).
@@ -495,6 +513,13 @@ async fn two_gateway_replicas_share_counts_and_blocks_through_redis() {
             sensor_b.log_text()
         );
     }
+    // The block a made while Redis was down reaches b once Redis is back.
+    assert!(
+        blocked_within(&b, &trudy_own, Duration::from_secs(3)).await,
+        "b does not enforce the block a made while Redis was down\nsensor a:\n{}\nsensor b:\n{}",
+        sensor_a.log_text(),
+        sensor_b.log_text()
+    );
     let third: IpAddr = Ipv4Addr::new(127, 0, 0, 4).into();
     for i in 0..15 {
         for g in [&a, &b] {
