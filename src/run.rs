@@ -182,6 +182,10 @@ pub struct RunArgs {
     /// APIGUARD_REDIS_PASSWORD. Passed to the sensors through each gateway's Secret.
     #[arg(long, env = "APIGUARD_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
+    /// The CA certificates (PEM file, a mounted Secret) of a `rediss…` Redis with a private
+    /// CA: checked at start and handed to every gateway's sensor (in its ConfigMap).
+    #[arg(long, env = crate::sensor::REDIS_CA_FILE_ENV)]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -284,10 +288,30 @@ impl RunArgs {
     ) -> Result<Option<crate::render::SharedStateOptions>, String> {
         use crate::shared_state::{Password, RedisConfig};
         let Some(url) = self.redis_url.as_deref().filter(|u| !u.is_empty()) else {
+            if self.redis_ca_file.is_some() {
+                return Err(format!(
+                    "--redis-ca-file ({}) is set without --redis-url",
+                    crate::sensor::REDIS_CA_FILE_ENV
+                ));
+            }
             return Ok(None);
         };
         let config = RedisConfig::parse(url)
             .map_err(|e| format!("--redis-url (APIGUARD_REDIS_URL): {e}"))?;
+        let ca_pem = match &self.redis_ca_file {
+            Some(path) => config
+                .clone()
+                .with_ca_file(path)
+                .map_err(|e| {
+                    format!(
+                        "--redis-ca-file ({}): {e}",
+                        crate::sensor::REDIS_CA_FILE_ENV
+                    )
+                })?
+                .ca_pem
+                .map(|pem| String::from_utf8_lossy(&pem).into_owned()),
+            None => None,
+        };
         // The URL goes into every gateway's pod spec: a password in it would be written there.
         if config.password().is_some() {
             return Err(
@@ -309,6 +333,7 @@ impl RunArgs {
         Ok(Some(crate::render::SharedStateOptions {
             url: url.to_owned(),
             password: password.map(|p| p.expose().to_owned()),
+            ca_pem,
         }))
     }
 
@@ -954,6 +979,33 @@ mod tests {
         );
         assert!(!with_password.contains("hunter2"), "{with_password}");
         assert_eq!(redis("").unwrap(), None);
+        // --redis-ca-file: read and checked at start, handed on as PEM; errors name the flag.
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        let now = time::OffsetDateTime::now_utc();
+        let ca =
+            crate::identity::CertificateAuthority::generate(now, time::Duration::days(1)).unwrap();
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let with_ca = |url: &str| {
+            let mut args = vec!["apiguard", "--redis-ca-file", ca_file.to_str().unwrap()];
+            if !url.is_empty() {
+                args.extend(["--redis-url", url]);
+            }
+            Cli::try_parse_from(args)
+                .unwrap()
+                .run
+                .shared_state_checked()
+        };
+        let ok = with_ca("rediss://redis:6380").unwrap().unwrap();
+        assert_eq!(ok.ca_pem.as_deref(), Some(ca.cert_pem().as_str()));
+        let plain = with_ca("redis://redis:6379").unwrap_err();
+        assert!(
+            plain.starts_with("--redis-ca-file (APIGUARD_REDIS_CA_FILE): ")
+                && plain.contains("plain text"),
+            "{plain}"
+        );
+        let alone = with_ca("").unwrap_err();
+        assert!(alone.contains("without --redis-url"), "{alone}");
         assert!(Cli::try_parse_from(["apiguard", "--webhook-timeout", "5 seconds"]).is_err());
         assert!(Cli::try_parse_from(["apiguard", "--webhook-addr", "localhost"]).is_err());
     }

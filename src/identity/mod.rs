@@ -21,7 +21,7 @@ pub mod bundle;
 pub mod ca;
 pub mod ca_rotation;
 pub mod issue;
-mod pem;
+pub(crate) mod pem;
 pub mod rotation;
 pub mod secrets;
 pub mod serving;

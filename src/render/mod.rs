@@ -163,6 +163,9 @@ pub struct SharedStateOptions {
     pub url: String,
     /// The password (from the operator's Secret), if any.
     pub password: Option<String>,
+    /// The CA certificates (PEM) of a `rediss…` Redis with a private CA: the sensor checks the
+    /// server against them instead of the system's roots.
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for SharedStateOptions {
@@ -170,6 +173,7 @@ impl std::fmt::Debug for SharedStateOptions {
         f.debug_struct("SharedStateOptions")
             .field("url", &self.url)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(String::len))
             .finish()
     }
 }

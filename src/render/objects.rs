@@ -199,7 +199,11 @@ fn gateway_pod_spec(
             sensor.env = None;
         }
         containers.push(sensor);
-        volumes.push(sensor_volume(policy, pushes));
+        volumes.push(sensor_volume(
+            policy,
+            pushes,
+            rendered.files.contains_key(envoy::REDIS_CA_FILE),
+        ));
     }
     PodSpec {
         automount_service_account_token: Some(false),
@@ -335,7 +339,8 @@ fn sensor_container(options: &RenderOptions, pushes: bool) -> Container {
     }
 }
 
-/// The sensor's Redis (`options.shared_state`): `APIGUARD_REDIS_URL`, and
+/// The sensor's Redis (`options.shared_state`): `APIGUARD_REDIS_URL`, `APIGUARD_REDIS_CA_FILE`
+/// (the ConfigMap's [`envoy::REDIS_CA_FILE`], beside `sensor.yaml`) with a private CA, and
 /// `APIGUARD_REDIS_PASSWORD` from the gateway Secret's [`envoy::REDIS_PASSWORD_FILE`] key.
 fn shared_state_env(
     policy: &ApiSecurityPolicy,
@@ -350,6 +355,17 @@ fn shared_state_env(
         value: Some(shared.url.clone()),
         ..Default::default()
     }];
+    if rendered.files.contains_key(envoy::REDIS_CA_FILE) {
+        env.push(EnvVar {
+            name: crate::sensor::REDIS_CA_FILE_ENV.into(),
+            value: Some(format!(
+                "{}/{}",
+                options.sensor_config_dir,
+                envoy::REDIS_CA_FILE
+            )),
+            ..Default::default()
+        });
+    }
     if rendered.files.contains_key(envoy::REDIS_PASSWORD_FILE) {
         env.push(EnvVar {
             name: crate::sensor::REDIS_PASSWORD_ENV.into(),
@@ -367,16 +383,21 @@ fn shared_state_env(
     env
 }
 
-/// Volume `sensor`: only `sensor.yaml` of the ConfigMap (the sensor never sees the gateway's
+/// Volume `sensor`: only `sensor.yaml` of the ConfigMap (and `redis-ca.crt` when the operator
+/// has a Redis CA; the sensor never sees the gateway's
 /// serving or upstream keys). When it pushes its inventory, a projected volume of `sensor.yaml`,
 /// `identity.crt` and `identity-ca.crt` from the ConfigMap and `identity.key` from the Secret
 /// (swapped as a whole on renewal, like the gateway's files).
-fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool) -> Volume {
+fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool, redis_ca: bool) -> Volume {
     let item = |name: &str| KeyToPath {
         key: name.into(),
         path: name.into(),
         ..Default::default()
     };
+    let mut config_items = vec![item(SENSOR_CONFIG_FILE)];
+    if redis_ca {
+        config_items.push(item(envoy::REDIS_CA_FILE));
+    }
     if pushes {
         return Volume {
             name: "sensor".into(),
@@ -386,11 +407,12 @@ fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool) -> Volume {
                     VolumeProjection {
                         config_map: Some(ConfigMapProjection {
                             name: policy.gateway_name(),
-                            items: Some(vec![
-                                item(SENSOR_CONFIG_FILE),
-                                item(IDENTITY_CERT_FILE),
-                                item(IDENTITY_CA_FILE),
-                            ]),
+                            items: Some(
+                                config_items
+                                    .into_iter()
+                                    .chain([item(IDENTITY_CERT_FILE), item(IDENTITY_CA_FILE)])
+                                    .collect(),
+                            ),
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -413,7 +435,7 @@ fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool) -> Volume {
         config_map: Some(ConfigMapVolumeSource {
             name: policy.gateway_name(),
             default_mode: Some(0o440),
-            items: Some(vec![item(SENSOR_CONFIG_FILE)]),
+            items: Some(config_items),
             ..Default::default()
         }),
         ..Default::default()
@@ -658,11 +680,73 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_ca_is_in_the_config_map_beside_the_sensors_config() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let mut f = example("bola-user-orders.yaml");
+        f.options.shared_state = Some(crate::render::SharedStateOptions {
+            url: "rediss://redis.data:6379".into(),
+            password: None,
+            ca_pem: Some(ca.into()),
+        });
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        let data = o.config_map.data.as_ref().expect("data");
+        assert_eq!(data[envoy::REDIS_CA_FILE], ca);
+        let (sensor, volume, _) = sensor_parts(&f);
+        let env = sensor.env.expect("env");
+        let path = env
+            .iter()
+            .find(|e| e.name == crate::sensor::REDIS_CA_FILE_ENV)
+            .and_then(|e| e.value.clone());
+        assert_eq!(
+            path,
+            Some(format!(
+                "{}/{}",
+                f.options.sensor_config_dir,
+                envoy::REDIS_CA_FILE
+            ))
+        );
+        let items: Vec<String> = volume
+            .config_map
+            .and_then(|c| c.items)
+            .into_iter()
+            .flatten()
+            .chain(
+                volume
+                    .projected
+                    .and_then(|p| p.sources)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.config_map?.items)
+                    .flatten(),
+            )
+            .map(|i| i.key)
+            .collect();
+        assert!(
+            items.iter().any(|k| k == envoy::REDIS_CA_FILE),
+            "the sensor's volume holds the CA: {items:?}"
+        );
+        // Without a CA: no file, no variable.
+        f.options.shared_state.as_mut().expect("set").ca_pem = None;
+        let g = f.render().expect("render");
+        assert!(!g.files.contains_key(envoy::REDIS_CA_FILE));
+        let (sensor, _, _) = sensor_parts(&f);
+        assert!(
+            sensor
+                .env
+                .expect("env")
+                .iter()
+                .all(|e| e.name != crate::sensor::REDIS_CA_FILE_ENV)
+        );
+    }
+
+    #[test]
     fn the_sensor_gets_redis_by_env_and_the_password_from_the_secret_only() {
         let mut f = example("bola-user-orders.yaml");
         f.options.shared_state = Some(crate::render::SharedStateOptions {
             url: "redis://redis.data:6379".into(),
             password: Some("s3cret-pw".into()),
+            ca_pem: None,
         });
         let g = f.render().expect("render");
         let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");

@@ -45,5 +45,5 @@ mod sharing;
 #[cfg(test)]
 mod tests;
 
-pub use redis_link::REDIS_PASSWORD_ENV;
+pub use redis_link::{REDIS_CA_FILE_ENV, REDIS_PASSWORD_ENV};
 pub use server::{SensorArgs, run};

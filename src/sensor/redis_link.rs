@@ -14,10 +14,23 @@ use anyhow::Context;
 /// the URL.
 pub const REDIS_PASSWORD_ENV: &str = "APIGUARD_REDIS_PASSWORD";
 
+/// The environment variable of `--redis-ca-file` (the operator sets it in the sidecar).
+pub const REDIS_CA_FILE_ENV: &str = "APIGUARD_REDIS_CA_FILE";
+
 /// The store `args` name, connecting in the background; None without `--redis-url`.
 pub(crate) async fn connect(args: &SensorArgs) -> anyhow::Result<Option<SharedState>> {
     let Some(config) = redis_config(args.redis_url.as_deref(), password_from_env()?)? else {
+        anyhow::ensure!(
+            args.redis_ca_file.is_none(),
+            "--redis-ca-file ({REDIS_CA_FILE_ENV}) is set without --redis-url"
+        );
         return Ok(None);
+    };
+    let config = match &args.redis_ca_file {
+        Some(path) => config
+            .with_ca_file(path)
+            .with_context(|| format!("--redis-ca-file ({REDIS_CA_FILE_ENV})"))?,
+        None => config,
     };
     tracing::info!(redis = %config, "global rate limits and shared state through Redis");
     Ok(Some(SharedState::connect_in_background(config)))

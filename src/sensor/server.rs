@@ -65,6 +65,10 @@ pub struct SensorArgs {
     /// Unreachable: global limits fail open until it answers.
     #[arg(long, env = "APIGUARD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// The CA certificates (PEM) a `rediss…` server's certificate is checked against, instead
+    /// of the system's roots (a Redis with a private CA).
+    #[arg(long, env = super::redis_link::REDIS_CA_FILE_ENV)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Threads answering Envoy (the async runtime's workers); default: the CPUs the process
     /// may use (its container's CPU limit, 1 in the gateway's sidecar by default). Fewer
     /// threads than CPUs means fewer wake-ups between threads per message: lower latency.

@@ -259,6 +259,32 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts the CA certificates of the PEM file `path` (a private CA's, mounted from a
+    /// Secret). An error names the file: unreadable, no certificate in it, a certificate that
+    /// does not parse, or a URL without TLS (a CA is for `rediss…` URLs).
+    pub fn with_ca_file(self, path: &Path) -> Result<RedisConfig, Error> {
+        let bad = |why: String| Error::Config(format!("{}: {why}", path.display()));
+        if !self.tls {
+            return Err(bad(
+                "a CA file is for TLS URLs (rediss://, rediss+sentinel://, rediss+cluster://); \
+                 this URL is plain text"
+                    .into(),
+            ));
+        }
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let certificates = crate::identity::pem::certificates(&pem).map_err(bad)?;
+        if certificates.is_empty() {
+            return Err(bad(
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+            ));
+        }
+        for (i, der) in certificates.iter().enumerate() {
+            x509_parser::parse_x509_certificate(der)
+                .map_err(|e| bad(format!("certificate {} does not parse: {e}", i + 1)))?;
+        }
+        Ok(self.with_ca_pem(pem))
+    }
+
     /// Sets the bound of one operation.
     pub fn with_op_timeout(mut self, timeout: Duration) -> RedisConfig {
         self.op_timeout = timeout;
@@ -537,6 +563,44 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("APIGUARD_TEST_REDIS_PASSWORD_UNSET")
+        );
+    }
+
+    #[test]
+    fn ca_file_is_checked_and_names_the_file() {
+        use crate::identity::CertificateAuthority;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        let now = time::OffsetDateTime::now_utc();
+        let ca = CertificateAuthority::generate(now, time::Duration::days(1)).unwrap();
+        std::fs::write(&path, ca.cert_pem()).unwrap();
+        let tls = RedisConfig::parse("rediss://h").unwrap();
+        let c = tls.clone().with_ca_file(&path).unwrap();
+        assert_eq!(c.ca_pem.as_deref(), Some(ca.cert_pem().as_bytes()));
+
+        let error = |c: RedisConfig, path: &Path| c.with_ca_file(path).unwrap_err().to_string();
+        let plain = error(RedisConfig::parse("redis://h").unwrap(), &path);
+        assert!(
+            plain.contains("ca.crt") && plain.contains("plain text"),
+            "{plain}"
+        );
+        let missing = error(tls.clone(), &dir.path().join("missing.crt"));
+        assert!(
+            missing.contains("missing.crt") && missing.contains("cannot read"),
+            "{missing}"
+        );
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let empty = error(tls.clone(), &path);
+        assert!(empty.contains("no PEM certificate"), "{empty}");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let garbage = error(tls, &path);
+        assert!(
+            garbage.contains("certificate 1 does not parse"),
+            "{garbage}"
         );
     }
 }

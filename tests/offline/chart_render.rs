@@ -34,6 +34,7 @@ const VALUE_SETS: &[&[&str]] = &[
     &[
         "redis.url=rediss://redis.data:6380",
         "redis.existingSecret=redis-auth",
+        "redis.caSecret=redis-ca",
         "certManager.enabled=true",
     ],
     &[
@@ -333,6 +334,11 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
             "redis.url=redis://r:6379",
             "redis.existingSecret=redis-auth",
         ][..],
+        &[
+            "redis.url=rediss://r:6380",
+            "redis.caSecret=redis-ca",
+            "certManager.enabled=true",
+        ][..],
     ] {
         check_deployment_env(&template(values), &known, values);
     }
@@ -382,6 +388,58 @@ fn the_redis_password_is_a_mounted_secret_file() {
     )
     .expect("json");
     assert!(!text.contains("REDIS"), "{text}");
+}
+
+#[test]
+fn the_redis_ca_is_a_mounted_secret_file() {
+    let manifests = template(&[
+        "redis.url=rediss://redis.data:6380",
+        "redis.caSecret=redis-ca",
+        "redis.caKey=root.pem",
+    ]);
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment.object["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().expect("env");
+    let path = env_value(env, "APIGUARD_REDIS_CA_FILE").expect("APIGUARD_REDIS_CA_FILE");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "redis-ca")
+        .expect("the CA's mount");
+    assert_eq!(
+        path,
+        format!("{}/ca.crt", mount["mountPath"].as_str().unwrap())
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "redis-ca")
+        .expect("the CA volume");
+    assert_eq!(volume["secret"]["secretName"], "redis-ca");
+    assert_eq!(
+        volume["secret"]["items"],
+        serde_json::json!([{"key": "root.pem", "path": "ca.crt"}])
+    );
+    assert!(env_value(env, "APIGUARD_REDIS_PASSWORD_FILE").is_none());
+    // A CA without a URL: nothing about Redis.
+    let text = serde_json::to_string(
+        &template(&["redis.caSecret=redis-ca"])
+            .iter()
+            .find(|m| m.kind() == "Deployment")
+            .expect("a Deployment")
+            .object,
+    )
+    .expect("json");
+    assert!(
+        !text.contains("REDIS") && !text.contains("redis-ca"),
+        "{text}"
+    );
 }
 
 fn env_value<'a>(env: &'a [Value], name: &str) -> Option<&'a str> {

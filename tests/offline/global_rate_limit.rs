@@ -7,7 +7,9 @@
 //! - a Replica limit (3 per minute) still counts per gateway;
 //! - Redis killed: requests keep flowing (fail open), counted as `redis_error` in the sensor's
 //!   `/metrics`;
-//! - Redis restarted on the same port: limiting resumes (bounded wait).
+//! - Redis restarted on the same port: limiting resumes (bounded wait);
+//! - a `rediss://` Redis with a private CA: the sensor given the CA file limits, one without
+//!   it cannot connect and fails open.
 
 use super::sensor_envoy::Sensor;
 use crate::support::envoy::{Gateway, Request, echo_upstream};
@@ -59,6 +61,11 @@ struct Replica {
 
 impl Replica {
     async fn start(upstream: SocketAddr, redis_url: &str) -> Replica {
+        Replica::start_with_env(upstream, &[("APIGUARD_REDIS_URL", redis_url)]).await
+    }
+
+    /// A replica whose sensor has `env` (the operator's variables).
+    async fn start_with_env(upstream: SocketAddr, env: &[(&str, &str)]) -> Replica {
         let sensor_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let gateway = Gateway::start_with_args(
             POLICY,
@@ -68,13 +75,7 @@ impl Replica {
         )
         .await;
         let config = gateway.envoy_dir().join("sensor.yaml");
-        let sensor = Sensor::start_with_env(
-            &config,
-            sensor_addr,
-            gateway.dir.path(),
-            &[("APIGUARD_REDIS_URL", redis_url)],
-        )
-        .await;
+        let sensor = Sensor::start_with_env(&config, sensor_addr, gateway.dir.path(), env).await;
         Replica { gateway, sensor }
     }
 
@@ -194,4 +195,71 @@ async fn global_limits_hold_across_replicas_and_fail_open_without_redis() {
         a.logs(),
         b.logs()
     );
+}
+
+/// A `rediss://` Redis whose certificate comes from a private CA: the sensor given the CA
+/// (`APIGUARD_REDIS_CA_FILE`, as the operator sets it from `--redis-ca-file`) counts in it and
+/// refuses the 11th request; a sensor without it cannot connect (the system's roots do not know
+/// the CA) and fails open, counted as `redis_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_with_a_private_ca_is_trusted_through_the_ca_file() {
+    let (redis, _) = RedisServer::start_tls_private_ca();
+    let url = redis.url();
+    let ca_file = redis.ca_file();
+    let upstream = echo_upstream().await;
+    let trusting = Replica::start_with_env(
+        upstream.addr,
+        &[
+            ("APIGUARD_REDIS_URL", url.as_str()),
+            (
+                "APIGUARD_REDIS_CA_FILE",
+                ca_file.to_str().expect("UTF-8 path"),
+            ),
+        ],
+    )
+    .await;
+    let untrusting = Replica::start(upstream.addr, &url).await;
+
+    // The sensor connects in the background: requests pass until it has, then the 10 per
+    // minute hold.
+    wait_for_a_fresh_minute().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    let refused = loop {
+        let status = trusting.checkout("tenant-tls").await;
+        sent += 1;
+        if status == 429 {
+            break true;
+        }
+        assert_eq!(status, 200, "request {sent}: {}", trusting.logs());
+        if Instant::now() >= deadline || sent >= 100 {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused,
+        "no 429 within 20 s / {sent} requests through a Redis with a private CA:\n{}",
+        trusting.logs()
+    );
+    assert!(sent >= 11, "the limit is 10 per minute: refused at {sent}");
+    assert!(trusting.decisions("over_limit").await >= 1);
+
+    // Without the CA the TLS handshake fails: every request passes, counted as an error.
+    for i in 0..12 {
+        let status = untrusting.checkout("tenant-tls").await;
+        assert_eq!(
+            status,
+            200,
+            "request {} without the CA: {}",
+            i + 1,
+            untrusting.logs()
+        );
+    }
+    assert!(
+        untrusting.decisions("redis_error").await >= 12,
+        "{}",
+        untrusting.logs()
+    );
+    assert_eq!(untrusting.decisions("over_limit").await, 0);
 }

@@ -1,10 +1,8 @@
 //! The shared state store (src/shared_state) against a real redis-server (`tests/tools.sh
 //! redis`): two clients stand for two replicas of a gateway.
 
-use crate::support::redis::{RedisServer, Tls};
-use apiguard::identity::{
-    CertificateAuthority, DEFAULT_CA_LIFETIME, LeafRequest, SpiffeId, issue_leaf,
-};
+use crate::support::redis::RedisServer;
+use apiguard::identity::{CertificateAuthority, DEFAULT_CA_LIFETIME};
 use apiguard::shared_state::{
     Error, Key, MAX_BATCH, MAX_PUBLISHED_BLOCKS, Password, RedisConfig, SharedState, WindowAdd,
     WindowHit,
@@ -675,26 +673,11 @@ async fn a_password_is_used_and_never_shown() {
 /// `localhost` issued by apiguard's own CA code, the CA given to the client.
 #[tokio::test]
 async fn rediss_connects_with_a_given_ca() {
-    let now = OffsetDateTime::now_utc();
-    let ca = CertificateAuthority::generate(now, DEFAULT_CA_LIFETIME).unwrap();
-    let mut request =
-        LeafRequest::new(SpiffeId::new("cluster.local", "apiguard", "redis").unwrap());
-    request.dns_names = vec!["localhost".into()];
-    let leaf = issue_leaf(&ca, &request, now).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let tls = Tls {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-        ca: dir.path().join("ca.crt"),
-    };
-    std::fs::write(&tls.cert, &leaf.cert_pem).unwrap();
-    std::fs::write(&tls.key, &leaf.key_pem).unwrap();
-    std::fs::write(&tls.ca, ca.cert_pem()).unwrap();
-    let server = RedisServer::start_tls(&tls);
+    let (server, ca_pem) = RedisServer::start_tls_private_ca();
 
     let cfg = RedisConfig::parse(&server.url())
         .unwrap()
-        .with_ca_pem(ca.cert_pem())
+        .with_ca_pem(ca_pem)
         .with_op_timeout(SLOW_OK)
         .with_connect_timeout(Duration::from_secs(2));
     assert!(cfg.tls);
@@ -703,7 +686,8 @@ async fn rediss_connects_with_a_given_ca() {
     assert_eq!(store.hit(&key, 60, 2).await.unwrap(), 2);
 
     // Another CA: the handshake fails, bounded.
-    let other = CertificateAuthority::generate(now, DEFAULT_CA_LIFETIME).unwrap();
+    let other =
+        CertificateAuthority::generate(OffsetDateTime::now_utc(), DEFAULT_CA_LIFETIME).unwrap();
     let wrong = cfg.clone().with_ca_pem(other.cert_pem());
     assert!(SharedState::connect(&wrong).await.is_err());
     // Plain text to the TLS port: refused, bounded.

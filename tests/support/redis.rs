@@ -44,6 +44,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     args: Vec<String>,
     tls: bool,
+    /// The TLS material of [`RedisServer::start_tls_private_ca`], kept while it runs.
+    certs: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
 
@@ -83,12 +85,49 @@ impl RedisServer {
         RedisServer::launch(port, args, true)
     }
 
+    /// A TLS-only server whose certificate (for `localhost`) comes from a new private CA made
+    /// by apiguard's own CA code; the CA's PEM (also in [`RedisServer::ca_file`]).
+    pub fn start_tls_private_ca() -> (RedisServer, String) {
+        use apiguard::identity::{
+            CertificateAuthority, DEFAULT_CA_LIFETIME, LeafRequest, SpiffeId, issue_leaf,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let ca = CertificateAuthority::generate(now, DEFAULT_CA_LIFETIME).expect("a CA");
+        let mut request = LeafRequest::new(
+            SpiffeId::new("cluster.local", "apiguard", "redis").expect("a SPIFFE ID"),
+        );
+        request.dns_names = vec!["localhost".into()];
+        let leaf = issue_leaf(&ca, &request, now).expect("a server certificate");
+        let certs = tempfile::tempdir().expect("a temporary directory");
+        let tls = Tls {
+            cert: certs.path().join("tls.crt"),
+            key: certs.path().join("tls.key"),
+            ca: certs.path().join("ca.crt"),
+        };
+        std::fs::write(&tls.cert, &leaf.cert_pem).expect("write tls.crt");
+        std::fs::write(&tls.key, &leaf.key_pem).expect("write tls.key");
+        std::fs::write(&tls.ca, ca.cert_pem()).expect("write ca.crt");
+        let mut server = RedisServer::start_tls(&tls);
+        server.certs = Some(certs);
+        (server, ca.cert_pem())
+    }
+
+    /// The CA file of [`RedisServer::start_tls_private_ca`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.certs
+            .as_ref()
+            .expect("a server of start_tls_private_ca")
+            .path()
+            .join("ca.crt")
+    }
+
     fn launch(port: u16, args: Vec<String>, tls: bool) -> RedisServer {
         let mut server = RedisServer {
             port,
             dir: tempfile::tempdir().expect("a temporary directory"),
             args,
             tls,
+            certs: None,
             child: None,
         };
         server.spawn();

@@ -60,6 +60,9 @@ pub(crate) const UPSTREAM_CA_FILE: &str = "upstream-ca.crt";
 /// The key of the gateway Secret holding the operator's Redis password: the sensor's
 /// `APIGUARD_REDIS_PASSWORD` (`secretKeyRef`), kept out of Envoy's files.
 pub const REDIS_PASSWORD_FILE: &str = "redis-password";
+/// The key of the gateway ConfigMap holding the CA of a Redis with a private CA (the operator's
+/// `--redis-ca-file`), mounted beside the sensor's `sensor.yaml`.
+pub const REDIS_CA_FILE: &str = "redis-ca.crt";
 /// The workload identity the sensor pushes its inventory with (the names `sensor.yaml`'s
 /// `report` section gives, beside it).
 pub(crate) use crate::sensor::config::{IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
@@ -203,13 +206,13 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
             SENSOR_CONFIG_FILE.into(),
             plain(ext_proc::sensor_config(&ctx, contract, report, runtime)),
         );
-        if let Some(password) = ctx
-            .opts()
-            .shared_state
-            .as_ref()
-            .and_then(|s| s.password.as_ref())
-        {
-            files.insert(REDIS_PASSWORD_FILE.into(), secret(password.clone()));
+        if let Some(shared) = &ctx.opts().shared_state {
+            if let Some(password) = &shared.password {
+                files.insert(REDIS_PASSWORD_FILE.into(), secret(password.clone()));
+            }
+            if let Some(ca) = &shared.ca_pem {
+                files.insert(REDIS_CA_FILE.into(), plain(ca.clone()));
+            }
         }
     }
     files.insert(BOOTSTRAP_FILE.into(), plain(bootstrap_file(&ctx)?));
