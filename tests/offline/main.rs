@@ -35,6 +35,7 @@ mod sensor_envoy;
 mod sensor_gateway;
 mod sensor_runtime;
 mod shared_state;
+mod shared_state_topologies;
 mod webhook_props;
 mod webhook_router;
 mod webhook_run;

@@ -44,8 +44,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     args: Vec<String>,
     tls: bool,
-    /// The TLS material of [`RedisServer::start_tls_private_ca`], kept while it runs.
-    certs: Option<tempfile::TempDir>,
+    /// Files the server reads (TLS material, a Sentinel's config), kept while it runs.
+    files: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
 
@@ -108,13 +108,67 @@ impl RedisServer {
         std::fs::write(&tls.key, &leaf.key_pem).expect("write tls.key");
         std::fs::write(&tls.ca, ca.cert_pem()).expect("write ca.crt");
         let mut server = RedisServer::start_tls(&tls);
-        server.certs = Some(certs);
+        server.files = Some(certs);
         (server, ca.cert_pem())
+    }
+
+    /// A Redis Cluster node (`--cluster-enabled yes`, its bus on another free port), not yet in
+    /// a cluster: see [`create_cluster`].
+    pub fn start_cluster_node() -> RedisServer {
+        let bus = free_port().to_string();
+        RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus,
+            "--cluster-node-timeout",
+            "2000",
+        ])
+    }
+
+    /// A Sentinel (`redis-server sentinel.conf --sentinel`) monitoring `master` at
+    /// 127.0.0.1:`master_port`, quorum 1, the master down after 1 s without an answer.
+    pub fn start_sentinel(master: &str, master_port: u16) -> RedisServer {
+        let port = free_port();
+        let conf_dir = tempfile::tempdir().expect("a temporary directory");
+        let conf = conf_dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {master} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 10000\n"
+            ),
+        )
+        .expect("write sentinel.conf");
+        let args = vec![
+            conf.display().to_string(),
+            "--sentinel".to_owned(),
+            "--port".to_owned(),
+            port.to_string(),
+        ];
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            args,
+            tls: false,
+            files: Some(conf_dir),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `redis-cli -p PORT ARGS...` against this server: its output (panics when it cannot run).
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
     }
 
     /// The CA file of [`RedisServer::start_tls_private_ca`].
     pub fn ca_file(&self) -> PathBuf {
-        self.certs
+        self.files
             .as_ref()
             .expect("a server of start_tls_private_ca")
             .path()
@@ -127,7 +181,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("a temporary directory"),
             args,
             tls,
-            certs: None,
+            files: None,
             child: None,
         };
         server.spawn();
@@ -219,6 +273,51 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT ARGS...` (Debian's redis-tools, installed by
+/// `tests/tools.sh redis`): its standard output.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli (run `tests/tools.sh redis`): {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes `nodes` one Redis Cluster of masters (`redis-cli --cluster create`, the slots split
+/// evenly) and waits, bounded, until every node says `cluster_state:ok`.
+pub fn create_cluster(nodes: &[RedisServer]) {
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli (run `tests/tools.sh redis`): {e}"));
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + READY_WITHIN;
+    for node in nodes {
+        while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster is not ok within {READY_WITHIN:?}: {}",
+                node.cli(&["cluster", "info"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
