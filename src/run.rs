@@ -186,6 +186,14 @@ pub struct RunArgs {
     /// CA: checked at start and handed to every gateway's sensor (in its ConfigMap).
     #[arg(long, env = crate::sensor::REDIS_CA_FILE_ENV)]
     pub redis_ca_file: Option<PathBuf>,
+    /// The client certificate (PEM file, a mounted Secret) every gateway's sensor presents to a
+    /// `rediss…` Redis that asks for one (`tls-auth-clients yes`); with
+    /// --redis-client-key-file. Checked at start, handed on through each gateway's Secret.
+    #[arg(long, env = crate::sensor::REDIS_CLIENT_CERT_ENV, requires = "redis_client_key_file")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// The private key (PEM file) of --redis-client-cert-file.
+    #[arg(long, env = crate::sensor::REDIS_CLIENT_KEY_ENV, requires = "redis_client_cert_file")]
+    pub redis_client_key_file: Option<PathBuf>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -288,11 +296,10 @@ impl RunArgs {
     ) -> Result<Option<crate::render::SharedStateOptions>, String> {
         use crate::shared_state::{Password, RedisConfig};
         let Some(url) = self.redis_url.as_deref().filter(|u| !u.is_empty()) else {
-            if self.redis_ca_file.is_some() {
-                return Err(format!(
-                    "--redis-ca-file ({}) is set without --redis-url",
-                    crate::sensor::REDIS_CA_FILE_ENV
-                ));
+            if self.redis_ca_file.is_some() || self.redis_client_cert_file.is_some() {
+                return Err(
+                    "--redis-ca-file or --redis-client-cert-file is set without --redis-url".into(),
+                );
             }
             return Ok(None);
         };
@@ -330,10 +337,23 @@ impl RunArgs {
             ),
             None => None,
         };
+        let client_identity = match (&self.redis_client_cert_file, &self.redis_client_key_file) {
+            (Some(cert), Some(key)) => {
+                config
+                    .clone()
+                    .with_client_cert_files(cert, key)
+                    .map_err(|e| {
+                        format!("--redis-client-cert-file / --redis-client-key-file: {e}")
+                    })?
+                    .client_identity
+            }
+            _ => None,
+        };
         Ok(Some(crate::render::SharedStateOptions {
             url: url.to_owned(),
             password: password.map(|p| p.expose().to_owned()),
             ca_pem,
+            client_identity,
         }))
     }
 
@@ -1006,6 +1026,60 @@ mod tests {
         );
         let alone = with_ca("").unwrap_err();
         assert!(alone.contains("without --redis-url"), "{alone}");
+        // --redis-client-cert-file with its key: checked, handed on; one without the other is
+        // refused by the parser.
+        let leaf = crate::identity::issue_leaf(
+            &ca,
+            &crate::identity::LeafRequest::new(
+                crate::identity::SpiffeId::new("cluster.local", "apiguard", "sensor").unwrap(),
+            ),
+            now,
+        )
+        .unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&key, &leaf.key_pem).unwrap();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let pair = Cli::try_parse_from([
+            "apiguard",
+            "--redis-url",
+            "rediss://redis:6380",
+            "--redis-client-cert-file",
+            cert,
+            "--redis-client-key-file",
+            key,
+        ])
+        .unwrap()
+        .run
+        .shared_state_checked()
+        .unwrap()
+        .unwrap();
+        let shown = format!("{pair:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let id = pair.client_identity.expect("the client identity");
+        assert_eq!(id.key_pem, leaf.key_pem.as_bytes());
+        assert!(
+            Cli::try_parse_from(["apiguard", "--redis-client-cert-file", cert]).is_err(),
+            "a certificate without its key"
+        );
+        let swapped = Cli::try_parse_from([
+            "apiguard",
+            "--redis-url",
+            "rediss://redis:6380",
+            "--redis-client-cert-file",
+            key,
+            "--redis-client-key-file",
+            key,
+        ])
+        .unwrap()
+        .run
+        .shared_state_checked()
+        .unwrap_err();
+        assert!(
+            swapped.starts_with("--redis-client-cert-file / --redis-client-key-file: ")
+                && !swapped.contains("PRIVATE KEY-----\n"),
+            "{swapped}"
+        );
         assert!(Cli::try_parse_from(["apiguard", "--webhook-timeout", "5 seconds"]).is_err());
         assert!(Cli::try_parse_from(["apiguard", "--webhook-addr", "localhost"]).is_err());
     }

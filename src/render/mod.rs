@@ -166,6 +166,8 @@ pub struct SharedStateOptions {
     /// The CA certificates (PEM) of a `rediss…` Redis with a private CA: the sensor checks the
     /// server against them instead of the system's roots.
     pub ca_pem: Option<String>,
+    /// The client certificate and key (PEM) the sensor presents to a Redis that asks for one.
+    pub client_identity: Option<crate::shared_state::ClientIdentity>,
 }
 
 impl std::fmt::Debug for SharedStateOptions {
@@ -174,6 +176,7 @@ impl std::fmt::Debug for SharedStateOptions {
             .field("url", &self.url)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("ca_pem", &self.ca_pem.as_ref().map(String::len))
+            .field("client_identity", &self.client_identity)
             .finish()
     }
 }

@@ -199,11 +199,7 @@ fn gateway_pod_spec(
             sensor.env = None;
         }
         containers.push(sensor);
-        volumes.push(sensor_volume(
-            policy,
-            pushes,
-            rendered.files.contains_key(envoy::REDIS_CA_FILE),
-        ));
+        volumes.push(sensor_volume(policy, pushes, rendered));
     }
     PodSpec {
         automount_service_account_token: Some(false),
@@ -366,6 +362,21 @@ fn shared_state_env(
             ..Default::default()
         });
     }
+    if rendered.files.contains_key(envoy::REDIS_CLIENT_KEY_FILE) {
+        let path = |file: &str| format!("{}/{file}", options.sensor_config_dir);
+        env.extend([
+            EnvVar {
+                name: crate::sensor::REDIS_CLIENT_CERT_ENV.into(),
+                value: Some(path(envoy::REDIS_CLIENT_CERT_FILE)),
+                ..Default::default()
+            },
+            EnvVar {
+                name: crate::sensor::REDIS_CLIENT_KEY_ENV.into(),
+                value: Some(path(envoy::REDIS_CLIENT_KEY_FILE)),
+                ..Default::default()
+            },
+        ]);
+    }
     if rendered.files.contains_key(envoy::REDIS_PASSWORD_FILE) {
         env.push(EnvVar {
             name: crate::sensor::REDIS_PASSWORD_ENV.into(),
@@ -388,55 +399,62 @@ fn shared_state_env(
 /// serving or upstream keys). When it pushes its inventory, a projected volume of `sensor.yaml`,
 /// `identity.crt` and `identity-ca.crt` from the ConfigMap and `identity.key` from the Secret
 /// (swapped as a whole on renewal, like the gateway's files).
-fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool, redis_ca: bool) -> Volume {
+fn sensor_volume(policy: &ApiSecurityPolicy, pushes: bool, rendered: &RenderedGateway) -> Volume {
     let item = |name: &str| KeyToPath {
         key: name.into(),
         path: name.into(),
         ..Default::default()
     };
+    let has = |name: &str| rendered.files.contains_key(name);
     let mut config_items = vec![item(SENSOR_CONFIG_FILE)];
-    if redis_ca {
+    let mut secret_items = Vec::new();
+    if has(envoy::REDIS_CA_FILE) {
         config_items.push(item(envoy::REDIS_CA_FILE));
     }
     if pushes {
+        config_items.extend([item(IDENTITY_CERT_FILE), item(IDENTITY_CA_FILE)]);
+        secret_items.push(item(IDENTITY_KEY_FILE));
+    }
+    if has(envoy::REDIS_CLIENT_KEY_FILE) {
+        secret_items.extend([
+            item(envoy::REDIS_CLIENT_CERT_FILE),
+            item(envoy::REDIS_CLIENT_KEY_FILE),
+        ]);
+    }
+    if secret_items.is_empty() {
         return Volume {
             name: "sensor".into(),
-            projected: Some(ProjectedVolumeSource {
+            config_map: Some(ConfigMapVolumeSource {
+                name: policy.gateway_name(),
                 default_mode: Some(0o440),
-                sources: Some(vec![
-                    VolumeProjection {
-                        config_map: Some(ConfigMapProjection {
-                            name: policy.gateway_name(),
-                            items: Some(
-                                config_items
-                                    .into_iter()
-                                    .chain([item(IDENTITY_CERT_FILE), item(IDENTITY_CA_FILE)])
-                                    .collect(),
-                            ),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    VolumeProjection {
-                        secret: Some(SecretProjection {
-                            name: policy.gateway_secrets_name(),
-                            items: Some(vec![item(IDENTITY_KEY_FILE)]),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                ]),
+                items: Some(config_items),
+                ..Default::default()
             }),
             ..Default::default()
         };
     }
     Volume {
         name: "sensor".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: policy.gateway_name(),
+        projected: Some(ProjectedVolumeSource {
             default_mode: Some(0o440),
-            items: Some(config_items),
-            ..Default::default()
+            sources: Some(vec![
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: policy.gateway_name(),
+                        items: Some(config_items),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: policy.gateway_secrets_name(),
+                        items: Some(secret_items),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
         }),
         ..Default::default()
     }
@@ -477,23 +495,22 @@ fn envoy_security_context() -> SecurityContext {
 }
 
 /// Volume `gateway`: the ConfigMap's and the Secret's files projected into one volume (see
-/// [`check_one_files_directory`]); the Redis password, for the sensor alone, is left out.
+/// [`check_one_files_directory`]); the sensor's Redis credentials (password, client key) are
+/// left out.
 fn files_volume(policy: &ApiSecurityPolicy, rendered: &RenderedGateway) -> Volume {
-    let secret_items = rendered
-        .files
-        .contains_key(envoy::REDIS_PASSWORD_FILE)
-        .then(|| {
-            rendered
-                .secret_files()
-                .into_keys()
-                .filter(|k| k != envoy::REDIS_PASSWORD_FILE)
-                .map(|k| KeyToPath {
-                    key: k.clone(),
-                    path: k,
-                    ..Default::default()
-                })
-                .collect()
-        });
+    let sensor_only = |k: &str| envoy::SENSOR_ONLY_SECRET_FILES.contains(&k);
+    let secret_items = rendered.files.keys().any(|k| sensor_only(k)).then(|| {
+        rendered
+            .secret_files()
+            .into_keys()
+            .filter(|k| !sensor_only(k))
+            .map(|k| KeyToPath {
+                key: k.clone(),
+                path: k,
+                ..Default::default()
+            })
+            .collect()
+    });
     Volume {
         name: "gateway".into(),
         projected: Some(ProjectedVolumeSource {
@@ -687,6 +704,7 @@ mod tests {
             url: "rediss://redis.data:6379".into(),
             password: None,
             ca_pem: Some(ca.into()),
+            client_identity: None,
         });
         let g = f.render().expect("render");
         let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
@@ -741,12 +759,92 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_client_certificate_is_in_the_secret_for_the_sensor_only() {
+        let mut f = example("bola-user-orders.yaml");
+        f.options.shared_state = Some(crate::render::SharedStateOptions {
+            url: "rediss://redis.data:6380".into(),
+            client_identity: Some(crate::shared_state::ClientIdentity {
+                cert_pem: b"CLIENT-CERT".to_vec(),
+                key_pem: b"CLIENT-KEY".to_vec(),
+            }),
+            ..Default::default()
+        });
+        let g = f.render().expect("render");
+        let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");
+        let secret = o.secret.data.as_ref().expect("data");
+        assert_eq!(
+            secret[envoy::REDIS_CLIENT_CERT_FILE].0,
+            b"CLIENT-CERT".to_vec()
+        );
+        assert_eq!(
+            secret[envoy::REDIS_CLIENT_KEY_FILE].0,
+            b"CLIENT-KEY".to_vec()
+        );
+        let config_map = serde_json::to_string(&o.config_map).expect("json");
+        assert!(!config_map.contains("CLIENT-KEY"), "never in the ConfigMap");
+        let (sensor, volume, pod) = sensor_parts(&f);
+        let env = sensor.env.expect("env");
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        let dir = &f.options.sensor_config_dir;
+        assert_eq!(
+            value(crate::sensor::REDIS_CLIENT_CERT_ENV),
+            Some(format!("{dir}/{}", envoy::REDIS_CLIENT_CERT_FILE))
+        );
+        assert_eq!(
+            value(crate::sensor::REDIS_CLIENT_KEY_ENV),
+            Some(format!("{dir}/{}", envoy::REDIS_CLIENT_KEY_FILE))
+        );
+        // The sensor's volume projects both from the Secret, beside sensor.yaml.
+        let sources = volume
+            .projected
+            .expect("projected")
+            .sources
+            .expect("sources");
+        let from_secret: Vec<String> = sources
+            .iter()
+            .filter_map(|s| s.secret.as_ref()?.items.clone())
+            .flatten()
+            .map(|i| i.key)
+            .collect();
+        assert!(
+            from_secret.contains(&envoy::REDIS_CLIENT_CERT_FILE.to_owned())
+                && from_secret.contains(&envoy::REDIS_CLIENT_KEY_FILE.to_owned()),
+            "{from_secret:?}"
+        );
+        // Envoy's projection lists the Secret's keys but these.
+        let envoy_items: Vec<String> = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "gateway")
+            .and_then(|v| v.projected?.sources)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.secret?.items)
+            .flatten()
+            .map(|i| i.key)
+            .collect();
+        assert!(!envoy_items.is_empty());
+        assert!(
+            envoy_items
+                .iter()
+                .all(|k| !envoy::SENSOR_ONLY_SECRET_FILES.contains(&k.as_str())),
+            "{envoy_items:?}"
+        );
+    }
+
+    #[test]
     fn the_sensor_gets_redis_by_env_and_the_password_from_the_secret_only() {
         let mut f = example("bola-user-orders.yaml");
         f.options.shared_state = Some(crate::render::SharedStateOptions {
             url: "redis://redis.data:6379".into(),
             password: Some("s3cret-pw".into()),
             ca_pem: None,
+            client_identity: None,
         });
         let g = f.render().expect("render");
         let o = gateway_objects(&f.policy, &g, &f.options).expect("objects");

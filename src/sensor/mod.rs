@@ -45,5 +45,7 @@ mod sharing;
 #[cfg(test)]
 mod tests;
 
-pub use redis_link::{REDIS_CA_FILE_ENV, REDIS_PASSWORD_ENV};
+pub use redis_link::{
+    REDIS_CA_FILE_ENV, REDIS_CLIENT_CERT_ENV, REDIS_CLIENT_KEY_ENV, REDIS_PASSWORD_ENV,
+};
 pub use server::{SensorArgs, run};

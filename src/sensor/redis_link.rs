@@ -16,13 +16,17 @@ pub const REDIS_PASSWORD_ENV: &str = "APIGUARD_REDIS_PASSWORD";
 
 /// The environment variable of `--redis-ca-file` (the operator sets it in the sidecar).
 pub const REDIS_CA_FILE_ENV: &str = "APIGUARD_REDIS_CA_FILE";
+/// The environment variables of `--redis-client-cert-file` and `--redis-client-key-file`.
+pub const REDIS_CLIENT_CERT_ENV: &str = "APIGUARD_REDIS_CLIENT_CERT_FILE";
+/// See [`REDIS_CLIENT_CERT_ENV`].
+pub const REDIS_CLIENT_KEY_ENV: &str = "APIGUARD_REDIS_CLIENT_KEY_FILE";
 
 /// The store `args` name, connecting in the background; None without `--redis-url`.
 pub(crate) async fn connect(args: &SensorArgs) -> anyhow::Result<Option<SharedState>> {
     let Some(config) = redis_config(args.redis_url.as_deref(), password_from_env()?)? else {
         anyhow::ensure!(
-            args.redis_ca_file.is_none(),
-            "--redis-ca-file ({REDIS_CA_FILE_ENV}) is set without --redis-url"
+            args.redis_ca_file.is_none() && args.redis_client_cert_file.is_none(),
+            "--redis-ca-file or --redis-client-cert-file is set without --redis-url"
         );
         return Ok(None);
     };
@@ -31,6 +35,15 @@ pub(crate) async fn connect(args: &SensorArgs) -> anyhow::Result<Option<SharedSt
             .with_ca_file(path)
             .with_context(|| format!("--redis-ca-file ({REDIS_CA_FILE_ENV})"))?,
         None => config,
+    };
+    let config = match (&args.redis_client_cert_file, &args.redis_client_key_file) {
+        (Some(cert), Some(key)) => config.with_client_cert_files(cert, key).with_context(|| {
+            format!(
+                "--redis-client-cert-file / --redis-client-key-file \
+                     ({REDIS_CLIENT_CERT_ENV} / {REDIS_CLIENT_KEY_ENV})"
+            )
+        })?,
+        _ => config,
     };
     tracing::info!(redis = %config, "global rate limits and shared state through Redis");
     Ok(Some(SharedState::connect_in_background(config)))

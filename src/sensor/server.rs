@@ -69,6 +69,13 @@ pub struct SensorArgs {
     /// of the system's roots (a Redis with a private CA).
     #[arg(long, env = super::redis_link::REDIS_CA_FILE_ENV)]
     pub redis_ca_file: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) presented to a `rediss…` server that asks for one; with
+    /// --redis-client-key-file.
+    #[arg(long, env = super::redis_link::REDIS_CLIENT_CERT_ENV, requires = "redis_client_key_file")]
+    pub redis_client_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --redis-client-cert-file.
+    #[arg(long, env = super::redis_link::REDIS_CLIENT_KEY_ENV, requires = "redis_client_cert_file")]
+    pub redis_client_key_file: Option<std::path::PathBuf>,
     /// Threads answering Envoy (the async runtime's workers); default: the CPUs the process
     /// may use (its container's CPU limit, 1 in the gateway's sidecar by default). Fewer
     /// threads than CPUs means fewer wake-ups between threads per message: lower latency.

@@ -105,6 +105,24 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// A client certificate (chain) and its private key, PEM: the key is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"***")
+            .finish()
+    }
+}
+
 /// How the Redis deployment is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topology {
@@ -136,6 +154,8 @@ pub struct RedisConfig {
     pub db: i64,
     /// PEM CA certificates to trust instead of the system's roots (TLS only).
     pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate presented to a server that asks for one (TLS only).
+    pub client_identity: Option<ClientIdentity>,
     /// Bound of one connection attempt.
     pub connect_timeout: Duration,
     /// Bound of one operation, its round trip included.
@@ -237,6 +257,7 @@ impl RedisConfig {
             password,
             db,
             ca_pem: None,
+            client_identity: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             op_timeout: DEFAULT_OP_TIMEOUT,
         })
@@ -271,18 +292,38 @@ impl RedisConfig {
                     .into(),
             ));
         }
-        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let certificates = crate::identity::pem::certificates(&pem).map_err(bad)?;
-        if certificates.is_empty() {
+        let pem = read_certificates(path)?;
+        Ok(self.with_ca_pem(pem))
+    }
+
+    /// Presents the certificate (chain) and key of these PEM files to a `rediss…` server that
+    /// asks for one (Redis' `tls-auth-clients yes`). An error names the file: unreadable, no
+    /// certificate or no private key in it, a certificate that does not parse, or a URL without
+    /// TLS. The key's content is never in an error.
+    pub fn with_client_cert_files(self, cert: &Path, key: &Path) -> Result<RedisConfig, Error> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let bad = |path: &Path, why: String| Error::Config(format!("{}: {why}", path.display()));
+        if !self.tls {
             return Err(bad(
-                "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+                cert,
+                "a client certificate is for TLS URLs (rediss://, rediss+sentinel://, \
+                 rediss+cluster://); this URL is plain text"
+                    .into(),
             ));
         }
-        for (i, der) in certificates.iter().enumerate() {
-            x509_parser::parse_x509_certificate(der)
-                .map_err(|e| bad(format!("certificate {} does not parse: {e}", i + 1)))?;
+        let cert_pem = read_certificates(cert)?;
+        let key_pem = std::fs::read(key).map_err(|e| bad(key, format!("cannot read it: {e}")))?;
+        if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+            return Err(bad(
+                key,
+                "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it".into(),
+            ));
         }
-        Ok(self.with_ca_pem(pem))
+        Ok(RedisConfig {
+            client_identity: Some(ClientIdentity { cert_pem, key_pem }),
+            ..self
+        })
     }
 
     /// Sets the bound of one operation.
@@ -306,6 +347,24 @@ enum Kind {
 }
 
 /// `[user][:password]` of the URL, percent-decoded; empty parts are absent.
+/// The PEM file `path`, when it holds at least one certificate and each parses; an error names
+/// the file.
+fn read_certificates(path: &Path) -> Result<Vec<u8>, Error> {
+    let bad = |why: String| Error::Config(format!("{}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certificates = crate::identity::pem::certificates(&pem).map_err(bad)?;
+    if certificates.is_empty() {
+        return Err(bad(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+        ));
+    }
+    for (i, der) in certificates.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| bad(format!("certificate {} does not parse: {e}", i + 1)))?;
+    }
+    Ok(pem)
+}
+
 fn parse_userinfo(info: Option<&str>) -> Result<(Option<String>, Option<Password>), Error> {
     let Some(info) = info else {
         return Ok((None, None));
@@ -437,6 +496,7 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
             .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("client_identity", &self.client_identity)
             .field("connect_timeout", &self.connect_timeout)
             .field("op_timeout", &self.op_timeout)
             .finish()
@@ -602,5 +662,61 @@ mod tests {
             garbage.contains("certificate 1 does not parse"),
             "{garbage}"
         );
+    }
+
+    #[test]
+    fn client_cert_files_are_checked_and_the_key_never_shown() {
+        use crate::identity::{CertificateAuthority, LeafRequest, SpiffeId, issue_leaf};
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let now = time::OffsetDateTime::now_utc();
+        let ca = CertificateAuthority::generate(now, time::Duration::days(1)).unwrap();
+        let leaf = issue_leaf(
+            &ca,
+            &LeafRequest::new(SpiffeId::new("cluster.local", "shop", "sensor").unwrap()),
+            now,
+        )
+        .unwrap();
+        std::fs::write(&cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&key, &leaf.key_pem).unwrap();
+        let tls = RedisConfig::parse("rediss://h").unwrap();
+        let c = tls.clone().with_client_cert_files(&cert, &key).unwrap();
+        let id = c.client_identity.as_ref().expect("identity");
+        assert_eq!(id.cert_pem, leaf.cert_pem.as_bytes());
+        assert_eq!(id.key_pem, leaf.key_pem.as_bytes());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && shown.contains("***"),
+            "{shown}"
+        );
+
+        let plain = RedisConfig::parse("redis://h")
+            .unwrap()
+            .with_client_cert_files(&cert, &key)
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("plain text"), "{plain}");
+        let no_key = tls
+            .clone()
+            .with_client_cert_files(&cert, &dir.path().join("none.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            no_key.contains("none.key") && no_key.contains("cannot read"),
+            "{no_key}"
+        );
+        // The certificate where the key should be: no key in it, and nothing of it echoed.
+        let swapped = tls
+            .clone()
+            .with_client_cert_files(&cert, &cert)
+            .unwrap_err()
+            .to_string();
+        assert!(swapped.contains("no PEM private key"), "{swapped}");
+        let key_as_cert = tls
+            .with_client_cert_files(&key, &key)
+            .unwrap_err()
+            .to_string();
+        assert!(key_as_cert.contains("no PEM certificate"), "{key_as_cert}");
+        assert!(!key_as_cert.contains("PRIVATE KEY-----\n"), "{key_as_cert}");
     }
 }

@@ -28,7 +28,7 @@ pub mod config;
 pub mod keys;
 pub mod window;
 
-pub use config::{HostPort, Password, RedisConfig, Topology};
+pub use config::{ClientIdentity, HostPort, Password, RedisConfig, Topology};
 pub use keys::Key;
 pub use window::{WindowAdd, WindowHit};
 
@@ -665,9 +665,17 @@ async fn backend(config: &RedisConfig) -> Result<Backend, Error> {
         .set_number_of_retries(4)
         .set_max_delay(Duration::from_secs(1));
     let certs = || TlsCertificates {
-        client_tls: None,
+        client_tls: config
+            .client_identity
+            .as_ref()
+            .map(|id| redis::ClientTlsConfig {
+                client_cert: id.cert_pem.clone(),
+                client_key: id.key_pem.clone(),
+            }),
         root_cert: config.ca_pem.clone(),
     };
+    // Neither a CA nor a client certificate: the plain client's TLS (the system's roots).
+    let own_tls = config.ca_pem.is_some() || config.client_identity.is_some();
     match &config.topology {
         Topology::Standalone(host) => {
             let info = address(config, host)
@@ -681,9 +689,9 @@ async fn backend(config: &RedisConfig) -> Result<Backend, Error> {
                 settings = settings.set_password(password.expose());
             }
             let info = info.set_redis_settings(settings);
-            let client = match &config.ca_pem {
-                Some(_) if config.tls => Client::build_with_tls(info, certs()),
-                _ => Client::open(info),
+            let client = match own_tls && config.tls {
+                true => Client::build_with_tls(info, certs()),
+                false => Client::open(info),
             }
             .map_err(redis_err)?;
             let manager = ConnectionManager::new_with_config(client, manager)
@@ -708,7 +716,7 @@ async fn backend(config: &RedisConfig) -> Result<Backend, Error> {
             }
             if config.tls {
                 builder = builder.tls(TlsMode::Secure);
-                if config.ca_pem.is_some() {
+                if own_tls {
                     builder = builder.certs(certs());
                 }
             }
@@ -739,7 +747,7 @@ async fn backend(config: &RedisConfig) -> Result<Backend, Error> {
                 builder = builder
                     .set_client_to_redis_tls_mode(TlsMode::Secure)
                     .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                if config.ca_pem.is_some() {
+                if own_tls {
                     builder = builder
                         .set_client_to_redis_certificates(certs())
                         .set_client_to_sentinel_certificates(certs());

@@ -35,6 +35,7 @@ const VALUE_SETS: &[&[&str]] = &[
         "redis.url=rediss://redis.data:6380",
         "redis.existingSecret=redis-auth",
         "redis.caSecret=redis-ca",
+        "redis.clientCertSecret=redis-client",
         "certManager.enabled=true",
     ],
     &[
@@ -337,6 +338,7 @@ fn the_deployment_sets_only_settings_apiguard_run_has() {
         &[
             "redis.url=rediss://r:6380",
             "redis.caSecret=redis-ca",
+            "redis.clientCertSecret=redis-client",
             "certManager.enabled=true",
         ][..],
     ] {
@@ -427,6 +429,7 @@ fn the_redis_ca_is_a_mounted_secret_file() {
         serde_json::json!([{"key": "root.pem", "path": "ca.crt"}])
     );
     assert!(env_value(env, "APIGUARD_REDIS_PASSWORD_FILE").is_none());
+    assert!(env_value(env, "APIGUARD_REDIS_CLIENT_CERT_FILE").is_none());
     // A CA without a URL: nothing about Redis.
     let text = serde_json::to_string(
         &template(&["redis.caSecret=redis-ca"])
@@ -440,6 +443,43 @@ fn the_redis_ca_is_a_mounted_secret_file() {
         !text.contains("REDIS") && !text.contains("redis-ca"),
         "{text}"
     );
+}
+
+#[test]
+fn the_redis_client_certificate_is_a_mounted_tls_secret() {
+    let manifests = template(&[
+        "redis.url=rediss://redis.data:6380",
+        "redis.clientCertSecret=redis-client",
+    ]);
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment.object["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().expect("env");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "redis-client")
+        .expect("the client certificate's mount");
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(
+        env_value(env, "APIGUARD_REDIS_CLIENT_CERT_FILE"),
+        Some(format!("{dir}/tls.crt").as_str())
+    );
+    assert_eq!(
+        env_value(env, "APIGUARD_REDIS_CLIENT_KEY_FILE"),
+        Some(format!("{dir}/tls.key").as_str())
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "redis-client")
+        .expect("the client certificate's volume");
+    assert_eq!(volume["secret"]["secretName"], "redis-client");
 }
 
 fn env_value<'a>(env: &'a [Value], name: &str) -> Option<&'a str> {

@@ -9,7 +9,8 @@
 //!   `/metrics`;
 //! - Redis restarted on the same port: limiting resumes (bounded wait);
 //! - a `rediss://` Redis with a private CA: the sensor given the CA file limits, one without
-//!   it cannot connect and fails open.
+//!   it cannot connect and fails open; the same with a Redis that asks clients for a
+//!   certificate: the sensor given one limits, one without fails open.
 
 use super::sensor_envoy::Sensor;
 use crate::support::envoy::{Gateway, Request, echo_upstream};
@@ -223,26 +224,12 @@ async fn a_redis_with_a_private_ca_is_trusted_through_the_ca_file() {
     // The sensor connects in the background: requests pass until it has, then the 10 per
     // minute hold.
     wait_for_a_fresh_minute().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut sent = 0;
-    let refused = loop {
-        let status = trusting.checkout("tenant-tls").await;
-        sent += 1;
-        if status == 429 {
-            break true;
-        }
-        assert_eq!(status, 200, "request {sent}: {}", trusting.logs());
-        if Instant::now() >= deadline || sent >= 100 {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let refused_at = first_refusal(&trusting, "tenant-tls").await;
     assert!(
-        refused,
-        "no 429 within 20 s / {sent} requests through a Redis with a private CA:\n{}",
+        refused_at.is_some_and(|n| n >= 11),
+        "no 429 after 10 through a Redis with a private CA (refused at {refused_at:?}):\n{}",
         trusting.logs()
     );
-    assert!(sent >= 11, "the limit is 10 per minute: refused at {sent}");
     assert!(trusting.decisions("over_limit").await >= 1);
 
     // Without the CA the TLS handshake fails: every request passes, counted as an error.
@@ -262,4 +249,84 @@ async fn a_redis_with_a_private_ca_is_trusted_through_the_ca_file() {
         untrusting.logs()
     );
     assert_eq!(untrusting.decisions("over_limit").await, 0);
+}
+
+/// Sends checkouts of `tenant` to `replica` until one is refused (bounded): how many were sent,
+/// or None when none was refused within 20 s / 100 requests. The sensor connects to Redis in
+/// the background: requests pass until it has.
+async fn first_refusal(replica: &Replica, tenant: &str) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for sent in 1..=100 {
+        let status = replica.checkout(tenant).await;
+        if status == 429 {
+            return Some(sent);
+        }
+        assert_eq!(status, 200, "request {sent}: {}", replica.logs());
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// A `rediss://` Redis that asks clients for a certificate from its CA (`tls-auth-clients
+/// yes`): the sensor given one (`APIGUARD_REDIS_CLIENT_CERT_FILE` / `_KEY_FILE`, as the operator
+/// sets them) and the CA counts in it; a sensor with the CA alone is refused by the server and
+/// fails open, counted as `redis_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_asking_for_client_certificates_gets_the_sensors() {
+    let (redis, _) = RedisServer::start_mtls_private_ca();
+    let url = redis.url();
+    let ca_file = redis.ca_file();
+    let ca = ca_file.to_str().expect("UTF-8 path");
+    let (cert, key) = redis.client_cert_files();
+    let upstream = echo_upstream().await;
+    let with_cert = Replica::start_with_env(
+        upstream.addr,
+        &[
+            ("APIGUARD_REDIS_URL", url.as_str()),
+            ("APIGUARD_REDIS_CA_FILE", ca),
+            (
+                "APIGUARD_REDIS_CLIENT_CERT_FILE",
+                cert.to_str().expect("UTF-8 path"),
+            ),
+            (
+                "APIGUARD_REDIS_CLIENT_KEY_FILE",
+                key.to_str().expect("UTF-8 path"),
+            ),
+        ],
+    )
+    .await;
+    let without = Replica::start_with_env(
+        upstream.addr,
+        &[
+            ("APIGUARD_REDIS_URL", url.as_str()),
+            ("APIGUARD_REDIS_CA_FILE", ca),
+        ],
+    )
+    .await;
+
+    wait_for_a_fresh_minute().await;
+    let refused_at = first_refusal(&with_cert, "tenant-mtls").await;
+    assert!(
+        refused_at.is_some_and(|n| n >= 11),
+        "the sensor with a client certificate does not limit (refused at {refused_at:?}):\n{}",
+        with_cert.logs()
+    );
+    for i in 0..12 {
+        let status = without.checkout("tenant-mtls").await;
+        assert_eq!(
+            status,
+            200,
+            "request {} without a certificate: {}",
+            i + 1,
+            without.logs()
+        );
+    }
+    assert!(
+        without.decisions("redis_error").await >= 12,
+        "{}",
+        without.logs()
+    );
 }

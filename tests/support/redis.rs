@@ -63,8 +63,9 @@ impl RedisServer {
         RedisServer::launch(port, args, false)
     }
 
-    /// A TLS-only server (`--port 0 --tls-port N`), clients not asked for a certificate.
-    pub fn start_tls(tls: &Tls) -> RedisServer {
+    /// A TLS-only server (`--port 0 --tls-port N`); `auth_clients`: clients must present a
+    /// certificate from `tls.ca` (Redis' `tls-auth-clients yes`).
+    fn start_tls(tls: &Tls, auth_clients: bool) -> RedisServer {
         let port = free_port();
         let args = [
             "--port",
@@ -78,7 +79,7 @@ impl RedisServer {
             "--tls-ca-cert-file",
             &tls.ca.display().to_string(),
             "--tls-auth-clients",
-            "no",
+            if auth_clients { "yes" } else { "no" },
         ]
         .map(str::to_owned)
         .to_vec();
@@ -88,6 +89,16 @@ impl RedisServer {
     /// A TLS-only server whose certificate (for `localhost`) comes from a new private CA made
     /// by apiguard's own CA code; the CA's PEM (also in [`RedisServer::ca_file`]).
     pub fn start_tls_private_ca() -> (RedisServer, String) {
+        RedisServer::start_tls_with_new_ca(false)
+    }
+
+    /// [`RedisServer::start_tls_private_ca`] asking clients for a certificate from the same CA;
+    /// one is in [`RedisServer::client_cert_files`].
+    pub fn start_mtls_private_ca() -> (RedisServer, String) {
+        RedisServer::start_tls_with_new_ca(true)
+    }
+
+    fn start_tls_with_new_ca(auth_clients: bool) -> (RedisServer, String) {
         use apiguard::identity::{
             CertificateAuthority, DEFAULT_CA_LIFETIME, LeafRequest, SpiffeId, issue_leaf,
         };
@@ -107,7 +118,17 @@ impl RedisServer {
         std::fs::write(&tls.cert, &leaf.cert_pem).expect("write tls.crt");
         std::fs::write(&tls.key, &leaf.key_pem).expect("write tls.key");
         std::fs::write(&tls.ca, ca.cert_pem()).expect("write ca.crt");
-        let mut server = RedisServer::start_tls(&tls);
+        let client = issue_leaf(
+            &ca,
+            &LeafRequest::new(
+                SpiffeId::new("cluster.local", "shop", "sensor").expect("a SPIFFE ID"),
+            ),
+            now,
+        )
+        .expect("a client certificate");
+        std::fs::write(certs.path().join("client.crt"), &client.cert_pem).expect("write");
+        std::fs::write(certs.path().join("client.key"), &client.key_pem).expect("write");
+        let mut server = RedisServer::start_tls(&tls, auth_clients);
         server.files = Some(certs);
         (server, ca.cert_pem())
     }
@@ -164,6 +185,14 @@ impl RedisServer {
     /// `redis-cli -p PORT ARGS...` against this server: its output (panics when it cannot run).
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.port, args)
+    }
+
+    /// A client certificate and its key from the CA of [`RedisServer::start_mtls_private_ca`]:
+    /// `(cert, key)` files.
+    pub fn client_cert_files(&self) -> (PathBuf, PathBuf) {
+        let ca = self.ca_file();
+        let dir = ca.parent().expect("the CA's directory");
+        (dir.join("client.crt"), dir.join("client.key"))
     }
 
     /// The CA file of [`RedisServer::start_tls_private_ca`].

@@ -63,6 +63,17 @@ pub const REDIS_PASSWORD_FILE: &str = "redis-password";
 /// The key of the gateway ConfigMap holding the CA of a Redis with a private CA (the operator's
 /// `--redis-ca-file`), mounted beside the sensor's `sensor.yaml`.
 pub const REDIS_CA_FILE: &str = "redis-ca.crt";
+/// The keys of the gateway Secret holding the sensor's client certificate and key for a Redis
+/// that asks for one (the operator's `--redis-client-cert-file`, `--redis-client-key-file`).
+pub const REDIS_CLIENT_CERT_FILE: &str = "redis-client.crt";
+/// See [`REDIS_CLIENT_CERT_FILE`].
+pub const REDIS_CLIENT_KEY_FILE: &str = "redis-client.key";
+/// The gateway Secret's keys only the sensor gets (never in Envoy's files).
+pub const SENSOR_ONLY_SECRET_FILES: [&str; 3] = [
+    REDIS_PASSWORD_FILE,
+    REDIS_CLIENT_CERT_FILE,
+    REDIS_CLIENT_KEY_FILE,
+];
 /// The workload identity the sensor pushes its inventory with (the names `sensor.yaml`'s
 /// `report` section gives, beside it).
 pub(crate) use crate::sensor::config::{IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
@@ -212,6 +223,11 @@ pub fn render(input: &RenderInput<'_>) -> Result<RenderedGateway, RenderError> {
             }
             if let Some(ca) = &shared.ca_pem {
                 files.insert(REDIS_CA_FILE.into(), plain(ca.clone()));
+            }
+            if let Some(id) = &shared.client_identity {
+                let pem = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                files.insert(REDIS_CLIENT_CERT_FILE.into(), secret(pem(&id.cert_pem)));
+                files.insert(REDIS_CLIENT_KEY_FILE.into(), secret(pem(&id.key_pem)));
             }
         }
     }
