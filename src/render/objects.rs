@@ -351,31 +351,25 @@ fn shared_state_env(
         value: Some(shared.url.clone()),
         ..Default::default()
     }];
-    if rendered.files.contains_key(envoy::REDIS_CA_FILE) {
-        env.push(EnvVar {
-            name: crate::sensor::REDIS_CA_FILE_ENV.into(),
-            value: Some(format!(
-                "{}/{}",
-                options.sensor_config_dir,
-                envoy::REDIS_CA_FILE
-            )),
-            ..Default::default()
-        });
-    }
-    if rendered.files.contains_key(envoy::REDIS_CLIENT_KEY_FILE) {
-        let path = |file: &str| format!("{}/{file}", options.sensor_config_dir);
-        env.extend([
-            EnvVar {
-                name: crate::sensor::REDIS_CLIENT_CERT_ENV.into(),
-                value: Some(path(envoy::REDIS_CLIENT_CERT_FILE)),
+    // The files the sensor's volume holds beside sensor.yaml: each variable names its path.
+    for (name, file) in [
+        (crate::sensor::REDIS_CA_FILE_ENV, envoy::REDIS_CA_FILE),
+        (
+            crate::sensor::REDIS_CLIENT_CERT_ENV,
+            envoy::REDIS_CLIENT_CERT_FILE,
+        ),
+        (
+            crate::sensor::REDIS_CLIENT_KEY_ENV,
+            envoy::REDIS_CLIENT_KEY_FILE,
+        ),
+    ] {
+        if rendered.files.contains_key(file) {
+            env.push(EnvVar {
+                name: name.into(),
+                value: Some(format!("{}/{file}", options.sensor_config_dir)),
                 ..Default::default()
-            },
-            EnvVar {
-                name: crate::sensor::REDIS_CLIENT_KEY_ENV.into(),
-                value: Some(path(envoy::REDIS_CLIENT_KEY_FILE)),
-                ..Default::default()
-            },
-        ]);
+            });
+        }
     }
     if rendered.files.contains_key(envoy::REDIS_PASSWORD_FILE) {
         env.push(EnvVar {

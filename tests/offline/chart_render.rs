@@ -354,11 +354,7 @@ fn the_redis_password_is_a_mounted_secret_file() {
         "redis.passwordKey=pw",
         "certManager.enabled=true",
     ]);
-    let deployment = manifests
-        .iter()
-        .find(|m| m.kind() == "Deployment")
-        .expect("a Deployment");
-    let pod = &deployment.object["spec"]["template"]["spec"];
+    let pod = &deployment(&manifests)["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].as_array().expect("env");
     assert_eq!(
         env_value(env, "APIGUARD_REDIS_URL"),
@@ -380,15 +376,7 @@ fn the_redis_password_is_a_mounted_secret_file() {
     );
     assert!(volumes.iter().any(|v| v["name"] == "webhook-tls"));
     // Without a URL, nothing about Redis.
-    let plain = template(&[]);
-    let text = serde_json::to_string(
-        &plain
-            .iter()
-            .find(|m| m.kind() == "Deployment")
-            .expect("a Deployment")
-            .object,
-    )
-    .expect("json");
+    let text = serde_json::to_string(deployment(&template(&[]))).expect("json");
     assert!(!text.contains("REDIS"), "{text}");
 }
 
@@ -399,30 +387,16 @@ fn the_redis_ca_is_a_mounted_secret_file() {
         "redis.caSecret=redis-ca",
         "redis.caKey=root.pem",
     ]);
-    let deployment = manifests
-        .iter()
-        .find(|m| m.kind() == "Deployment")
-        .expect("a Deployment");
-    let pod = &deployment.object["spec"]["template"]["spec"];
+    let pod = &deployment(&manifests)["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let env = container["env"].as_array().expect("env");
     let path = env_value(env, "APIGUARD_REDIS_CA_FILE").expect("APIGUARD_REDIS_CA_FILE");
-    let mount = container["volumeMounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .find(|m| m["name"] == "redis-ca")
-        .expect("the CA's mount");
+    let mount = named(&container["volumeMounts"], "redis-ca");
     assert_eq!(
         path,
         format!("{}/ca.crt", mount["mountPath"].as_str().unwrap())
     );
-    let volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "redis-ca")
-        .expect("the CA volume");
+    let volume = named(&pod["volumes"], "redis-ca");
     assert_eq!(volume["secret"]["secretName"], "redis-ca");
     assert_eq!(
         volume["secret"]["items"],
@@ -431,14 +405,8 @@ fn the_redis_ca_is_a_mounted_secret_file() {
     assert!(env_value(env, "APIGUARD_REDIS_PASSWORD_FILE").is_none());
     assert!(env_value(env, "APIGUARD_REDIS_CLIENT_CERT_FILE").is_none());
     // A CA without a URL: nothing about Redis.
-    let text = serde_json::to_string(
-        &template(&["redis.caSecret=redis-ca"])
-            .iter()
-            .find(|m| m.kind() == "Deployment")
-            .expect("a Deployment")
-            .object,
-    )
-    .expect("json");
+    let text =
+        serde_json::to_string(deployment(&template(&["redis.caSecret=redis-ca"]))).expect("json");
     assert!(
         !text.contains("REDIS") && !text.contains("redis-ca"),
         "{text}"
@@ -451,19 +419,10 @@ fn the_redis_client_certificate_is_a_mounted_tls_secret() {
         "redis.url=rediss://redis.data:6380",
         "redis.clientCertSecret=redis-client",
     ]);
-    let deployment = manifests
-        .iter()
-        .find(|m| m.kind() == "Deployment")
-        .expect("a Deployment");
-    let pod = &deployment.object["spec"]["template"]["spec"];
+    let pod = &deployment(&manifests)["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let env = container["env"].as_array().expect("env");
-    let mount = container["volumeMounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .find(|m| m["name"] == "redis-client")
-        .expect("the client certificate's mount");
+    let mount = named(&container["volumeMounts"], "redis-client");
     let dir = mount["mountPath"].as_str().unwrap();
     assert_eq!(
         env_value(env, "APIGUARD_REDIS_CLIENT_CERT_FILE"),
@@ -473,13 +432,24 @@ fn the_redis_client_certificate_is_a_mounted_tls_secret() {
         env_value(env, "APIGUARD_REDIS_CLIENT_KEY_FILE"),
         Some(format!("{dir}/tls.key").as_str())
     );
-    let volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "redis-client")
-        .expect("the client certificate's volume");
+    let volume = named(&pod["volumes"], "redis-client");
     assert_eq!(volume["secret"]["secretName"], "redis-client");
+}
+
+/// The chart's Deployment, as JSON.
+fn deployment(manifests: &[Manifest]) -> &Value {
+    &manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment")
+        .expect("a Deployment")
+        .object
+}
+
+/// The element of the JSON array `list` named `name` (a volume, a mount).
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .and_then(|items| items.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
 }
 
 fn env_value<'a>(env: &'a [Value], name: &str) -> Option<&'a str> {
@@ -489,11 +459,7 @@ fn env_value<'a>(env: &'a [Value], name: &str) -> Option<&'a str> {
 }
 
 fn check_deployment_env(manifests: &[Manifest], known: &[String], values: &[&str]) {
-    let deployment = manifests
-        .iter()
-        .find(|m| m.kind() == "Deployment")
-        .expect("a Deployment");
-    let container = &deployment.object["spec"]["template"]["spec"]["containers"][0];
+    let container = &deployment(manifests)["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["args"], serde_json::json!(["run"]));
     let env = container["env"].as_array().expect("env");
     let mut seen = Vec::new();
@@ -683,11 +649,8 @@ fn rbac_grants_the_managed_serving_certificate_exactly_what_it_uses() {
 #[test]
 fn the_pod_is_hardened() {
     let manifests = template(&[]);
-    let deployment = manifests
-        .iter()
-        .find(|m| m.kind() == "Deployment")
-        .expect("a Deployment");
-    let pod = &deployment.object["spec"]["template"]["spec"];
+    let deployment = deployment(&manifests);
+    let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],
@@ -701,7 +664,7 @@ fn the_pod_is_hardened() {
         serde_json::json!(["ALL"])
     );
     assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
-    assert_eq!(deployment.object["spec"]["replicas"], 2);
+    assert_eq!(deployment["spec"]["replicas"], 2);
 }
 
 #[test]
@@ -810,11 +773,7 @@ fn chart_app_version_and_dockerfile_match_the_crate() {
     );
     // The image's user is the one the pod's securityContext runs as.
     let manifests = template(&[]);
-    let pod = &manifests
-        .iter()
-        .find(|m| m.kind() == "Deployment")
-        .unwrap()
-        .object["spec"]["template"]["spec"];
+    let pod = &deployment(&manifests)["spec"]["template"]["spec"];
     let uid = pod["securityContext"]["runAsUser"].as_i64().unwrap();
     assert!(
         dockerfile.contains(&format!("\nUSER {uid}:{uid}\n")),

@@ -233,21 +233,7 @@ async fn a_redis_with_a_private_ca_is_trusted_through_the_ca_file() {
     assert!(trusting.decisions("over_limit").await >= 1);
 
     // Without the CA the TLS handshake fails: every request passes, counted as an error.
-    for i in 0..12 {
-        let status = untrusting.checkout("tenant-tls").await;
-        assert_eq!(
-            status,
-            200,
-            "request {} without the CA: {}",
-            i + 1,
-            untrusting.logs()
-        );
-    }
-    assert!(
-        untrusting.decisions("redis_error").await >= 12,
-        "{}",
-        untrusting.logs()
-    );
+    fails_open(&untrusting, "tenant-tls", "without the CA").await;
     assert_eq!(untrusting.decisions("over_limit").await, 0);
 }
 
@@ -268,6 +254,20 @@ async fn first_refusal(replica: &Replica, tenant: &str) -> Option<usize> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
+}
+
+/// 12 checkouts of `tenant` through `replica`, whose sensor cannot use Redis (`why`): all pass,
+/// each counted as a `redis_error` decision.
+async fn fails_open(replica: &Replica, tenant: &str, why: &str) {
+    for i in 0..12 {
+        let status = replica.checkout(tenant).await;
+        assert_eq!(status, 200, "request {} {why}: {}", i + 1, replica.logs());
+    }
+    assert!(
+        replica.decisions("redis_error").await >= 12,
+        "{}",
+        replica.logs()
+    );
 }
 
 /// A `rediss://` Redis that asks clients for a certificate from its CA (`tls-auth-clients
@@ -314,19 +314,5 @@ async fn a_redis_asking_for_client_certificates_gets_the_sensors() {
         "the sensor with a client certificate does not limit (refused at {refused_at:?}):\n{}",
         with_cert.logs()
     );
-    for i in 0..12 {
-        let status = without.checkout("tenant-mtls").await;
-        assert_eq!(
-            status,
-            200,
-            "request {} without a certificate: {}",
-            i + 1,
-            without.logs()
-        );
-    }
-    assert!(
-        without.decisions("redis_error").await >= 12,
-        "{}",
-        without.logs()
-    );
+    fails_open(&without, "tenant-mtls", "without a certificate").await;
 }

@@ -170,15 +170,8 @@ impl RedisServer {
             "--port".to_owned(),
             port.to_string(),
         ];
-        let mut server = RedisServer {
-            port,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            args,
-            tls: false,
-            files: Some(conf_dir),
-            child: None,
-        };
-        server.spawn();
+        let mut server = RedisServer::launch(port, args, false);
+        server.files = Some(conf_dir);
         server
     }
 
