@@ -530,7 +530,8 @@ async fn two_gateway_replicas_share_counts_and_blocks_through_redis() {
     for (name, g) in [("a", &a), ("b", &b)] {
         assert!(
             blocked_within(g, &login("right", third), Duration::from_secs(2)).await,
-            "replica {name}: sharing did not resume after Redis' restart\n{}",
+            "replica {name}: sharing did not resume after Redis' restart\nsensor a:\n{}\nsensor b:\n{}",
+            sensor_a.log_text(),
             sensor_b.log_text()
         );
     }
